@@ -7,15 +7,15 @@ The data flow of one round: data -> local training -> attack -> (pre-)aggregatio
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "preset", "simulate", "__version__"]
+__all__ = ["Config", "preset", "simulate", "simulate_many", "__version__"]
 
 
 def __getattr__(name):
     # Lazy: `import strike_jax.aggregators` should not pay for the data and training stack.
-    if name == "simulate":
-        from strike_jax.simulation import simulate
+    if name in ("simulate", "simulate_many"):
+        from strike_jax import simulation
 
-        return simulate
+        return getattr(simulation, name)
     if name in ("Config", "preset"):
         from strike_jax import config
 

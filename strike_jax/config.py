@@ -10,6 +10,7 @@ import json
 from typing import Any, Mapping
 
 PARTITIONS = ("dirichlet", "iid", "natural")
+STRATEGIES = ("auto", "packed", "vmap", "map", "steps", "loop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +40,12 @@ class Config:
       preaggregation_params: {name: {hparam: value}}.
       eval_every: evaluate the global model every k rounds (and always after the last round).
       seed: the run's seed (partition, init, sampling, schedules, attack and defence keys).
-      strategy: how clients are trained: "auto", "vmap", "loop", ... (`strike_jax.training`).
+      strategy: how clients are trained: "auto" (measured: `strike_jax.simulation.calibrate`),
+        "packed" (lanes of clients back to back, one device program per round), "vmap" (one padded
+        lane per client), "map" (one lane), or the host loops "steps" and "loop".
+      lanes: lanes of the packed strategy (None: chosen from the clients' step counts and memory).
       max_test_samples: evaluate on at most this many test samples (None: all).
+      skew_metrics: compute the gradient-skew diagnostic every round (about one pass over `U`).
     """
 
     dataset: str = "digits"
@@ -69,6 +74,8 @@ class Config:
     seed: int = 0
     strategy: str = "auto"
     max_test_samples: int | None = None
+    lanes: int | None = None
+    skew_metrics: bool = False
 
     def __post_init__(self):
         # Normalise containers so configs compare/serialise the same whatever the caller passed.
@@ -119,6 +126,13 @@ class Config:
             bad("clip_norm", self.clip_norm, "need clip_norm > 0 or None (no clipping)")
         if self.eval_every < 1:
             bad("eval_every", self.eval_every, "need eval_every >= 1")
+        if self.strategy not in STRATEGIES:
+            bad("strategy", self.strategy, f"allowed: {', '.join(STRATEGIES)}")
+        if self.lanes is not None and not (isinstance(self.lanes, int) and not isinstance(self.lanes, bool)
+                                           and self.lanes >= 1):
+            bad("lanes", self.lanes, "need an int >= 1 or None (automatic)")
+        if not isinstance(self.skew_metrics, bool):
+            bad("skew_metrics", self.skew_metrics, "need True or False")
         unknown = [p for p in self.preaggregation if p not in ("nnm", "bucketing")]
         if unknown or len(set(self.preaggregation)) != len(self.preaggregation):
             bad("preaggregation", self.preaggregation, "allowed: a subset of ('nnm', 'bucketing'), each once")

@@ -1,22 +1,31 @@
-"""`simulate(config) -> history`: a whole federated run, with checkpointing and exact resume.
+"""`simulate(config)` and `simulate_many(configs)`: federated runs, batched, checkpointed, resumable.
 
-One round (SPEC §2): sample clients from (seed, round) -> every sampled client trains locally from
-the global model (one compiled program, `strike_jax.training`) -> the attack replaces the Byzantine
-rows -> NNM / bucketing / rule -> `w += g` -> metrics; evaluation every `eval_every` rounds.
+One round (SPEC §2): sample clients from (seed, round) -> every sampled client trains locally from the
+global model -> the attack replaces the Byzantine rows -> NNM / bucketing / rule -> `w += g` ->
+metrics; evaluation every `eval_every` rounds.
+
+`simulate_many` groups configs that differ only in numbers (seed, `beta`, Byzantine ratio, learning
+rate and the other optimizer numbers, the numeric hyper-parameters of the attack and the rules) and
+runs each group as one batch: global models `[R, d]`, updates `[R, n, d]`, one compiled round for the
+whole batch (`strike_jax.training.round`). Configs that differ in structure (attack or defence name,
+model, dataset, clients per round, ...) form separate groups. `simulate(config)` is the batch of one.
 
 Determinism: the partition, the model's initialisation, the sampled clients, the batch schedules and
 the server's keys are all derived from `config.seed` (and the round), so the same config gives the
-same history, and a run resumed from a checkpoint continues exactly as if never interrupted.
+same history alone or in any batch, and a run resumed from its checkpoint continues exactly as if
+never interrupted. Each run keeps its own run directory (`checkpoint.npz`, `result.json`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 import math
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,37 +39,33 @@ from strike_jax import models as model_lib
 from strike_jax import training
 from strike_jax.config import Config
 from strike_jax.training import round as round_lib
+from strike_jax.training import schedule
+from strike_jax.training.local import LocalHparams
 
 CHECKPOINT = "checkpoint.npz"
 RESULT = "result.json"
 
+# Numeric hyper-parameters that may be traced (one program serves every value); every other
+# hyper-parameter (ints, bools, strings: loop counts, shapes, variants) is part of a group's structure.
+TRACED_ATTACK_PARAMS = {"strike": ("nu",), "lie": ("z",), "ipm": ("eps",)}
+TRACED_RULE_PARAMS = {"rfa": ("eps",), "cclip": ("tau",), "dnc": ("c",)}
 
-@dataclasses.dataclass
-class Federation:
-    """What stays fixed over a run: data on device, client layout, model, compiled functions."""
-
-    dataset: Any
-    client_data: Any
-    model: Any
-    x_train: jax.Array
-    y_train: jax.Array
-    x_test: jax.Array
-    y_test: jax.Array
-    client_updates: Callable
-    evaluate: Callable
-    ravel: Callable
-    unravel: Callable
-    init_variables: Any
+# Config fields that are per-run numbers inside a group, or only steer the host loop (everything
+# else is structure: it shapes the compiled round).
+RUN_NUMBERS = ("seed", "beta", "byzantine_ratio", "lr", "momentum", "weight_decay", "clip_norm",
+               "attack_params", "defence_params", "preaggregation_params", "rounds", "eval_every")
+# Partial participation: lanes are sized for the worst of the first rounds (at least this many).
+PLAN_HORIZON = 1000
 
 
-# Compiled training/evaluation functions and loaded data are reused across runs in one process
-# (sweeps, the demo): a new attack or defence must not recompile local training.
+# ---------------------------------------------------------------------------------------------
+# Data and model (cached per process: sweeps load a dataset once).
+
 _DATA_CACHE: dict[Any, Any] = {}
-_FN_CACHE: dict[Any, Any] = {}
 
 
 def load_dataset(config: Config):
-    """The config's dataset (cached per process: sweeps load it once)."""
+    """The config's dataset (cached per process)."""
     key = (config.dataset, config.data_dir, json.dumps(config.dataset_params, sort_keys=True))
     if key not in _DATA_CACHE:
         kwargs = dict(config.dataset_params)
@@ -70,7 +75,8 @@ def load_dataset(config: Config):
     return _DATA_CACHE[key]
 
 
-def _partition(config: Config, ds):
+def make_partition(config: Config, ds):
+    """The run's split of the training set (SPEC §4), from its seed."""
     if config.partition == "dirichlet":
         return data_lib.dirichlet(ds.y_train, config.num_clients, config.beta, seed=config.seed)
     if config.partition == "iid":
@@ -86,47 +92,22 @@ def _partition(config: Config, ds):
     return part
 
 
-def build_federation(config: Config) -> Federation:
-    """Loads data, partitions it, builds the model and the compiled client/evaluation functions."""
-    ds = load_dataset(config)
-    part = _partition(config, ds)
-    client_data = data_lib.make_client_data(part, config.batch_size)
+def make_model(config: Config, ds):
+    """The config's model; raw (uint8) stored data is normalised on the device inside `apply`."""
     model = model_lib.get(config.model, num_classes=ds.num_classes, input_shape=tuple(ds.x_train.shape[1:]))
     if not ds.preprocessing.applied:
-        # Raw (uint8) storage: normalise each gathered batch on the device, inside the model, so
-        # training and evaluation see the same SPEC §4 values without a float32 copy of the data.
         raw_apply = model.apply
 
         def apply(variables, x, train, mask=None):
             return raw_apply(variables, ds.normalize(x), train, mask)
 
         model = model._replace(apply=apply)
-    local_cfg = training.LocalConfig(
-        lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-        clip_norm=config.clip_norm, num_classes=ds.num_classes,
-    )
-    fkey = (config.model, config.dataset, config.data_dir, json.dumps(config.dataset_params, sort_keys=True),
-            ds.num_classes, tuple(ds.x_train.shape[1:]),
-            local_cfg, config.strategy)
-    if fkey not in _FN_CACHE:
-        _FN_CACHE[fkey] = (
-            training.make_client_updates(model, local_cfg, strategy=config.strategy),
-            training.make_evaluate(model),
-        )
-    client_updates, evaluate = _FN_CACHE[fkey]
-    init_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), round_lib.INIT_TAG)
-    variables = model.init(init_key)
-    flat, unravel = training.flatten_variables(variables)
-    x_test, y_test = ds.x_test, ds.y_test
-    if config.max_test_samples is not None:
-        x_test, y_test = x_test[: config.max_test_samples], y_test[: config.max_test_samples]
-    return Federation(
-        dataset=ds, client_data=client_data, model=model,
-        x_train=jnp.asarray(ds.x_train), y_train=jnp.asarray(ds.y_train),
-        x_test=jnp.asarray(x_test), y_test=jnp.asarray(y_test),
-        client_updates=client_updates, evaluate=evaluate,
-        ravel=lambda v: training.flatten_variables(v)[0], unravel=unravel, init_variables=variables,
-    )
+    return model
+
+
+def init_variables(model, seed: int):
+    """The run's initial model, from `key(seed, INIT_TAG)`."""
+    return model.init(jax.random.fold_in(jax.random.PRNGKey(seed), schedule.INIT_TAG))
 
 
 def make_attack(config: Config):
@@ -142,13 +123,51 @@ def make_aggregator(config: Config):
     return agg_lib.chain(*stages, rule) if stages else rule
 
 
-def _round_schedule(config: Config, fed: Federation, clients: np.ndarray, r: int):
-    """The round's batches: `local_epochs` fresh epochs per client, concatenated along steps."""
-    parts = [data_lib.batch_schedule(fed.client_data, clients, config.seed, r * config.local_epochs + e)
-             for e in range(config.local_epochs)]
-    idx = np.concatenate([p[0] for p in parts], axis=1)
-    mask = np.concatenate([p[1] for p in parts], axis=1)
-    return idx, mask
+# ---------------------------------------------------------------------------------------------
+# Groups: which configs share a compiled round.
+
+
+def _attack_defaults(name: str) -> dict[str, Any]:
+    return {k: p.default for k, p in inspect.signature(attack_lib._builder(name)).parameters.items()}
+
+
+def _rule_defaults(name: str) -> dict[str, Any]:
+    return dict(agg_lib._BUILDERS[name][1])
+
+
+def _stage(slot: str, name: str, params: dict, defaults: dict, traced_names: tuple[str, ...]):
+    """`(StageSpec, {traced name: value})` of one stage of one config."""
+    full = {**defaults, **params}
+    traced = tuple(k for k in traced_names if k in full)
+    static = tuple(sorted((k, v) for k, v in full.items() if k not in traced))
+    return round_lib.StageSpec(slot, name, static, traced), {k: float(full[k]) for k in traced}
+
+
+def stage_specs(config: Config):
+    """The config's server pipeline (`ServerPipeline`) and its numbers `{slot: {name: value}}`."""
+    numbers: dict[str, dict[str, float]] = {}
+    attack = None
+    if config.attack not in ("none", None):
+        attack, numbers["attack"] = _stage("attack", config.attack, dict(config.attack_params),
+                                           _attack_defaults(config.attack),
+                                           TRACED_ATTACK_PARAMS.get(config.attack, ()))
+    pre = []
+    for p in ("nnm", "bucketing"):
+        if p in config.preaggregation:
+            spec, numbers[p] = _stage(p, p, dict(config.preaggregation_params.get(p, {})), _rule_defaults(p), ())
+            pre.append(spec)
+    rule, numbers["defence"] = _stage("defence", config.defence, dict(config.defence_params),
+                                      _rule_defaults(config.defence), TRACED_RULE_PARAMS.get(config.defence, ()))
+    return round_lib.ServerPipeline(attack, tuple(pre), rule, with_skew=config.skew_metrics), numbers
+
+
+def group_key(config: Config) -> tuple:
+    """Configs with equal keys run as one batch (they differ only in per-run numbers)."""
+    d = config.to_dict()
+    structure = {k: v for k, v in d.items() if k not in RUN_NUMBERS}
+    local = training.LocalConfig(config.lr, config.momentum, config.weight_decay, config.clip_norm, 1)
+    pipeline, _ = stage_specs(config)
+    return (json.dumps(structure, sort_keys=True, default=str), local.structure(), pipeline)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,12 +179,13 @@ def write_json(path: str, obj: Any) -> None:
     atomic.write_json(path, obj)
 
 
-def _save_checkpoint(path, config, next_round, w, attack_state, agg_state, history):
+def _save_checkpoint(path, config, next_round, w, attack_state, agg_state, history, compile_rounds=()):
     arrays = {"w": np.asarray(w)}
     for prefix, tree in (("attack", attack_state), ("agg", agg_state)):
         for i, leaf in enumerate(jax.tree_util.tree_leaves(tree)):
             arrays[f"{prefix}_{i}"] = np.asarray(leaf)
-    meta = json.dumps({"config": config.to_dict(), "next_round": next_round, "history": history})
+    meta = json.dumps({"config": config.to_dict(), "next_round": next_round, "history": history,
+                       "compile_rounds": list(compile_rounds)})
     arrays["meta"] = np.frombuffer(meta.encode(), dtype=np.uint8)
     atomic.atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
@@ -181,14 +201,489 @@ def _load_checkpoint(path, config, attack_state, agg_state):
 
         def restore(prefix, tree):
             leaves, treedef = jax.tree_util.tree_flatten(tree)
-            return jax.tree_util.tree_unflatten(
-                treedef, [jnp.asarray(z[f"{prefix}_{i}"]) for i in range(len(leaves))])
+            return jax.tree_util.tree_unflatten(treedef, [np.asarray(z[f"{prefix}_{i}"]) for i in range(len(leaves))])
 
-        return (jnp.asarray(z["w"]), restore("attack", attack_state), restore("agg", agg_state),
-                meta["next_round"], meta["history"])
+        return (np.asarray(z["w"]), restore("attack", attack_state), restore("agg", agg_state),
+                meta["next_round"], meta["history"], meta.get("compile_rounds", []))
+
+
+def _stored_result(config: Config, run_dir: str | None):
+    if run_dir is None:
+        return None
+    path = os.path.join(run_dir, RESULT)
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        stored = json.load(fh)
+    if config.same_run(stored.get("config", {})) and stored.get("finished"):
+        return stored
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
+# Strategy and lanes.
+
+_LANE_CHOICES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+MAX_PADDED_FRACTION = 0.05
+
+
+def choose_lanes(steps_per_round: np.ndarray, n: int, lanes: int | None, max_lanes: int) -> tuple[int, int, float]:
+    """`(L, T, padded fraction)` for the packed path.
+
+    Args:
+      steps_per_round: `[k, n]` real local steps of the sampled clients in every round of every run.
+      n: clients per round.
+      lanes: a fixed L (None: the largest L from `_LANE_CHOICES` (and n) up to `max_lanes` whose
+        padded fraction stays within `MAX_PADDED_FRACTION`; at least 1, which never pads).
+      max_lanes: memory bound on L.
+    """
+    steps_per_round = np.asarray(steps_per_round, np.int32)
+    total = int(steps_per_round.sum(axis=1).max())
+
+    def plan(L):
+        T = int(np.asarray(_makespans(jnp.asarray(steps_per_round), L)).max())
+        T = max(T, 1)
+        padded = 1.0 - steps_per_round.sum() / (steps_per_round.shape[0] * L * T)
+        return L, T, float(padded)
+
+    if lanes is not None:
+        return plan(min(int(lanes), n))
+    best = plan(1)
+    for L in sorted({c for c in _LANE_CHOICES if c < n} | {n}):
+        if L > max_lanes or L > max(total, 1):
+            break
+        cand = plan(L)
+        if cand[2] <= MAX_PADDED_FRACTION:
+            best = cand
+    return best
+
+
+@jax.jit
+def _makespans_impl(steps, lanes_onehot):
+    L = lanes_onehot.shape[0]
+    return jax.vmap(lambda s: schedule._lpt(s, L)[2])(steps)
+
+
+def _makespans(steps, L: int):
+    return _makespans_impl(steps, jnp.zeros((L,), bool))
+
+
+def _round_steps(consts: round_lib.RunConsts, rounds: int, n: int, batch_size: int, epochs: int) -> np.ndarray:
+    """`[R * k, n]` real steps of the sampled clients of rounds `0..k-1` of every run (device draw):
+    one round under full participation (every round trains the same clients), else
+    `k = max(rounds, PLAN_HORIZON)`, so the lane length does not depend on the number of rounds."""
+    num_clients = consts.index.shape[1]
+    k = 1 if n == num_clients else max(rounds, PLAN_HORIZON)
+    out = _round_steps_impl(consts.index, consts.counts, consts.seed, jnp.arange(k, dtype=jnp.int32), n,
+                            batch_size, epochs)
+    return np.asarray(out).reshape(-1, n)
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _round_steps_impl(index, counts, seed, rounds, n, batch_size, epochs):
+    def one(index, counts, seed, r):
+        clients = schedule.sample_clients(seed, r, index.shape[0], n)
+        return epochs * (-(-counts[clients] // batch_size))
+
+    return jax.vmap(jax.vmap(one, in_axes=(None, None, None, 0)), in_axes=(0, 0, 0, None))(index, counts, seed, rounds)
+
+
+_CALIBRATION: dict[Any, dict[str, float]] = {}
+
+
+def calibrate(model, local_cfg, x_train, y_train, shape: round_lib.RoundShape, total_steps: int,
+              repeats: int = 3) -> dict[str, float]:
+    """Measured seconds per round of the candidate strategies for one run, from a few timed steps.
+
+    "packed": a `lax.scan` of 3 steps of the lane-vmapped step (as the packed round runs it), scaled
+    to `T` steps; "steps": single dispatched steps (as the host loop runs them), scaled to the round's
+    real steps. Cached per (model, shapes, backend).
+    """
+    key = (model.name, tuple(x_train.shape[1:]), str(x_train.dtype), shape.batch_size, shape.lanes,
+           shape.lane_steps, total_steps, local_cfg.structure(), jax.default_backend())
+    if key in _CALIBRATION:
+        return _CALIBRATION[key]
+    ls = training.make_local_step(model, local_cfg)
+    variables = model.init(jax.random.PRNGKey(0))
+    params = variables["params"]
+    bs = variables.get("batch_stats", {})
+    opt = ls.init_opt(params)
+    hp = local_cfg.hparams()
+    B, L, k = shape.batch_size, shape.lanes, 3
+    idx = jnp.arange(B, dtype=jnp.int32) % x_train.shape[0]
+    mask = jnp.ones((B,), bool)
+
+    def one(state, i):
+        p, b, o = state
+        p, b, o, loss = ls.step(p, b, o, x_train, y_train, (idx + i) % x_train.shape[0], mask, False, hp)
+        return (p, b, o), loss
+
+    lanes = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (L, *x.shape)), (params, bs, opt))
+    scan = jax.jit(lambda st: jax.lax.scan(lambda c, i: jax.vmap(lambda s: one(s, i))(c), st, jnp.arange(k))[1])
+    single = jax.jit(lambda p, b, o, i: one((p, b, o), i))
+
+    def timed(fn):
+        jax.block_until_ready(fn())
+        best = math.inf
+        for _ in range(repeats):
+            t = time.perf_counter()
+            jax.block_until_ready(fn())
+            best = min(best, time.perf_counter() - t)
+        return best
+
+    t_packed = timed(lambda: scan(lanes)) / k
+    t_step = timed(lambda: [single(params, bs, opt, jnp.int32(i)) for i in range(k)][-1]) / k
+    _CALIBRATION[key] = out = {"packed": t_packed * shape.lane_steps, "steps": t_step * total_steps}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# One batch of runs.
+
+
+@dataclasses.dataclass
+class _Run:
+    config: Config
+    run_dir: str | None
+    history: list
+    diverged_round: int | None = None
+    start_round: int = 0
+    result: dict | None = None
+    compile_rounds: list = dataclasses.field(default_factory=list)  # rounds whose time includes compiling
+
+
+_PROGRAM_CACHE: dict[Any, Any] = {}
+
+
+class _Batch:
+    """A batch of runs of one group: data, model, consts, state and the compiled round."""
+
+    def __init__(self, runs: list[_Run], *, on_updates=None):
+        self.runs = runs
+        cfg = runs[0].config
+        self.cfg = cfg
+        ds = load_dataset(cfg)
+        self.ds = ds
+        self.model = make_model(cfg, ds)
+        parts = [make_partition(r.config, ds) for r in runs]
+        tables = [data_lib.make_client_data(p, cfg.batch_size, cfg.local_epochs) for p in parts]
+        width = max(t.index.shape[1] for t in tables)
+        index = np.stack([np.pad(t.index, ((0, 0), (0, width - t.index.shape[1]))) for t in tables])
+        counts = np.stack([t.counts for t in tables])
+        self.pipeline, _ = stage_specs(cfg)
+        numbers = [stage_specs(r.config)[1] for r in runs]
+        stage_hp = {slot: {k: jnp.asarray([nb[slot][k] for nb in numbers], jnp.float32) for k in numbers[0][slot]}
+                    for slot in numbers[0]}
+        self.local_cfg = training.LocalConfig(
+            lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm,
+            num_classes=ds.num_classes, label_map=getattr(make_attack(cfg), "label_map", None))
+        local_hp = LocalHparams(*(jnp.asarray([0.0 if v is None else v for v in vals], jnp.float32) for vals in zip(
+            *[(r.config.lr, r.config.momentum, r.config.weight_decay, r.config.clip_norm) for r in runs])))
+        self.consts = round_lib.RunConsts(
+            seed=jnp.asarray([r.config.seed for r in runs], jnp.int32),
+            num_byzantine=jnp.asarray([r.config.num_byzantine if cfg.attack != "none" else 0 for r in runs], jnp.int32),
+            index=jnp.asarray(index), counts=jnp.asarray(counts), local=local_hp, stage_hp=stage_hp,
+            end_round=jnp.asarray([r.config.rounds for r in runs], jnp.int32))
+        self.x_train, self.y_train = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
+        x_test, y_test = ds.x_test, ds.y_test
+        if cfg.max_test_samples is not None:
+            x_test, y_test = x_test[: cfg.max_test_samples], y_test[: cfg.max_test_samples]
+        self.x_test, self.y_test = jnp.asarray(x_test), jnp.asarray(y_test)
+
+        # Initial state, then each run's checkpoint where it has one.
+        flat0 = [training.flatten_variables(init_variables(self.model, r.config.seed)) for r in runs]
+        self.unravel = flat0[0][1]
+        d = flat0[0][0].shape[0]
+        self.d = d
+        n = cfg.clients_per_round
+        shape_struct = jax.ShapeDtypeStruct((n, d), jnp.float32)
+        states = []
+        for i, r in enumerate(runs):
+            attack, aggregator = self._stages(i)
+            probe = jnp.zeros(shape_struct.shape, shape_struct.dtype)
+            a_state = attack.init(probe) if attack is not None else ()
+            g_state = aggregator.init(probe)
+            w = np.asarray(flat0[i][0])
+            ckpt = None if r.run_dir is None else os.path.join(r.run_dir, CHECKPOINT)
+            if ckpt is not None and os.path.exists(ckpt):
+                w, a_state, g_state, r.start_round, r.history, r.compile_rounds = _load_checkpoint(
+                    ckpt, r.config, a_state, g_state)
+                r.diverged_round = next((h["round"] for h in r.history if not h["finite"]), None)
+            states.append((w, a_state, g_state))
+        stack = lambda *xs: jnp.stack([jnp.asarray(x) for x in xs])  # noqa: E731
+        self.state = round_lib.RunState(
+            w=stack(*[s[0] for s in states]),
+            attack_state=jax.tree_util.tree_map(stack, *[s[1] for s in states]),
+            agg_state=jax.tree_util.tree_map(stack, *[s[2] for s in states]),
+            round=jnp.asarray([r.start_round for r in runs], jnp.int32),
+            active=jnp.asarray([r.diverged_round is None and r.start_round < r.config.rounds for r in runs]))
+        self.flip = bool(getattr(make_attack(cfg), "data_level", False))
+        self._build_round(on_updates is not None)
+        self.evaluate = _cached(("eval", self.strategy == "packed", cfg.model, cfg.dataset, cfg.data_dir,
+                                 json.dumps(cfg.dataset_params, sort_keys=True), tuple(self.x_test.shape)),
+                                lambda: jax.jit(_vmapped_eval(training.make_evaluate(self.model), self.unravel))
+                                if self.strategy == "packed" else training.make_evaluate(self.model))
+
+    def _stages(self, i):
+        return make_attack(self.runs[i].config), make_aggregator(self.runs[i].config)
+
+    def _build_round(self, with_updates: bool):
+        cfg, n = self.cfg, self.cfg.clients_per_round
+        steps = _round_steps(self.consts, max(r.config.rounds for r in self.runs), n, cfg.batch_size,
+                             cfg.local_epochs)
+        padded_steps = int(steps.max())
+        strategy = cfg.strategy
+        max_lanes = _max_lanes(self.d, cfg.batch_size, self.x_train, len(self.runs))
+        L, T, padded = choose_lanes(steps, n, cfg.lanes, max_lanes)
+        shape = round_lib.RoundShape(n, cfg.batch_size, cfg.local_epochs, L, T, max(padded_steps, 1))
+        if strategy == "vmap":  # one client per lane, padded to the longest: the classic layout
+            L, T, padded = choose_lanes(steps, n, n, n)
+            shape = shape._replace(lanes=L, lane_steps=T)
+        elif strategy == "map":  # one lane, every client after another
+            L, T, padded = choose_lanes(steps, n, 1, 1)
+            shape = shape._replace(lanes=1, lane_steps=T)
+        self.calibration = None
+        if strategy == "auto":
+            self.calibration = calibrate(self.model, self.local_cfg, self.x_train, self.y_train, shape,
+                                         int(steps.sum(axis=1).max()))
+            fastest = min(self.calibration, key=self.calibration.get)
+            # The packed round is one program (no per-step dispatch, no schedule transfer): prefer it
+            # unless the host loop is clearly faster.
+            strategy = "packed" if self.calibration["packed"] <= 1.1 * self.calibration[fastest] else fastest
+        self.strategy = strategy
+        self.shape = shape
+        self.padded_fraction = padded if strategy in ("packed", "vmap", "map") else 0.0
+        self.device = strategy in ("packed", "vmap", "map")
+        key = (group_key(self.cfg), shape, len(self.runs), strategy, with_updates, self.flip)
+        if self.device:
+            self.round_step = _cached(key, lambda: round_lib.make_device_round(
+                self.model, self.local_cfg, self.pipeline, shape, self.unravel, flip_byzantine=self.flip,
+                with_updates=with_updates))
+        else:
+            client_updates = _cached(("clients", self.cfg.model, self.cfg.dataset, self.local_cfg, strategy),
+                                     lambda: training.make_client_updates(self.model, self.local_cfg, strategy))
+            self.round_step = _cached(key, lambda: round_lib.make_host_round(
+                client_updates, self.pipeline, shape, self.unravel, flip_byzantine=self.flip,
+                with_updates=with_updates))
+
+
+def _cached(key, build):
+    if key not in _PROGRAM_CACHE:
+        _PROGRAM_CACHE[key] = build()
+    return _PROGRAM_CACHE[key]
+
+
+def _vmapped_eval(evaluate, unravel):
+    return lambda w, x, y: jax.vmap(lambda wi: evaluate(unravel(wi), x, y))(w)
+
+
+def _max_lanes(d: int, batch_size: int, x_train, runs: int) -> int:
+    """Lanes that fit a memory budget: per lane ~6 model-sized buffers and the batch's activations."""
+    per_lane = 4 * (6 * d + 16 * batch_size * int(np.prod(x_train.shape[1:])))
+    budget = _memory_budget() // max(runs, 1)
+    return max(1, int(budget // max(per_lane, 1)))
+
+
+def _memory_budget() -> int:
+    stats = {}
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+    except Exception:  # noqa: BLE001 - backends without memory statistics
+        stats = {}
+    if stats.get("bytes_limit"):
+        return int(0.5 * stats["bytes_limit"])
+    try:
+        return int(0.25 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def _run_batch(batch: _Batch, *, checkpoint_every: int, progress: bool, stop_after: int | None, on_updates) -> None:
+    runs, cfg = batch.runs, batch.cfg
+    R = len(runs)
+    rounds_left = max(r.config.rounds - r.start_round if r.diverged_round is None else 0 for r in runs)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        label = f"{cfg.attack}/{cfg.defence}" + (f" x{R} runs" if R > 1 else "")
+        bar = tqdm(total=max(r.config.rounds for r in runs), initial=min(r.start_round for r in runs),
+                   desc=label, leave=False)
+    done_rounds = [r.start_round for r in runs]
+    first = True
+    t_prev = time.perf_counter()
+    for _ in range(rounds_left):
+        state = batch.state
+        rounds_now = np.asarray(done_rounds)  # the state is donated to the round: read nothing from it after
+        if batch.device:
+            batch.state, out = batch.round_step(state, batch.consts, batch.x_train, batch.y_train)
+            timings = None
+        else:
+            batch.state, out, timings = batch.round_step(state, batch.consts, batch.x_train, batch.y_train)
+        ran = np.asarray(out.ran)
+        if np.asarray(out.overflow).any():
+            raise RuntimeError("internal error: a round's clients did not fit the planned lanes "
+                               f"(L={batch.shape.lanes}, T={batch.shape.lane_steps}); please report it.")
+        if not ran.any():
+            break
+        evals = [i for i in range(R) if ran[i] and ((rounds_now[i] + 1) % runs[i].config.eval_every == 0
+                                                    or rounds_now[i] + 1 == runs[i].config.rounds)]
+        acc = _evaluate(batch, evals)
+        metrics = jax.device_get(out.metrics)
+        if on_updates is not None:
+            U, byz, sent = jax.device_get((out.updates, out.byzantine_mask, out.sent))
+        t_now = time.perf_counter()
+        for i, r in enumerate(runs):
+            if not ran[i]:
+                continue
+            m = jax.tree_util.tree_map(lambda a: a[i], metrics)
+            rec = {"round": int(rounds_now[i]), "n": cfg.clients_per_round, **round_lib.metrics_to_dict(m)}
+            if not rec["finite"]:
+                r.diverged_round = rec["round"]
+            elif i in acc:
+                rec["accuracy"], rec["loss"] = acc[i]
+            if timings is not None:
+                rec["time_train_s"], rec["time_server_s"] = timings[0] / R, timings[1] / R
+            rec["time_round_s"] = (t_now - t_prev) / R
+            if first:
+                r.compile_rounds.append(rec["round"])
+            r.history.append(rec)
+            done_rounds[i] = rec["round"] + 1
+            if on_updates is not None:
+                on_updates(rec["round"], U[i], byz[i], sent[i])
+        first = False
+        t_prev = t_now
+        if bar is not None:
+            bar.update(min(done_rounds) - bar.n)
+            accs = [r.history[-1].get("accuracy") for r in runs if r.history]
+            accs = [a for a in accs if a is not None]
+            if accs:
+                bar.set_postfix(acc=f"{max(accs):.3f}")
+        due = [i for i in range(R) if ran[i] and (done_rounds[i] % checkpoint_every == 0
+                                                  or done_rounds[i] >= runs[i].config.rounds
+                                                  or runs[i].diverged_round is not None)]
+        stop = stop_after is not None and min(done_rounds) >= stop_after
+        if stop:
+            due = [i for i in range(R) if ran[i]]
+        _checkpoint(batch, due, done_rounds)
+        if stop:
+            break
+    if bar is not None:
+        bar.close()
+
+
+def _evaluate(batch: _Batch, which: list[int]) -> dict[int, tuple[float, float]]:
+    if not which:
+        return {}
+    if batch.strategy == "packed":
+        acc, loss = jax.device_get(batch.evaluate(batch.state.w, batch.x_test, batch.y_test))
+        return {i: (float(acc[i]), float(loss[i])) for i in which}
+    out = {}
+    for i in which:
+        a, lo = batch.evaluate(batch.unravel(batch.state.w[i]), batch.x_test, batch.y_test)
+        out[i] = (a, lo)
+    return {i: (float(a), float(lo)) for i, (a, lo) in out.items()}
+
+
+def _checkpoint(batch: _Batch, which: list[int], done_rounds: list[int]) -> None:
+    which = [i for i in which if batch.runs[i].run_dir is not None]
+    if not which:
+        return
+    state = jax.device_get((batch.state.w, batch.state.attack_state, batch.state.agg_state))
+    for i in which:
+        r = batch.runs[i]
+        pick = lambda t: jax.tree_util.tree_map(lambda a: a[i], t)  # noqa: E731
+        _save_checkpoint(os.path.join(r.run_dir, CHECKPOINT), r.config, done_rounds[i], state[0][i],
+                         pick(state[1]), pick(state[2]), r.history, r.compile_rounds)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points.
+
+
+def simulate_many(
+    configs: Sequence[Config],
+    *,
+    run_dirs: Sequence[str | None] | None = None,
+    progress: bool = False,
+    checkpoint_every: int = 10,
+    max_runs_per_program: int | None = None,
+    stop_after: int | None = None,
+    on_updates: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Runs many configs, batching those that differ only in numbers into one compiled program.
+
+    Args:
+      configs: the runs.
+      run_dirs: one run directory per config (or None entries): `checkpoint.npz` and `result.json`
+        live there; a finished run is returned as stored, an interrupted one resumes exactly.
+      progress: a progress bar per batch.
+      checkpoint_every: rounds between checkpoints (also written at the end and on divergence).
+      max_runs_per_program: cap on the runs batched together (default: what fits in memory).
+      stop_after: stop (after checkpointing) once every run of a batch has done this many rounds in
+        total, as if interrupted; used to test resume.
+      on_updates: called every round of every run as `on_updates(round, updates [n, d],
+        byzantine_mask [n], sent [n, d])` (host copies; costs transfers). Only with one config.
+
+    Returns:
+      One dict per config, in order: exactly what `simulate` returns for it.
+    """
+    configs = list(configs)
+    for c in configs:
+        if not isinstance(c, Config):
+            raise TypeError(f"simulate_many takes strike_jax.config.Config objects, got {type(c).__name__}.")
+    if run_dirs is None:
+        run_dirs = [None] * len(configs)
+    run_dirs = list(run_dirs)
+    if len(run_dirs) != len(configs):
+        raise ValueError(f"run_dirs has {len(run_dirs)} entries for {len(configs)} configs.")
+    if on_updates is not None and len(configs) != 1:
+        raise ValueError("on_updates is supported for a single config (simulate).")
+    for c in configs:  # bad names or hyper-parameters fail here, before any data loads
+        make_attack(c)
+        make_aggregator(c)
+    t_start = time.perf_counter()
+    runs = [_Run(c, d, []) for c, d in zip(configs, run_dirs)]
+    todo = []
+    for r in runs:
+        r.result = _stored_result(r.config, r.run_dir)
+        if r.result is None:
+            todo.append(r)
+    groups: dict[Any, list[_Run]] = {}
+    for r in todo:
+        groups.setdefault(group_key(r.config), []).append(r)
+    for members in groups.values():
+        cap = max_runs_per_program or _runs_per_program(members[0].config)
+        k = math.ceil(len(members) / cap)
+        size = math.ceil(len(members) / k)
+        for b in range(k):
+            part = members[b * size:(b + 1) * size]
+            t0 = time.perf_counter()
+            batch = _Batch(part, on_updates=on_updates)
+            _run_batch(batch, checkpoint_every=checkpoint_every, progress=progress, stop_after=stop_after,
+                       on_updates=on_updates)
+            wall = time.perf_counter() - t0
+            for r in part:
+                r.result = summarize(r.config, r.history, r.diverged_round, r.compile_rounds)
+                r.result["wall_time_s"] = wall / len(part)
+                r.result["batch"] = {"runs": len(part), "strategy": batch.strategy, "lanes": batch.shape.lanes,
+                                     "lane_steps": batch.shape.lane_steps,
+                                     "padded_fraction": round(batch.padded_fraction, 4),
+                                     "calibration_s": batch.calibration}
+                if r.run_dir is not None:
+                    write_json(os.path.join(r.run_dir, RESULT), r.result)
+    del t_start
+    return [r.result for r in runs]
+
+
+def _runs_per_program(config: Config) -> int:
+    """How many runs of this config fit one program: the `[R, n, d]` matrices (the update matrix, what
+    the attack sends, the rule's temporaries) within the memory budget."""
+    ds = load_dataset(config)
+    model = make_model(config, ds)
+    d = model_lib.num_params(model) + model_lib.num_batch_stats(model)
+    per_run = 4 * d * (4 * config.clients_per_round + 8 * 16)
+    return max(1, int(_memory_budget() // max(per_run, 1)))
 
 
 def simulate(
@@ -200,7 +695,7 @@ def simulate(
     stop_after: int | None = None,
     on_updates: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
 ) -> dict[str, Any]:
-    """Runs federated training under attack and returns the history.
+    """Runs federated training under attack and returns the history (`simulate_many` of one config).
 
     Args:
       config: the run (`strike_jax.config.Config`).
@@ -218,112 +713,19 @@ def simulate(
       A dict: `config`, `rounds` (one dict per round: sampled clients' count `n`, `f`, timings, the
       server's `RoundMetrics`, and `accuracy`/`loss` on rounds that were evaluated), `best_accuracy`,
       `final_accuracy`, `diverged` (a non-finite aggregate ended the run), `diverged_round`,
-      `completed_rounds`, `wall_time_s`.
+      `completed_rounds`, `finished`, `mean_round_time_s`, `wall_time_s`, `batch` (how it ran).
     """
-    t_start = time.perf_counter()
-    if run_dir is not None:
-        result_path = os.path.join(run_dir, RESULT)
-        if os.path.exists(result_path):
-            with open(result_path) as fh:
-                stored = json.load(fh)
-            if config.same_run(stored.get("config", {})) and stored.get("finished"):
-                return stored
-    fed = build_federation(config)
-    attack = make_attack(config)
-    aggregator = make_aggregator(config)
-    n, d = config.clients_per_round, None
-    w, _ = training.flatten_variables(fed.init_variables)
-    d = w.shape[0]
-    shape_probe = jnp.zeros((n, d), jnp.float32)
-    attack_state = attack.init(shape_probe) if attack is not None else ()
-    agg_state = aggregator.init(shape_probe)
-    del shape_probe
-    server_step = round_lib.make_server_step(attack, aggregator)
-    if attack is not None and on_updates is not None:
-        attack_apply = jax.jit(lambda u, m, s, k: attack.apply(u, m, s, key=k)[0])
-    flip_labels = attack is not None and bool(getattr(attack, "data_level", False))
-    num_byz = config.num_byzantine if attack is not None else 0
-
-    history: list[dict[str, Any]] = []
-    start_round = 0
-    ckpt_path = os.path.join(run_dir, CHECKPOINT) if run_dir is not None else None
-    if ckpt_path is not None and os.path.exists(ckpt_path):
-        w, attack_state, agg_state, start_round, history = _load_checkpoint(
-            ckpt_path, config, attack_state, agg_state)
-
-    diverged_round = next((h["round"] for h in history if not h["finite"]), None)
-    rounds = range(start_round, config.rounds)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.rounds, initial=start_round, desc=f"{config.attack}/{config.defence}",
-                   leave=False)
-    r = start_round
-    for r in rounds:
-        if diverged_round is not None:
-            break
-        t0 = time.perf_counter()
-        clients = round_lib.sample_clients(config.seed, r, config.num_clients, n)
-        byz = clients < num_byz
-        idx, mask = _round_schedule(config, fed, clients, r)
-        variables = fed.unravel(w)
-        updates, train_stats = fed.client_updates(
-            variables, fed.x_train, fed.y_train, jnp.asarray(idx), jnp.asarray(mask),
-            jnp.asarray(byz & flip_labels))
-        t1 = time.perf_counter()
-        if on_updates is not None:
-            key = round_lib.round_key(config.seed, r)
-            sent = (attack_apply(updates, jnp.asarray(byz), attack_state, round_lib.attack_key(key))
-                    if attack is not None else updates)
-            on_updates(r, np.asarray(updates), byz.copy(), np.asarray(sent))
-        w, attack_state, agg_state, metrics = server_step(
-            w, updates, jnp.asarray(byz), attack_state, agg_state, round_lib.round_key(config.seed, r))
-        rec = {"round": r, "n": int(n), **round_lib.metrics_to_dict(metrics)}
-        rec["train_loss"] = _mean_train_loss(train_stats, byz)
-        t2 = time.perf_counter()
-        last = r == config.rounds - 1
-        if not rec["finite"]:
-            diverged_round = r
-        elif (r + 1) % config.eval_every == 0 or last:
-            acc, loss = fed.evaluate(fed.unravel(w), fed.x_test, fed.y_test)
-            rec["accuracy"], rec["loss"] = float(acc), float(loss)
-        rec["time_train_s"] = t1 - t0
-        rec["time_server_s"] = t2 - t1
-        rec["time_round_s"] = time.perf_counter() - t0
-        history.append(rec)
-        if bar is not None:
-            bar.update(1)
-            if "accuracy" in rec:
-                bar.set_postfix(acc=f"{rec['accuracy']:.3f}")
-        done = r + 1
-        if ckpt_path is not None and (done % checkpoint_every == 0 or last or diverged_round is not None):
-            _save_checkpoint(ckpt_path, config, done, w, attack_state, agg_state, history)
-        if stop_after is not None and done >= stop_after and not last:
-            if ckpt_path is not None:
-                _save_checkpoint(ckpt_path, config, done, w, attack_state, agg_state, history)
-            break
-    if bar is not None:
-        bar.close()
-    result = summarize(config, history, diverged_round)
-    result["wall_time_s"] = time.perf_counter() - t_start
-    if run_dir is not None:
-        write_json(os.path.join(run_dir, RESULT), result)
-    return result
+    return simulate_many([config], run_dirs=[run_dir], progress=progress, checkpoint_every=checkpoint_every,
+                         stop_after=stop_after, on_updates=on_updates)[0]
 
 
-def _mean_train_loss(stats, byz) -> float | None:
-    loss = getattr(stats, "loss", None) if not isinstance(stats, dict) else stats.get("loss")
-    if loss is None:
-        return None
-    loss = np.asarray(loss)
-    honest = ~np.asarray(byz)
-    return float(loss[honest].mean()) if honest.any() else float(loss.mean())
-
-
-def summarize(config: Config, history: list[dict[str, Any]], diverged_round: int | None) -> dict[str, Any]:
+def summarize(config: Config, history: list[dict[str, Any]], diverged_round: int | None,
+              compile_rounds: Sequence[int] = ()) -> dict[str, Any]:
+    """The result of a run from its round records. `mean_round_time_s` leaves out the rounds whose
+    time includes compiling (the first round of every invocation, listed in `compile_rounds`)."""
     accs = [h["accuracy"] for h in history if "accuracy" in h]
     completed = len(history)
+    steady = [h["time_round_s"] for h in history if h["round"] not in set(compile_rounds)]
     return {
         "config": config.to_dict(),
         "rounds": history,
@@ -333,7 +735,8 @@ def summarize(config: Config, history: list[dict[str, Any]], diverged_round: int
         "diverged_round": diverged_round,
         "completed_rounds": completed,
         "finished": diverged_round is not None or completed >= config.rounds,
-        "mean_round_time_s": float(np.mean([h["time_round_s"] for h in history[1:]])) if completed > 1 else None,
+        "mean_round_time_s": float(np.mean(steady)) if steady else None,
+        "compile_rounds": list(compile_rounds),
     }
 
 

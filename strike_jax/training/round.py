@@ -1,71 +1,48 @@
-"""The server side of one round (SPEC §2 steps 1, 3-4): client sampling and the jitted
-attack -> (pre-)aggregation -> server step, with the round's metrics.
+"""One round of federated training as pure functions over a batch of runs (SPEC §2).
 
-Everything from the `[n, d]` update matrix to the new global vector is one jitted function of
-arrays. `f` is `byzantine_mask.sum()`, a traced value, so partial participation (a different `f`
-every round) never recompiles.
+A *group* is a batch of `R` runs that differ only in numbers (seed, Byzantine count, learning rate,
+the attack's and defence's numeric hyper-parameters, the partition drawn from the seed and `beta`).
+Their state is one `RunState` whose leaves have a leading run axis, and a round is
+
+    state, out = round_step(state, consts)
+
+one jitted device program on the packed path: for every run, sample the round's clients and draw
+their batches from `(seed, round)` keys, train all sampled clients (`training.packed`, `L` lanes),
+let the attack replace the Byzantine rows, pre-aggregate, aggregate, apply `w += g`, and compute the
+round's metrics. Nothing in it depends on a Python value that changes between rounds or between the
+runs of a group, so it compiles once. The host-loop strategies ("steps", "loop") run the same plan
+and the same server step, with local training dispatched from the host (`make_host_round`).
+
+Per-run numbers live in `RunConsts` (arrays with the run axis), the attack's and the rules' numeric
+hyper-parameters among them: the stages are built *inside* the traced function from those traced
+values (`ServerPipeline.build`), so one program serves every `nu`, `tau`, `z`, ...
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from strike_jax import aggregators as agg_lib
+from strike_jax import attacks as attack_lib
 from strike_jax import ops
+from strike_jax.training import schedule
+from strike_jax.training.local import LocalConfig, LocalHparams, LocalStats
+from strike_jax.training.packed import make_packed_train
+from strike_jax.training.schedule import INIT_TAG, SAMPLING_TAG, SERVER_TAG, round_key  # noqa: F401
 
 Array = jax.Array
 
-# Stream tags: every random draw of a run is derived from (seed, tag, round, ...), so that a resumed
-# run, or the same run with another attack, samples exactly the same clients and batches.
-SAMPLING_TAG = 1
-SERVER_TAG = 2
-INIT_TAG = 3
-
 
 def sample_clients(seed: int, round_index: int, num_clients: int, per_round: int) -> np.ndarray:
-    """The ids of the clients taking part in a round: `per_round` of `num_clients`, uniformly
-    without replacement, seeded by `(seed, round)` only (SPEC §2.1), returned sorted.
-
-    Returns:
-      `[per_round]` int32.
-    """
-    if not 1 <= per_round <= num_clients:
-        raise ValueError(f"per_round={per_round} must be in [1, num_clients={num_clients}].")
-    if per_round == num_clients:
-        return np.arange(num_clients, dtype=np.int32)
-    rng = np.random.default_rng([seed, SAMPLING_TAG, round_index])
-    return np.sort(rng.choice(num_clients, size=per_round, replace=False)).astype(np.int32)
+    """Host copy of the round's sampled client ids (`schedule.sample_clients`), sorted `[n]` int32."""
+    return np.asarray(_sample_jit(int(seed), int(round_index), num_clients, per_round))
 
 
-def round_key(seed: int, round_index: int) -> Array:
-    """The server's key of a round (attack and defence randomness)."""
-    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), SERVER_TAG), round_index)
-
-
-class RoundMetrics(NamedTuple):
-    """Scalars the server computes every round (all float32 scalars, `finite` bool).
-
-    Attributes:
-      num_byzantine: f, Byzantine clients among the sampled ones.
-      aggregate_norm: ||g||.
-      dist_to_honest_mean: ||g - mean of the honest updates|| (the honest updates as computed, before
-        the attack).
-      cos_to_honest_mean: cosine between g and the honest mean.
-      skewness: Fisher skewness of the honest updates along their first principal component (SPEC §8).
-      median_mean_distance: ||lower median - mean|| of the honest updates (SPEC §8).
-      finite: whether g is finite (False ends the run as diverged).
-    """
-
-    num_byzantine: Array
-    aggregate_norm: Array
-    dist_to_honest_mean: Array
-    cos_to_honest_mean: Array
-    skewness: Array
-    median_mean_distance: Array
-    finite: Array
+_sample_jit = jax.jit(schedule.sample_clients, static_argnums=(2, 3))
 
 
 def attack_key(key: Array) -> Array:
@@ -77,63 +54,325 @@ def aggregator_key(key: Array) -> Array:
     return jax.random.fold_in(key, 1)
 
 
-def make_server_step(attack, aggregator, *, with_skew: bool = True) -> Callable:
-    """Builds the jitted server step.
+class RoundMetrics(NamedTuple):
+    """Scalars the server computes every round (float32 unless noted; `[R]` for a group).
+
+    Attributes:
+      num_byzantine: f, Byzantine clients among the sampled ones (int32).
+      aggregate_norm: ||g||.
+      dist_to_honest_mean: ||g - mean of the honest updates|| (the honest updates as computed, before
+        the attack).
+      cos_to_honest_mean: cosine between g and the honest mean.
+      skewness: Fisher skewness of the honest updates along their first principal component (SPEC §8);
+        NaN when the diagnostic is off.
+      median_mean_distance: ||lower median - mean|| of the honest updates (SPEC §8); NaN when off.
+      finite: whether g is finite (False ends the run as diverged; bool).
+      train_loss: mean local training loss of the honest clients (of all clients if none is honest).
+    """
+
+    num_byzantine: Array
+    aggregate_norm: Array
+    dist_to_honest_mean: Array
+    cos_to_honest_mean: Array
+    skewness: Array
+    median_mean_distance: Array
+    finite: Array
+    train_loss: Array
+
+
+def server_step(w, updates, byzantine_mask, attack_state, agg_state, key, attack, aggregator, *,
+                with_skew: bool = True, train_loss=None):
+    """The server side of one round of one run (SPEC §2 steps 3-4), pure.
 
     Args:
-      attack: an object from `strike_jax.attacks.get` (or None for no attack).
-      aggregator: an object with the aggregator interface (`strike_jax.aggregators.get`/`chain`).
-      with_skew: also compute the gradient-skew diagnostic (costs about one pass over `U` and a
-        small eigenproblem).
+      w: `[d]` global model (flat).
+      updates: `[n, d]` honestly computed updates of the sampled clients.
+      byzantine_mask: `[n]` bool.
+      attack_state, agg_state: the stages' states.
+      key: the round's server key (`round_key`).
+      attack: a `strike_jax.attacks` object or None; aggregator: a rule or `aggregators.chain`.
+      with_skew: compute the gradient-skew diagnostic (about one pass over `U`).
+      train_loss: `[n]` local losses (for the metric), or None.
 
     Returns:
-      `step(w, updates, byzantine_mask, attack_state, agg_state, key) -> (w', attack_state',
-      agg_state', RoundMetrics)` with `w` the flat global vector `[d]`, `updates` `[n, d]` (donated),
-      `byzantine_mask` `[n]` bool. A non-finite aggregate leaves `w` unchanged and sets
-      `metrics.finite = False`.
+      `(w', attack_state', agg_state', RoundMetrics, sent)`; `sent` is the matrix the aggregator
+      received. A non-finite aggregate leaves `w` unchanged and sets `metrics.finite = False`.
     """
     from strike_jax.analysis import skew as skew_lib
 
+    honest = ~byzantine_mask
+    honest_mean = ops.masked_mean(updates, honest)
+    if with_skew:
+        diag = skew_lib.gradient_skew(updates, honest)
+        skewness, med_dist = diag.skewness, diag.median_mean_distance
+    else:
+        skewness = med_dist = jnp.float32(jnp.nan)
+    if attack is not None:
+        sent, attack_state = attack.apply(updates, byzantine_mask, attack_state, key=attack_key(key))
+    else:
+        sent = updates
+    f = byzantine_mask.sum()
+    g, agg_state = aggregator.aggregate(sent, agg_state, f=f, key=aggregator_key(key))
+    finite = jnp.all(jnp.isfinite(g))
+    w_new = jnp.where(finite, w + g, w)
+    g_safe = jnp.where(finite, g, 0.0)
+    gn = jnp.linalg.norm(g_safe)
+    hn = jnp.linalg.norm(honest_mean)
+    if train_loss is None:
+        tl = jnp.float32(jnp.nan)
+    else:
+        weights = jnp.where(honest.any(), honest, True).astype(jnp.float32)
+        tl = (weights * train_loss).sum() / jnp.maximum(weights.sum(), 1.0)
+    metrics = RoundMetrics(
+        num_byzantine=f.astype(jnp.int32),
+        aggregate_norm=jnp.where(finite, gn, jnp.inf),
+        dist_to_honest_mean=jnp.where(finite, jnp.linalg.norm(g_safe - honest_mean), jnp.inf),
+        cos_to_honest_mean=jnp.where(
+            finite & (gn > 0) & (hn > 0), jnp.vdot(g_safe, honest_mean) / jnp.maximum(gn * hn, 1e-30), 0.0),
+        skewness=jnp.asarray(skewness, jnp.float32),
+        median_mean_distance=jnp.asarray(med_dist, jnp.float32),
+        finite=finite,
+        train_loss=jnp.asarray(tl, jnp.float32),
+    )
+    return w_new, attack_state, agg_state, metrics, sent
+
+
+def make_server_step(attack, aggregator, *, with_skew: bool = True) -> Callable:
+    """The jitted server step of one run with fixed stages (see `server_step`):
+    `step(w, updates, byzantine_mask, attack_state, agg_state, key) -> (w', attack_state', agg_state',
+    RoundMetrics)`."""
+
     def step(w, updates, byzantine_mask, attack_state, agg_state, key):
-        k_attack, k_agg = attack_key(key), aggregator_key(key)
-        honest = ~byzantine_mask
-        honest_mean = ops.masked_mean(updates, honest)
-        if with_skew:
-            diag = skew_lib.gradient_skew(updates, honest)
-            skewness, med_dist = diag.skewness, diag.median_mean_distance
-        else:
-            skewness = med_dist = jnp.float32(jnp.nan)
-        if attack is not None:
-            sent, attack_state = attack.apply(updates, byzantine_mask, attack_state, key=k_attack)
-        else:
-            sent = updates
-        f = byzantine_mask.sum()
-        g, agg_state = aggregator.aggregate(sent, agg_state, f=f, key=k_agg)
-        finite = jnp.all(jnp.isfinite(g))
-        w_new = jnp.where(finite, w + g, w)
-        g_safe = jnp.where(finite, g, 0.0)
-        gn = jnp.linalg.norm(g_safe)
-        hn = jnp.linalg.norm(honest_mean)
-        metrics = RoundMetrics(
-            num_byzantine=f.astype(jnp.int32),
-            aggregate_norm=jnp.where(finite, gn, jnp.inf),
-            dist_to_honest_mean=jnp.where(finite, jnp.linalg.norm(g_safe - honest_mean), jnp.inf),
-            cos_to_honest_mean=jnp.where(
-                finite & (gn > 0) & (hn > 0), jnp.vdot(g_safe, honest_mean) / jnp.maximum(gn * hn, 1e-30), 0.0
-            ),
-            skewness=jnp.asarray(skewness, jnp.float32),
-            median_mean_distance=jnp.asarray(med_dist, jnp.float32),
-            finite=finite,
-        )
-        return w_new, attack_state, agg_state, metrics
+        return server_step(w, updates, byzantine_mask, attack_state, agg_state, key, attack, aggregator,
+                           with_skew=with_skew)[:4]
 
     return jax.jit(step)
 
 
-def metrics_to_dict(m: RoundMetrics) -> dict[str, Any]:
-    """Host-side conversion of RoundMetrics to plain Python numbers (JSON friendly)."""
+def metrics_to_dict(m) -> dict[str, Any]:
+    """Host-side conversion of one run's RoundMetrics to plain Python numbers (JSON friendly)."""
     out = {}
     for k, v in m._asdict().items():
         v = np.asarray(v)
-        out[k] = bool(v) if v.dtype == bool else (int(v) if np.issubdtype(v.dtype, np.integer) else float(v))
+        if v.dtype == bool:
+            out[k] = bool(v)
+        elif np.issubdtype(v.dtype, np.integer):
+            out[k] = int(v)
+        else:  # a diagnostic that was not computed is NaN on the device, null in the record
+            out[k] = None if np.isnan(v) else float(v)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The server pipeline of a group: stage names and static hyper-parameters fixed, numbers traced.
+
+
+class StageSpec(NamedTuple):
+    """One stage of the server pipeline: a registry name, its static hyper-parameters (hashable
+    items) and the names of the numeric ones that come traced from `RunConsts.stage_hp[slot]`."""
+
+    slot: str
+    name: str
+    static: tuple[tuple[str, Any], ...]
+    traced: tuple[str, ...]
+
+
+class ServerPipeline(NamedTuple):
+    """The attack and aggregation chain of a group (hashable; `build` makes the stages)."""
+
+    attack: StageSpec | None
+    preaggregation: tuple[StageSpec, ...]
+    rule: StageSpec
+    with_skew: bool = True
+
+    def build(self, stage_hp: Mapping[str, Mapping[str, Array]] | None = None):
+        """`(attack or None, aggregator)` built with the traced numbers `stage_hp[slot][name]`."""
+        stage_hp = stage_hp or {}
+
+        def kwargs(spec):
+            return {**dict(spec.static), **{k: stage_hp[spec.slot][k] for k in spec.traced}}
+
+        attack = None if self.attack is None else attack_lib.get(self.attack.name, **kwargs(self.attack))
+        stages = [agg_lib.get(s.name, **kwargs(s)) for s in self.preaggregation]
+        rule = agg_lib.get(self.rule.name, **kwargs(self.rule))
+        return attack, (agg_lib.chain(*stages, rule) if stages else rule)
+
+
+# ---------------------------------------------------------------------------------------------
+# The round of a group.
+
+
+class RunState(NamedTuple):
+    """What changes over a group's rounds; every leaf has a leading run axis `R`.
+
+    Attributes:
+      w: `[R, d]` global models (flat; parameters then BatchNorm statistics, SPEC §1).
+      attack_state, agg_state: the stages' states.
+      round: `[R]` int32, the next round of each run.
+      active: `[R]` bool, False once a run finished or diverged (its state is then left unchanged).
+    """
+
+    w: Array
+    attack_state: Any
+    agg_state: Any
+    round: Array
+    active: Array
+
+
+class RunConsts(NamedTuple):
+    """What stays fixed over a group's rounds; every leaf has a leading run axis `R`.
+
+    Attributes:
+      seed: `[R]` int32 run seeds.
+      num_byzantine: `[R]` int32, the Byzantine client ids are `0 .. num_byzantine - 1` (SPEC §2).
+      index: `[R, N, max_m]` int32 client index tables (`data.ClientData.index`, padded to the group's
+        widest).
+      counts: `[R, N]` int32 client sample counts.
+      local: `LocalHparams` of `[R]` float32.
+      stage_hp: `{slot: {name: [R] float32}}` numeric hyper-parameters of the pipeline's stages.
+      end_round: `[R]` int32, the run's total rounds.
+    """
+
+    seed: Array
+    num_byzantine: Array
+    index: Array
+    counts: Array
+    local: LocalHparams
+    stage_hp: Mapping[str, Mapping[str, Array]]
+    end_round: Array
+
+
+class RoundShape(NamedTuple):
+    """The static shape of a group's round.
+
+    Attributes:
+      per_round: n, clients sampled per round.
+      batch_size: B.
+      local_epochs: E.
+      lanes: L, lanes of the packed local training (device path).
+      lane_steps: T, steps per lane (>= the packing's makespan in every round).
+      padded_steps: S, steps of the per-client padded schedule (host path, >= every client's steps).
+    """
+
+    per_round: int
+    batch_size: int
+    local_epochs: int
+    lanes: int
+    lane_steps: int
+    padded_steps: int
+
+
+class RoundOutput(NamedTuple):
+    """What a round returns besides the new state: `[R]` metrics, and on request the round's
+    honestly computed updates `[R, n, d]`, Byzantine masks `[R, n]` and the matrices the aggregator
+    received `[R, n, d]` (for figures; None otherwise), and whether each run ran this round."""
+
+    metrics: RoundMetrics
+    ran: Array
+    overflow: Array | None = None
+    updates: Array | None = None
+    byzantine_mask: Array | None = None
+    sent: Array | None = None
+
+
+def _plan(consts_r: RunConsts, r, shape: RoundShape):
+    cb = schedule.client_batches(consts_r.index, consts_r.counts, consts_r.seed, r, per_round=shape.per_round,
+                                 batch_size=shape.batch_size, local_epochs=shape.local_epochs)
+    return cb, cb.clients < consts_r.num_byzantine
+
+
+def _finish(state_r: RunState, w, astate, gstate, metrics: RoundMetrics, end_round):
+    """Keeps an inactive run's state; advances an active one (deactivating it when it diverged or
+    reached its last round)."""
+    act = state_r.active
+    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(act, a, b), new, old)  # noqa: E731
+    nxt = state_r.round + act.astype(jnp.int32)
+    return RunState(w=keep(w, state_r.w), attack_state=keep(astate, state_r.attack_state),
+                    agg_state=keep(gstate, state_r.agg_state), round=nxt,
+                    active=act & metrics.finite & (nxt < end_round))
+
+
+def make_device_round(model, local_cfg: LocalConfig, pipeline: ServerPipeline, shape: RoundShape,
+                      unravel: Callable, *, flip_byzantine: bool, with_updates: bool = False) -> Callable:
+    """The packed path: one jitted program per round for a whole group.
+
+    Returns:
+      `round_step(state, consts, x_train, y_train) -> (state', RoundOutput)`, jitted, `state` donated.
+    """
+    train = make_packed_train(model, local_cfg)
+
+    def one_run(state_r: RunState, consts_r: RunConsts, x_train, y_train):
+        r = state_r.round
+        cb, byz = _plan(consts_r, r, shape)
+        plan, makespan = schedule.pack_lanes(cb.steps, shape.lanes, shape.lane_steps)
+        idx, mask = schedule.lane_batches(cb, plan, batch_size=shape.batch_size)
+        U, stats = train(unravel(state_r.w), x_train, y_train, plan, idx, mask, byz & flip_byzantine,
+                         consts_r.local)
+        attack, aggregator = pipeline.build(consts_r.stage_hp)
+        w, astate, gstate, metrics, sent = server_step(
+            state_r.w, U, byz, state_r.attack_state, state_r.agg_state, round_key(consts_r.seed, r),
+            attack, aggregator, with_skew=pipeline.with_skew, train_loss=stats.loss)
+        new = _finish(state_r, w, astate, gstate, metrics, consts_r.end_round)
+        out = RoundOutput(metrics, state_r.active, makespan > shape.lane_steps,
+                          *((U, byz, sent) if with_updates else (None, None, None)))
+        return new, out
+
+    step = jax.vmap(one_run, in_axes=(0, 0, None, None))
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def make_host_round(client_updates: Callable, pipeline: ServerPipeline, shape: RoundShape, unravel: Callable, *,
+                    flip_byzantine: bool, with_updates: bool = False) -> Callable:
+    """The host-loop path: the same plan and server step as `make_device_round`, local training by
+    `client_updates` (a `training.make_client_updates` strategy such as "steps") called per run.
+
+    Returns:
+      `round_step(state, consts, x_train, y_train) -> (state', RoundOutput, timings)` with
+      `timings = (train_s, server_s)` measured after the work finished.
+    """
+    import time
+
+    def plan_one(consts_r, r):
+        cb, byz = _plan(consts_r, r, shape)
+        idx, mask = schedule.padded_schedule(cb, batch_size=shape.batch_size, num_steps=shape.padded_steps)
+        return idx, mask, byz, cb.steps.max() > shape.padded_steps
+
+    plans = jax.jit(jax.vmap(plan_one))
+
+    def server_one(state_r: RunState, consts_r: RunConsts, U, byz, loss):
+        attack, aggregator = pipeline.build(consts_r.stage_hp)
+        w, astate, gstate, metrics, sent = server_step(
+            state_r.w, U, byz, state_r.attack_state, state_r.agg_state,
+            round_key(consts_r.seed, state_r.round), attack, aggregator, with_skew=pipeline.with_skew,
+            train_loss=loss)
+        new = _finish(state_r, w, astate, gstate, metrics, consts_r.end_round)
+        out = RoundOutput(metrics, state_r.active, jnp.bool_(False),
+                          *((U, byz, sent) if with_updates else (None, None, None)))
+        return new, out
+
+    server = jax.jit(jax.vmap(server_one), donate_argnums=(0,))
+    unravel_jit = jax.jit(unravel)
+
+    def round_step(state: RunState, consts: RunConsts, x_train, y_train):
+        t0 = time.perf_counter()
+        idx, mask, byz, overflow = jax.device_get(plans(consts, state.round))
+        active = np.asarray(state.active)
+        rows, losses = [], []
+        for i in range(idx.shape[0]):
+            if active[i]:
+                U_i, st = client_updates(unravel_jit(state.w[i]), x_train, y_train, idx[i], mask[i],
+                                         byz[i] & flip_byzantine)
+            else:  # a finished run: no training (its state is kept by the server step)
+                U_i = jnp.zeros((shape.per_round, state.w.shape[1]), jnp.float32)
+                st = LocalStats(jnp.zeros((shape.per_round,), jnp.float32), None, None)
+            rows.append(U_i)
+            losses.append(st.loss)
+        U = jnp.stack(rows)
+        U.block_until_ready()
+        t1 = time.perf_counter()
+        new, out = server(state, consts, U, jnp.asarray(byz), jnp.stack(losses))
+        out = out._replace(overflow=jnp.asarray(overflow))
+        jax.block_until_ready(out.metrics)
+        return new, out, (t1 - t0, time.perf_counter() - t1)
+
+    return round_step
