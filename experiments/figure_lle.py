@@ -220,6 +220,7 @@ def main(argv=None) -> int:
     defence = args.defence or ("mean" if args.attack == "none" else "median")
     overrides = dict(PAPER_LLE.get(args.dataset, {})) if args.scale == "paper" else {}
     overrides["beta"] = 0.1 if args.beta is None else args.beta
+    overrides["skew_metrics"] = True  # the table reports the skew of every round
     if args.clients is not None:
         overrides.update(num_clients=args.clients, clients_per_round=args.clients)
     base = C.base_config(args, **overrides)

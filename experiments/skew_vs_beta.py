@@ -54,7 +54,7 @@ def series(result: dict, metric: str, rounds: int) -> np.ndarray:
 
 def main(argv=None) -> int:
     args = C.finish_args(build_parser().parse_args(argv))
-    base = C.base_config(args, attack="none", defence="mean")
+    base = C.base_config(args, attack="none", defence="mean", skew_metrics=True)
     if base.partition == "natural":
         raise SystemExit(f"{args.dataset} is split by writer; pass a Dirichlet-split data set.")
     values = list(args.betas) + (["iid"] if args.iid else [])

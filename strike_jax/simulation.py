@@ -223,39 +223,42 @@ def _stored_result(config: Config, run_dir: str | None):
 # ---------------------------------------------------------------------------------------------
 # Strategy and lanes.
 
-_LANE_CHOICES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-MAX_PADDED_FRACTION = 0.05
+MAX_PADDED_FRACTION = 0.10
 
 
 def choose_lanes(steps_per_round: np.ndarray, n: int, lanes: int | None, max_lanes: int) -> tuple[int, int, float]:
     """`(L, T, padded fraction)` for the packed path.
 
+    The default `L` depends on the structure only — the largest power of two up to `n / 4` (a lane
+    trains four clients or more, so longest-first packing leaves little idle) within `max_lanes` —
+    so runs that differ in numbers (seed, beta) get the same `L` and share a batch. Only when that
+    would leave more than `MAX_PADDED_FRACTION` of a run's lane steps idle (a split dominated by a
+    few huge clients) is `L` halved until it does not.
+
     Args:
-      steps_per_round: `[k, n]` real local steps of the sampled clients in every round of every run.
+      steps_per_round: `[k, n]` real local steps of the sampled clients in every planned round.
       n: clients per round.
-      lanes: a fixed L (None: the largest L from `_LANE_CHOICES` (and n) up to `max_lanes` whose
-        padded fraction stays within `MAX_PADDED_FRACTION`; at least 1, which never pads).
+      lanes: a fixed L (Config.lanes), or None.
       max_lanes: memory bound on L.
+
+    Returns:
+      `T` is the longest round's makespan; the padded fraction is over the rounds' own makespans
+      (what the packed round runs).
     """
     steps_per_round = np.asarray(steps_per_round, np.int32)
-    total = int(steps_per_round.sum(axis=1).max())
 
     def plan(L):
-        T = int(np.asarray(_makespans(jnp.asarray(steps_per_round), L)).max())
-        T = max(T, 1)
-        padded = 1.0 - steps_per_round.sum() / (steps_per_round.shape[0] * L * T)
-        return L, T, float(padded)
+        spans = np.asarray(_makespans(jnp.asarray(steps_per_round), L))
+        padded = 1.0 - steps_per_round.sum() / max(1, L * int(spans.sum()))
+        return L, max(int(spans.max()), 1), float(padded)
 
     if lanes is not None:
-        return plan(min(int(lanes), n))
-    best = plan(1)
-    for L in sorted({c for c in _LANE_CHOICES if c < n} | {n}):
-        if L > max_lanes or L > max(total, 1):
-            break
-        cand = plan(L)
-        if cand[2] <= MAX_PADDED_FRACTION:
-            best = cand
-    return best
+        return plan(max(1, min(int(lanes), n)))
+    L = 1 << (max(1, min(n // 4, max_lanes)).bit_length() - 1)
+    out = plan(L)
+    while out[2] > MAX_PADDED_FRACTION and out[0] > 1:
+        out = plan(out[0] // 2)
+    return out
 
 
 @jax.jit
@@ -268,24 +271,24 @@ def _makespans(steps, L: int):
     return _makespans_impl(steps, jnp.zeros((L,), bool))
 
 
-def _round_steps(consts: round_lib.RunConsts, rounds: int, n: int, batch_size: int, epochs: int) -> np.ndarray:
-    """`[R * k, n]` real steps of the sampled clients of rounds `0..k-1` of every run (device draw):
-    one round under full participation (every round trains the same clients), else
+def plan_steps(table, config: Config) -> np.ndarray:
+    """`[k, n]` real local steps of the sampled clients in rounds `0..k-1` of a run (device draw of the
+    sampling): one round under full participation (every round trains the same clients), else
     `k = max(rounds, PLAN_HORIZON)`, so the lane length does not depend on the number of rounds."""
-    num_clients = consts.index.shape[1]
-    k = 1 if n == num_clients else max(rounds, PLAN_HORIZON)
-    out = _round_steps_impl(consts.index, consts.counts, consts.seed, jnp.arange(k, dtype=jnp.int32), n,
-                            batch_size, epochs)
-    return np.asarray(out).reshape(-1, n)
+    n = config.clients_per_round
+    k = 1 if n == table.num_clients else max(config.rounds, PLAN_HORIZON)
+    out = _round_steps_impl(jnp.asarray(table.counts), config.seed, jnp.arange(k, dtype=jnp.int32), n,
+                            config.batch_size, config.local_epochs)
+    return np.asarray(out)
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6))
-def _round_steps_impl(index, counts, seed, rounds, n, batch_size, epochs):
-    def one(index, counts, seed, r):
-        clients = schedule.sample_clients(seed, r, index.shape[0], n)
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _round_steps_impl(counts, seed, rounds, n, batch_size, epochs):
+    def one(r):
+        clients = schedule.sample_clients(seed, r, counts.shape[0], n)
         return epochs * (-(-counts[clients] // batch_size))
 
-    return jax.vmap(jax.vmap(one, in_axes=(None, None, None, 0)), in_axes=(0, 0, 0, None))(index, counts, seed, rounds)
+    return jax.vmap(one)(rounds)
 
 
 _CALIBRATION: dict[Any, dict[str, float]] = {}
@@ -350,6 +353,29 @@ class _Run:
     start_round: int = 0
     result: dict | None = None
     compile_rounds: list = dataclasses.field(default_factory=list)  # rounds whose time includes compiling
+    table: Any = None          # data.ClientData of the run's partition
+    steps: Any = None          # [k, n] real steps of the sampled clients over the planning horizon
+    lanes: int = 1             # L of the packed path, chosen from this run alone
+
+
+def _prepare(run: _Run) -> None:
+    """Plans a run from its own config: its partition, its clients' steps, its lane count. A run's
+    lanes never depend on which other runs share its batch, so it computes the same alone or batched."""
+    cfg = run.config
+    ds = load_dataset(cfg)
+    run.table = data_lib.make_client_data(make_partition(cfg, ds), cfg.batch_size, cfg.local_epochs)
+    run.steps = plan_steps(run.table, cfg)
+    n = cfg.clients_per_round
+    if cfg.strategy == "vmap":  # one client per lane, padded to the longest: the classic layout
+        run.lanes = n
+    elif cfg.strategy == "map":  # one lane, every client after another
+        run.lanes = 1
+    else:
+        model = make_model(cfg, ds)
+        d = model_lib.num_params(model) + model_lib.num_batch_stats(model)
+        budget = _memory_budget() // _runs_per_program(cfg)
+        max_lanes = max(1, budget // (4 * (6 * d + 16 * cfg.batch_size * int(np.prod(ds.x_train.shape[1:])))))
+        run.lanes = choose_lanes(run.steps, n, cfg.lanes, max_lanes)[0]
 
 
 _PROGRAM_CACHE: dict[Any, Any] = {}
@@ -358,16 +384,18 @@ _PROGRAM_CACHE: dict[Any, Any] = {}
 class _Batch:
     """A batch of runs of one group: data, model, consts, state and the compiled round."""
 
-    def __init__(self, runs: list[_Run], *, on_updates=None):
+    def __init__(self, runs: list[_Run], *, group: list[_Run] | None = None, on_updates=None):
         self.runs = runs
+        # Shapes come from the whole group (every batch of it), so its batches share one program.
+        self.group = group or runs
         cfg = runs[0].config
         self.cfg = cfg
         ds = load_dataset(cfg)
         self.ds = ds
         self.model = make_model(cfg, ds)
-        parts = [make_partition(r.config, ds) for r in runs]
-        tables = [data_lib.make_client_data(p, cfg.batch_size, cfg.local_epochs) for p in parts]
-        width = max(t.index.shape[1] for t in tables)
+        tables = [r.table for r in runs]
+        # Padded to a power of two: later calls whose partitions differ a little reuse the program too.
+        width = _pow2(max(r.table.index.shape[1] for r in self.group))
         index = np.stack([np.pad(t.index, ((0, 0), (0, width - t.index.shape[1]))) for t in tables])
         counts = np.stack([t.counts for t in tables])
         self.pipeline, _ = stage_specs(cfg)
@@ -429,19 +457,15 @@ class _Batch:
 
     def _build_round(self, with_updates: bool):
         cfg, n = self.cfg, self.cfg.clients_per_round
-        steps = _round_steps(self.consts, max(r.config.rounds for r in self.runs), n, cfg.batch_size,
-                             cfg.local_epochs)
-        padded_steps = int(steps.max())
+        steps = np.concatenate([r.steps for r in self.runs])
         strategy = cfg.strategy
-        max_lanes = _max_lanes(self.d, cfg.batch_size, self.x_train, len(self.runs))
-        L, T, padded = choose_lanes(steps, n, cfg.lanes, max_lanes)
-        shape = round_lib.RoundShape(n, cfg.batch_size, cfg.local_epochs, L, T, max(padded_steps, 1))
-        if strategy == "vmap":  # one client per lane, padded to the longest: the classic layout
-            L, T, padded = choose_lanes(steps, n, n, n)
-            shape = shape._replace(lanes=L, lane_steps=T)
-        elif strategy == "map":  # one lane, every client after another
-            L, T, padded = choose_lanes(steps, n, 1, 1)
-            shape = shape._replace(lanes=1, lane_steps=T)
+        L, _, padded = choose_lanes(steps, n, self.runs[0].lanes, self.runs[0].lanes)
+        group_steps = np.concatenate([r.steps for r in self.group])
+        T = choose_lanes(group_steps, n, L, L)[1]
+        # Capacities rounded up to a power of two, so that later calls whose partitions differ a
+        # little reuse the program (a round runs its own makespan, not the capacity).
+        shape = round_lib.RoundShape(n, cfg.batch_size, cfg.local_epochs, L, _pow2(T), _pow2(int(group_steps.max())),
+                                     int(self.ds.x_train.shape[0]))
         self.calibration = None
         if strategy == "auto":
             self.calibration = calibrate(self.model, self.local_cfg, self.x_train, self.y_train, shape,
@@ -454,7 +478,9 @@ class _Batch:
         self.shape = shape
         self.padded_fraction = padded if strategy in ("packed", "vmap", "map") else 0.0
         self.device = strategy in ("packed", "vmap", "map")
-        key = (group_key(self.cfg), shape, len(self.runs), strategy, with_updates, self.flip)
+        key = (group_key(self.cfg), shape, len(self.runs), strategy, with_updates, self.flip,
+               tuple(self.consts.index.shape[1:]))
+        self.new_program = not _is_cached(key)
         if self.device:
             self.round_step = _cached(key, lambda: round_lib.make_device_round(
                 self.model, self.local_cfg, self.pipeline, shape, self.unravel, flip_byzantine=self.flip,
@@ -467,21 +493,22 @@ class _Batch:
                 with_updates=with_updates))
 
 
+def _pow2(x: int) -> int:
+    return 1 << max(0, int(x) - 1).bit_length()
+
+
 def _cached(key, build):
     if key not in _PROGRAM_CACHE:
         _PROGRAM_CACHE[key] = build()
     return _PROGRAM_CACHE[key]
 
 
+def _is_cached(key) -> bool:
+    return key in _PROGRAM_CACHE
+
+
 def _vmapped_eval(evaluate, unravel):
     return lambda w, x, y: jax.vmap(lambda wi: evaluate(unravel(wi), x, y))(w)
-
-
-def _max_lanes(d: int, batch_size: int, x_train, runs: int) -> int:
-    """Lanes that fit a memory budget: per lane ~6 model-sized buffers and the batch's activations."""
-    per_lane = 4 * (6 * d + 16 * batch_size * int(np.prod(x_train.shape[1:])))
-    budget = _memory_budget() // max(runs, 1)
-    return max(1, int(budget // max(per_lane, 1)))
 
 
 def _memory_budget() -> int:
@@ -610,6 +637,7 @@ def simulate_many(
     max_runs_per_program: int | None = None,
     stop_after: int | None = None,
     on_updates: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
+    on_result: Callable[[Config, dict], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Runs many configs, batching those that differ only in numbers into one compiled program.
 
@@ -624,6 +652,7 @@ def simulate_many(
         total, as if interrupted; used to test resume.
       on_updates: called every round of every run as `on_updates(round, updates [n, d],
         byzantine_mask [n], sent [n, d])` (host copies; costs transfers). Only with one config.
+      on_result: called as `on_result(config, result)` when a run is done (stored ones first).
 
     Returns:
       One dict per config, in order: exactly what `simulate` returns for it.
@@ -649,9 +678,12 @@ def simulate_many(
         r.result = _stored_result(r.config, r.run_dir)
         if r.result is None:
             todo.append(r)
+        elif on_result is not None:
+            on_result(r.config, r.result)
     groups: dict[Any, list[_Run]] = {}
     for r in todo:
-        groups.setdefault(group_key(r.config), []).append(r)
+        _prepare(r)
+        groups.setdefault((group_key(r.config), r.lanes), []).append(r)
     for members in groups.values():
         cap = max_runs_per_program or _runs_per_program(members[0].config)
         k = math.ceil(len(members) / cap)
@@ -659,7 +691,7 @@ def simulate_many(
         for b in range(k):
             part = members[b * size:(b + 1) * size]
             t0 = time.perf_counter()
-            batch = _Batch(part, on_updates=on_updates)
+            batch = _Batch(part, group=members, on_updates=on_updates)
             _run_batch(batch, checkpoint_every=checkpoint_every, progress=progress, stop_after=stop_after,
                        on_updates=on_updates)
             wall = time.perf_counter() - t0
@@ -669,9 +701,11 @@ def simulate_many(
                 r.result["batch"] = {"runs": len(part), "strategy": batch.strategy, "lanes": batch.shape.lanes,
                                      "lane_steps": batch.shape.lane_steps,
                                      "padded_fraction": round(batch.padded_fraction, 4),
-                                     "calibration_s": batch.calibration}
+                                     "calibration_s": batch.calibration, "new_program": batch.new_program}
                 if r.run_dir is not None:
                     write_json(os.path.join(r.run_dir, RESULT), r.result)
+                if on_result is not None:
+                    on_result(r.config, r.result)
     del t_start
     return [r.result for r in runs]
 

@@ -34,33 +34,34 @@ def run_sweep(
     *,
     progress: bool = True,
     on_result: Callable[[Config, dict], None] | None = None,
+    max_runs_per_program: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Runs every config (skipping finished ones, resuming an interrupted one).
+    """Runs every config (skipping finished ones, resuming interrupted ones), as batches.
+
+    Configs that differ only in numbers (seed, `nu`, Byzantine ratio, ...) run together as one
+    compiled program (`strike_jax.simulation.simulate_many`); each keeps its own run directory.
 
     Args:
-      configs: the runs.
+      configs: the runs (duplicates are run once).
       out_dir: one sub-directory per run (`<out_dir>/<run_id>/result.json` + checkpoint).
-      progress: a progress bar over runs.
+      progress: progress bars per batch.
       on_result: called after each run (e.g. to print a line).
+      max_runs_per_program: cap on the runs batched together (default: what fits in memory).
 
     Returns:
       The results, in the order of `configs`.
     """
-    from strike_jax.simulation import simulate
+    from strike_jax.simulation import simulate_many
 
     os.makedirs(out_dir, exist_ok=True)
-    results = []
-    it: Iterable = configs
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(configs, desc=f"sweep ({len(configs)} runs)")
-    for cfg in it:
-        res = simulate(cfg, run_dir=os.path.join(out_dir, run_id(cfg)), progress=False)
-        results.append(res)
-        if on_result is not None:
-            on_result(cfg, res)
-    return results
+    unique: dict[str, Config] = {}
+    for cfg in configs:
+        unique.setdefault(run_id(cfg), cfg)
+    ids = list(unique)
+    results = simulate_many([unique[i] for i in ids], run_dirs=[os.path.join(out_dir, i) for i in ids],
+                            progress=progress, on_result=on_result, max_runs_per_program=max_runs_per_program)
+    by_id = dict(zip(ids, results))
+    return [by_id[run_id(c)] for c in configs]
 
 
 def cell(values: Sequence[float]) -> tuple[float, float]:

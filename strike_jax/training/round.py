@@ -250,8 +250,11 @@ class RoundShape(NamedTuple):
       batch_size: B.
       local_epochs: E.
       lanes: L, lanes of the packed local training (device path).
-      lane_steps: T, steps per lane (>= the packing's makespan in every round).
+      lane_steps: T, the plan's capacity in steps per lane (>= the packing's makespan in every
+        round; a round runs its own makespan).
       padded_steps: S, steps of the per-client padded schedule (host path, >= every client's steps).
+      max_samples: the training set's size (fixes the permutations' key layout; see
+        `schedule.client_batches`).
     """
 
     per_round: int
@@ -260,6 +263,7 @@ class RoundShape(NamedTuple):
     lanes: int
     lane_steps: int
     padded_steps: int
+    max_samples: int | None = None
 
 
 class RoundOutput(NamedTuple):
@@ -277,7 +281,8 @@ class RoundOutput(NamedTuple):
 
 def _plan(consts_r: RunConsts, r, shape: RoundShape):
     cb = schedule.client_batches(consts_r.index, consts_r.counts, consts_r.seed, r, per_round=shape.per_round,
-                                 batch_size=shape.batch_size, local_epochs=shape.local_epochs)
+                                 batch_size=shape.batch_size, local_epochs=shape.local_epochs,
+                                 max_samples=shape.max_samples)
     return cb, cb.clients < consts_r.num_byzantine
 
 
@@ -307,7 +312,7 @@ def make_device_round(model, local_cfg: LocalConfig, pipeline: ServerPipeline, s
         plan, makespan = schedule.pack_lanes(cb.steps, shape.lanes, shape.lane_steps)
         idx, mask = schedule.lane_batches(cb, plan, batch_size=shape.batch_size)
         U, stats = train(unravel(state_r.w), x_train, y_train, plan, idx, mask, byz & flip_byzantine,
-                         consts_r.local)
+                         consts_r.local, jnp.minimum(makespan, shape.lane_steps))
         attack, aggregator = pipeline.build(consts_r.stage_hp)
         w, astate, gstate, metrics, sent = server_step(
             state_r.w, U, byz, state_r.attack_state, state_r.agg_state, round_key(consts_r.seed, r),

@@ -73,38 +73,47 @@ def sample_clients(seed, round_index, num_clients: int, per_round: int) -> Array
         raise ValueError(f"per_round={per_round} must be in [1, num_clients={num_clients}].")
     if per_round == num_clients:
         return jnp.arange(num_clients, dtype=jnp.int32)
-    bits = random_words(stream_key(seed, SAMPLING_TAG, round_index)[None], num_clients)
-    perm = permutation_rows(bits, jnp.full((1,), num_clients, jnp.int32))[0]
+    idx_bits = position_bits(num_clients)
+    bits = random_words(stream_key(seed, SAMPLING_TAG, round_index)[None], num_clients, idx_bits)
+    perm = permutation_rows(bits, jnp.full((1,), num_clients, jnp.int32), idx_bits)[0]
     return jnp.sort(perm[:per_round]).astype(jnp.int32)
 
 
-def _passes(width: int) -> tuple[int, int]:
-    idx_bits = max(1, math.ceil(math.log2(max(width, 2))))
-    rnd_bits = 32 - idx_bits
-    if rnd_bits < 8:
+def position_bits(width: int) -> int:
+    """Bits that hold a position `< width` in the packed sort keys."""
+    bits = max(1, math.ceil(math.log2(max(width, 2))))
+    if bits > 24:
         raise ValueError(f"a client with {width} samples is beyond the packed sort (at most 2**24).")
-    return idx_bits, max(2, math.ceil(_TIE_BITS / rnd_bits))
+    return bits
 
 
-def random_words(keys: Array, width: int) -> Array:
-    """`[k, passes, width]` uint32 random words for `permutation_rows` (one draw per key)."""
-    _, passes = _passes(width)
-    return jax.vmap(lambda k: jax.random.bits(k, (passes, width), jnp.uint32))(keys)
+def _passes(idx_bits: int) -> int:
+    return max(2, math.ceil(_TIE_BITS / (32 - idx_bits)))
 
 
-def permutation_rows(words: Array, sizes: Array) -> Array:
+def random_words(keys: Array, width: int, idx_bits: int) -> Array:
+    """`[k, passes, width]` uint32 random words for `permutation_rows`. Word `(p, i)` of a key does not
+    depend on `width` (counter `i * passes + p`), so a row's order is the same whatever padding."""
+    passes = _passes(idx_bits)
+    return jax.vmap(lambda k: jax.random.bits(k, (width, passes), jnp.uint32).T)(keys)
+
+
+def permutation_rows(words: Array, sizes: Array, idx_bits: int) -> Array:
     """One uniformly random permutation of `0..sizes[i]-1` per row, padded to the row width.
 
     Args:
       words: `[k, passes, width]` uint32 random words (`random_words`).
       sizes: `[k]` int, `0 <= sizes[i] <= width` (may be traced).
+      idx_bits: `position_bits(bound)` for a bound on the width; fixed for a data set, so that the
+        order of a row does not depend on how far it is padded.
 
     Returns:
       `[k, width]` int32: row `i` holds a random order of `0..sizes[i]-1` in its first `sizes[i]`
       slots, then `sizes[i]..width-1` in order.
     """
     k, passes, width = words.shape
-    idx_bits, _ = _passes(width)
+    if width > (1 << idx_bits):
+        raise ValueError(f"rows of width {width} need idx_bits >= {position_bits(width)}, got {idx_bits}.")
     pos = jnp.arange(width, dtype=jnp.uint32)
     real = pos[None, :] < sizes.astype(jnp.uint32)[:, None]
     top = jnp.uint32((1 << (32 - idx_bits)) - 1)
@@ -136,7 +145,7 @@ class ClientBatches(NamedTuple):
 
 
 def client_batches(index: Array, counts: Array, seed, round_index, *, per_round: int, batch_size: int,
-                   local_epochs: int) -> ClientBatches:
+                   local_epochs: int, max_samples: int | None = None) -> ClientBatches:
     """Samples the round's clients and draws every local epoch's sample order (jit-able, one run).
 
     Args:
@@ -146,16 +155,21 @@ def client_batches(index: Array, counts: Array, seed, round_index, *, per_round:
       per_round: n (static).
       batch_size: B (static).
       local_epochs: E (static).
+      max_samples: a bound on any client's sample count that does not depend on the partition (the
+        training set's size): it fixes the sort's key layout, so that a client's order is the same
+        whatever the index table's padding (runs batched together pad to the widest). None: the
+        table's width.
     """
     num_clients, max_m = index.shape
     width = -(-max_m // batch_size) * batch_size
+    idx_bits = position_bits(max(width, -(-(max_samples or 0) // batch_size) * batch_size))
     clients = sample_clients(seed, round_index, num_clients, per_round)
     m = counts[clients].astype(jnp.int32)
     key = stream_key(seed, SCHEDULE_TAG, round_index)
     # Row (client c, epoch e) has the key fold_in(key, c * E + e): independent of the other clients.
     rows = (clients[:, None] * local_epochs + jnp.arange(local_epochs)[None, :]).reshape(-1)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(rows)
-    perm = permutation_rows(random_words(keys, width), jnp.repeat(m, local_epochs))
+    perm = permutation_rows(random_words(keys, width, idx_bits), jnp.repeat(m, local_epochs), idx_bits)
     perm = perm.reshape(per_round, local_epochs, width)
     table = jnp.pad(index[clients], ((0, 0), (0, width - max_m)))             # [n, W]
     first = table[:, :1]
