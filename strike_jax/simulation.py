@@ -221,54 +221,7 @@ def _stored_result(config: Config, run_dir: str | None):
 
 
 # ---------------------------------------------------------------------------------------------
-# Strategy and lanes.
-
-MAX_PADDED_FRACTION = 0.10
-
-
-def choose_lanes(steps_per_round: np.ndarray, n: int, lanes: int | None, max_lanes: int) -> tuple[int, int, float]:
-    """`(L, T, padded fraction)` for the packed path.
-
-    The default `L` depends on the structure only — the largest power of two up to `n / 4` (a lane
-    trains four clients or more, so longest-first packing leaves little idle) within `max_lanes` —
-    so runs that differ in numbers (seed, beta) get the same `L` and share a batch. Only when that
-    would leave more than `MAX_PADDED_FRACTION` of a run's lane steps idle (a split dominated by a
-    few huge clients) is `L` halved until it does not.
-
-    Args:
-      steps_per_round: `[k, n]` real local steps of the sampled clients in every planned round.
-      n: clients per round.
-      lanes: a fixed L (Config.lanes), or None.
-      max_lanes: memory bound on L.
-
-    Returns:
-      `T` is the longest round's makespan; the padded fraction is over the rounds' own makespans
-      (what the packed round runs).
-    """
-    steps_per_round = np.asarray(steps_per_round, np.int32)
-
-    def plan(L):
-        spans = np.asarray(_makespans(jnp.asarray(steps_per_round), L))
-        padded = 1.0 - steps_per_round.sum() / max(1, L * int(spans.sum()))
-        return L, max(int(spans.max()), 1), float(padded)
-
-    if lanes is not None:
-        return plan(max(1, min(int(lanes), n)))
-    L = 1 << (max(1, min(n // 4, max_lanes)).bit_length() - 1)
-    out = plan(L)
-    while out[2] > MAX_PADDED_FRACTION and out[0] > 1:
-        out = plan(out[0] // 2)
-    return out
-
-
-@jax.jit
-def _makespans_impl(steps, lanes_onehot):
-    L = lanes_onehot.shape[0]
-    return jax.vmap(lambda s: schedule._lpt(s, L)[2])(steps)
-
-
-def _makespans(steps, L: int):
-    return _makespans_impl(steps, jnp.zeros((L,), bool))
+# Planning: lanes and strategy.
 
 
 def plan_steps(table, config: Config) -> np.ndarray:
@@ -289,55 +242,6 @@ def _round_steps_impl(counts, seed, rounds, n, batch_size, epochs):
         return epochs * (-(-counts[clients] // batch_size))
 
     return jax.vmap(one)(rounds)
-
-
-_CALIBRATION: dict[Any, dict[str, float]] = {}
-
-
-def calibrate(model, local_cfg, x_train, y_train, shape: round_lib.RoundShape, total_steps: int,
-              repeats: int = 3) -> dict[str, float]:
-    """Measured seconds per round of the candidate strategies for one run, from a few timed steps.
-
-    "packed": a `lax.scan` of 3 steps of the lane-vmapped step (as the packed round runs it), scaled
-    to `T` steps; "steps": single dispatched steps (as the host loop runs them), scaled to the round's
-    real steps. Cached per (model, shapes, backend).
-    """
-    key = (model.name, tuple(x_train.shape[1:]), str(x_train.dtype), shape.batch_size, shape.lanes,
-           shape.lane_steps, total_steps, local_cfg.structure(), jax.default_backend())
-    if key in _CALIBRATION:
-        return _CALIBRATION[key]
-    ls = training.make_local_step(model, local_cfg)
-    variables = model.init(jax.random.PRNGKey(0))
-    params = variables["params"]
-    bs = variables.get("batch_stats", {})
-    opt = ls.init_opt(params)
-    hp = local_cfg.hparams()
-    B, L, k = shape.batch_size, shape.lanes, 3
-    idx = jnp.arange(B, dtype=jnp.int32) % x_train.shape[0]
-    mask = jnp.ones((B,), bool)
-
-    def one(state, i):
-        p, b, o = state
-        p, b, o, loss = ls.step(p, b, o, x_train, y_train, (idx + i) % x_train.shape[0], mask, False, hp)
-        return (p, b, o), loss
-
-    lanes = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (L, *x.shape)), (params, bs, opt))
-    scan = jax.jit(lambda st: jax.lax.scan(lambda c, i: jax.vmap(lambda s: one(s, i))(c), st, jnp.arange(k))[1])
-    single = jax.jit(lambda p, b, o, i: one((p, b, o), i))
-
-    def timed(fn):
-        jax.block_until_ready(fn())
-        best = math.inf
-        for _ in range(repeats):
-            t = time.perf_counter()
-            jax.block_until_ready(fn())
-            best = min(best, time.perf_counter() - t)
-        return best
-
-    t_packed = timed(lambda: scan(lanes)) / k
-    t_step = timed(lambda: [single(params, bs, opt, jnp.int32(i)) for i in range(k)][-1]) / k
-    _CALIBRATION[key] = out = {"packed": t_packed * shape.lane_steps, "steps": t_step * total_steps}
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,17 +269,14 @@ def _prepare(run: _Run) -> None:
     ds = load_dataset(cfg)
     run.table = data_lib.make_client_data(make_partition(cfg, ds), cfg.batch_size, cfg.local_epochs)
     run.steps = plan_steps(run.table, cfg)
-    n = cfg.clients_per_round
-    if cfg.strategy == "vmap":  # one client per lane, padded to the longest: the classic layout
-        run.lanes = n
-    elif cfg.strategy == "map":  # one lane, every client after another
-        run.lanes = 1
-    else:
-        model = make_model(cfg, ds)
-        d = model_lib.num_params(model) + model_lib.num_batch_stats(model)
-        budget = _memory_budget() // _runs_per_program(cfg)
-        max_lanes = max(1, budget // (4 * (6 * d + 16 * cfg.batch_size * int(np.prod(ds.x_train.shape[1:])))))
-        run.lanes = choose_lanes(run.steps, n, cfg.lanes, max_lanes)[0]
+    model = make_model(cfg, ds)
+    d = model_lib.num_params(model) + model_lib.num_batch_stats(model)
+    # Memory per lane: ~6 model-sized buffers (parameters, momentum, gradient, update row...) and
+    # the batch's activations.
+    per_lane = 4 * (6 * d + 16 * cfg.batch_size * int(np.prod(ds.x_train.shape[1:])))
+    max_lanes = max(1, _memory_budget() // _runs_per_program(cfg) // per_lane)
+    strategy = "packed" if cfg.strategy in ("auto", "steps", "loop") else cfg.strategy
+    run.lanes = training.strategy_lanes(strategy, run.steps, cfg.clients_per_round, cfg.lanes, max_lanes)[0]
 
 
 _PROGRAM_CACHE: dict[Any, Any] = {}
@@ -459,25 +360,23 @@ class _Batch:
         cfg, n = self.cfg, self.cfg.clients_per_round
         steps = np.concatenate([r.steps for r in self.runs])
         strategy = cfg.strategy
-        L, _, padded = choose_lanes(steps, n, self.runs[0].lanes, self.runs[0].lanes)
+        L, _, padded = training.choose_lanes(steps, n, self.runs[0].lanes)
         group_steps = np.concatenate([r.steps for r in self.group])
-        T = choose_lanes(group_steps, n, L, L)[1]
+        T = training.choose_lanes(group_steps, n, L)[1]
         # Capacities rounded up to a power of two, so that later calls whose partitions differ a
         # little reuse the program (a round runs its own makespan, not the capacity).
         shape = round_lib.RoundShape(n, cfg.batch_size, cfg.local_epochs, L, _pow2(T), _pow2(int(group_steps.max())),
                                      int(self.ds.x_train.shape[0]))
         self.calibration = None
         if strategy == "auto":
-            self.calibration = calibrate(self.model, self.local_cfg, self.x_train, self.y_train, shape,
-                                         int(steps.sum(axis=1).max()))
-            fastest = min(self.calibration, key=self.calibration.get)
-            # The packed round is one program (no per-step dispatch, no schedule transfer): prefer it
-            # unless the host loop is clearly faster.
-            strategy = "packed" if self.calibration["packed"] <= 1.1 * self.calibration[fastest] else fastest
+            self.calibration = training.measure_strategies(
+                self.model, self.local_cfg, self.x_train, self.y_train, batch_size=cfg.batch_size, lanes=L,
+                lane_steps=int(training.makespans(steps, L).max()), total_steps=int(steps.sum(axis=1).max()))
+            strategy = training.choose_strategy(self.calibration)
         self.strategy = strategy
         self.shape = shape
-        self.padded_fraction = padded if strategy in ("packed", "vmap", "map") else 0.0
-        self.device = strategy in ("packed", "vmap", "map")
+        self.padded_fraction = padded if strategy in training.DEVICE_STRATEGIES else 0.0
+        self.device = strategy in training.DEVICE_STRATEGIES
         key = (group_key(self.cfg), shape, len(self.runs), strategy, with_updates, self.flip,
                tuple(self.consts.index.shape[1:]))
         self.new_program = not _is_cached(key)

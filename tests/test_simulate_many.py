@@ -8,7 +8,7 @@ import pytest
 
 from strike_jax import simulate, simulate_many
 from strike_jax.config import Config
-from strike_jax.simulation import MAX_PADDED_FRACTION
+from strike_jax.training import MAX_PADDED_FRACTION
 
 TIMING_KEYS = ("time_train_s", "time_server_s", "time_round_s")
 METRICS = ("aggregate_norm", "dist_to_honest_mean", "cos_to_honest_mean", "train_loss", "accuracy", "loss")

@@ -270,6 +270,11 @@ def _lpt(steps: Array, num_lanes: int) -> tuple[Array, Array, Array]:
     return lane, start, load.max()
 
 
+def lpt_makespan(steps: Array, num_lanes: int) -> Array:
+    """The longest lane's load when `pack_lanes` packs `steps` (`[n]`, may be traced) into `num_lanes`."""
+    return _lpt(steps, num_lanes)[2]
+
+
 def lane_makespan(steps: np.ndarray, num_lanes: int) -> int:
     """Host version of the packing's longest lane (same LPT rule as `pack_lanes`), for sizing `T`."""
     steps = np.asarray(steps, np.int64)
