@@ -306,24 +306,32 @@ def make_device_round(model, local_cfg: LocalConfig, pipeline: ServerPipeline, s
     """
     train = make_packed_train(model, local_cfg)
 
-    def one_run(state_r: RunState, consts_r: RunConsts, x_train, y_train):
-        r = state_r.round
+    def plan_one(consts_r: RunConsts, r):
         cb, byz = _plan(consts_r, r, shape)
         plan, makespan = schedule.pack_lanes(cb.steps, shape.lanes, shape.lane_steps)
         idx, mask = schedule.lane_batches(cb, plan, batch_size=shape.batch_size)
-        U, stats = train(unravel(state_r.w), x_train, y_train, plan, idx, mask, byz & flip_byzantine,
-                         consts_r.local, jnp.minimum(makespan, shape.lane_steps))
+        return plan, makespan, idx, mask, byz
+
+    def server_one(state_r: RunState, consts_r: RunConsts, U, byz, loss):
         attack, aggregator = pipeline.build(consts_r.stage_hp)
         w, astate, gstate, metrics, sent = server_step(
-            state_r.w, U, byz, state_r.attack_state, state_r.agg_state, round_key(consts_r.seed, r),
-            attack, aggregator, with_skew=pipeline.with_skew, train_loss=stats.loss)
+            state_r.w, U, byz, state_r.attack_state, state_r.agg_state, round_key(consts_r.seed, state_r.round),
+            attack, aggregator, with_skew=pipeline.with_skew, train_loss=loss)
         new = _finish(state_r, w, astate, gstate, metrics, consts_r.end_round)
-        out = RoundOutput(metrics, state_r.active, makespan > shape.lane_steps,
+        return new, metrics, sent
+
+    def round_step(state: RunState, consts: RunConsts, x_train, y_train):
+        plan, makespan, idx, mask, byz = jax.vmap(plan_one)(consts, state.round)
+        # One loop for the whole batch, as long as its longest makespan (training.packed).
+        steps = jnp.minimum(makespan.max(), shape.lane_steps)
+        U, stats = train(jax.vmap(unravel)(state.w), x_train, y_train, plan, idx, mask, byz & flip_byzantine,
+                         consts.local, steps)
+        new, metrics, sent = jax.vmap(server_one)(state, consts, U, byz, stats.loss)
+        out = RoundOutput(metrics, state.active, makespan > shape.lane_steps,
                           *((U, byz, sent) if with_updates else (None, None, None)))
         return new, out
 
-    step = jax.vmap(one_run, in_axes=(0, 0, None, None))
-    return jax.jit(step, donate_argnums=(0,))
+    return jax.jit(round_step, donate_argnums=(0,))
 
 
 def make_host_round(client_updates: Callable, pipeline: ServerPipeline, shape: RoundShape, unravel: Callable, *,

@@ -297,7 +297,10 @@ def _make_packed_strategy(model, cfg: LocalConfig, strategy: str, lanes: int | N
         s = order[j, plan.step]
         idx = batch_idx[j, s]
         mask = batch_mask[j, s] & (plan.slot < steps.shape[0])[..., None]
-        return train(variables, x_train, y_train, plan, idx, mask, flip, hp, jnp.minimum(makespan, T))
+        one = lambda a: jnp.expand_dims(a, 0)  # noqa: E731 - a batch of one run
+        U, stats = train(jax.tree_util.tree_map(one, variables), x_train, y_train, jax.tree_util.tree_map(one, plan),
+                         one(idx), one(mask), one(flip), jax.tree_util.tree_map(one, hp), jnp.minimum(makespan, T))
+        return U[0], jax.tree_util.tree_map(lambda a: a[0], stats)
 
     def client_updates(variables, x_train, y_train, batch_idx, batch_mask, flip=None):
         idx, mask, flip = _prepare(batch_idx, batch_mask, flip)
