@@ -16,8 +16,9 @@ written); `register` declares, for each, what values are allowed and whether it 
 
 The decorator validates every call of the builder (by name through `build` or directly): a
 concrete bad value raises one line naming it and what is allowed; a traced value is accepted for a
-traceable hyper-parameter unchecked, and refused for a static one. Keyword-only arguments
-(`backend`) are build options, not hyper-parameters.
+traceable hyper-parameter unchecked, and refused for a static one. It also sets the built stage's
+`hparams` to the full, validated values. Keyword-only arguments (`backend`) are build options, not
+hyper-parameters.
 """
 
 from __future__ import annotations
@@ -159,7 +160,8 @@ def register(kind: str, name: str, **params: Param) -> Callable:
 
     The builder's positional-or-keyword parameters are its hyper-parameters (defaults from its
     signature; each must be declared in `params`); keyword-only ones are build options. The
-    returned builder validates its arguments on every call (`check_value`).
+    returned builder validates its arguments on every call (`check_value`) and records them as
+    the stage's `hparams`.
     """
     if kind not in KINDS:
         raise ValueError(f"register: kind={kind!r} is not allowed; allowed: {', '.join(KINDS)}.")
@@ -177,7 +179,7 @@ def register(kind: str, name: str, **params: Param) -> Callable:
             bound = sig.bind(*args, **kwargs)
             given = dict(bound.arguments)
             values = {k: check_value(name, k, given.pop(k, p.default), p) for k, p in spec.items()}
-            return builder(**values, **given)
+            return builder(**values, **given)._replace(hparams=types.MappingProxyType(values))
 
         if (kind, name) in _ENTRIES:
             raise ValueError(f"register: {kind} {name!r} is already registered.")
@@ -249,7 +251,7 @@ def build(kind: str, name: str, *, backend: Any = None, **hparams: Any) -> Any:
       `strike_jax.stages.Stage`.
     """
     values = validate(kind, name, hparams)
-    return _ENTRIES[(kind, name)].raw(**values, backend=backend)
+    return _ENTRIES[(kind, name)].builder(**values, backend=backend)
 
 
 __all__ = [

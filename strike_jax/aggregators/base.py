@@ -79,8 +79,8 @@ def require_key(name: str, key: Array | None) -> Array:
 
 
 def rule_stage(name: str, core: Callable, *, limit: Callable[[int], int | None] = no_limit,
-               init: Callable = empty_init, hparams: Mapping[str, Any] | None = None,
-               needs_key: bool = False, check_f: Callable | None = None, **info: Any) -> Stage:
+               init: Callable = empty_init, needs_key: bool = False, check_f: Callable | None = None,
+               **info: Any) -> Stage:
     """A rule as a Stage from `core(updates, state, f, key) -> (vector [d], state)`.
 
     `update` checks the input's shape (chex), resolves `ctx.f` against `limit(n)` (`resolve_f`, or
@@ -95,7 +95,7 @@ def rule_stage(name: str, core: Callable, *, limit: Callable[[int], int | None] 
         g, state = core(x, state, f, key)
         return g, state, ctx
 
-    return make_stage(name, "rule", init, update, max_f=limit, hparams=hparams, needs_key=needs_key, **info)
+    return make_stage(name, "rule", init, update, max_f=limit, needs_key=needs_key, **info)
 
 
 def selection_dists(updates: Array, backend: ops.Backend) -> tuple[Array, Array]:

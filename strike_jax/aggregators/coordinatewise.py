@@ -63,7 +63,7 @@ def median(midpoint=False, *, backend: ops.Backend | None = None) -> Stage:
         hi = n // 2 if midpoint else lo
         return ops.rank_band_mean(updates, lo, hi, backend=backend), state  # jitted inside, static ranks
 
-    return rule_stage("median", core, limit=majority_limit, hparams={"midpoint": midpoint})
+    return rule_stage("median", core, limit=majority_limit)
 
 
 def trmean_limit(n: int) -> int:

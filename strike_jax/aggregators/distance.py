@@ -152,7 +152,7 @@ def rfa(iters=8, eps=1e-7, *, backend: ops.Backend | None = None) -> Stage:
     def core(updates, state, f, key):
         return _rfa(updates, jnp.asarray(eps, updates.dtype), iters=iters, backend=backend), state
 
-    return rule_stage("rfa", core, limit=majority_limit, hparams={"iters": iters, "eps": eps})
+    return rule_stage("rfa", core, limit=majority_limit)
 
 
 @functools.partial(jax.jit, static_argnames=("backend",))
@@ -231,7 +231,7 @@ def cclip(tau=10.0, iters=1, *, backend: ops.Backend | None = None) -> Stage:
                    backend=backend)
         return v, v
 
-    return rule_stage("cclip", core, init=init, hparams={"tau": tau, "iters": iters}, stateful=True)
+    return rule_stage("cclip", core, init=init, stateful=True)
 
 
 __all__ = ["aksel", "cclip", "krum", "krum_limit", "krum_scores", "multikrum", "rfa"]

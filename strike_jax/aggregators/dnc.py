@@ -105,8 +105,7 @@ def dnc(c=1.0, niters=1, b=1000, *, backend: ops.Backend | None = None) -> Stage
         k = jnp.clip(jnp.ceil(c * jnp.asarray(f, jnp.float32)).astype(jnp.int32), 0, n - 1)
         return _dnc(updates, k, key, niters=niters, b=b, backend=backend), state
 
-    return rule_stage("dnc", core, limit=max_f, check_f=check_f, needs_key=True,
-                      hparams={"c": c, "niters": niters, "b": b})
+    return rule_stage("dnc", core, limit=max_f, check_f=check_f, needs_key=True)
 
 
 __all__ = ["dnc"]

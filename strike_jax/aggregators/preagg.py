@@ -79,8 +79,7 @@ def nnm(include_self=True, *, backend: ops.Backend | None = None) -> Stage:
         out = _nnm(x, resolve_f(ctx.f, nnm_limit(n), "nnm", n), include_self=include_self, backend=backend)
         return out, state, ctx._replace(byzantine_mask=None)
 
-    return make_stage("nnm", "preaggregator", empty_init, update, max_f=nnm_limit,
-                      hparams={"include_self": include_self})
+    return make_stage("nnm", "preaggregator", empty_init, update, max_f=nnm_limit)
 
 
 def _bucket_means(updates: Array, members: Array, finite: Array) -> Array:
@@ -153,7 +152,7 @@ def bucketing(s=2, *, backend: ops.Backend | None = None) -> Stage:
         return out, state, ctx._replace(f=f_new, byzantine_mask=None)
 
     return make_stage("bucketing", "preaggregator", empty_init, update, max_f=lambda n: n,
-                      output_rows=output_rows, output_f=output_f, hparams={"s": s}, needs_key=True)
+                      output_rows=output_rows, output_f=output_f, needs_key=True)
 
 
 __all__ = ["bucketing", "nnm", "nnm_limit"]

@@ -33,8 +33,8 @@ from strike_jax.stages import (
 Array = jax.Array
 
 
-def attack_stage(name: str, core: Callable, *, init: Callable = empty_init,
-                 hparams: Mapping[str, Any] | None = None, needs_key: bool = False, **info: Any) -> Stage:
+def attack_stage(name: str, core: Callable, *, init: Callable = empty_init, needs_key: bool = False,
+                 **info: Any) -> Stage:
     """An attack as a Stage from `core(updates, byzantine_mask, state, key) -> (updates', state)`.
 
     `update` checks the shapes (chex: `[n, d]` updates, `[n]` mask) and, if `needs_key`, that
@@ -52,7 +52,7 @@ def attack_stage(name: str, core: Callable, *, init: Callable = empty_init,
         out, state = core(x, mask, state, ctx.key)
         return out, state, ctx
 
-    return make_stage(name, "attack", init, update, hparams=hparams, needs_key=needs_key, **info)
+    return make_stage(name, "attack", init, update, needs_key=needs_key, **info)
 
 
 class Attack(NamedTuple):
@@ -125,13 +125,13 @@ def replace_rows(updates: Array, byzantine_mask: Array, row: Array) -> Array:
     return jax.lax.fori_loop(0, updates.shape[0], write, updates)
 
 
-def row_attack(name: str, vector: Callable[[Array, Array], Array], hparams: Mapping[str, Any] | None = None) -> Stage:
+def row_attack(name: str, vector: Callable[[Array, Array], Array]) -> Stage:
     """A stateless attack whose Byzantine clients all send `vector(updates, byzantine_mask)` (`[d]`)."""
 
     def core(updates, mask, state, key):
         return replace_rows(updates, mask, vector(updates, mask)), state
 
-    return attack_stage(name, core, hparams=hparams)
+    return attack_stage(name, core)
 
 
 __all__ = [

@@ -62,7 +62,7 @@ def lie(z=1.5, *, backend: ops.Backend | None = None) -> Stage:
       ValueError: a concrete `z` that is not a finite number > 0.
     """
     backend = ops.resolve(backend)
-    return row_attack("lie", lambda u, m: lie_vector(u, m, z, backend=backend), {"z": z})
+    return row_attack("lie", lambda u, m: lie_vector(u, m, z, backend=backend))
 
 
 # --------------------------------------------------------------------------------------------- IPM
@@ -83,7 +83,7 @@ def ipm(eps=0.1, *, backend: ops.Backend | None = None) -> Stage:
       ValueError: a concrete `eps` that is not a finite number > 0.
     """
     del backend
-    return row_attack("ipm", lambda u, m: ipm_vector(u, m, eps), {"eps": eps})
+    return row_attack("ipm", lambda u, m: ipm_vector(u, m, eps))
 
 
 # ---------------------------------------------------------------------------------- MinMax, MinSum
@@ -323,7 +323,7 @@ def nonfinite(value="nan", *, backend: ops.Backend | None = None) -> Stage:
         bad = nonfinite_row(n, d, value, updates.dtype)
         return jnp.where(mask[:, None], bad, updates), state
 
-    return attack_stage("nonfinite", core, hparams={"value": value})
+    return attack_stage("nonfinite", core)
 
 
 __all__ = [

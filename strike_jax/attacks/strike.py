@@ -313,7 +313,7 @@ def strike_attack(nu=1.0, *, backend: ops.Backend | None = None) -> Stage:
       ValueError: a concrete `nu` that is not a finite number > 0.
     """
     backend = ops.resolve(backend)
-    return row_attack("strike", lambda u, m: strike_vector(u, m, nu, backend=backend).vector, {"nu": nu})
+    return row_attack("strike", lambda u, m: strike_vector(u, m, nu, backend=backend).vector)
 
 
 __all__ = [
