@@ -25,6 +25,7 @@ what `strike_jax.training.round` does with `attack_key` / `aggregator_key`.
 
 from __future__ import annotations
 
+import numbers
 import types
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -254,7 +255,7 @@ def chain(*stages: Any) -> Stage:
         return True, limited
 
     def max_f(n):
-        ok, limited = feasible(n, 0)
+        _, limited = feasible(n, 0)
         if not limited:
             return None
         best = -1
@@ -292,7 +293,7 @@ def check_f(stage: Any, n: int, f: int, *, allow_beyond_breakdown: bool = False)
       stage: a `Stage` (e.g. `chain(attack, nnm, bucketing, rule)`) or an adapter from
         `aggregators.get`/`chain` or `attacks.get`.
       n: rows entering the stage (clients per round).
-      f: Byzantine rows among them (a concrete int).
+      f: Byzantine rows among them (a concrete int, Python or NumPy).
       allow_beyond_breakdown: accept `f` above the limit (for studies beyond the breakdown point;
         traced `f` is then clamped by the rules).
 
@@ -303,8 +304,9 @@ def check_f(stage: Any, n: int, f: int, *, allow_beyond_breakdown: bool = False)
       ValueError: `f` not an integer in `[0, n]`, or above the limit without the opt-in.
     """
     stage = as_stage(stage)
-    if isinstance(f, bool) or not isinstance(f, int) or not 0 <= f <= n:
+    if isinstance(f, bool) or not isinstance(f, numbers.Integral) or not 0 <= f <= n:
         raise ValueError(f"f={f!r} is not allowed; allowed: an integer in [0, n={n}].")
+    f = int(f)
     limit = stage.max_f(n)
     if limit is not None and f > limit and not allow_beyond_breakdown:
         raise ValueError(f"{stage.name} tolerates at most f={limit} Byzantine rows among n={n}; got f={f} "

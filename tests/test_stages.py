@@ -120,7 +120,7 @@ def test_chain_max_f_is_the_composed_limit(names, n):
 
 def test_check_f_before_any_work():
     krum = stages.get("rule", "krum")
-    assert stages.check_f(krum, 20, 8) == 8
+    assert stages.check_f(krum, 20, 8) == stages.check_f(krum, 20, np.int64(8)) == 8
     with pytest.raises(ValueError) as e:
         stages.check_f(krum, 20, 9)
     msg = str(e.value)
