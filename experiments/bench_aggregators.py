@@ -7,7 +7,7 @@
 For every size `(n, d)` (default 50 x 1e6, 50 x 2.47e6 (AlexNet-CIFAR), 50 x 11.2e6 (ResNet-18),
 1000 x 1e5) it builds float32 updates: `n - f` honest rows `N(mu, 1)` with a shared offset
 `mu`, and `f = n // 5` (the paper's 20%) identical Byzantine rows `mu - 1.5` (a LIE-like shift).
-Then, for every rule of `aggregators.names()`:
+Then, for every rule of `aggregators.names()` and pre-aggregator of `aggregators.preaggregator_names()`:
 
 * JAX: `jax.jit` of `aggregate` (or `apply` for the pre-aggregators `bucketing`, `nnm`) with the
   rule's default hyper-parameters, `f` and the key passed as traced arguments as in the
@@ -48,7 +48,8 @@ from strike_jax.atomic import write_text  # noqa: E402
 from strike_jax import aggregators  # noqa: E402
 
 DEFAULT_SIZES = ((50, 1_000_000), (50, 2_472_266), (50, 11_182_668), (1000, 100_000))
-PREAGGREGATORS = ("bucketing", "nnm")
+PREAGGREGATORS = aggregators.preaggregator_names()
+ALL_NAMES = aggregators.names() + PREAGGREGATORS
 
 
 # ----------------------------------------------------------------------------- NumPy baselines
@@ -254,9 +255,9 @@ def parse_sizes(text: str):
 
 def parse_rules(text: str):
     rules = tuple(r for r in text.split(",") if r)
-    unknown = sorted(set(rules) - set(aggregators.names()))
+    unknown = sorted(set(rules) - set(ALL_NAMES))
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown rules {unknown}; allowed: {', '.join(aggregators.names())}")
+        raise argparse.ArgumentTypeError(f"unknown rules {unknown}; allowed: {', '.join(ALL_NAMES)}")
     return rules
 
 
@@ -295,7 +296,7 @@ def main(argv=None) -> int:
     p.add_argument("--numpy-repeats", type=int, default=3, help="timed NumPy calls per rule (median)")
     p.add_argument("--out", default=os.path.join(REPO_ROOT, "experiments", "results"), help="output folder")
     args = p.parse_args(argv)
-    rules = args.rules or aggregators.names()
+    rules = args.rules or ALL_NAMES
     backend = jax.default_backend()
     results = []
     for n, d in args.sizes:

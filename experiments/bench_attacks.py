@@ -42,7 +42,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from strike_jax.atomic import write_text  # noqa: E402
 from strike_jax import attacks  # noqa: E402
-from strike_jax.attacks import strike_stages  # noqa: E402
+from strike_jax.attacks import strike as strike_stages  # noqa: E402
 
 PAPER_DIMS = (2_472_266, 11_182_668)  # AlexNet-CIFAR, ResNet-18 (SPEC §5)
 

@@ -46,6 +46,8 @@ class Config:
       lanes: lanes of the packed strategy (None: chosen from the clients' step counts and memory).
       max_test_samples: evaluate on at most this many test samples (None: all).
       skew_metrics: compute the gradient-skew diagnostic every round (about one pass over `U`).
+      allow_beyond_breakdown: run with more Byzantine clients than the pipeline's rules tolerate
+        (`stages.check_f` refuses such a config otherwise); a study beyond the breakdown point.
     """
 
     dataset: str = "digits"
@@ -76,6 +78,7 @@ class Config:
     max_test_samples: int | None = None
     lanes: int | None = None
     skew_metrics: bool = False
+    allow_beyond_breakdown: bool = False
 
     def __post_init__(self):
         # Normalise containers so configs compare/serialise the same whatever the caller passed.
@@ -131,8 +134,9 @@ class Config:
         if self.lanes is not None and not (isinstance(self.lanes, int) and not isinstance(self.lanes, bool)
                                            and self.lanes >= 1):
             bad("lanes", self.lanes, "need an int >= 1 or None (automatic)")
-        if not isinstance(self.skew_metrics, bool):
-            bad("skew_metrics", self.skew_metrics, "need True or False")
+        for flag in ("skew_metrics", "allow_beyond_breakdown"):
+            if not isinstance(getattr(self, flag), bool):
+                bad(flag, getattr(self, flag), "need True or False")
         unknown = [p for p in self.preaggregation if p not in ("nnm", "bucketing")]
         if unknown or len(set(self.preaggregation)) != len(self.preaggregation):
             bad("preaggregation", self.preaggregation, "allowed: a subset of ('nnm', 'bucketing'), each once")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import json
 import math
 import os
@@ -31,12 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from strike_jax import aggregators as agg_lib
 from strike_jax import atomic
-from strike_jax import attacks as attack_lib
 from strike_jax import data as data_lib
 from strike_jax import models as model_lib
-from strike_jax import training
+from strike_jax import registry, stages, training
 from strike_jax.config import Config
 from strike_jax.training import round as round_lib
 from strike_jax.training import schedule
@@ -44,11 +41,6 @@ from strike_jax.training.local import LocalHparams
 
 CHECKPOINT = "checkpoint.npz"
 RESULT = "result.json"
-
-# Numeric hyper-parameters that may be traced (one program serves every value); every other
-# hyper-parameter (ints, bools, strings: loop counts, shapes, variants) is part of a group's structure.
-TRACED_ATTACK_PARAMS = {"strike": ("nu",), "lie": ("z",), "ipm": ("eps",)}
-TRACED_RULE_PARAMS = {"rfa": ("eps",), "cclip": ("tau",), "dnc": ("c",)}
 
 # Config fields that are per-run numbers inside a group, or only steer the host loop (everything
 # else is structure: it shapes the compiled round).
@@ -110,55 +102,48 @@ def init_variables(model, seed: int):
     return model.init(jax.random.fold_in(jax.random.PRNGKey(seed), schedule.INIT_TAG))
 
 
-def make_attack(config: Config):
-    if config.attack in ("none", None):
-        return None
-    return attack_lib.get(config.attack, **config.attack_params)
+def make_pipeline(config: Config, *, inject: bool = False):
+    """The run's server pipeline `stages.chain(attack, nnm, bucketing, rule)` (`stages.server_pipeline`);
+    with `inject`, the numeric hyper-parameters live in its state (runs of a group stack them)."""
+    return stages.server_pipeline(
+        config.defence, attack=config.attack, preaggregation=config.preaggregation,
+        attack_params=config.attack_params, defence_params=config.defence_params,
+        preaggregation_params=config.preaggregation_params, inject=inject)
 
 
-def make_aggregator(config: Config):
-    rule = agg_lib.get(config.defence, **config.defence_params)
-    stages = [agg_lib.get(p, **config.preaggregation_params.get(p, {}))
-              for p in ("nnm", "bucketing") if p in config.preaggregation]
-    return agg_lib.chain(*stages, rule) if stages else rule
+def _static_hparams(kind: str, name: str, params) -> tuple:
+    """A stage's hyper-parameters that shape its program (the traceable ones are per-run numbers)."""
+    spec = registry.hparam_spec(kind, name)
+    values = registry.validate(kind, name, params)
+    return (kind, name, tuple(sorted((k, repr(v)) for k, v in values.items() if not spec[k].traceable)))
 
 
-# ---------------------------------------------------------------------------------------------
-# Groups: which configs share a compiled round.
+def pipeline_structure(config: Config) -> tuple:
+    """What of the server pipeline must be equal for runs to share a program."""
+    out = [] if config.attack in ("none", None) else [_static_hparams("attack", config.attack, config.attack_params)]
+    out += [_static_hparams("preaggregator", p, config.preaggregation_params.get(p, {}))
+            for p in config.preaggregation]
+    out.append(_static_hparams("rule", config.defence, config.defence_params))
+    return tuple(out)
 
 
-def _attack_defaults(name: str) -> dict[str, Any]:
-    return {k: p.default for k, p in inspect.signature(attack_lib._builder(name)).parameters.items()}
+def round_f_to_check(config: Config) -> int:
+    """The Byzantine count checked against the pipeline's limit: the exact `f` under full
+    participation, the expected one under partial participation (a sampled round may hold more;
+    the rules then clamp it, as the reference does, and the round records `f_above_limit`)."""
+    num_byz = config.num_byzantine if config.attack not in ("none", None) else 0
+    if config.clients_per_round == config.num_clients:
+        return num_byz
+    return min(config.clients_per_round, math.ceil(config.clients_per_round * num_byz / config.num_clients))
 
 
-def _rule_defaults(name: str) -> dict[str, Any]:
-    return dict(agg_lib._BUILDERS[name][1])
-
-
-def _stage(slot: str, name: str, params: dict, defaults: dict, traced_names: tuple[str, ...]):
-    """`(StageSpec, {traced name: value})` of one stage of one config."""
-    full = {**defaults, **params}
-    traced = tuple(k for k in traced_names if k in full)
-    static = tuple(sorted((k, v) for k, v in full.items() if k not in traced))
-    return round_lib.StageSpec(slot, name, static, traced), {k: float(full[k]) for k in traced}
-
-
-def stage_specs(config: Config):
-    """The config's server pipeline (`ServerPipeline`) and its numbers `{slot: {name: value}}`."""
-    numbers: dict[str, dict[str, float]] = {}
-    attack = None
-    if config.attack not in ("none", None):
-        attack, numbers["attack"] = _stage("attack", config.attack, dict(config.attack_params),
-                                           _attack_defaults(config.attack),
-                                           TRACED_ATTACK_PARAMS.get(config.attack, ()))
-    pre = []
-    for p in ("nnm", "bucketing"):
-        if p in config.preaggregation:
-            spec, numbers[p] = _stage(p, p, dict(config.preaggregation_params.get(p, {})), _rule_defaults(p), ())
-            pre.append(spec)
-    rule, numbers["defence"] = _stage("defence", config.defence, dict(config.defence_params),
-                                      _rule_defaults(config.defence), TRACED_RULE_PARAMS.get(config.defence, ()))
-    return round_lib.ServerPipeline(attack, tuple(pre), rule, with_skew=config.skew_metrics), numbers
+def check_config(config: Config):
+    """Everything about a config that can be refused before any data loads: names, hyper-parameters,
+    the pipeline's limit on `f` (`stages.check_f`). Returns the (non-injected) pipeline."""
+    pipe = make_pipeline(config)
+    stages.check_f(pipe, config.clients_per_round, round_f_to_check(config),
+                   allow_beyond_breakdown=config.allow_beyond_breakdown)
+    return pipe
 
 
 def group_key(config: Config) -> tuple:
@@ -166,8 +151,7 @@ def group_key(config: Config) -> tuple:
     d = config.to_dict()
     structure = {k: v for k, v in d.items() if k not in RUN_NUMBERS}
     local = training.LocalConfig(config.lr, config.momentum, config.weight_decay, config.clip_norm, 1)
-    pipeline, _ = stage_specs(config)
-    return (json.dumps(structure, sort_keys=True, default=str), local.structure(), pipeline)
+    return (json.dumps(structure, sort_keys=True, default=str), local.structure(), pipeline_structure(config))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,18 +163,17 @@ def write_json(path: str, obj: Any) -> None:
     atomic.write_json(path, obj)
 
 
-def _save_checkpoint(path, config, next_round, w, attack_state, agg_state, history, compile_rounds=()):
+def _save_checkpoint(path, config, next_round, w, stage_state, history, compile_rounds=()):
     arrays = {"w": np.asarray(w)}
-    for prefix, tree in (("attack", attack_state), ("agg", agg_state)):
-        for i, leaf in enumerate(jax.tree_util.tree_leaves(tree)):
-            arrays[f"{prefix}_{i}"] = np.asarray(leaf)
+    for i, leaf in enumerate(jax.tree_util.tree_leaves(stage_state)):
+        arrays[f"stage_{i}"] = np.asarray(leaf)
     meta = json.dumps({"config": config.to_dict(), "next_round": next_round, "history": history,
                        "compile_rounds": list(compile_rounds)})
     arrays["meta"] = np.frombuffer(meta.encode(), dtype=np.uint8)
     atomic.atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
-def _load_checkpoint(path, config, attack_state, agg_state):
+def _load_checkpoint(path, config, stage_state):
     with np.load(path) as z:
         meta = json.loads(bytes(z["meta"]).decode())
         if not config.same_run(meta["config"]):
@@ -199,12 +182,9 @@ def _load_checkpoint(path, config, attack_state, agg_state):
                 f"checkpoint: {meta['config']}\nrequested:  {config.to_dict()}"
             )
 
-        def restore(prefix, tree):
-            leaves, treedef = jax.tree_util.tree_flatten(tree)
-            return jax.tree_util.tree_unflatten(treedef, [np.asarray(z[f"{prefix}_{i}"]) for i in range(len(leaves))])
-
-        return (np.asarray(z["w"]), restore("attack", attack_state), restore("agg", agg_state),
-                meta["next_round"], meta["history"], meta.get("compile_rounds", []))
+        leaves, treedef = jax.tree_util.tree_flatten(stage_state)
+        restored = jax.tree_util.tree_unflatten(treedef, [np.asarray(z[f"stage_{i}"]) for i in range(len(leaves))])
+        return (np.asarray(z["w"]), restored, meta["next_round"], meta["history"], meta.get("compile_rounds", []))
 
 
 def _stored_result(config: Config, run_dir: str | None):
@@ -299,19 +279,18 @@ class _Batch:
         width = _pow2(max(r.table.index.shape[1] for r in self.group))
         index = np.stack([np.pad(t.index, ((0, 0), (0, width - t.index.shape[1]))) for t in tables])
         counts = np.stack([t.counts for t in tables])
-        self.pipeline, _ = stage_specs(cfg)
-        numbers = [stage_specs(r.config)[1] for r in runs]
-        stage_hp = {slot: {k: jnp.asarray([nb[slot][k] for nb in numbers], jnp.float32) for k in numbers[0][slot]}
-                    for slot in numbers[0]}
+        pipes = [make_pipeline(r.config, inject=True) for r in runs]
+        self.pipeline = pipes[0]  # every run's has the same `update`; the numbers are in the states
+        self.limit = self.pipeline.max_f(cfg.clients_per_round)
         self.local_cfg = training.LocalConfig(
             lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm,
-            num_classes=ds.num_classes, label_map=getattr(make_attack(cfg), "label_map", None))
+            num_classes=ds.num_classes, label_map=self.pipeline.info.get("label_map"))
         local_hp = LocalHparams(*(jnp.asarray([0.0 if v is None else v for v in vals], jnp.float32) for vals in zip(
             *[(r.config.lr, r.config.momentum, r.config.weight_decay, r.config.clip_norm) for r in runs])))
         self.consts = round_lib.RunConsts(
             seed=jnp.asarray([r.config.seed for r in runs], jnp.int32),
             num_byzantine=jnp.asarray([r.config.num_byzantine if cfg.attack != "none" else 0 for r in runs], jnp.int32),
-            index=jnp.asarray(index), counts=jnp.asarray(counts), local=local_hp, stage_hp=stage_hp,
+            index=jnp.asarray(index), counts=jnp.asarray(counts), local=local_hp,
             end_round=jnp.asarray([r.config.rounds for r in runs], jnp.int32))
         self.x_train, self.y_train = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
         x_test, y_test = ds.x_test, ds.y_test
@@ -328,33 +307,25 @@ class _Batch:
         shape_struct = jax.ShapeDtypeStruct((n, d), jnp.float32)
         states = []
         for i, r in enumerate(runs):
-            attack, aggregator = self._stages(i)
-            probe = jnp.zeros(shape_struct.shape, shape_struct.dtype)
-            a_state = attack.init(probe) if attack is not None else ()
-            g_state = aggregator.init(probe)
+            stage_state = pipes[i].init(shape_struct)
             w = np.asarray(flat0[i][0])
             ckpt = None if r.run_dir is None else os.path.join(r.run_dir, CHECKPOINT)
             if ckpt is not None and os.path.exists(ckpt):
-                w, a_state, g_state, r.start_round, r.history, r.compile_rounds = _load_checkpoint(
-                    ckpt, r.config, a_state, g_state)
+                w, stage_state, r.start_round, r.history, r.compile_rounds = _load_checkpoint(ckpt, r.config, stage_state)
                 r.diverged_round = next((h["round"] for h in r.history if not h["finite"]), None)
-            states.append((w, a_state, g_state))
+            states.append((w, stage_state))
         stack = lambda *xs: jnp.stack([jnp.asarray(x) for x in xs])  # noqa: E731
         self.state = round_lib.RunState(
             w=stack(*[s[0] for s in states]),
-            attack_state=jax.tree_util.tree_map(stack, *[s[1] for s in states]),
-            agg_state=jax.tree_util.tree_map(stack, *[s[2] for s in states]),
+            stage_state=jax.tree_util.tree_map(stack, *[s[1] for s in states]),
             round=jnp.asarray([r.start_round for r in runs], jnp.int32),
             active=jnp.asarray([r.diverged_round is None and r.start_round < r.config.rounds for r in runs]))
-        self.flip = bool(getattr(make_attack(cfg), "data_level", False))
+        self.flip = bool(self.pipeline.info.get("data_level", False))
         self._build_round(on_updates is not None)
         self.evaluate = _cached(("eval", self.strategy == "packed", cfg.model, cfg.dataset, cfg.data_dir,
                                  json.dumps(cfg.dataset_params, sort_keys=True), tuple(self.x_test.shape)),
                                 lambda: jax.jit(_vmapped_eval(training.make_evaluate(self.model), self.unravel))
                                 if self.strategy == "packed" else training.make_evaluate(self.model))
-
-    def _stages(self, i):
-        return make_attack(self.runs[i].config), make_aggregator(self.runs[i].config)
 
     def _build_round(self, with_updates: bool):
         cfg, n = self.cfg, self.cfg.clients_per_round
@@ -383,13 +354,13 @@ class _Batch:
         if self.device:
             self.round_step = _cached(key, lambda: round_lib.make_device_round(
                 self.model, self.local_cfg, self.pipeline, shape, self.unravel, flip_byzantine=self.flip,
-                with_updates=with_updates))
+                with_skew=cfg.skew_metrics, with_updates=with_updates))
         else:
             client_updates = _cached(("clients", self.cfg.model, self.cfg.dataset, self.local_cfg, strategy),
                                      lambda: training.make_client_updates(self.model, self.local_cfg, strategy))
             self.round_step = _cached(key, lambda: round_lib.make_host_round(
                 client_updates, self.pipeline, shape, self.unravel, flip_byzantine=self.flip,
-                with_updates=with_updates))
+                with_skew=cfg.skew_metrics, with_updates=with_updates))
 
 
 def _pow2(x: int) -> int:
@@ -464,6 +435,8 @@ def _run_batch(batch: _Batch, *, checkpoint_every: int, progress: bool, stop_aft
                 continue
             m = jax.tree_util.tree_map(lambda a: a[i], metrics)
             rec = {"round": int(rounds_now[i]), "n": cfg.clients_per_round, **round_lib.metrics_to_dict(m)}
+            if batch.limit is not None and rec["num_byzantine"] > batch.limit:
+                rec["f_above_limit"] = True  # the rules clamped f to their limit this round
             if not rec["finite"]:
                 r.diverged_round = rec["round"]
             elif i in acc:
@@ -515,12 +488,11 @@ def _checkpoint(batch: _Batch, which: list[int], done_rounds: list[int]) -> None
     which = [i for i in which if batch.runs[i].run_dir is not None]
     if not which:
         return
-    state = jax.device_get((batch.state.w, batch.state.attack_state, batch.state.agg_state))
+    w, stage_state = jax.device_get((batch.state.w, batch.state.stage_state))
     for i in which:
         r = batch.runs[i]
-        pick = lambda t: jax.tree_util.tree_map(lambda a: a[i], t)  # noqa: E731
-        _save_checkpoint(os.path.join(r.run_dir, CHECKPOINT), r.config, done_rounds[i], state[0][i],
-                         pick(state[1]), pick(state[2]), r.history, r.compile_rounds)
+        _save_checkpoint(os.path.join(r.run_dir, CHECKPOINT), r.config, done_rounds[i], w[i],
+                         jax.tree_util.tree_map(lambda a: a[i], stage_state), r.history, r.compile_rounds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -567,9 +539,8 @@ def simulate_many(
         raise ValueError(f"run_dirs has {len(run_dirs)} entries for {len(configs)} configs.")
     if on_updates is not None and len(configs) != 1:
         raise ValueError("on_updates is supported for a single config (simulate).")
-    for c in configs:  # bad names or hyper-parameters fail here, before any data loads
-        make_attack(c)
-        make_aggregator(c)
+    for c in configs:  # bad names, hyper-parameters or f fail here, before any data loads
+        check_config(c)
     t_start = time.perf_counter()
     runs = [_Run(c, d, []) for c, d in zip(configs, run_dirs)]
     todo = []

@@ -13,24 +13,22 @@ round's metrics. Nothing in it depends on a Python value that changes between ro
 runs of a group, so it compiles once. The host-loop strategies ("steps", "loop") run the same plan
 and the same server step, with local training dispatched from the host (`make_host_round`).
 
-Per-run numbers live in `RunConsts` (arrays with the run axis), the attack's and the rules' numeric
-hyper-parameters among them: the stages are built *inside* the traced function from those traced
-values (`ServerPipeline.build`), so one program serves every `nu`, `tau`, `z`, ...
+Per-run numbers live in `RunConsts` (arrays with the run axis); the attack's and the rules' numeric
+hyper-parameters live in the server pipeline's state (`stages.inject_hyperparams`), stacked over the
+runs, so one program serves every `nu`, `tau`, `z`, ...
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from strike_jax import aggregators as agg_lib
-from strike_jax import attacks as attack_lib
-from strike_jax import ops
+from strike_jax import ops, stages
 from strike_jax.training import schedule
-from strike_jax.training.local import LocalConfig, LocalHparams, LocalStats
+from strike_jax.training.local import LocalConfig, LocalHparams
 from strike_jax.training.packed import make_packed_train
 from strike_jax.training.schedule import INIT_TAG, SAMPLING_TAG, SERVER_TAG, round_key  # noqa: F401
 
@@ -80,23 +78,26 @@ class RoundMetrics(NamedTuple):
     train_loss: Array
 
 
-def server_step(w, updates, byzantine_mask, attack_state, agg_state, key, attack, aggregator, *,
-                with_skew: bool = True, train_loss=None):
+def server_step(w, updates, byzantine_mask, stage_state, key, pipeline, *, with_skew: bool = False,
+                train_loss=None):
     """The server side of one round of one run (SPEC §2 steps 3-4), pure.
 
     Args:
       w: `[d]` global model (flat).
       updates: `[n, d]` honestly computed updates of the sampled clients.
       byzantine_mask: `[n]` bool.
-      attack_state, agg_state: the stages' states.
+      stage_state: the pipeline's state.
       key: the round's server key (`round_key`).
-      attack: a `strike_jax.attacks` object or None; aggregator: a rule or `aggregators.chain`.
+      pipeline: the server pipeline, `stages.chain(attack, nnm, bucketing, rule)` as
+        `stages.server_pipeline` builds it (its first part is the attack, "none" included).
       with_skew: compute the gradient-skew diagnostic (about one pass over `U`).
       train_loss: `[n]` local losses (for the metric), or None.
 
     Returns:
-      `(w', attack_state', agg_state', RoundMetrics, sent)`; `sent` is the matrix the aggregator
-      received. A non-finite aggregate leaves `w` unchanged and sets `metrics.finite = False`.
+      `(w', stage_state', RoundMetrics, sent)`; `sent` is the matrix the aggregation received.
+      The same numbers as `pipeline.update` (the attack gets `fold_in(key, 0)`, the aggregation
+      `fold_in(key, 1)`), run in two parts so that `sent` can be returned. A non-finite aggregate
+      leaves `w` unchanged and sets `metrics.finite = False`.
     """
     from strike_jax.analysis import skew as skew_lib
 
@@ -107,12 +108,14 @@ def server_step(w, updates, byzantine_mask, attack_state, agg_state, key, attack
         skewness, med_dist = diag.skewness, diag.median_mean_distance
     else:
         skewness = med_dist = jnp.float32(jnp.nan)
-    if attack is not None:
-        sent, attack_state = attack.apply(updates, byzantine_mask, attack_state, key=attack_key(key))
-    else:
-        sent = updates
+    attack, *rest = pipeline.parts
+    aggregation = stages.chain(*rest)
     f = byzantine_mask.sum()
-    g, agg_state = aggregator.aggregate(sent, agg_state, f=f, key=aggregator_key(key))
+    ctx = stages.RoundContext(byzantine_mask, f, attack_key(key), downstream=aggregation)
+    sent, attack_state, ctx = attack.update(updates, stage_state[0], ctx)
+    agg_state = tuple(stage_state[1:]) if len(rest) > 1 else stage_state[1]
+    g, agg_state, _ = aggregation.update(sent, agg_state, ctx._replace(key=aggregator_key(key), downstream=None))
+    stage_state = (attack_state, *(agg_state if len(rest) > 1 else (agg_state,)))
     finite = jnp.all(jnp.isfinite(g))
     w_new = jnp.where(finite, w + g, w)
     g_safe = jnp.where(finite, g, 0.0)
@@ -134,19 +137,7 @@ def server_step(w, updates, byzantine_mask, attack_state, agg_state, key, attack
         finite=finite,
         train_loss=jnp.asarray(tl, jnp.float32),
     )
-    return w_new, attack_state, agg_state, metrics, sent
-
-
-def make_server_step(attack, aggregator, *, with_skew: bool = True) -> Callable:
-    """The jitted server step of one run with fixed stages (see `server_step`):
-    `step(w, updates, byzantine_mask, attack_state, agg_state, key) -> (w', attack_state', agg_state',
-    RoundMetrics)`."""
-
-    def step(w, updates, byzantine_mask, attack_state, agg_state, key):
-        return server_step(w, updates, byzantine_mask, attack_state, agg_state, key, attack, aggregator,
-                           with_skew=with_skew)[:4]
-
-    return jax.jit(step)
+    return w_new, stage_state, metrics, sent
 
 
 def metrics_to_dict(m) -> dict[str, Any]:
@@ -164,41 +155,6 @@ def metrics_to_dict(m) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The server pipeline of a group: stage names and static hyper-parameters fixed, numbers traced.
-
-
-class StageSpec(NamedTuple):
-    """One stage of the server pipeline: a registry name, its static hyper-parameters (hashable
-    items) and the names of the numeric ones that come traced from `RunConsts.stage_hp[slot]`."""
-
-    slot: str
-    name: str
-    static: tuple[tuple[str, Any], ...]
-    traced: tuple[str, ...]
-
-
-class ServerPipeline(NamedTuple):
-    """The attack and aggregation chain of a group (hashable; `build` makes the stages)."""
-
-    attack: StageSpec | None
-    preaggregation: tuple[StageSpec, ...]
-    rule: StageSpec
-    with_skew: bool = True
-
-    def build(self, stage_hp: Mapping[str, Mapping[str, Array]] | None = None):
-        """`(attack or None, aggregator)` built with the traced numbers `stage_hp[slot][name]`."""
-        stage_hp = stage_hp or {}
-
-        def kwargs(spec):
-            return {**dict(spec.static), **{k: stage_hp[spec.slot][k] for k in spec.traced}}
-
-        attack = None if self.attack is None else attack_lib.get(self.attack.name, **kwargs(self.attack))
-        stages = [agg_lib.get(s.name, **kwargs(s)) for s in self.preaggregation]
-        rule = agg_lib.get(self.rule.name, **kwargs(self.rule))
-        return attack, (agg_lib.chain(*stages, rule) if stages else rule)
-
-
-# ---------------------------------------------------------------------------------------------
 # The round of a group.
 
 
@@ -207,14 +163,14 @@ class RunState(NamedTuple):
 
     Attributes:
       w: `[R, d]` global models (flat; parameters then BatchNorm statistics, SPEC §1).
-      attack_state, agg_state: the stages' states.
+      stage_state: the server pipeline's state (one entry per stage; the injected numeric
+        hyper-parameters of each run among them).
       round: `[R]` int32, the next round of each run.
       active: `[R]` bool, False once a run finished or diverged (its state is then left unchanged).
     """
 
     w: Array
-    attack_state: Any
-    agg_state: Any
+    stage_state: Any
     round: Array
     active: Array
 
@@ -225,11 +181,9 @@ class RunConsts(NamedTuple):
     Attributes:
       seed: `[R]` int32 run seeds.
       num_byzantine: `[R]` int32, the Byzantine client ids are `0 .. num_byzantine - 1` (SPEC §2).
-      index: `[R, N, max_m]` int32 client index tables (`data.ClientData.index`, padded to the group's
-        widest).
+      index: `[R, N, max_m]` int32 client index tables (`data.ClientData.index`, padded).
       counts: `[R, N]` int32 client sample counts.
       local: `LocalHparams` of `[R]` float32.
-      stage_hp: `{slot: {name: [R] float32}}` numeric hyper-parameters of the pipeline's stages.
       end_round: `[R]` int32, the run's total rounds.
     """
 
@@ -238,7 +192,6 @@ class RunConsts(NamedTuple):
     index: Array
     counts: Array
     local: LocalHparams
-    stage_hp: Mapping[str, Mapping[str, Array]]
     end_round: Array
 
 
@@ -267,9 +220,10 @@ class RoundShape(NamedTuple):
 
 
 class RoundOutput(NamedTuple):
-    """What a round returns besides the new state: `[R]` metrics, and on request the round's
-    honestly computed updates `[R, n, d]`, Byzantine masks `[R, n]` and the matrices the aggregator
-    received `[R, n, d]` (for figures; None otherwise), and whether each run ran this round."""
+    """What a round returns besides the new state: `[R]` metrics, whether each run ran this round,
+    whether a run's clients overflowed the planned lanes (an internal error), and on request the
+    round's honestly computed updates `[R, n, d]`, Byzantine masks `[R, n]` and the matrices the
+    aggregation received `[R, n, d]` (for figures; None otherwise)."""
 
     metrics: RoundMetrics
     ran: Array
@@ -286,25 +240,42 @@ def _plan(consts_r: RunConsts, r, shape: RoundShape):
     return cb, cb.clients < consts_r.num_byzantine
 
 
-def _finish(state_r: RunState, w, astate, gstate, metrics: RoundMetrics, end_round):
-    """Keeps an inactive run's state; advances an active one (deactivating it when it diverged or
-    reached its last round)."""
-    act = state_r.active
-    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(act, a, b), new, old)  # noqa: E731
-    nxt = state_r.round + act.astype(jnp.int32)
-    return RunState(w=keep(w, state_r.w), attack_state=keep(astate, state_r.attack_state),
-                    agg_state=keep(gstate, state_r.agg_state), round=nxt,
-                    active=act & metrics.finite & (nxt < end_round))
+def _server(pipeline, with_skew: bool, with_updates: bool) -> Callable:
+    """The server side of a round for one run of a group, pure (vmap it over runs)."""
+
+    def server_one(state_r: RunState, consts_r: RunConsts, U, byz, loss):
+        w, stage_state, metrics, sent = server_step(
+            state_r.w, U, byz, state_r.stage_state, round_key(consts_r.seed, state_r.round), pipeline,
+            with_skew=with_skew, train_loss=loss)
+        act = state_r.active
+        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(act, a, b), new, old)  # noqa: E731
+        nxt = state_r.round + act.astype(jnp.int32)
+        new = RunState(w=keep(w, state_r.w), stage_state=keep(stage_state, state_r.stage_state), round=nxt,
+                       active=act & metrics.finite & (nxt < consts_r.end_round))
+        return new, (metrics, *((U, byz, sent) if with_updates else (None, None, None)))
+
+    return server_one
 
 
-def make_device_round(model, local_cfg: LocalConfig, pipeline: ServerPipeline, shape: RoundShape,
-                      unravel: Callable, *, flip_byzantine: bool, with_updates: bool = False) -> Callable:
+def make_device_round(model, local_cfg: LocalConfig, pipeline, shape: RoundShape, unravel: Callable, *,
+                      flip_byzantine: bool, with_skew: bool = False, with_updates: bool = False) -> Callable:
     """The packed path: one jitted program per round for a whole group.
+
+    Args:
+      model, local_cfg: the model and the local optimizer's structure.
+      pipeline: the server pipeline (`stages.server_pipeline(..., inject=True)` of one run: the runs
+        of a group share its `update`; their numbers are in the stacked state).
+      shape: the round's static shape.
+      unravel: flat `[d]` -> model variables.
+      flip_byzantine: Byzantine clients train on mapped labels (LabelFlip).
+      with_skew: compute the gradient-skew diagnostic.
+      with_updates: also return the round's matrices (`RoundOutput`).
 
     Returns:
       `round_step(state, consts, x_train, y_train) -> (state', RoundOutput)`, jitted, `state` donated.
     """
     train = make_packed_train(model, local_cfg)
+    server = _server(pipeline, with_skew, with_updates)
 
     def plan_one(consts_r: RunConsts, r):
         cb, byz = _plan(consts_r, r, shape)
@@ -312,30 +283,20 @@ def make_device_round(model, local_cfg: LocalConfig, pipeline: ServerPipeline, s
         idx, mask = schedule.lane_batches(cb, plan, batch_size=shape.batch_size)
         return plan, makespan, idx, mask, byz
 
-    def server_one(state_r: RunState, consts_r: RunConsts, U, byz, loss):
-        attack, aggregator = pipeline.build(consts_r.stage_hp)
-        w, astate, gstate, metrics, sent = server_step(
-            state_r.w, U, byz, state_r.attack_state, state_r.agg_state, round_key(consts_r.seed, state_r.round),
-            attack, aggregator, with_skew=pipeline.with_skew, train_loss=loss)
-        new = _finish(state_r, w, astate, gstate, metrics, consts_r.end_round)
-        return new, metrics, sent
-
     def round_step(state: RunState, consts: RunConsts, x_train, y_train):
         plan, makespan, idx, mask, byz = jax.vmap(plan_one)(consts, state.round)
         # One loop for the whole batch, as long as its longest makespan (training.packed).
         steps = jnp.minimum(makespan.max(), shape.lane_steps)
         U, stats = train(jax.vmap(unravel)(state.w), x_train, y_train, plan, idx, mask, byz & flip_byzantine,
                          consts.local, steps)
-        new, metrics, sent = jax.vmap(server_one)(state, consts, U, byz, stats.loss)
-        out = RoundOutput(metrics, state.active, makespan > shape.lane_steps,
-                          *((U, byz, sent) if with_updates else (None, None, None)))
-        return new, out
+        new, (metrics, *extra) = jax.vmap(server)(state, consts, U, byz, stats.loss)
+        return new, RoundOutput(metrics, state.active, makespan > shape.lane_steps, *extra)
 
     return jax.jit(round_step, donate_argnums=(0,))
 
 
-def make_host_round(client_updates: Callable, pipeline: ServerPipeline, shape: RoundShape, unravel: Callable, *,
-                    flip_byzantine: bool, with_updates: bool = False) -> Callable:
+def make_host_round(client_updates: Callable, pipeline, shape: RoundShape, unravel: Callable, *,
+                    flip_byzantine: bool, with_skew: bool = False, with_updates: bool = False) -> Callable:
     """The host-loop path: the same plan and server step as `make_device_round`, local training by
     `client_updates` (a `training.make_client_updates` strategy such as "steps") called per run.
 
@@ -351,19 +312,13 @@ def make_host_round(client_updates: Callable, pipeline: ServerPipeline, shape: R
         return idx, mask, byz, cb.steps.max() > shape.padded_steps
 
     plans = jax.jit(jax.vmap(plan_one))
+    server_one = _server(pipeline, with_skew, with_updates)
 
-    def server_one(state_r: RunState, consts_r: RunConsts, U, byz, loss):
-        attack, aggregator = pipeline.build(consts_r.stage_hp)
-        w, astate, gstate, metrics, sent = server_step(
-            state_r.w, U, byz, state_r.attack_state, state_r.agg_state,
-            round_key(consts_r.seed, state_r.round), attack, aggregator, with_skew=pipeline.with_skew,
-            train_loss=loss)
-        new = _finish(state_r, w, astate, gstate, metrics, consts_r.end_round)
-        out = RoundOutput(metrics, state_r.active, jnp.bool_(False),
-                          *((U, byz, sent) if with_updates else (None, None, None)))
-        return new, out
+    def server_all(state, consts, U, byz, loss):
+        new, (metrics, *extra) = jax.vmap(server_one)(state, consts, U, byz, loss)
+        return new, RoundOutput(metrics, state.active, None, *extra)
 
-    server = jax.jit(jax.vmap(server_one), donate_argnums=(0,))
+    server = jax.jit(server_all, donate_argnums=(0,))
     unravel_jit = jax.jit(unravel)
 
     def round_step(state: RunState, consts: RunConsts, x_train, y_train):
@@ -375,11 +330,12 @@ def make_host_round(client_updates: Callable, pipeline: ServerPipeline, shape: R
             if active[i]:
                 U_i, st = client_updates(unravel_jit(state.w[i]), x_train, y_train, idx[i], mask[i],
                                          byz[i] & flip_byzantine)
+                loss = st.loss
             else:  # a finished run: no training (its state is kept by the server step)
                 U_i = jnp.zeros((shape.per_round, state.w.shape[1]), jnp.float32)
-                st = LocalStats(jnp.zeros((shape.per_round,), jnp.float32), None, None)
+                loss = jnp.zeros((shape.per_round,), jnp.float32)
             rows.append(U_i)
-            losses.append(st.loss)
+            losses.append(loss)
         U = jnp.stack(rows)
         U.block_until_ready()
         t1 = time.perf_counter()
