@@ -98,8 +98,10 @@ def make_model(config: Config, ds):
 
 
 def init_variables(model, seed: int):
-    """The run's initial model, from `key(seed, INIT_TAG)`."""
-    return model.init(jax.random.fold_in(jax.random.PRNGKey(seed), schedule.INIT_TAG))
+    """The run's initial model, from `key(seed, INIT_TAG)` (one compiled initialiser per model)."""
+    init = _cached(("init", model.name, model.num_classes, model.input_shape, model.module),
+                   lambda: jax.jit(lambda s: model.init(jax.random.fold_in(jax.random.PRNGKey(s), schedule.INIT_TAG))))
+    return init(jnp.asarray(seed, jnp.uint32))
 
 
 def make_pipeline(config: Config, *, inject: bool = False):
@@ -351,12 +353,22 @@ class _Batch:
         key = (group_key(self.cfg), shape, len(self.runs), strategy, with_updates, self.flip,
                tuple(self.consts.index.shape[1:]))
         self.new_program = not _is_cached(key)
+        server_key = (group_key(self.cfg), len(self.runs), self.flip, cfg.skew_metrics, with_updates)
         if self.device:
-            self.round_step = _cached(key, lambda: round_lib.make_device_round(
-                self.model, self.local_cfg, self.pipeline, shape, self.unravel, flip_byzantine=self.flip,
-                with_skew=cfg.skew_metrics, with_updates=with_updates))
+            # The optimizer's numbers are per-run arrays: only its structure shapes the program.
+            local = (self.local_cfg.structure(), self.local_cfg.num_classes, self.local_cfg.clip_eps,
+                     self.local_cfg.label_map)
+            train_key = ("train", cfg.model, cfg.dataset, cfg.data_dir, json.dumps(cfg.dataset_params, sort_keys=True),
+                         local, shape, len(self.runs), self.flip, tuple(self.consts.index.shape[1:]))
+            self.new_program = not (_is_cached(train_key) and _is_cached(("server",) + server_key))
+            train_round = _cached(train_key, lambda: round_lib.make_device_train(
+                self.model, self.local_cfg, shape, self.unravel, flip_byzantine=self.flip))
+            server_round = _cached(("server",) + server_key, lambda: round_lib.make_device_server(
+                self.pipeline, with_skew=cfg.skew_metrics, with_updates=with_updates))
+            self.round_step = round_lib.make_device_round(train_round, server_round)
         else:
-            client_updates = _cached(("clients", self.cfg.model, self.cfg.dataset, self.local_cfg, strategy),
+            client_updates = _cached(("clients", self.cfg.model, self.cfg.dataset, self.local_cfg, strategy,
+                                      json.dumps(cfg.dataset_params, sort_keys=True), cfg.data_dir),
                                      lambda: training.make_client_updates(self.model, self.local_cfg, strategy))
             self.round_step = _cached(key, lambda: round_lib.make_host_round(
                 client_updates, self.pipeline, shape, self.unravel, flip_byzantine=self.flip,

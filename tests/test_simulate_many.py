@@ -69,16 +69,19 @@ def test_a_group_compiles_once_for_all_its_batches():
     res = simulate_many(group, max_runs_per_program=2)
     assert [r["batch"]["runs"] for r in res] == [2, 2, 2, 2]
     assert [r["batch"]["new_program"] for r in res] == [True, True, False, False]
-    # A later sweep over other numbers of the same runs (seeds, hence partitions, kept) compiles nothing.
+    # A later sweep over other numbers of the same runs (seeds, hence partitions, kept) compiles
+    # nothing, and neither does another defence's group (the training program is shared).
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         compiles.clear()
-        again = [c.replace(attack_params={"nu": 0.25}, byzantine_ratio=0.4, lr=0.05, rounds=4) for c in group[:2]]
-        res = simulate_many(again)
+        again = [c.replace(attack_params={"nu": 0.25}, byzantine_ratio=0.4, lr=0.05, rounds=4) for c in group]
+        res = simulate_many(again, max_runs_per_program=2)
     finally:
         jax.monitoring.clear_event_listeners()
     assert all(r["completed_rounds"] == 4 for r in res)
     assert not compiles, f"{len(compiles)} compilations for a batch of an already compiled group"
+    other_defence = simulate_many([c.replace(defence="trmean") for c in group], max_runs_per_program=2)
+    assert all(r["completed_rounds"] == 3 for r in other_defence)
 
 
 def test_batch_resumes_exactly(tmp_path):
@@ -105,6 +108,15 @@ def test_strategies_give_the_same_run(strategy):
     other = simulate(cfg.replace(strategy=strategy))
     assert other["batch"]["strategy"] == strategy
     assert_same_history(packed, other, rtol=2e-3, atol=2e-4)
+
+
+def test_host_loop_batch_uses_each_runs_numbers():
+    configs = [tiny(strategy="steps", rounds=2, seed=s, lr=lr, momentum=m, attack="lie", attack_params={"z": z})
+               for s, lr, m, z in ((0, 0.1, 0.9, 1.5), (1, 0.02, 0.5, 1.0))]
+    batched = simulate_many(configs)
+    assert [r["batch"]["runs"] for r in batched] == [2, 2]
+    for cfg, res in zip(configs, batched):
+        assert_same_history(res, simulate(cfg))
 
 
 def test_padding_is_bounded():

@@ -323,8 +323,9 @@ def make_local_train(model, cfg: LocalConfig, *, unroll_steps: bool = True, skip
         (skips the work; `vmap` turns it into a select). None: `default_skip()`.
 
     Returns:
-      `local_train(variables, x_train, y_train, batch_idx, batch_mask, flip_labels) ->
-      (new_variables, LocalStats)`, to be wrapped in `jax.jit` / `jax.vmap`:
+      `local_train(variables, x_train, y_train, batch_idx, batch_mask, flip_labels, hp=None) ->
+      (new_variables, LocalStats)`, to be wrapped in `jax.jit` / `jax.vmap` (`hp`: a `LocalHparams`
+      of traced numbers replacing `cfg`'s):
 
       - `variables`: the global model (`{"params", ["batch_stats"]}`);
       - `x_train` `[N, H, W, C]` float32, `y_train` `[N]` int: the shared training set;
@@ -341,7 +342,7 @@ def make_local_train(model, cfg: LocalConfig, *, unroll_steps: bool = True, skip
     has_bs = model.has_batch_stats
     min_examples = local_step.min_examples
 
-    def local_train(variables, x_train, y_train, batch_idx, batch_mask, flip_labels):
+    def local_train(variables, x_train, y_train, batch_idx, batch_mask, flip_labels, hp=None):
         if batch_idx.ndim != 2 or batch_idx.shape != batch_mask.shape:
             raise ValueError(
                 f"batch_idx {batch_idx.shape} and batch_mask {batch_mask.shape} must both be [S, B].")
@@ -351,7 +352,7 @@ def make_local_train(model, cfg: LocalConfig, *, unroll_steps: bool = True, skip
 
         def do(state, idx, mask):
             p, bs, o = state
-            p, bs, o, loss = local_step.step(p, bs, o, x_train, y_train, idx, mask, flip_labels)
+            p, bs, o, loss = local_step.step(p, bs, o, x_train, y_train, idx, mask, flip_labels, hp)
             return (p, bs, o), loss
 
         def step(carry, inputs):

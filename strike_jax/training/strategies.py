@@ -55,7 +55,7 @@ MAX_PADDED_FRACTION = 0.10
 
 class ClientUpdates(Protocol):
     def __call__(self, variables: Any, x_train: Array, y_train: Array, batch_idx: Array,
-                 batch_mask: Array, flip: Array | None = None) -> tuple[Array, LocalStats]:
+                 batch_mask: Array, flip: Array | None = None, hp: Any = None) -> tuple[Array, LocalStats]:
         ...
 
 
@@ -240,11 +240,12 @@ def make_client_updates(model, cfg: LocalConfig, strategy: str = "auto", *, lane
       lanes: "packed" only: a fixed lane count (None: `choose_lanes`).
 
     Returns:
-      `client_updates(variables, x_train, y_train, batch_idx, batch_mask, flip=None) -> (U, stats)`:
+      `client_updates(variables, x_train, y_train, batch_idx, batch_mask, flip=None, hp=None) -> (U, stats)`:
       `variables` the global model; `x_train` `[N, H, W, C]`, `y_train` `[N]` (pass device arrays);
       `batch_idx` `[n, S, B]` int; `batch_mask` `[n, S, B]` bool; `flip` `[n]` bool (LabelFlip
-      clients) or None. A step without a real example is padding; a client's real steps run in
-      order. `U` `[n, d]` float32; `stats` a `LocalStats` of `[n]` arrays.
+      clients) or None; `hp` a `LocalHparams` of (traced) optimizer numbers replacing `cfg`'s (one
+      compiled program serves every value). A step without a real example is padding; a client's
+      real steps run in order. `U` `[n, d]` float32; `stats` a `LocalStats` of `[n]` arrays.
       `client_updates.strategy` is the strategy used ("auto" resolves at the first call and keeps it).
     """
     if strategy != "auto" and strategy not in STRATEGIES:
@@ -266,7 +267,7 @@ def make_client_updates(model, cfg: LocalConfig, strategy: str = "auto", *, lane
 def _make_auto(model, cfg, lanes) -> ClientUpdates:
     chosen: dict[str, Any] = {}
 
-    def client_updates(variables, x_train, y_train, batch_idx, batch_mask, flip=None):
+    def client_updates(variables, x_train, y_train, batch_idx, batch_mask, flip=None, hp=None):
         if "fn" not in chosen:
             idx, mask, _ = _prepare(batch_idx, batch_mask, flip)
             steps = mask.any(axis=2).sum(axis=1)[None, :]
@@ -277,7 +278,7 @@ def _make_auto(model, cfg, lanes) -> ClientUpdates:
             chosen["fn"] = make_client_updates(model, cfg, name, lanes=lanes)
             client_updates.strategy = name
             client_updates.estimates = est
-        return chosen["fn"](variables, x_train, y_train, batch_idx, batch_mask, flip)
+        return chosen["fn"](variables, x_train, y_train, batch_idx, batch_mask, flip, hp)
 
     client_updates.strategy = "auto"
     return client_updates
@@ -287,10 +288,9 @@ def _make_packed_strategy(model, cfg: LocalConfig, strategy: str, lanes: int | N
     """"packed" / "vmap" / "map" over a per-client padded schedule: the plan is made on the host
     (each client's real steps, compacted to the front), the training is one jitted program."""
     train = make_packed_train(model, cfg)
-    hp = cfg.hparams()
 
     @jax.jit
-    def run(variables, x_train, y_train, steps, order, batch_idx, batch_mask, flip, lane_marker, cap_marker):
+    def run(variables, x_train, y_train, steps, order, batch_idx, batch_mask, flip, hp, lane_marker, cap_marker):
         L, T = lane_marker.shape[0], cap_marker.shape[0]
         plan, makespan = schedule.pack_lanes(steps, L, T)
         j = jnp.minimum(plan.slot, steps.shape[0] - 1)
@@ -302,7 +302,7 @@ def _make_packed_strategy(model, cfg: LocalConfig, strategy: str, lanes: int | N
                          one(idx), one(mask), one(flip), jax.tree_util.tree_map(one, hp), jnp.minimum(makespan, T))
         return U[0], jax.tree_util.tree_map(lambda a: a[0], stats)
 
-    def client_updates(variables, x_train, y_train, batch_idx, batch_mask, flip=None):
+    def client_updates(variables, x_train, y_train, batch_idx, batch_mask, flip=None, hp=None):
         idx, mask, flip = _prepare(batch_idx, batch_mask, flip)
         n = idx.shape[0]
         real = mask.any(axis=2)                                    # [n, S]
@@ -311,8 +311,8 @@ def _make_packed_strategy(model, cfg: LocalConfig, strategy: str, lanes: int | N
         L, T, _ = strategy_lanes(strategy, steps[None], n, lanes)
         # Capacity rounded up to a power of two: schedules of one shape rarely recompile.
         return run(variables, jnp.asarray(x_train), jnp.asarray(y_train), jnp.asarray(steps), jnp.asarray(order),
-                   jnp.asarray(idx), jnp.asarray(mask), jnp.asarray(flip), jnp.zeros((L,), bool),
-                   jnp.zeros((_pow2(T),), bool))
+                   jnp.asarray(idx), jnp.asarray(mask), jnp.asarray(flip), cfg.hparams() if hp is None else hp,
+                   jnp.zeros((L,), bool), jnp.zeros((_pow2(T),), bool))
 
     return client_updates
 
@@ -322,20 +322,21 @@ def _make_loop_strategy(model, cfg: LocalConfig) -> ClientUpdates:
     writing its row of `U` in place (all dispatched asynchronously)."""
     local_train = make_local_train(model, cfg, unroll_steps=True)
 
-    def per_client_into(U, i, variables, x_train, y_train, idx, mask, flip):
-        new_vars, stats = local_train(variables, x_train, y_train, idx, mask, flip)
+    def per_client_into(U, i, variables, x_train, y_train, idx, mask, flip, hp):
+        new_vars, stats = local_train(variables, x_train, y_train, idx, mask, flip, hp)
         return write_delta_row(U, i, new_vars, variables), stats
 
     row_fn = jax.jit(per_client_into, donate_argnums=(0,))
     stack_stats = jax.jit(lambda stats: jax.tree_util.tree_map(lambda *s: jnp.stack(s), *stats))
 
-    def client_updates(variables, x_train, y_train, batch_idx, batch_mask, flip=None):
+    def client_updates(variables, x_train, y_train, batch_idx, batch_mask, flip=None, hp=None):
         idx, mask, flip = _prepare(batch_idx, batch_mask, flip)
         x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
+        hp = cfg.hparams() if hp is None else hp
         U = jnp.zeros((idx.shape[0], _dim(variables)), jnp.float32)
         stats = []
         for i in range(idx.shape[0]):
-            U, st = row_fn(U, np.int32(i), variables, x_train, y_train, idx[i], mask[i], flip[i])
+            U, st = row_fn(U, np.int32(i), variables, x_train, y_train, idx[i], mask[i], flip[i], hp)
             stats.append(st)
         return U, stack_stats(stats)
 
@@ -366,9 +367,10 @@ def _make_steps_strategy(model, cfg: LocalConfig) -> ClientUpdates:
 
     loss_stats = jax.jit(_loss_stats, static_argnums=(3,))
 
-    def client_updates(variables, x_train, y_train, batch_idx, batch_mask, flip=None):
+    def client_updates(variables, x_train, y_train, batch_idx, batch_mask, flip=None, hp=None):
         idx, mask, flip = _prepare(batch_idx, batch_mask, flip)
         x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
+        hp = cfg.hparams() if hp is None else hp
         n, S, _ = idx.shape
         counts = mask.sum(axis=2)  # [n, S], on the host
         active = counts >= ls.min_examples
@@ -386,7 +388,7 @@ def _make_steps_strategy(model, cfg: LocalConfig) -> ClientUpdates:
                     losses.append(zero)
                     continue
                 fn = step_keep if first else step_donate
-                p, bs, o, loss = fn(p, bs, o, x_train, y_train, idx[i, s], mask[i, s], flip[i])
+                p, bs, o, loss = fn(p, bs, o, x_train, y_train, idx[i, s], mask[i, s], flip[i], hp)
                 losses.append(loss)
                 first = False
             if not first:  # a client without a step keeps its zero row
