@@ -23,6 +23,8 @@ import functools
 import json
 import math
 import os
+import signal
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -41,6 +43,47 @@ from strike_jax.training.local import LocalHparams
 
 CHECKPOINT = "checkpoint.npz"
 RESULT = "result.json"
+ROUNDS_CSV = "rounds.csv"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during `simulate` / `simulate_many`: every run's last completed round was checkpointed.
+
+    Attributes:
+      message: what was saved and how to resume (one line per run directory).
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class _InterruptGuard:
+    """While active, the first Ctrl-C only sets `requested` (the loop finishes its round, checkpoints
+    and raises `Interrupted`); a second one stops at once. Outside the main thread it does nothing."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstrike-jax: interrupted; finishing the current round and saving checkpoints "
+              "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: keep Python's default handling
+            self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
 
 # Config fields that are per-run numbers inside a group, or only steer the host loop (everything
 # else is structure: it shapes the compiled round).
@@ -142,6 +185,12 @@ def round_f_to_check(config: Config) -> int:
 def check_config(config: Config):
     """Everything about a config that can be refused before any data loads: names, hyper-parameters,
     the pipeline's limit on `f` (`stages.check_f`). Returns the (non-injected) pipeline."""
+    kwargs = dict(config.dataset_params)
+    if config.data_dir:
+        kwargs["data_dir"] = config.data_dir
+    data_lib.check_load_args(config.dataset, **kwargs)
+    if config.model not in model_lib.names():
+        raise ValueError(f"model {config.model!r} is not allowed; allowed: {', '.join(model_lib.names())}.")
     pipe = make_pipeline(config)
     stages.check_f(pipe, config.clients_per_round, round_f_to_check(config),
                    allow_beyond_breakdown=config.allow_beyond_breakdown)
@@ -175,21 +224,39 @@ def _save_checkpoint(path, config, next_round, w, stage_state, history, compile_
     atomic.atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
+def _describe_differences(diff: dict) -> str:
+    return "; ".join(f"{k}: {old!r} there, {new!r} requested" for k, (old, new) in sorted(diff.items()))
+
+
 def _load_checkpoint(path, config, stage_state):
     with np.load(path) as z:
         meta = json.loads(bytes(z["meta"]).decode())
-        if not config.same_run(meta["config"]):
-            raise ValueError(
-                f"The checkpoint {path} belongs to another config; use another run directory or delete it.\n"
-                f"checkpoint: {meta['config']}\nrequested:  {config.to_dict()}"
-            )
+        # A run may be extended to more rounds: the number of rounds is the only field allowed to differ.
+        diff = config.differences(meta["config"], ignore=("rounds",))
+        if diff:
+            raise ValueError(f"The checkpoint {path} belongs to another config ({_describe_differences(diff)}); "
+                             "use another run directory or delete it.")
+        if meta["next_round"] > config.rounds:
+            raise ValueError(f"The checkpoint {path} has {meta['next_round']} rounds done, more than the "
+                             f"{config.rounds} requested; use another run directory or ask for at least "
+                             f"{meta['next_round']} rounds.")
 
         leaves, treedef = jax.tree_util.tree_flatten(stage_state)
         restored = jax.tree_util.tree_unflatten(treedef, [np.asarray(z[f"stage_{i}"]) for i in range(len(leaves))])
         return (np.asarray(z["w"]), restored, meta["next_round"], meta["history"], meta.get("compile_rounds", []))
 
 
+def read_checkpoint_meta(path: str) -> dict | None:
+    """A checkpoint's `{"config", "next_round", "history", ...}` (None if there is no checkpoint)."""
+    if not os.path.exists(path):
+        return None
+    with np.load(path) as z:
+        return json.loads(bytes(z["meta"]).decode())
+
+
 def _stored_result(config: Config, run_dir: str | None):
+    """The finished result stored in `run_dir` for exactly this config, else None (a run stored with
+    fewer rounds is continued from its checkpoint)."""
     if run_dir is None:
         return None
     path = os.path.join(run_dir, RESULT)
@@ -200,6 +267,37 @@ def _stored_result(config: Config, run_dir: str | None):
     if config.same_run(stored.get("config", {})) and stored.get("finished"):
         return stored
     return None
+
+
+def check_run_dir(run_dir: str | None) -> None:
+    """Refuses, before any work, a run directory that is a file or cannot be written (one line)."""
+    if run_dir is None:
+        return
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ValueError(f"run directory {run_dir!r} is a file; allowed: a directory (created if missing).")
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"run directory {run_dir!r} cannot be created ({e.strerror}); allowed: a writable "
+                         "directory.") from None
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise ValueError(f"run directory {run_dir!r} is not writable; allowed: a writable directory.")
+
+
+def write_rounds_csv(path: str, history: list[dict[str, Any]]) -> None:
+    """One row per round (`round`, `accuracy`, `loss`, the metrics, timings), atomically."""
+    import csv
+    import io
+
+    columns: list[str] = []
+    for rec in history:
+        columns += [k for k in rec if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for rec in history:
+        writer.writerow({k: ("" if v is None else v) for k, v in rec.items()})
+    atomic.write_text(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,80 +505,112 @@ def _memory_budget() -> int:
         return 4 << 30
 
 
-def _run_batch(batch: _Batch, *, checkpoint_every: int, progress: bool, stop_after: int | None, on_updates) -> None:
+def _run_batch(batch: _Batch, *, checkpoint_every: int, checkpoint_seconds: float | None, progress: bool,
+               stop_after: int | None, on_updates) -> None:
     runs, cfg = batch.runs, batch.cfg
     R = len(runs)
     rounds_left = max(r.config.rounds - r.start_round if r.diverged_round is None else 0 for r in runs)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        label = f"{cfg.attack}/{cfg.defence}" + (f" x{R} runs" if R > 1 else "")
-        bar = tqdm(total=max(r.config.rounds for r in runs), initial=min(r.start_round for r in runs),
-                   desc=label, leave=False)
     done_rounds = [r.start_round for r in runs]
+    bar = _progress_bar(batch) if progress else None
     first = True
-    t_prev = time.perf_counter()
-    for _ in range(rounds_left):
-        state = batch.state
-        rounds_now = np.asarray(done_rounds)  # the state is donated to the round: read nothing from it after
-        if batch.device:
-            batch.state, out = batch.round_step(state, batch.consts, batch.x_train, batch.y_train)
-            timings = None
-        else:
-            batch.state, out, timings = batch.round_step(state, batch.consts, batch.x_train, batch.y_train)
-        ran = np.asarray(out.ran)
-        if np.asarray(out.overflow).any():
-            raise RuntimeError("internal error: a round's clients did not fit the planned lanes "
-                               f"(L={batch.shape.lanes}, T={batch.shape.lane_steps}); please report it.")
-        if not ran.any():
-            break
-        evals = [i for i in range(R) if ran[i] and ((rounds_now[i] + 1) % runs[i].config.eval_every == 0
-                                                    or rounds_now[i] + 1 == runs[i].config.rounds)]
-        acc = _evaluate(batch, evals)
-        metrics = jax.device_get(out.metrics)
-        if on_updates is not None:
-            U, byz, sent = jax.device_get((out.updates, out.byzantine_mask, out.sent))
-        t_now = time.perf_counter()
-        for i, r in enumerate(runs):
-            if not ran[i]:
-                continue
-            m = jax.tree_util.tree_map(lambda a: a[i], metrics)
-            rec = {"round": int(rounds_now[i]), "n": cfg.clients_per_round, **round_lib.metrics_to_dict(m)}
-            if batch.limit is not None and rec["num_byzantine"] > batch.limit:
-                rec["f_above_limit"] = True  # the rules clamped f to their limit this round
-            if not rec["finite"]:
-                r.diverged_round = rec["round"]
-            elif i in acc:
-                rec["accuracy"], rec["loss"] = acc[i]
-            if timings is not None:
-                rec["time_train_s"], rec["time_server_s"] = timings[0] / R, timings[1] / R
-            rec["time_round_s"] = (t_now - t_prev) / R
-            if first:
-                r.compile_rounds.append(rec["round"])
-            r.history.append(rec)
-            done_rounds[i] = rec["round"] + 1
+    t_prev = t_checkpoint = time.perf_counter()
+    with _InterruptGuard() as interrupt:
+        for _ in range(rounds_left):
+            state = batch.state
+            rounds_now = np.asarray(done_rounds)  # the state is donated to the round: read nothing from it after
+            if batch.device:
+                batch.state, out = batch.round_step(state, batch.consts, batch.x_train, batch.y_train)
+                timings = None
+            else:
+                batch.state, out, timings = batch.round_step(state, batch.consts, batch.x_train, batch.y_train)
+            ran = np.asarray(out.ran)
+            if np.asarray(out.overflow).any():
+                raise RuntimeError("internal error: a round's clients did not fit the planned lanes "
+                                   f"(L={batch.shape.lanes}, T={batch.shape.lane_steps}); please report it.")
+            if not ran.any():
+                break
+            evals = [i for i in range(R) if ran[i] and ((rounds_now[i] + 1) % runs[i].config.eval_every == 0
+                                                        or rounds_now[i] + 1 == runs[i].config.rounds)]
+            acc = _evaluate(batch, evals)
+            metrics = jax.device_get(out.metrics)
             if on_updates is not None:
-                on_updates(rec["round"], U[i], byz[i], sent[i])
-        first = False
-        t_prev = t_now
-        if bar is not None:
-            bar.update(min(done_rounds) - bar.n)
-            accs = [r.history[-1].get("accuracy") for r in runs if r.history]
-            accs = [a for a in accs if a is not None]
-            if accs:
-                bar.set_postfix(acc=f"{max(accs):.3f}")
-        due = [i for i in range(R) if ran[i] and (done_rounds[i] % checkpoint_every == 0
-                                                  or done_rounds[i] >= runs[i].config.rounds
-                                                  or runs[i].diverged_round is not None)]
-        stop = stop_after is not None and min(done_rounds) >= stop_after
-        if stop:
-            due = [i for i in range(R) if ran[i]]
-        _checkpoint(batch, due, done_rounds)
-        if stop:
-            break
+                U, byz, sent = jax.device_get((out.updates, out.byzantine_mask, out.sent))
+            t_now = time.perf_counter()
+            for i, r in enumerate(runs):
+                if not ran[i]:
+                    continue
+                m = jax.tree_util.tree_map(lambda a: a[i], metrics)
+                rec = {"round": int(rounds_now[i]), "n": cfg.clients_per_round, **round_lib.metrics_to_dict(m)}
+                if batch.limit is not None and rec["num_byzantine"] > batch.limit:
+                    rec["f_above_limit"] = True  # the rules clamped f to their limit this round
+                if not rec["finite"]:
+                    r.diverged_round = rec["round"]
+                elif i in acc:
+                    rec["accuracy"], rec["loss"] = acc[i]
+                if timings is not None:
+                    rec["time_train_s"], rec["time_server_s"] = timings[0] / R, timings[1] / R
+                rec["time_round_s"] = (t_now - t_prev) / R
+                if first:
+                    r.compile_rounds.append(rec["round"])
+                r.history.append(rec)
+                done_rounds[i] = rec["round"] + 1
+                if on_updates is not None:
+                    on_updates(rec["round"], U[i], byz[i], sent[i])
+            if bar is not None:
+                _advance(bar, batch, done_rounds, first, (t_now - t_prev))
+            first = False
+            t_prev = t_now
+            due = [i for i in range(R) if ran[i] and (done_rounds[i] % checkpoint_every == 0
+                                                      or done_rounds[i] >= runs[i].config.rounds
+                                                      or runs[i].diverged_round is not None)]
+            stop = stop_after is not None and min(done_rounds) >= stop_after
+            timed = checkpoint_seconds is not None and t_now - t_checkpoint >= checkpoint_seconds
+            if stop or timed or interrupt.requested:
+                due = [i for i in range(R) if ran[i]]
+            if due:
+                _checkpoint(batch, due, done_rounds)
+                t_checkpoint = time.perf_counter()
+            if interrupt.requested:
+                if bar is not None:
+                    bar.close()
+                raise Interrupted(_resume_message(batch, done_rounds))
+            if stop:
+                break
     if bar is not None:
         bar.close()
+
+
+def _resume_message(batch: _Batch, done_rounds: list[int]) -> str:
+    lines = []
+    for r, done in zip(batch.runs, done_rounds):
+        where = (f"checkpoint saved in {r.run_dir} after round {done} of {r.config.rounds}; run the same "
+                 "command again to resume") if r.run_dir else "no run directory: nothing saved"
+        lines.append(f"{r.config.attack}/{r.config.defence} seed {r.config.seed}: {where}")
+    return "interrupted. " + "\n".join(lines)
+
+
+def _progress_bar(batch: _Batch):
+    from tqdm.auto import tqdm
+
+    runs, cfg = batch.runs, batch.cfg
+    label = f"{cfg.attack}/{cfg.defence}" + (f" x{len(runs)} runs" if len(runs) > 1 else "")
+    return tqdm(total=max(r.config.rounds for r in runs), initial=min(r.start_round for r in runs), desc=label,
+                unit="round", leave=True, dynamic_ncols=True)
+
+
+def _advance(bar, batch: _Batch, done_rounds: list[int], first: bool, seconds: float) -> None:
+    """Moves the bar to the slowest run's round; shows seconds per round and the best current
+    accuracy. The first round of an invocation compiles: its time is left out of the rate and ETA."""
+    bar.update(min(done_rounds) - bar.n)
+    if first:  # restart tqdm's clock after compiling, so the ETA is the steady rate's
+        bar.start_t = bar._time()
+        bar.initial = bar.n
+    accs = [r.history[-1].get("accuracy") for r in batch.runs if r.history]
+    accs = [a for a in accs if a is not None]
+    post = {"s/round": f"{seconds:.3g}" + (" (compiling)" if first else "")}
+    if accs:
+        post["acc"] = f"{max(accs):.3f}"
+    bar.set_postfix(post, refresh=True)
 
 
 def _evaluate(batch: _Batch, which: list[int]) -> dict[int, tuple[float, float]]:
@@ -505,6 +635,7 @@ def _checkpoint(batch: _Batch, which: list[int], done_rounds: list[int]) -> None
         r = batch.runs[i]
         _save_checkpoint(os.path.join(r.run_dir, CHECKPOINT), r.config, done_rounds[i], w[i],
                          jax.tree_util.tree_map(lambda a: a[i], stage_state), r.history, r.compile_rounds)
+        write_rounds_csv(os.path.join(r.run_dir, ROUNDS_CSV), r.history)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,6 +648,7 @@ def simulate_many(
     run_dirs: Sequence[str | None] | None = None,
     progress: bool = False,
     checkpoint_every: int = 10,
+    checkpoint_seconds: float | None = 300.0,
     max_runs_per_program: int | None = None,
     stop_after: int | None = None,
     on_updates: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
@@ -526,10 +658,12 @@ def simulate_many(
 
     Args:
       configs: the runs.
-      run_dirs: one run directory per config (or None entries): `checkpoint.npz` and `result.json`
-        live there; a finished run is returned as stored, an interrupted one resumes exactly.
-      progress: a progress bar per batch.
+      run_dirs: one run directory per config (or None entries): `checkpoint.npz`, `result.json` and
+        `rounds.csv` live there; a finished run is returned as stored, an interrupted one resumes
+        exactly, and a run stored with fewer rounds than asked is continued.
+      progress: a progress bar per batch (seconds per round after compiling, the best current accuracy).
       checkpoint_every: rounds between checkpoints (also written at the end and on divergence).
+      checkpoint_seconds: also checkpoint when this many seconds passed since the last one (None: off).
       max_runs_per_program: cap on the runs batched together (default: what fits in memory).
       stop_after: stop (after checkpointing) once every run of a batch has done this many rounds in
         total, as if interrupted; used to test resume.
@@ -539,6 +673,12 @@ def simulate_many(
 
     Returns:
       One dict per config, in order: exactly what `simulate` returns for it.
+
+    Raises:
+      ValueError: before any work, for a bad name, hyper-parameter, data argument, a Byzantine count
+        above the pipeline's limit (without `allow_beyond_breakdown`), or a run directory that is a
+        file or not writable.
+      Interrupted: on Ctrl-C, after the current round and a checkpoint of every run of the batch.
     """
     configs = list(configs)
     for c in configs:
@@ -551,9 +691,13 @@ def simulate_many(
         raise ValueError(f"run_dirs has {len(run_dirs)} entries for {len(configs)} configs.")
     if on_updates is not None and len(configs) != 1:
         raise ValueError("on_updates is supported for a single config (simulate).")
-    for c in configs:  # bad names, hyper-parameters or f fail here, before any data loads
+    if not (isinstance(checkpoint_every, int) and checkpoint_every >= 1):
+        raise ValueError(f"checkpoint_every={checkpoint_every!r} is not allowed; allowed: an int >= 1.")
+    if checkpoint_seconds is not None and not checkpoint_seconds > 0:
+        raise ValueError(f"checkpoint_seconds={checkpoint_seconds!r} is not allowed; allowed: a number > 0 or None.")
+    for c, d in zip(configs, run_dirs):  # bad input fails here, before any data loads
         check_config(c)
-    t_start = time.perf_counter()
+        check_run_dir(d)
     runs = [_Run(c, d, []) for c, d in zip(configs, run_dirs)]
     todo = []
     for r in runs:
@@ -574,8 +718,8 @@ def simulate_many(
             part = members[b * size:(b + 1) * size]
             t0 = time.perf_counter()
             batch = _Batch(part, group=members, on_updates=on_updates)
-            _run_batch(batch, checkpoint_every=checkpoint_every, progress=progress, stop_after=stop_after,
-                       on_updates=on_updates)
+            _run_batch(batch, checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
+                       progress=progress, stop_after=stop_after, on_updates=on_updates)
             wall = time.perf_counter() - t0
             for r in part:
                 r.result = summarize(r.config, r.history, r.diverged_round, r.compile_rounds)
@@ -586,9 +730,9 @@ def simulate_many(
                                      "calibration_s": batch.calibration, "new_program": batch.new_program}
                 if r.run_dir is not None:
                     write_json(os.path.join(r.run_dir, RESULT), r.result)
+                    write_rounds_csv(os.path.join(r.run_dir, ROUNDS_CSV), r.history)
                 if on_result is not None:
                     on_result(r.config, r.result)
-    del t_start
     return [r.result for r in runs]
 
 
@@ -607,6 +751,7 @@ def simulate(
     *,
     run_dir: str | None = None,
     checkpoint_every: int = 10,
+    checkpoint_seconds: float | None = 300.0,
     progress: bool = False,
     stop_after: int | None = None,
     on_updates: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
@@ -615,9 +760,11 @@ def simulate(
 
     Args:
       config: the run (`strike_jax.config.Config`).
-      run_dir: where to keep `checkpoint.npz` and `result.json`. With an existing checkpoint of the
-        same config the run resumes where it stopped; a finished run is returned as stored.
+      run_dir: where to keep `checkpoint.npz`, `result.json` and `rounds.csv`. With an existing
+        checkpoint of the same config the run resumes where it stopped (also to more rounds than it
+        had); a finished run is returned as stored.
       checkpoint_every: rounds between checkpoints (also written at the end).
+      checkpoint_seconds: also checkpoint when this many seconds passed since the last one.
       progress: show a tqdm progress bar.
       stop_after: stop (after checkpointing) once this many rounds are done in total, as if
         interrupted; used to test resume.
@@ -632,7 +779,7 @@ def simulate(
       `completed_rounds`, `finished`, `mean_round_time_s`, `wall_time_s`, `batch` (how it ran).
     """
     return simulate_many([config], run_dirs=[run_dir], progress=progress, checkpoint_every=checkpoint_every,
-                         stop_after=stop_after, on_updates=on_updates)[0]
+                         checkpoint_seconds=checkpoint_seconds, stop_after=stop_after, on_updates=on_updates)[0]
 
 
 def summarize(config: Config, history: list[dict[str, Any]], diverged_round: int | None,
