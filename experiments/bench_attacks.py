@@ -28,14 +28,11 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 
 import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

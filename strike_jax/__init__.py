@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _SUBMODULES = ("aggregators", "analysis", "atomic", "attacks", "cli", "config", "data", "models", "ops",
-               "registry", "simulation", "stages", "sweep", "training")
+               "registry", "report", "simulation", "stages", "sweep", "training")
 _ATTRIBUTES = {
     "simulate": "strike_jax.simulation",
     "simulate_many": "strike_jax.simulation",
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         models,
         ops,
         registry,
+        report,
         simulation,
         stages,
         sweep,
