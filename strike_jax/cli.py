@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     from strike_jax.config import PARTITIONS, PRESETS, STRATEGIES, Config
 
     default = Config()
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="strike-jax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -272,13 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--seed", "seed", type=int)
     opt("--strategy", "strategy", choices=STRATEGIES)
     opt("--lanes", "lanes", type=int)
-    opt("--attack", "attack", type=_choice("attack", extra=("none",)))
+    opt("--attack", "attack", type=_choice("attack", extra=("none",)), metavar="ATTACK",
+        help="one of: none, " + ", ".join(_names("attack")) + f" (default {default.attack!r})")
     r.add_argument("--attack-param", action="append", metavar="KEY=VALUE", help="attack hyper-parameter (repeatable)")
     r.add_argument("--nu", type=float, help="STRIKE's strength (shortcut for --attack-param nu=...)")
-    opt("--defence", "defence", type=_choice("rule"))
+    opt("--defence", "defence", type=_choice("rule"), metavar="RULE",
+        help="one of: " + ", ".join(_names("rule")) + f" (default {default.defence!r})")
     r.add_argument("--defense", dest="defence", type=_choice("rule"), help=argparse.SUPPRESS)
     r.add_argument("--defence-param", action="append", metavar="KEY=VALUE", help="defence hyper-parameter (repeatable)")
-    r.add_argument("--preagg", type=_preaggs, help="comma-separated pre-aggregators (nnm,bucketing)")
+    r.add_argument("--preagg", type=_preaggs, help="comma-separated pre-aggregators, from: "
+                   + ", ".join(_names("preaggregator")) + " (default: none)")
     r.add_argument("--skew-metrics", dest="skew_metrics", action="store_true",
                    help="log the gradient-skew diagnostic every round")
     r.add_argument("--allow-beyond-breakdown", dest="allow_beyond_breakdown", action="store_true",
@@ -286,17 +289,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run-dir", dest="run_dir",
                    help="checkpoint here (result.json, rounds.csv); an interrupted run resumes, a finished one "
                         "is extended by a larger --rounds")
-    r.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=10, help="rounds between checkpoints")
+    r.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=10,
+                   help="rounds between checkpoints (default 10)")
     r.add_argument("--checkpoint-seconds", dest="checkpoint_seconds", type=float, default=300.0,
-                   help="also checkpoint after this many seconds (0: off)")
+                   help="also checkpoint after this many seconds; 0: off (default 300)")
     r.add_argument("--out", help="also write the result JSON here")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="attacks x defences on the embedded digits data (the README's main job)",
                        formatter_class=fmt)
-    d.add_argument("--rounds", type=int, default=20)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--rounds", type=int, default=20, help="rounds per run (default 20)")
+    d.add_argument("--seed", type=int, default=0, help="(default 0)")
     d.add_argument("--attacks", type=lambda t: [_choice("attack", extra=("none",))(a) for a in t.split(",") if a],
                    help=f"comma-separated (default: {','.join(DEMO_ATTACKS)})")
     d.add_argument("--defences", type=lambda t: [_choice("rule")(a) for a in t.split(",") if a],
@@ -306,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plot", help="accuracy curves of run directories (PNG)", formatter_class=fmt)
     pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    pl.add_argument("--metric", default="accuracy", help="a per-round field of rounds.csv")
+    pl.add_argument("--metric", default="accuracy", help="a per-round field of rounds.csv (default accuracy)")
     pl.add_argument("--out", help="the PNG (default: RUN_DIR/<metric>.png of the first run)")
     pl.set_defaults(func=cmd_plot)
 
