@@ -33,10 +33,15 @@ from typing import Any, Callable
 
 from strike_jax.aggregators.base import Aggregator, PreAggregator, resolve_f
 from strike_jax.aggregators.bulyan import bulyan, bulyan_limit
+from strike_jax.aggregators.clipping import arc, clipping
+from strike_jax.aggregators.clustering import clippedclustering, signguard
 from strike_jax.aggregators.coordinatewise import mean, median, trmean, trmean_limit
 from strike_jax.aggregators.distance import aksel, cclip, krum, krum_limit, krum_scores, multikrum, rfa
 from strike_jax.aggregators.dnc import dnc
+from strike_jax.aggregators.foolsgold import foolsgold
 from strike_jax.aggregators.preagg import bucketing, chain, nnm
+from strike_jax.aggregators.robust_means import caf, mda, meamed, monna, smea
+from strike_jax.aggregators.trusted import fltrust
 
 _BUILDERS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "mean": (mean, {}),
@@ -52,9 +57,20 @@ _BUILDERS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "bulyan": (bulyan, {}),
     "bucketing": (bucketing, {"s": 2}),
     "nnm": (nnm, {"include_self": True}),
+    "meamed": (meamed, {}),
+    "monna": (monna, {"idx": 0}),
+    "mda": (mda, {"max_subsets": 100_000}),
+    "smea": (smea, {"max_subsets": 20_000}),
+    "caf": (caf, {}),
+    "signguard": (signguard, {"lower": 0.1, "upper": 3.0, "fraction": 0.1}),
+    "clippedclustering": (clippedclustering, {"max_tau": 1e5, "capacity": 100_000}),
+    "fltrust": (fltrust, {}),
+    "foolsgold": (foolsgold, {"num_clients": None, "sketch": None, "seed": 0}),
+    "clipping": (clipping, {"c": 2.0}),
+    "arc": (arc, {}),
 }
 
-PREAGGREGATORS = ("bucketing", "nnm")
+PREAGGREGATORS = ("bucketing", "nnm", "clipping", "arc")
 
 
 def names() -> tuple[str, ...]:
