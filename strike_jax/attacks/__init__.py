@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 # Bind the STRIKE module under a name of its own before the builder `strike` shadows it.
 from strike_jax.attacks import strike as strike_stages  # noqa: I001  (order matters)
+from strike_jax.attacks.agr_tailored import agr_tailored
 from strike_jax.attacks.base import Attack, EmptyState, reference_mask
 from strike_jax.attacks.baselines import (
     MimicState,
@@ -28,6 +29,8 @@ from strike_jax.attacks.baselines import (
     minsum,
     nonfinite,
 )
+from strike_jax.attacks.extra import gaussian, signflip
+from strike_jax.attacks.fang import fang
 from strike_jax.attacks.labelflip import flip_labels, labelflip
 from strike_jax.attacks.strike import strike, strike_vector
 
@@ -41,6 +44,10 @@ _REGISTRY: dict[str, Callable[..., Attack]] = {
     "minsum": minsum,
     "mimic": mimic,
     "nonfinite": nonfinite,
+    "gaussian": gaussian,
+    "signflip": signflip,
+    "fang": fang,
+    "agr_tailored": agr_tailored,
 }
 
 
