@@ -350,6 +350,10 @@ def smea(max_subsets: int = SMEA_MAX_SUBSETS) -> Aggregator:
 # --------------------------------------------------------------------------------------------- CAF
 
 
+#: Relative tolerance under which a row's tau counts as tied with the maximum (CAF).
+CAF_TIE_RTOL = 1e-4
+
+
 def caf_weights(gram: Array, finite: Array, f: Array) -> Array:
     """CAF's output as row weights `[n]` (summing to 1), from the centred Gram matrix.
 
@@ -386,6 +390,10 @@ def caf_weights(gram: Array, finite: Array, f: Array) -> Array:
         tau = jnp.where(lam > 0, proj * proj / jnp.where(lam > 0, lam, 1.0), 0.0)
         tau_max = jnp.max(jnp.where(c > 0, tau, 0.0))
         c_new = jnp.where(tau_max > 0, c * (1.0 - tau / jnp.where(tau_max > 0, tau_max, 1.0)), c)
+        # Rows tied with the maximum up to rounding (e.g. copies of one Byzantine vector) drop to
+        # exactly 0, as in exact arithmetic; a weight of 1e-7 would keep them "weighted" and let
+        # their huge tau hold back everyone else's update.
+        c_new = jnp.where(tau >= tau_max * (1.0 - CAF_TIE_RTOL), 0.0, c_new)
         c_new = jnp.clip(c_new, 0.0, 1.0)
         # tau_max == 0: every weighted row lies on the mean; drop all but the first to terminate.
         first = jnp.arange(n) == jnp.argmax(c > 0)
