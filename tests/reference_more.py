@@ -48,7 +48,8 @@ def monna(X, f, idx=0):
 
 
 def _removed_sets(n, f):
-    return list(itertools.combinations(range(n), f))
+    """Removed-row sets in the order of the kept-row combinations (the first minimum wins)."""
+    return [tuple(sorted(set(range(n)) - set(kept))) for kept in itertools.combinations(range(n), n - f)]
 
 
 def mda(X, f):

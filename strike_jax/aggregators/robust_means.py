@@ -143,15 +143,17 @@ def subset_limit(n: int, max_subsets: int) -> int:
 
 @functools.lru_cache(maxsize=32)
 def removal_sets(n: int, sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Every set of removed rows of the given sizes, in `itertools.combinations` (lexicographic)
-    order, sizes ascending: `(rows [M, max(sizes)] int32 padded with n, size [M] int32)`."""
+    """Every set of removed rows of the given sizes, sizes ascending; within a size, in the order
+    of `itertools.combinations(range(n), n - k)` over the *kept* rows (ByzFL's order, so that
+    ties between subsets resolve alike): `(rows [M, max(sizes)] int32 padded with n, size [M])`."""
     import itertools
 
     width = max(max(sizes), 1)
     rows, size = [], []
     for k in sizes:
-        for comb in itertools.combinations(range(n), k):
-            rows.append(list(comb) + [n] * (width - k))
+        for kept in itertools.combinations(range(n), n - k):
+            removed = sorted(set(range(n)) - set(kept))
+            rows.append(removed + [n] * (width - k))
             size.append(k)
     return np.asarray(rows, np.int32).reshape(-1, width), np.asarray(size, np.int32)
 
@@ -237,9 +239,9 @@ def mda(max_subsets: int = MDA_MAX_SUBSETS) -> Aggregator:
     machine learning", MDA; also Rousseeuw 1985's minimum-volume idea; ByzFL `MDA(f)`).
 
     `S* = argmin_{|S| = n - f} max_{i, j in S} ||x_i - x_j||`; output the mean of `S*`. Exact: all
-    `C(n, f)` subsets are searched (see `mda_mask`). Ties: the first minimal subset in the order of
-    `itertools.combinations` over the *removed* rows (ByzFL enumerates kept sets with a strict `<`:
-    the two orders differ only between subsets of exactly equal diameter).
+    `C(n, f)` subsets are searched (see `mda_mask`). Ties (common: every subset keeping the same
+    farthest pair has the same diameter): the first minimal subset in the order of
+    `itertools.combinations` over the kept rows, as ByzFL.
 
     Limit: `f <= (n - 1) // 2` and `C(n, f) <= max_subsets` (e.g. f <= 3 at n = 50 with the default
     1e5): a concrete `f` above raises ValueError naming both; a traced `f` is clamped (the traced
@@ -309,7 +311,7 @@ def smea(max_subsets: int = SMEA_MAX_SUBSETS) -> Aggregator:
     eigenvalue, computed here exactly (`subset_top_eigenvalues`); ByzFL 0.0.11 estimates it with
     one power-iteration step from a random start (`max_iters=1`), so its choice of `S*` is random
     and can differ: we follow the paper. Ties: the first minimal subset in the order of
-    `itertools.combinations` over the removed rows.
+    `itertools.combinations` over the kept rows.
 
     Limit: `f <= (n - 1) // 2` and `C(n, f) <= max_subsets` (default 2e4: one `n x n` eigenvalue
     problem per subset). Non-finite rows: subsets holding one score `+inf`. Differentiable through
