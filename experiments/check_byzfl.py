@@ -164,10 +164,11 @@ def main(argv=None) -> int:
         "",
         "Notes:",
         "- SMEA and CAF: ByzFL 0.0.11 estimates the top eigenvalue / eigenvector of the covariance with one "
-        "power-iteration step from a random start (`max_iters=1`), strike_jax computes them exactly as the papers "
-        "define them. Differences on `random` inputs are expected (ByzFL's choice is random); on `outliers` inputs "
-        "SMEA agrees wherever the smallest-eigenvalue subset is clear-cut. CAF's weights depend continuously on the "
-        "eigenvector, so its outputs differ by the estimate's error even then.",
+        "power-iteration step from a random start (`max_iters=1`); strike_jax computes them exactly, as the papers "
+        "define them (checked against float64 brute force in tests/test_aggregators_more.py). One step from a random "
+        "start is a poor estimate (about the norm of the covariance applied to a random vector), so ByzFL's SMEA often "
+        "picks another subset even with clear outliers, and CAF's weights (continuous in the eigenvector) differ "
+        "on every input. These rows measure ByzFL's estimate, not an error of strike_jax.",
         "- Meamed: ByzFL uses `np.median` (midpoint for even n); on odd n it is the lower median used here.",
         "- signflip: ByzFL's `SignFlipping` is minus the mean of the honest vectors; strike_jax's `bitflip` "
         "(the paper's BitFlip) is minus each Byzantine client's own update.",

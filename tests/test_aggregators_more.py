@@ -335,3 +335,20 @@ def test_bad_hparams_and_names():
     assert set(A.rule_names()) >= {"meamed", "monna", "mda", "smea", "caf", "signguard", "clippedclustering",
                                    "fltrust", "foolsgold"}
     assert "clipping" not in A.rule_names() and "arc" not in A.rule_names()
+
+
+def test_smea_screen_is_exact(monkeypatch):
+    # C(14, 4) = 1001 subsets with a screen of 16 (robust_means.smea_choice): certified on random
+    # rows; with twelve identical rows many subsets tie exactly, the certificate fails and every
+    # subset is solved (the fallback). Both must give the exact answer.
+    from strike_jax.aggregators import robust_means
+
+    monkeypatch.setattr(robust_means, "SMEA_SCREEN", 16)
+    rule = A.get("smea")  # a fresh rule: the screen size is read when it compiles
+    run = jax.jit(lambda x, f: rule.aggregate(x, (), f=f)[0])
+    X = _problem(14, 6, 21, byz_copies=3)
+    Y = X.copy()
+    Y[2:] = Y[5]  # twelve identical rows: C(12, 2) = 66 subsets tie at lambda = 0
+    Y[:2] += 5.0
+    for P in (X, Y):
+        np.testing.assert_allclose(run(jnp.asarray(P), 4), ref.smea(P.astype(np.float64), 4), rtol=2e-5, atol=2e-5)

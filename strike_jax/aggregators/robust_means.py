@@ -272,6 +272,28 @@ def mda(max_subsets: int = MDA_MAX_SUBSETS) -> Aggregator:
 # -------------------------------------------------------------------------------------------- SMEA
 
 
+def _centred_blocks(gram: Array, kept: Array, chunk: int):
+    """Chunks of the subsets' centred Gram matrices, for `lax.map`: `(k, r, s, m)` per chunk.
+
+    `P G P = D_k (G - r 1^T - 1 r^T + s 1 1^T) D_k` with `r = G k / m`, `s = k^T G k / m^2`
+    (`P = D_k (I - k k^T / m)`): built element-wise, no `n x n x n` product per subset; one
+    `[M, n] @ [n, n]` product gives every `r`."""
+    n = gram.shape[0]
+    M = kept.shape[0]
+    c = max(1, min(chunk, M))
+    pad = (-M) % c
+    kp = jnp.concatenate([kept, jnp.ones((pad, n), kept.dtype)]) if pad else kept
+    m = jnp.maximum(kp.sum(axis=1), 1.0)
+    r = (kp @ gram) / m[:, None]
+    s = jnp.sum(r * kp, axis=1) / m
+    return (kp.reshape(-1, c, n), r.reshape(-1, c, n), s.reshape(-1, c), m.reshape(-1, c)), M
+
+
+def _build(gram, k, rr, ss):
+    cen = gram[None] - rr[:, :, None] - rr[:, None, :] + ss[:, None, None]
+    return cen * k[:, :, None] * k[:, None, :]
+
+
 def subset_top_eigenvalues(gram: Array, kept: Array, *, chunk: int = 256) -> Array:
     """`lambda_max` of the empirical covariance of every subset, from the centred Gram matrix.
 
@@ -287,19 +309,73 @@ def subset_top_eigenvalues(gram: Array, kept: Array, *, chunk: int = 256) -> Arr
     Returns:
       `[M]`.
     """
-    n = gram.shape[0]
+    blocks, M = _centred_blocks(gram, kept, chunk)
+
+    def block(args):
+        k, rr, ss, mm = args
+        return jnp.linalg.eigvalsh(_build(gram, k, rr, ss))[:, -1] / mm
+
+    return lax.map(block, blocks).reshape(-1)[:M]
+
+
+def subset_eigenvalue_lower_bounds(gram: Array, kept: Array, start: Array, *, steps: int = 30,
+                                   chunk: int = 1024) -> Array:
+    """Lower bounds on every subset's `lambda_max` (as `subset_top_eigenvalues`): the Rayleigh
+    quotient after `steps` power iterations from `start` (restricted to the subset). Any unit
+    vector's Rayleigh quotient is at most `lambda_max`; ~5x cheaper than `eigvalsh` on XLA:CPU."""
+    blocks, M = _centred_blocks(gram, kept, chunk)
+
+    def block(args):
+        k, rr, ss, mm = args
+        a = _build(gram, k, rr, ss)
+        v0 = start[None, :] * k
+        v0 = jnp.where(jnp.sum(v0 * v0, axis=1, keepdims=True) > 0, v0, k)
+
+        def step(_, v):
+            w = jnp.einsum("bij,bj->bi", a, v)
+            nrm = jnp.sqrt(jnp.sum(w * w, axis=1, keepdims=True))
+            return jnp.where(nrm > 0, w / jnp.where(nrm > 0, nrm, 1.0), v)
+
+        v = lax.fori_loop(0, steps, step, v0 / jnp.sqrt(jnp.sum(v0 * v0, axis=1, keepdims=True)))
+        q = jnp.einsum("bi,bij,bj->b", v, a, v) / jnp.maximum(jnp.sum(v * v, axis=1), 1e-30)
+        return jnp.maximum(q, 0.0) / mm
+
+    return lax.map(block, blocks).reshape(-1)[:M]
+
+
+#: SMEA: subsets checked exactly after the lower-bound screen, and the bound's safety margin.
+SMEA_SCREEN = 1024
+SMEA_MARGIN = 1e-4
+
+
+def smea_choice(gram: Array, kept: Array, eligible: Array) -> Array:
+    """Index of the first eligible subset of smallest `lambda_max` (exact).
+
+    Few subsets: `eigvalsh` for all. Many: a screen by power-iteration lower bounds
+    (`subset_eigenvalue_lower_bounds`, started from the top eigenvector of the whole Gram
+    matrix), `eigvalsh` for the `SMEA_SCREEN` subsets with the lowest bounds, and a certificate:
+    if the best exact value is below the next-lowest bound (with a relative margin for rounding),
+    no other subset can do better, so the answer is exact; otherwise (`lax.cond`) every subset is
+    solved exactly.
+    """
     M = kept.shape[0]
-    c = max(1, min(chunk, M))
-    pad = (-M) % c
-    kp = jnp.concatenate([kept, jnp.ones((pad, n), kept.dtype)]) if pad else kept
 
-    def one(k):
-        m = jnp.maximum(k.sum(), 1.0)
-        p = jnp.diag(k) - jnp.outer(k, k) / m
-        return jnp.linalg.eigvalsh(p @ gram @ p)[-1] / m
+    def exact_all(_):
+        lam = jnp.where(eligible, subset_top_eigenvalues(gram, kept), jnp.inf)
+        return jnp.argmax(eligible & (lam == jnp.min(lam)))
 
-    vals = lax.map(lambda ks: jax.vmap(one)(ks), kp.reshape(-1, c, n))
-    return vals.reshape(-1)[:M]
+    if M <= 4 * SMEA_SCREEN:
+        return exact_all(None)
+    _, evecs = jnp.linalg.eigh(gram)
+    lb = jnp.where(eligible, subset_eigenvalue_lower_bounds(gram, kept, evecs[:, -1]), jnp.inf)
+    order = jnp.argsort(lb, stable=True)
+    top = order[:SMEA_SCREEN]
+    lam = jnp.where(eligible[top], subset_top_eigenvalues(gram, kept[top]), jnp.inf)
+    best = jnp.min(lam)
+    # the first (enumeration order) of the screened subsets reaching the minimum
+    best_idx = jnp.min(jnp.where(lam == best, top, M))
+    certified = jnp.isfinite(best) & (best < lb[order[SMEA_SCREEN]] * (1.0 - SMEA_MARGIN))
+    return lax.cond(certified, lambda _: best_idx, exact_all, None)
 
 
 def smea(max_subsets: int = SMEA_MAX_SUBSETS) -> Aggregator:
@@ -313,8 +389,13 @@ def smea(max_subsets: int = SMEA_MAX_SUBSETS) -> Aggregator:
     and can differ: we follow the paper. Ties: the first minimal subset in the order of
     `itertools.combinations` over the kept rows.
 
-    Limit: `f <= (n - 1) // 2` and `C(n, f) <= max_subsets` (default 2e4: one `n x n` eigenvalue
-    problem per subset). Non-finite rows: subsets holding one score `+inf`. Differentiable through
+    Search (`smea_choice`): with many subsets, power-iteration lower bounds on every subset's
+    `lambda_max` screen them, the `SMEA_SCREEN` lowest are solved exactly (`eigvalsh`), and the
+    answer is certified exact when its value is below every other subset's bound; otherwise every
+    subset is solved exactly (also correct, ~5x slower: `eigvalsh` on XLA:CPU costs ~0.3 ms per
+    50 x 50 matrix).
+
+    Limit: `f <= (n - 1) // 2` and `C(n, f) <= max_subsets` (default 2e4). Non-finite rows: subsets holding one score `+inf`. Differentiable through
     the average.
 
     Args:
@@ -330,13 +411,11 @@ def smea(max_subsets: int = SMEA_MAX_SUBSETS) -> Aggregator:
         finite = jnp.isfinite(jnp.diagonal(g))
         g = jnp.where(finite[:, None] & finite[None, :], g, 0.0)
         kept = _kept_masks(n, removed, updates.dtype)
-        lam = subset_top_eigenvalues(g, kept)
         holds_bad = (kept @ (~finite).astype(updates.dtype)) > 0
-        score = jnp.where((size == fr) & ~holds_bad, lam, jnp.inf)
-        # First minimal subset of the right size (subsets holding a bad row only if nothing else).
         valid = size == fr
-        best_val = jnp.min(jnp.where(valid, score, jnp.inf))
-        best = _first_true(valid & (score == best_val))
+        # Subsets holding a non-finite row only when no subset of the right size avoids them all.
+        clean = valid & ~holds_bad
+        best = smea_choice(g, kept, jnp.where(jnp.any(clean), clean, valid))
         sel = (kept[best] > 0) & finite
         return ops.masked_mean_safe(updates, sel, finite)
 
