@@ -300,9 +300,12 @@ def np_fltrust(x, f, rng, root=None):
     return w.astype(x.dtype) @ x
 
 
-def np_foolsgold(x, f, rng):
+def np_foolsgold(x, f, rng, history=None):
     n = x.shape[0]
-    hist = np.zeros_like(x) + x  # the round's history: zeros + this round's updates
+    history = np.zeros_like(x) if history is None else history  # [num_clients, d], clients 0..n-1
+    clients = np.arange(n)
+    history[clients] += x  # in place, as a stateful NumPy implementation would
+    hist = history[clients]
     g = hist @ hist.T
     nrm = np.sqrt(np.diag(g))
     cs = g / np.outer(nrm, nrm)

@@ -119,11 +119,21 @@ def foolsgold(num_clients: int | None = None, sketch: int | None = None, seed: i
     @jax.jit
     def impl(updates, history, coords, clients):
         n, d = updates.shape
-        finite = ops.finite_rows(updates)
-        part = updates if coords.shape[0] == d else jnp.take(updates, coords, axis=1)
-        part = jnp.where(finite[:, None], jax.lax.stop_gradient(part), 0.0)
-        history = history.at[clients].add(part)
-        cos, ok = cosine_from_gram(gram(jnp.take(history, clients, axis=0)))
+        part = jax.lax.stop_gradient(updates if coords.shape[0] == d else jnp.take(updates, coords, axis=1))
+        # Optimistic: the new history rows and their Gram matrix in one go; a non-finite update
+        # shows on the Gram diagonal (the stored history is finite), and only then are the rows
+        # rebuilt without it (non-finite updates are never added to the history).
+        rows = jnp.take(history, clients, axis=0) + part
+        g = gram(rows)
+        finite = jnp.isfinite(jnp.diagonal(g))
+
+        def clean(_):
+            r = jnp.take(history, clients, axis=0) + jnp.where(finite[:, None], part, 0.0)
+            return r, gram(r)
+
+        rows, g = jax.lax.cond(jnp.all(finite), lambda _: (rows, g), clean, None)
+        history = history.at[clients].set(rows)
+        cos, ok = cosine_from_gram(g)
         alpha = jax.lax.stop_gradient(foolsgold_weights(cos, ok & finite))
         out = ops.weighted_rows_safe(alpha / n, updates, finite)
         return out, history
