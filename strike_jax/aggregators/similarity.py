@@ -10,8 +10,6 @@ unaffected (entry `(i, j)` only reads rows `i` and `j`).
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
@@ -83,7 +81,7 @@ def cosine_from_gram(g: Array) -> tuple[Array, Array]:
     return jnp.where(both, cos, 0.0), ok
 
 
-@functools.partial(jax.jit, static_argnums=())
+@jax.jit
 def scale_rows(x: Array, scale: Array) -> Array:
     """`x * scale[:, None]` (one fused pass; `scale` `[n]`)."""
     return x * scale.astype(x.dtype)[:, None]
