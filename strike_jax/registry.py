@@ -12,7 +12,8 @@ written); `register` declares, for each, what values are allowed and whether it 
   (STRIKE `nu`, LIE `z`, IPM `eps`, CClip `tau`, RFA `eps`, DnC `c`), so that runs differing
   only in it share one compiled program (`strike_jax.stages.inject_hyperparams`); or
 * STATIC: ints, bools and strings that set shapes, loops or code paths (RFA `iters`, DnC
-  `niters`/`b`, bucketing `s`, median `midpoint`, NNM `include_self`, nonfinite `value`).
+  `niters`/`b`, bucketing `s`, median `midpoint`, NNM `include_self`, nonfinite `value`), and
+  `optional(...)` ones where None switches a path (FoolsGold `sketch`).
 
 The decorator validates every call of the builder (by name through `build` or directly): a
 concrete bad value raises one line naming it and what is allowed; a traced value is accepted for a
@@ -87,13 +88,19 @@ def _real_scalar(value: Any) -> float:
     return float(arr)
 
 
-def real(*, low: float | None = 0.0, strict: bool = True, traceable: bool = True) -> Param:
-    """A finite real scalar `> low` (`>= low` unless `strict`); traceable by default."""
+def real(*, low: float | None = 0.0, strict: bool = True, high: float | None = None,
+         traceable: bool = True) -> Param:
+    """A finite real scalar `> low` (`>= low` unless `strict`; no bound for `low=None`) and
+    `<= high` (when given); traceable by default."""
     bound = "" if low is None else f" {'>' if strict else '>='} {low:g}"
+    if high is not None:
+        bound += f"{' and' if bound else ''} <= {high:g}"
 
     def check(value):
         x = _real_scalar(value)
         if not math.isfinite(x) or (low is not None and (x <= low if strict else x < low)):
+            raise ValueError("out of range")
+        if high is not None and x > high:
             raise ValueError("out of range")
         return value
 
@@ -132,6 +139,17 @@ def choice(*options: str) -> Param:
         return value
 
     return Param(_NO_DEFAULT, False, "one of " + ", ".join(map(repr, options)), check)
+
+
+def optional(param: Param) -> Param:
+    """`None` or a value `param` accepts (static: None switches a code path). For a builder
+    argument whose None means "off" (FoolsGold's `sketch`) or "must be given" (its `num_clients`:
+    the builder then raises naming it)."""
+
+    def check(value):
+        return None if value is None else param.check(value)
+
+    return Param(_NO_DEFAULT, False, f"None or {param.allowed}", check)
 
 
 def check_value(owner: str, name: str, value: Any, param: Param) -> Any:
@@ -267,6 +285,7 @@ __all__ = [
     "integer",
     "is_traced",
     "names",
+    "optional",
     "real",
     "register",
     "validate",

@@ -42,6 +42,8 @@ KINDS = registry.KINDS
 _ORDER = {"attack": 0, "preaggregator": 1, "rule": 2}
 # SPEC §7: NNM is applied before bucketing when both are on.
 _PREAGG_ORDER = {"nnm": 0, "bucketing": 1}
+#: `info` flags a chain has when any of its stages has them.
+_ANY_FLAGS = ("stateful", "needs_key", "needs_clients", "needs_root_update")
 
 
 class RoundContext(NamedTuple):
@@ -112,7 +114,8 @@ class Stage(NamedTuple):
       parts: for a chain, its stages (flattened); else `()`.
       info: read-only flags: `data_level` (the attack acts on the Byzantine clients' training data:
         LabelFlip), `label_map` (its label map), `stateful` (state carries information between
-        rounds), `needs_key` (update needs `ctx.key`).
+        rounds), `needs_key` (update needs `ctx.key`), `needs_clients` (update needs
+        `ctx.clients`: FoolsGold), `needs_root_update` (update needs `ctx.root_update`: FLTrust).
     """
 
     name: str
@@ -213,7 +216,7 @@ def chain(*stages: Any) -> Stage:
     pre = [s.name for s in flat if s.kind == "preaggregator"]
     order = [_PREAGG_ORDER.get(p, 0) for p in pre]
     if order != sorted(order):
-        raise ValueError(f"chain: pre-aggregators must run NNM before bucketing; got {pre}.")
+        raise ValueError(f"chain: pre-aggregators must run NNM before bucketing (bucketing last); got {pre}.")
     if len(flat) == 1:
         return flat[0]
     has_attack = flat[0].kind == "attack"
@@ -278,8 +281,7 @@ def chain(*stages: Any) -> Stage:
     info = {
         "data_level": any(s.info.get("data_level", False) for s in flat),
         "label_map": next((s.info["label_map"] for s in flat if s.info.get("label_map") is not None), None),
-        "stateful": any(s.info.get("stateful", False) for s in flat),
-        "needs_key": any(s.info.get("needs_key", False) for s in flat),
+        **{flag: any(s.info.get(flag, False) for s in flat) for flag in _ANY_FLAGS},
     }
     hparams = {"stages": names}
     return Stage("+".join(names), flat[-1].kind, init, update, max_f, output_rows,

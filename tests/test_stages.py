@@ -200,7 +200,17 @@ TRACEABLE = {
     ("rule", "rfa"): {"iters": False, "eps": True}, ("rule", "dnc"): {"c": True, "niters": False, "b": False},
     ("rule", "median"): {"midpoint": False}, ("preaggregator", "bucketing"): {"s": False},
     ("preaggregator", "nnm"): {"include_self": False},
+    # issue 11
+    ("rule", "monna"): {"idx": False}, ("rule", "mda"): {"max_subsets": False}, ("rule", "smea"): {"max_subsets": False},
+    ("rule", "signguard"): {"lower": True, "upper": True, "fraction": False},
+    ("rule", "clippedclustering"): {"max_tau": True, "capacity": False},
+    ("rule", "foolsgold"): {"num_clients": False, "sketch": False, "seed": False},
+    ("preaggregator", "clipping"): {"c": True}, ("attack", "gaussian"): {"mu": True, "sigma": True},
+    ("attack", "fang"): {"target": False, "b": True},
+    ("attack", "agr_tailored"): {"rule": False, "perturbation": False, "lam0": True},
 }
+#: Hyper-parameters without a usable default (FoolsGold's history has one row per client).
+REQUIRED = {("rule", "foolsgold"): {"num_clients": 4}}
 
 
 def test_hparam_spec_traceability_and_defaults_from_one_place():
@@ -212,7 +222,7 @@ def test_hparam_spec_traceability_and_defaults_from_one_place():
             sig = inspect.signature(builder).parameters
             for k, p in spec.items():
                 assert sig[k].default == p.default
-            stage = registry.build(kind, name)
+            stage = registry.build(kind, name, **REQUIRED.get((kind, name), {}))
             assert stage.kind == kind and stage.name == name
     assert registry.hparam_spec("rule", "cclip")["tau"].default == 10.0
     assert A.get("cclip").hparams == {"tau": 10.0, "iters": 1}

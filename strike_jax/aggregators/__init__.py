@@ -14,10 +14,18 @@ both = aggregators.chain(aggregators.get("nnm"), aggregators.get("bucketing", s=
                          aggregators.get("median"))          # an aggregator again
 ```
 
-Rules (`names()`, hyper-parameters with defaults): `mean`, `median(midpoint=False)`, `trmean`,
-`rbtm` (the same rule), `krum`, `multikrum`, `rfa(iters=8, eps=1e-7)`, `aksel`,
-`cclip(tau=10.0, iters=1)` (stateful), `dnc(c=1.0, niters=1, b=1000)` (needs `key`), `bulyan`;
-pre-aggregators (`preaggregator_names()`): `bucketing(s=2)` (needs `key`), `nnm(include_self=True)`.
+Rules (`names()`, hyper-parameters with defaults; traceable ones marked `~`): `mean`,
+`median(midpoint=False)`, `trmean`, `rbtm` (the same rule), `krum`, `multikrum`,
+`rfa(iters=8, eps~=1e-7)`, `aksel`, `cclip(tau~=10.0, iters=1)` (stateful),
+`dnc(c~=1.0, niters=1, b=1000)` (needs `key`), `bulyan`; issue 11: `meamed`, `monna(idx=0)`,
+`mda(max_subsets=100000)`, `smea(max_subsets=20000)` (exact searches over `C(n, f)` subsets: the
+bound is part of their limit), `caf`, `signguard(lower~=0.1, upper~=3.0, fraction=0.1)` (needs
+`key`), `clippedclustering(max_tau~=1e5, capacity=100000)` (stateful), `fltrust` (round input
+`root_update [d]`: `aggregate(..., root_update=g0)` or `RoundContext.root_update`),
+`foolsgold(num_clients, sketch=None, seed=0)` (stateful; `num_clients` required; round input
+`clients [n]`: `aggregate(..., clients=ids)` or `RoundContext.clients`);
+pre-aggregators (`preaggregator_names()`): `nnm(include_self=True)`, `bucketing(s=2)` (needs
+`key`), `clipping(c~=2.0)`, `arc`. `hparam_spec(name)` gives each one's allowed values.
 
 Every rule is a pure function of arrays, safe under `jit`, `vmap` (also over `f`) and `grad`;
 `f` may be a traced integer (clamped to the rule's limit) or a Python int (checked against it:
@@ -49,8 +57,14 @@ from strike_jax.aggregators.distance import aksel, cclip, krum, krum_limit, krum
 from strike_jax.aggregators.dnc import dnc
 from strike_jax.aggregators.bulyan import bulyan, bulyan_limit
 from strike_jax.aggregators.preagg import bucketing, nnm
+# Issue 11 (registered after the rules above, which keep their places in `names()`).
+from strike_jax.aggregators.robust_means import caf, mda, meamed, monna, smea
+from strike_jax.aggregators.clustering import clippedclustering, signguard
+from strike_jax.aggregators.trusted import fltrust
+from strike_jax.aggregators.foolsgold import FoolsGoldState, foolsgold
+from strike_jax.aggregators.clipping import arc, clipping
 
-PREAGGREGATORS = ("bucketing", "nnm")
+PREAGGREGATORS = ("bucketing", "nnm", "clipping", "arc")
 
 
 def names() -> tuple[str, ...]:
@@ -64,7 +78,7 @@ def rule_names() -> tuple[str, ...]:
 
 
 def preaggregator_names() -> tuple[str, ...]:
-    """The pre-aggregators `get` accepts (NNM, bucketing)."""
+    """The pre-aggregators `get` accepts (NNM, bucketing, Clipping, ARC)."""
     return registry.names("preaggregator")
 
 
@@ -92,8 +106,9 @@ def get(name: str, *, backend: ops.Backend | None = None, **hparams: Any) -> Agg
 
 
 __all__ = [
-    "Aggregator", "EmptyState", "PREAGGREGATORS", "PreAggregator", "aksel", "bucketing", "bulyan", "bulyan_limit",
-    "cclip", "chain", "dnc", "get", "hparam_spec", "krum", "krum_limit", "krum_scores", "majority_limit", "mean",
-    "median", "multikrum", "names", "nnm", "preaggregator_names", "rbtm", "resolve_f", "rfa", "rule_names",
-    "trmean", "trmean_limit",
+    "Aggregator", "EmptyState", "FoolsGoldState", "PREAGGREGATORS", "PreAggregator", "aksel", "arc", "bucketing",
+    "bulyan", "bulyan_limit", "caf", "cclip", "chain", "clippedclustering", "clipping", "dnc", "fltrust",
+    "foolsgold", "get", "hparam_spec", "krum", "krum_limit", "krum_scores", "majority_limit", "mda", "mean",
+    "meamed", "median", "monna", "multikrum", "names", "nnm", "preaggregator_names", "rbtm", "resolve_f", "rfa",
+    "rule_names", "signguard", "smea", "trmean", "trmean_limit",
 ]

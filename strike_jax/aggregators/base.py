@@ -9,6 +9,7 @@ clamped to it (as the reference does). `f` is required everywhere (`f=0` for non
 `aggregators.get` wraps a stage in a thin adapter for existing users:
 
     rule.init(updates) -> state;  rule.aggregate(updates, state, *, f, key) -> (vector [d], state)
+                                  (FLTrust: also `root_update=g0 [d]`; FoolsGold: `clients=ids [n]`)
     pre.init(updates) -> state;   pre.apply(updates, state, *, f, key) -> (updates' [n', d], f', state)
 """
 
@@ -80,11 +81,14 @@ def require_key(name: str, key: Array | None) -> Array:
 
 def rule_stage(name: str, core: Callable, *, limit: Callable[[int], int | None] = no_limit,
                init: Callable = empty_init, needs_key: bool = False, check_f: Callable | None = None,
-               **info: Any) -> Stage:
+               with_ctx: bool = False, **info: Any) -> Stage:
     """A rule as a Stage from `core(updates, state, f, key) -> (vector [d], state)`.
 
     `update` checks the input's shape (chex), resolves `ctx.f` against `limit(n)` (`resolve_f`, or
-    `check_f(f, n) -> f` for a rule with its own rule) and, if `needs_key`, requires `ctx.key`.
+    `check_f(f, n)` for a rule with its own check: what it returns is what `core` receives as `f`)
+    and, if `needs_key`, requires `ctx.key`. With `with_ctx`, `core` also receives the round
+    context (`core(updates, state, f, key, ctx)`: rules reading `ctx.clients` or
+    `ctx.root_update`).
     """
 
     def update(x, state, ctx):
@@ -92,7 +96,7 @@ def rule_stage(name: str, core: Callable, *, limit: Callable[[int], int | None] 
         n = x.shape[0]
         key = require_key(name, ctx.key) if needs_key else ctx.key
         f = check_f(ctx.f, n) if check_f is not None else resolve_f(ctx.f, limit(n), name, n)
-        g, state = core(x, state, f, key)
+        g, state = core(x, state, f, key, ctx) if with_ctx else core(x, state, f, key)
         return g, state, ctx
 
     return make_stage(name, "rule", init, update, max_f=limit, needs_key=needs_key, **info)
@@ -126,7 +130,9 @@ class Aggregator(NamedTuple):
     Attributes:
       name: registry name.
       init: `init(updates or shape) -> state`.
-      aggregate: `aggregate(updates, state, *, f, key=None) -> (vector, state)`; `f` is required.
+      aggregate: `aggregate(updates, state, *, f, key=None, clients=None, root_update=None) ->
+        (vector, state)`; `f` is required; `clients` (`[n]` int ids) and `root_update` (`[d]`) go
+        to the round context (FoolsGold, FLTrust need them).
       max_f: `max_f(n) -> int | None`, the most Byzantine rows the rule tolerates (None: no limit).
       hparams: the hyper-parameters it was built with.
       stage: the underlying `Stage`.
@@ -167,10 +173,11 @@ def as_aggregator(stage: Stage) -> Aggregator | PreAggregator:
 
     if stage.kind == "rule":
 
-        def aggregate(updates, state, *, f=None, key=None):
+        def aggregate(updates, state, *, f=None, key=None, clients=None, root_update=None):
             if f is None:
                 raise ValueError(f"{stage.name}: f (the number of Byzantine rows) is required; pass f=0 for none.")
-            g, state, _ = stage.update(updates, state, RoundContext(None, f, key))
+            ctx = RoundContext(None, f, key, clients=clients, root_update=root_update)
+            g, state, _ = stage.update(updates, state, ctx)
             return g, state
 
         return Aggregator(stage.name, stage.init, aggregate, stage.max_f, stage.hparams, stage)

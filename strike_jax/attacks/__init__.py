@@ -1,4 +1,5 @@
-"""Byzantine attacks (SPEC §6): STRIKE and the baselines of the paper's Table 1.
+"""Byzantine attacks (SPEC §6): STRIKE, the baselines of the paper's Table 1, and ByzFL's / the
+NDSS'21 code's attacks (issue 11).
 
 Every attack is a `strike_jax.stages.Stage` (`stages.get("attack", "strike", nu=1.0)`),
 registered in `strike_jax.registry`; `get` wraps one in a thin adapter for existing users:
@@ -6,6 +7,16 @@ registered in `strike_jax.registry`; `get` wraps one in a thin adapter for exist
     attack = strike_jax.attacks.get("strike", nu=1.0)
     state = attack.init(updates)
     updates, state = attack.apply(updates, byzantine_mask, state, key=key)
+
+Attacks (`names()`, hyper-parameters with defaults; traceable ones marked `~`): `strike(nu~=1.0)`,
+`bitflip`, `lie(z~=1.5)`, `ipm(eps~=0.1)`, `minmax`, `minsum`, `mimic` (stateful, needs `key`),
+`nonfinite(value="nan")`, `labelflip` (data level); issue 11: `gaussian(mu~=0.0, sigma~=1.0)`
+(needs `key`), `signflip` (every Byzantine client sends minus the honest mean; `bitflip` is minus
+each one's own update), `fang(target="trmean", b~=2.0)` (Fang et al. 2020: the trim attack on
+"trmean"/"median", needs `key`; the Krum attack for "krum"), `agr_tailored(rule="multikrum",
+perturbation="std", lam0~=10.0)` (Shejwalkar & Houmansadr 2021; white box: in a pipeline it
+attacks the round's real downstream chain, `ctx.downstream`, else the rule `rule`).
+`hparam_spec(name)` gives each one's allowed values.
 
 `names()` lists the registry. STRIKE's stages are public functions of the module
 `strike_jax.attacks.strike` (`search_direction`, `select_skewed`, `hidden_vector`, `bisect_alpha`,
@@ -32,6 +43,10 @@ from strike_jax.attacks.baselines import (
 )
 from strike_jax.attacks.labelflip import flip_labels, labelflip
 from strike_jax.attacks.strike import strike_attack, strike_vector
+# Issue 11 (registered after the attacks above, which keep their places in `names()`).
+from strike_jax.attacks.extra import gaussian, signflip
+from strike_jax.attacks.fang import fang
+from strike_jax.attacks.agr_tailored import agr_tailored
 
 #: The module of STRIKE's stages under a second name (kept for existing imports).
 strike_stages = strike
@@ -75,8 +90,11 @@ __all__ = [
     "Attack",
     "EmptyState",
     "MimicState",
+    "agr_tailored",
     "bitflip",
+    "fang",
     "flip_labels",
+    "gaussian",
     "get",
     "hparam_names",
     "hparam_spec",
@@ -89,6 +107,7 @@ __all__ = [
     "names",
     "nonfinite",
     "reference_mask",
+    "signflip",
     "strike",
     "strike_attack",
     "strike_stages",

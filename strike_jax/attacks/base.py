@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from strike_jax.aggregators.distance import krum_limit, krum_scores
 from strike_jax.stages import (
     EmptyState,
     RoundContext,
@@ -34,11 +35,12 @@ Array = jax.Array
 
 
 def attack_stage(name: str, core: Callable, *, init: Callable = empty_init, needs_key: bool = False,
-                 **info: Any) -> Stage:
+                 with_ctx: bool = False, **info: Any) -> Stage:
     """An attack as a Stage from `core(updates, byzantine_mask, state, key) -> (updates', state)`.
 
     `update` checks the shapes (chex: `[n, d]` updates, `[n]` mask) and, if `needs_key`, that
-    `ctx.key` is given.
+    `ctx.key` is given. With `with_ctx`, `core` also receives the round context
+    (`core(updates, byzantine_mask, state, key, ctx)`: white-box attacks read `ctx.downstream`).
     """
 
     def update(x, state, ctx):
@@ -49,7 +51,7 @@ def attack_stage(name: str, core: Callable, *, init: Callable = empty_init, need
         check_mask(name, mask, x.shape[0])
         if needs_key and ctx.key is None:
             raise ValueError(f"{name}.apply needs a PRNG `key` (got key=None).")
-        out, state = core(x, mask, state, ctx.key)
+        out, state = core(x, mask, state, ctx.key, ctx) if with_ctx else core(x, mask, state, ctx.key)
         return out, state, ctx
 
     return make_stage(name, "attack", init, update, needs_key=needs_key, **info)
@@ -125,6 +127,28 @@ def replace_rows(updates: Array, byzantine_mask: Array, row: Array) -> Array:
     return jax.lax.fori_loop(0, updates.shape[0], write, updates)
 
 
+def krum_scores_with_rows_replaced(d2: Array, byzantine_mask: Array, to_row: Array) -> Array:
+    """Krum scores of every row when all Byzantine rows are replaced by one vector `v` (the
+    white-box searches of Fang's Krum attack and of the AGR-tailored attack).
+
+    Args:
+      d2: `[n, n]` squared distances between the current rows (only honest pairs are read).
+      byzantine_mask: `[n]` bool.
+      to_row: `[n]` `||x_i - v||^2` for every row `i` (only honest rows are read).
+
+    Returns:
+      `[n]` Krum scores with `f' = min(f, (n - 3) // 2)`, `f = byzantine_mask.sum()` (the
+      Byzantine rows are at distance 0 from each other).
+    """
+    n = d2.shape[0]
+    byz = jnp.asarray(byzantine_mask, bool)
+    to_row = jnp.maximum(to_row, 0.0)
+    full = jnp.where(byz[:, None] & byz[None, :], 0.0,
+                     jnp.where(byz[:, None], to_row[None, :], jnp.where(byz[None, :], to_row[:, None], d2)))
+    full = jnp.where(jnp.eye(n, dtype=bool), 0.0, full)
+    return krum_scores(full, jnp.minimum(byz.sum(), krum_limit(n)))
+
+
 def row_attack(name: str, vector: Callable[[Array, Array], Array]) -> Stage:
     """A stateless attack whose Byzantine clients all send `vector(updates, byzantine_mask)` (`[d]`)."""
 
@@ -140,6 +164,7 @@ __all__ = [
     "as_attack",
     "attack_stage",
     "empty_init",
+    "krum_scores_with_rows_replaced",
     "reference_mask",
     "replace_rows",
     "row_attack",

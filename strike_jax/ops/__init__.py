@@ -7,7 +7,8 @@ modules:
 * `stats`: weighted row sums and masked means as matrix products (`w @ X`: XLA:CPU reduces over
   the client axis at a fraction of bandwidth otherwise), one-pass column statistics
   (`column_stats`: centre, std, direction, centred Gram).
-* `distances`: the centred Gram matrix, the one Gram-to-distance conversion, distances to a centre.
+* `distances`: the centred (and uncentred) Gram matrix, the one Gram-to-distance conversion, cosines,
+  distances to a centre, row norms.
 * `order`: ranks and selection masks, order statistics along the client axis (sorting network,
   radix selection or `jnp.sort`), Bulyan's median window.
 
@@ -19,12 +20,16 @@ from strike_jax.ops.backend import GRAM_MODES, SORT_METHODS, Backend, resolve
 from strike_jax.ops.blocks import column_chunk, finite_rows, scan_columns
 from strike_jax.ops.distances import (
     centred_gram,
+    cosine_from_gram,
+    gram,
     masked_max_pairwise,
     pairwise_sq_dists,
     pairwise_sq_dists_finite,
     sq_dists_from_gram,
+    safe_sqrt,
     sq_dists_to,
     sq_norms,
+    sq_norms_and_dots,
 )
 from strike_jax.ops.order import (  # the two private names: the sorting network's tests
     _batcher_pairs,
@@ -61,7 +66,9 @@ __all__ = [
     "centred_matvec",
     "column_chunk",
     "column_stats",
+    "cosine_from_gram",
     "finite_rows",
+    "gram",
     "largest_k_mask",
     "lower_median",
     "masked_lower_median",
@@ -76,12 +83,14 @@ __all__ = [
     "rank_band_mean",
     "rank_band_sum",
     "resolve",
+    "safe_sqrt",
     "scan_columns",
     "smallest_k_mask",
     "sort_method",
     "sq_dists_from_gram",
     "sq_dists_to",
     "sq_norms",
+    "sq_norms_and_dots",
     "stable_ranks",
     "stable_ranks_rows",
     "weighted_rows",

@@ -6,6 +6,12 @@ expansion `|a|^2 + |b|^2 - 2<a, b>` loses no precision to a common offset, and t
 runs ~2.5x faster than a plain `X @ X.T` on XLA:CPU at 50 x 1M. `sq_dists_from_gram` is the one
 conversion from a Gram matrix to squared distances. Rows holding NaN/Inf are infinitely far from
 everything (SPEC §7).
+
+The rules that compare directions (FLTrust, FoolsGold, ClippedClustering) need the *uncentred*
+Gram matrix `X X^T` (centring changes angles): `gram` is the same blocked, compensated product
+without the centring, and `cosine_from_gram` the one conversion from it to cosine similarities.
+`sq_norms` and `sq_norms_and_dots` are blocked passes for row norms (clipping) and inner products
+with one vector (FLTrust's trust scores, Fang's Krum attack).
 """
 
 from __future__ import annotations
@@ -21,9 +27,37 @@ from strike_jax.ops.blocks import scan_columns
 Array = jax.Array
 
 
-def sq_norms(x: Array) -> Array:
-    """Squared L2 norm of every row. `[n, d]` -> `[n]`."""
-    return jnp.sum(jnp.square(x), axis=1)
+def safe_sqrt(sq: Array) -> Array:
+    """`sqrt(max(sq, 0))` with a finite gradient at 0 (double `where`; `jnp.sqrt` has an infinite
+    derivative there). Element-wise."""
+    pos = sq > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), jnp.zeros((), jnp.result_type(sq)))
+
+
+@functools.partial(jax.jit, static_argnames=("backend",))
+def sq_norms(x: Array, *, backend: Backend | None = None) -> Array:
+    """Squared L2 norm of every row, one blocked pass. `[n, d]` -> `[n]` (NaN/Inf for rows
+    holding NaN/Inf)."""
+    n = x.shape[0]
+
+    def piece(xb, sb):
+        return None, ((xb * xb) @ jnp.ones((xb.shape[1],), xb.dtype),)
+
+    _, (out,) = scan_columns(x, piece, (), (jnp.zeros((n,), x.dtype),), backend=backend)
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("backend",))
+def sq_norms_and_dots(x: Array, v: Array, *, backend: Backend | None = None) -> tuple[Array, Array]:
+    """`(||x_i||^2, <x_i, v>)` for every row in one blocked pass. `[n, d]`, `[d]` -> `[n]`, `[n]`."""
+    n = x.shape[0]
+
+    def piece(xb, sb):
+        return None, ((xb * xb) @ jnp.ones((xb.shape[1],), xb.dtype), xb @ sb[0])
+
+    zeros = jnp.zeros((n,), x.dtype)
+    _, (sq, dots) = scan_columns(x, piece, (jnp.asarray(v, x.dtype),), (zeros, zeros), backend=backend)
+    return sq, dots
 
 
 @functools.partial(jax.jit, static_argnames=("row_exact", "backend"))
@@ -90,28 +124,71 @@ def centred_gram(x: Array, *, chunk: int | None = None, backend: Backend | None 
     n, d = x.shape
     backend = resolve(backend)
     chunk = backend.column_chunk(n, d) if chunk is None else chunk
-    return _centred_gram(x, chunk, backend.gram_mode(n))
+    return _gram(x, chunk, backend.gram_mode(n), True)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _centred_gram(x: Array, chunk: int, mode: str) -> Array:
+def gram(x: Array, *, chunk: int | None = None, backend: Backend | None = None) -> Array:
+    """The uncentred Gram matrix `X X^T`, `[n, n]`, exactly symmetric: the products of the rows
+    themselves (cosine similarities, norms), in the form `centred_gram` uses (`backend.gram_mode`:
+    blocks with compensated sums, triangle or plain), without the centring.
+
+    Rows holding NaN/Inf give non-finite diagonal entries; the entries between finite rows are
+    unaffected (entry `(i, j)` only reads rows `i` and `j`).
+
+    Args:
+      x: `[n, d]`.
+      chunk: columns per block for the blocked form; default per `backend`.
+      backend: `ops.Backend` (default the platform's).
+    """
+    n, d = x.shape
+    backend = resolve(backend)
+    chunk = backend.column_chunk(n, d) if chunk is None else chunk
+    return _gram(x, chunk, backend.gram_mode(n), False)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _gram(x: Array, chunk: int, mode: str, centred: bool) -> Array:
     n = x.shape[0]
+
+    def centre(xb):
+        return xb - _block_centre(xb) if centred else xb
+
     if mode == "blocks":
 
         def piece(xb, sb):
-            y = xb - _block_centre(xb)
+            y = centre(xb)
             return None, (y @ y.T,)
 
         _, (g,) = scan_columns(x, piece, (), (jnp.zeros((n, n), x.dtype),), chunk=chunk, compensated=True)
     elif mode == "triangle":
-        y = x - _block_centre(x)
+        y = centre(x)
         parts = [y[n * b // 4:n * (b + 1) // 4] for b in range(4)]
         up = {(i, j): parts[i] @ parts[j].T for i in range(4) for j in range(i, 4)}
         g = jnp.block([[up[(i, j)] if j >= i else up[(j, i)].T for j in range(4)] for i in range(4)])
     else:
-        y = x - _block_centre(x)
+        y = centre(x)
         g = y @ y.T
     return 0.5 * (g + g.T)
+
+
+def cosine_from_gram(g: Array) -> tuple[Array, Array]:
+    """Cosine similarities from an uncentred Gram matrix (`gram`).
+
+    Args:
+      g: `[n, n]` `X X^T`.
+
+    Returns:
+      `(cos [n, n], ok [n])`: `ok` flags finite rows with a non-zero norm; `cos` is 0 wherever a
+      row is not `ok` (its direction is undefined), 1 on the diagonal of `ok` rows, and clipped
+      to `[-1, 1]` (rounding can push it out).
+    """
+    diag = jnp.diagonal(g)
+    ok = jnp.isfinite(diag) & (diag > 0)
+    both = ok[:, None] & ok[None, :]
+    nrm = safe_sqrt(jnp.where(ok, diag, 0.0))
+    denom = jnp.where(both, nrm[:, None] * nrm[None, :], 1.0)
+    cos = jnp.clip(jnp.where(both, g, 0.0) / denom, -1.0, 1.0)
+    return jnp.where(both, cos, 0.0), ok
 
 
 def sq_dists_from_gram(gram: Array) -> tuple[Array, Array]:
@@ -156,10 +233,14 @@ def masked_max_pairwise(d2: Array, mask: Array) -> Array:
 
 __all__ = [
     "centred_gram",
+    "cosine_from_gram",
+    "gram",
     "masked_max_pairwise",
     "pairwise_sq_dists",
     "pairwise_sq_dists_finite",
     "sq_dists_from_gram",
+    "safe_sqrt",
     "sq_dists_to",
     "sq_norms",
+    "sq_norms_and_dots",
 ]
