@@ -80,6 +80,9 @@ class Config:
       skew_metrics: compute the gradient-skew diagnostic every round (about one pass over `U`).
       allow_beyond_breakdown: run with more Byzantine clients than the pipeline's rules tolerate
         (`stages.check_f` refuses such a config otherwise); a study beyond the breakdown point.
+      root_samples: size of the server's clean root set, for rules that need one (FLTrust: 100
+        in its paper): drawn from the training set from the seed and excluded from the clients; the
+        server trains on it like a client every round. Unused by other rules.
     """
 
     dataset: str = "digits"
@@ -111,6 +114,7 @@ class Config:
     lanes: int | None = None
     skew_metrics: bool = False
     allow_beyond_breakdown: bool = False
+    root_samples: int = 100
 
     def __post_init__(self):
         # Normalise containers so configs compare, hash and serialise the same whatever the caller
@@ -166,6 +170,9 @@ class Config:
         if self.lanes is not None and not (isinstance(self.lanes, int) and not isinstance(self.lanes, bool)
                                            and self.lanes >= 1):
             bad("lanes", self.lanes, "need an int >= 1 or None (automatic)")
+        if not (isinstance(self.root_samples, int) and not isinstance(self.root_samples, bool)
+                and self.root_samples >= 1):
+            bad("root_samples", self.root_samples, "need an int >= 1")
         for flag in ("skew_metrics", "allow_beyond_breakdown"):
             if not isinstance(getattr(self, flag), bool):
                 bad(flag, getattr(self, flag), "need True or False")

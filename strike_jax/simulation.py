@@ -110,21 +110,40 @@ def load_dataset(config: Config):
     return _DATA_CACHE[key]
 
 
-def make_partition(config: Config, ds):
-    """The run's split of the training set (SPEC §4), from its seed."""
+ROOT_TAG = 5
+
+
+def root_set(config: Config, ds) -> np.ndarray:
+    """The server's clean root set (FLTrust): `root_samples` training samples drawn from
+    `(seed, ROOT_TAG)`, sorted; they are excluded from the clients' partition."""
+    n = len(ds.y_train)
+    if config.root_samples >= n:
+        raise ValueError(f"root_samples={config.root_samples} is not allowed; allowed: fewer than the {n} "
+                         f"training samples of {config.dataset!r}.")
+    rng = np.random.default_rng([config.seed, ROOT_TAG])
+    return np.sort(rng.choice(n, size=config.root_samples, replace=False))
+
+
+def make_partition(config: Config, ds, exclude: np.ndarray | None = None):
+    """The run's split of the training set (SPEC §4), from its seed, over the samples not in
+    `exclude` (the root set)."""
+    keep = np.arange(len(ds.y_train)) if exclude is None else np.setdiff1d(np.arange(len(ds.y_train)), exclude)
     if config.partition == "dirichlet":
-        return data_lib.dirichlet(ds.y_train, config.num_clients, config.beta, seed=config.seed)
-    if config.partition == "iid":
-        return data_lib.iid(len(ds.y_train), config.num_clients, seed=config.seed)
-    if ds.client_ids is None:
-        raise ValueError(f"partition='natural' needs a dataset with client ids; {config.dataset!r} has none.")
-    part = data_lib.natural(ds.client_ids)
-    if part.num_clients != config.num_clients:
-        raise ValueError(
-            f"num_clients={config.num_clients} but the natural partition of {config.dataset!r} has "
-            f"{part.num_clients} clients; set num_clients={part.num_clients}."
-        )
-    return part
+        part = data_lib.dirichlet(ds.y_train[keep], config.num_clients, config.beta, seed=config.seed)
+    elif config.partition == "iid":
+        part = data_lib.iid(len(keep), config.num_clients, seed=config.seed)
+    else:
+        if ds.client_ids is None:
+            raise ValueError(f"partition='natural' needs a dataset with client ids; {config.dataset!r} has none.")
+        part = data_lib.natural(np.asarray(ds.client_ids)[keep])
+        if part.num_clients != config.num_clients:
+            raise ValueError(
+                f"num_clients={config.num_clients} but the natural partition of {config.dataset!r} has "
+                f"{part.num_clients} clients; set num_clients={part.num_clients}."
+            )
+    if exclude is None:
+        return part
+    return part._replace(indices=tuple(keep[a] for a in part.indices))
 
 
 def make_model(config: Config, ds):
@@ -147,12 +166,21 @@ def init_variables(model, seed: int):
     return init(jnp.asarray(seed, jnp.uint32))
 
 
+def defence_params(config: Config) -> dict:
+    """The rule's hyper-parameters, with `num_clients` (a rule keeping per-client state: FoolsGold)
+    filled in from the config when the rule has it and the config leaves it out."""
+    params = dict(config.defence_params)
+    if "num_clients" in registry.hparam_spec("rule", config.defence) and params.get("num_clients") is None:
+        params["num_clients"] = config.num_clients
+    return params
+
+
 def make_pipeline(config: Config, *, inject: bool = False):
     """The run's server pipeline `stages.chain(attack, nnm, bucketing, rule)` (`stages.server_pipeline`);
     with `inject`, the numeric hyper-parameters live in its state (runs of a group stack them)."""
     return stages.server_pipeline(
         config.defence, attack=config.attack, preaggregation=config.preaggregation,
-        attack_params=config.attack_params, defence_params=config.defence_params,
+        attack_params=config.attack_params, defence_params=defence_params(config),
         preaggregation_params=config.preaggregation_params, inject=inject)
 
 
@@ -168,7 +196,7 @@ def pipeline_structure(config: Config) -> tuple:
     out = [] if config.attack in ("none", None) else [_static_hparams("attack", config.attack, config.attack_params)]
     out += [_static_hparams("preaggregator", p, config.preaggregation_params.get(p, {}))
             for p in config.preaggregation]
-    out.append(_static_hparams("rule", config.defence, config.defence_params))
+    out.append(_static_hparams("rule", config.defence, defence_params(config)))
     return tuple(out)
 
 
@@ -309,10 +337,14 @@ def plan_steps(table, config: Config) -> np.ndarray:
     sampling): one round under full participation (every round trains the same clients), else
     `k = max(rounds, PLAN_HORIZON)`, so the lane length does not depend on the number of rounds."""
     n = config.clients_per_round
-    k = 1 if n == table.num_clients else max(config.rounds, PLAN_HORIZON)
-    out = _round_steps_impl(jnp.asarray(table.counts), config.seed, jnp.arange(k, dtype=jnp.int32), n,
-                            config.batch_size, config.local_epochs)
-    return np.asarray(out)
+    k = 1 if n == config.num_clients else max(config.rounds, PLAN_HORIZON)
+    counts = table.counts[:config.num_clients]  # a root set is the table's extra last row
+    out = np.asarray(_round_steps_impl(jnp.asarray(counts), config.seed, jnp.arange(k, dtype=jnp.int32), n,
+                                       config.batch_size, config.local_epochs))
+    if table.num_clients > config.num_clients:
+        root = config.local_epochs * -(-int(table.counts[-1]) // config.batch_size)
+        out = np.concatenate([out, np.full((k, 1), root, out.dtype)], axis=1)
+    return out
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5))
@@ -340,6 +372,7 @@ class _Run:
     table: Any = None          # data.ClientData of the run's partition
     steps: Any = None          # [k, n] real steps of the sampled clients over the planning horizon
     lanes: int = 1             # L of the packed path, chosen from this run alone
+    root: bool = False         # the server trains on a root set every round (FLTrust)
 
 
 def _prepare(run: _Run) -> None:
@@ -347,7 +380,10 @@ def _prepare(run: _Run) -> None:
     lanes never depend on which other runs share its batch, so it computes the same alone or batched."""
     cfg = run.config
     ds = load_dataset(cfg)
-    run.table = data_lib.make_client_data(make_partition(cfg, ds), cfg.batch_size, cfg.local_epochs)
+    run.root = bool(make_pipeline(cfg).info.get("needs_root_update", False))
+    root = root_set(cfg, ds) if run.root else None
+    clients = list(make_partition(cfg, ds, exclude=root).indices) + ([root] if run.root else [])
+    run.table = data_lib.make_client_data(clients, cfg.batch_size, cfg.local_epochs)
     run.steps = plan_steps(run.table, cfg)
     model = make_model(cfg, ds)
     d = model_lib.num_params(model) + model_lib.num_batch_stats(model)
@@ -356,7 +392,7 @@ def _prepare(run: _Run) -> None:
     per_lane = 4 * (6 * d + 16 * cfg.batch_size * int(np.prod(ds.x_train.shape[1:])))
     max_lanes = max(1, _memory_budget() // _runs_per_program(cfg) // per_lane)
     strategy = "packed" if cfg.strategy in ("auto", "steps", "loop") else cfg.strategy
-    run.lanes = training.strategy_lanes(strategy, run.steps, cfg.clients_per_round, cfg.lanes, max_lanes)[0]
+    run.lanes = training.strategy_lanes(strategy, run.steps, run.steps.shape[1], cfg.lanes, max_lanes)[0]
 
 
 _PROGRAM_CACHE: dict[Any, Any] = {}
@@ -431,13 +467,14 @@ class _Batch:
         cfg, n = self.cfg, self.cfg.clients_per_round
         steps = np.concatenate([r.steps for r in self.runs])
         strategy = cfg.strategy
-        L, _, padded = training.choose_lanes(steps, n, self.runs[0].lanes)
+        trained = steps.shape[1]  # n, plus the root set
+        L, _, padded = training.choose_lanes(steps, trained, self.runs[0].lanes)
         group_steps = np.concatenate([r.steps for r in self.group])
-        T = training.choose_lanes(group_steps, n, L)[1]
+        T = training.choose_lanes(group_steps, trained, L)[1]
         # Capacities rounded up to a power of two, so that later calls whose partitions differ a
         # little reuse the program (a round runs its own makespan, not the capacity).
         shape = round_lib.RoundShape(n, cfg.batch_size, cfg.local_epochs, L, _pow2(T), _pow2(int(group_steps.max())),
-                                     int(self.ds.x_train.shape[0]))
+                                     int(self.ds.x_train.shape[0]), self.runs[0].root)
         self.calibration = None
         if strategy == "auto":
             self.calibration = training.measure_strategies(

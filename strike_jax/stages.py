@@ -58,6 +58,9 @@ class RoundContext(NamedTuple):
       root_update: `[d]` the server's own update on a clean root set (FLTrust).
       downstream: for white-box attacks, the `Stage` made of the stages after the attack (set by
         `chain`).
+      downstream_state: the current state of `downstream` (set with it), so that a white-box attack
+        simulates the defence as it really is this round (its state and, for injected stages, this
+        run's hyper-parameters) rather than a freshly initialised copy.
     """
 
     byzantine_mask: Array | None
@@ -66,6 +69,7 @@ class RoundContext(NamedTuple):
     clients: Array | None = None
     root_update: Array | None = None
     downstream: Any = None
+    downstream_state: Any = None
 
 
 class EmptyState(NamedTuple):
@@ -238,13 +242,17 @@ def chain(*stages: Any) -> Stage:
         if has_attack:
             k_attack = None if key is None else jax.random.fold_in(key, 0)
             key = None if key is None else jax.random.fold_in(key, 1)
-            x, st, cur = flat[0].update(x, state[0], cur._replace(key=k_attack, downstream=downstream))
+            ds_state = state[1] if len(agg) == 1 else tuple(state[1:])
+            x, st, cur = flat[0].update(x, state[0], cur._replace(key=k_attack, downstream=downstream,
+                                                                   downstream_state=ds_state))
             new_states.append(st)
         keys = _key_split(key, len(agg))
         for i, s in enumerate(agg):
-            x, st, cur = s.update(x, state[len(new_states)], cur._replace(key=keys[i], downstream=None))
+            x, st, cur = s.update(x, state[len(new_states)],
+                                  cur._replace(key=keys[i], downstream=None, downstream_state=None))
             new_states.append(st)
-        return x, tuple(new_states), cur._replace(key=ctx.key, downstream=ctx.downstream)
+        return x, tuple(new_states), cur._replace(key=ctx.key, downstream=ctx.downstream,
+                                                  downstream_state=ctx.downstream_state)
 
     def feasible(n, f):
         limited = False

@@ -135,3 +135,24 @@ def test_bad_calls():
         simulate_many([tiny(), tiny(seed=1)], on_updates=lambda *a: None)
     with pytest.raises(ValueError, match="strategy"):
         tiny(strategy="bogus")
+
+
+def test_fltrust_root_set_and_foolsgold_clients():
+    from strike_jax import simulation
+    from strike_jax.simulation import _prepare, _Run
+
+    cfg = tiny(defence="fltrust", root_samples=50, rounds=2)
+    run = _Run(cfg, None, [])
+    _prepare(run)
+    # The root set is the table's extra last client; with the clients it covers the training set once.
+    table = run.table
+    assert table.num_clients == cfg.num_clients + 1 and table.counts[-1] == 50
+    ds = simulation.load_dataset(cfg)
+    seen = np.concatenate([table.index[i, :table.counts[i]] for i in range(table.num_clients)])
+    assert sorted(seen.tolist()) == list(range(len(ds.y_train)))
+    packed = simulate(cfg)
+    steps = simulate(cfg.replace(strategy="steps"))
+    assert_same_history(packed, steps, rtol=2e-3, atol=2e-4)
+    # FoolsGold gets the sampled client ids (partial participation: they change every round).
+    fg = simulate_many([tiny(defence="foolsgold", clients_per_round=5, seed=s) for s in (0, 1)])
+    assert all(r["completed_rounds"] == 3 and r["batch"]["runs"] == 2 for r in fg)

@@ -133,8 +133,11 @@ def agr_tailored_vector(updates: Array, byzantine_mask: Array, defence: Stage, p
         return _selection_attack(updates, byz, lam0, rule=defence.name, perturbation=perturbation, backend=backend)
     st, dev, _ = perturbation_vector(updates, byz, perturbation, backend)
     mu = st.centre
-    state = defence.init(shape_of(updates))
-    round_ctx = ctx._replace(downstream=None)
+    # The defence as it really is this round (its state, an injected run's own numbers) when the
+    # pipeline hands it over; a fresh copy otherwise.
+    state = ctx.downstream_state if ctx.downstream is defence and ctx.downstream_state is not None \
+        else defence.init(shape_of(updates))
+    round_ctx = ctx._replace(downstream=None, downstream_state=None)
 
     def objective(lam):
         crafted = replace_rows(updates, byz, mu - lam * dev)

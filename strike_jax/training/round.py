@@ -79,7 +79,7 @@ class RoundMetrics(NamedTuple):
 
 
 def server_step(w, updates, byzantine_mask, stage_state, key, pipeline, *, with_skew: bool = False,
-                train_loss=None):
+                train_loss=None, clients=None, root_update=None):
     """The server side of one round of one run (SPEC §2 steps 3-4), pure.
 
     Args:
@@ -92,6 +92,8 @@ def server_step(w, updates, byzantine_mask, stage_state, key, pipeline, *, with_
         `stages.server_pipeline` builds it (its first part is the attack, "none" included).
       with_skew: compute the gradient-skew diagnostic (about one pass over `U`).
       train_loss: `[n]` local losses (for the metric), or None.
+      clients: `[n]` int32 sampled client ids (`RoundContext.clients`: FoolsGold's history).
+      root_update: `[d]` the server's own update on its root set (`RoundContext.root_update`: FLTrust).
 
     Returns:
       `(w', stage_state', RoundMetrics, sent)`; `sent` is the matrix the aggregation received.
@@ -111,10 +113,12 @@ def server_step(w, updates, byzantine_mask, stage_state, key, pipeline, *, with_
     attack, *rest = pipeline.parts
     aggregation = stages.chain(*rest)
     f = byzantine_mask.sum()
-    ctx = stages.RoundContext(byzantine_mask, f, attack_key(key), downstream=aggregation)
-    sent, attack_state, ctx = attack.update(updates, stage_state[0], ctx)
     agg_state = tuple(stage_state[1:]) if len(rest) > 1 else stage_state[1]
-    g, agg_state, _ = aggregation.update(sent, agg_state, ctx._replace(key=aggregator_key(key), downstream=None))
+    ctx = stages.RoundContext(byzantine_mask, f, attack_key(key), clients=clients, root_update=root_update,
+                              downstream=aggregation, downstream_state=agg_state)
+    sent, attack_state, ctx = attack.update(updates, stage_state[0], ctx)
+    g, agg_state, _ = aggregation.update(sent, agg_state, ctx._replace(key=aggregator_key(key), downstream=None,
+                                                                       downstream_state=None))
     stage_state = (attack_state, *(agg_state if len(rest) > 1 else (agg_state,)))
     finite = jnp.all(jnp.isfinite(g))
     w_new = jnp.where(finite, w + g, w)
@@ -208,6 +212,8 @@ class RoundShape(NamedTuple):
       padded_steps: S, steps of the per-client padded schedule (host path, >= every client's steps).
       max_samples: the training set's size (fixes the permutations' key layout; see
         `schedule.client_batches`).
+      root: the client table's last row is the server's root set (FLTrust): it is trained every
+        round after the `per_round` sampled clients, and its update is the round's root update.
     """
 
     per_round: int
@@ -217,6 +223,7 @@ class RoundShape(NamedTuple):
     lane_steps: int
     padded_steps: int
     max_samples: int | None = None
+    root: bool = False
 
 
 class RoundOutput(NamedTuple):
@@ -233,26 +240,54 @@ class RoundOutput(NamedTuple):
     sent: Array | None = None
 
 
+class TrainOutput(NamedTuple):
+    """What the training half of a round hands the server half (leading run axis `R`).
+
+    Attributes:
+      updates: `[R, n, d]` the sampled clients' honestly computed updates.
+      byzantine_mask: `[R, n]` bool.
+      train_loss: `[R, n]` local losses.
+      clients: `[R, n]` int32 sampled client ids.
+      root_update: `[R, d]` the server's own update on its root set (FLTrust), or None.
+      overflow: `[R]` bool, a run's clients did not fit the planned lanes (an internal error).
+    """
+
+    updates: Array
+    byzantine_mask: Array
+    train_loss: Array
+    clients: Array
+    root_update: Array | None
+    overflow: Array
+
+
 def _plan(consts_r: RunConsts, r, shape: RoundShape):
     cb = schedule.client_batches(consts_r.index, consts_r.counts, consts_r.seed, r, per_round=shape.per_round,
                                  batch_size=shape.batch_size, local_epochs=shape.local_epochs,
-                                 max_samples=shape.max_samples)
+                                 max_samples=shape.max_samples, include_last=shape.root)
     return cb, cb.clients < consts_r.num_byzantine
+
+
+def _split_root(U, byz, loss, clients, shape: RoundShape, overflow):
+    """With a root set (the table's last client, always trained last), its row is the root update."""
+    n = shape.per_round
+    if not shape.root:
+        return TrainOutput(U, byz, loss, clients, None, overflow)
+    return TrainOutput(U[:, :n], byz[:, :n], loss[:, :n], clients[:, :n], U[:, n], overflow)
 
 
 def _server(pipeline, with_skew: bool, with_updates: bool) -> Callable:
     """The server side of a round for one run of a group, pure (vmap it over runs)."""
 
-    def server_one(state_r: RunState, seed, end_round, U, byz, loss):
+    def server_one(state_r: RunState, seed, end_round, t: TrainOutput):
         w, stage_state, metrics, sent = server_step(
-            state_r.w, U, byz, state_r.stage_state, round_key(seed, state_r.round), pipeline,
-            with_skew=with_skew, train_loss=loss)
+            state_r.w, t.updates, t.byzantine_mask, state_r.stage_state, round_key(seed, state_r.round), pipeline,
+            with_skew=with_skew, train_loss=t.train_loss, clients=t.clients, root_update=t.root_update)
         act = state_r.active
         keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(act, a, b), new, old)  # noqa: E731
         nxt = state_r.round + act.astype(jnp.int32)
         new = RunState(w=keep(w, state_r.w), stage_state=keep(stage_state, state_r.stage_state), round=nxt,
                        active=act & metrics.finite & (nxt < end_round))
-        return new, (metrics, *((U, byz, sent) if with_updates else (None, None, None)))
+        return new, (metrics, *((t.updates, t.byzantine_mask, sent) if with_updates else (None, None, None)))
 
     return server_one
 
@@ -265,8 +300,7 @@ def make_device_train(model, local_cfg: LocalConfig, shape: RoundShape, unravel:
     reuses one compiled program (a Table 1 sweep has 49 attack x defence groups).
 
     Returns:
-      `train_round(w [R, d], round [R], consts, x_train, y_train) -> (U [R, n, d], byzantine_mask
-      [R, n], train_loss [R, n], overflow [R])`, jitted.
+      `train_round(w [R, d], round [R], consts, x_train, y_train) -> TrainOutput`, jitted.
     """
     train = make_packed_train(model, local_cfg)
 
@@ -274,15 +308,15 @@ def make_device_train(model, local_cfg: LocalConfig, shape: RoundShape, unravel:
         cb, byz = _plan(consts_r, r, shape)
         plan, makespan = schedule.pack_lanes(cb.steps, shape.lanes, shape.lane_steps)
         idx, mask = schedule.lane_batches(cb, plan, batch_size=shape.batch_size)
-        return plan, makespan, idx, mask, byz
+        return plan, makespan, idx, mask, byz, cb.clients
 
     def train_round(w, rounds, consts: RunConsts, x_train, y_train):
-        plan, makespan, idx, mask, byz = jax.vmap(plan_one)(consts, rounds)
+        plan, makespan, idx, mask, byz, clients = jax.vmap(plan_one)(consts, rounds)
         # One loop for the whole batch, as long as its longest makespan (training.packed).
         steps = jnp.minimum(makespan.max(), shape.lane_steps)
         U, stats = train(jax.vmap(unravel)(w), x_train, y_train, plan, idx, mask, byz & flip_byzantine,
                          consts.local, steps)
-        return U, byz, stats.loss, makespan > shape.lane_steps
+        return _split_root(U, byz, stats.loss, clients, shape, makespan > shape.lane_steps)
 
     return jax.jit(train_round)
 
@@ -297,20 +331,20 @@ def make_device_server(pipeline, *, with_skew: bool = False, with_updates: bool 
       with_updates: also return the round's matrices (`RoundOutput`).
 
     Returns:
-      `server_round(state, consts, U, byzantine_mask, train_loss) -> (state', RoundOutput)`, `state`
-      donated (`RoundOutput.overflow` is None: the caller fills it). Of `consts` only the seeds and
-      the end rounds reach the compiled program (its other fields' shapes depend on the partitions).
+      `server_round(state, consts, train_output) -> (state', RoundOutput)`, `state` donated. Of
+      `consts` only the seeds and the end rounds reach the compiled program (its other fields'
+      shapes depend on the partitions).
     """
     server_one = _server(pipeline, with_skew, with_updates)
 
-    def server_all(state: RunState, seed, end_round, U, byz, loss):
-        new, (metrics, *extra) = jax.vmap(server_one)(state, seed, end_round, U, byz, loss)
-        return new, RoundOutput(metrics, state.active, None, *extra)
+    def server_all(state: RunState, seed, end_round, t: TrainOutput):
+        new, (metrics, *extra) = jax.vmap(server_one)(state, seed, end_round, t._replace(overflow=None))
+        return new, RoundOutput(metrics, state.active, t.overflow, *extra)
 
     compiled = jax.jit(server_all, donate_argnums=(0,))
 
-    def server_round(state: RunState, consts: RunConsts, U, byz, loss):
-        return compiled(state, consts.seed, consts.end_round, U, byz, loss)
+    def server_round(state: RunState, consts: RunConsts, t: TrainOutput):
+        return compiled(state, consts.seed, consts.end_round, t)
 
     return server_round
 
@@ -326,9 +360,7 @@ def make_device_round(train_round: Callable, server_round: Callable) -> Callable
     """
 
     def round_step(state: RunState, consts: RunConsts, x_train, y_train):
-        U, byz, loss, overflow = train_round(state.w, state.round, consts, x_train, y_train)
-        new, out = server_round(state, consts, U, byz, loss)
-        return new, out._replace(overflow=overflow)
+        return server_round(state, consts, train_round(state.w, state.round, consts, x_train, y_train))
 
     return round_step
 
@@ -347,7 +379,7 @@ def make_host_round(client_updates: Callable, pipeline, shape: RoundShape, unrav
     def plan_one(consts_r, r):
         cb, byz = _plan(consts_r, r, shape)
         idx, mask = schedule.padded_schedule(cb, batch_size=shape.batch_size, num_steps=shape.padded_steps)
-        return idx, mask, byz, cb.steps.max() > shape.padded_steps
+        return idx, mask, byz, cb.clients, cb.steps.max() > shape.padded_steps
 
     plans = jax.jit(jax.vmap(plan_one))
     server = make_device_server(pipeline, with_skew=with_skew, with_updates=with_updates)
@@ -355,7 +387,7 @@ def make_host_round(client_updates: Callable, pipeline, shape: RoundShape, unrav
 
     def round_step(state: RunState, consts: RunConsts, x_train, y_train):
         t0 = time.perf_counter()
-        idx, mask, byz, overflow = jax.device_get(plans(consts, state.round))
+        idx, mask, byz, clients, overflow = jax.device_get(plans(consts, state.round))
         active = np.asarray(state.active)
         rows, losses = [], []
         for i in range(idx.shape[0]):
@@ -365,15 +397,15 @@ def make_host_round(client_updates: Callable, pipeline, shape: RoundShape, unrav
                                          byz[i] & flip_byzantine, hp_i)
                 loss = st.loss
             else:  # a finished run: no training (its state is kept by the server step)
-                U_i = jnp.zeros((shape.per_round, state.w.shape[1]), jnp.float32)
-                loss = jnp.zeros((shape.per_round,), jnp.float32)
+                U_i = jnp.zeros((idx.shape[1], state.w.shape[1]), jnp.float32)
+                loss = jnp.zeros((idx.shape[1],), jnp.float32)
             rows.append(U_i)
             losses.append(loss)
         U = jnp.stack(rows)
         U.block_until_ready()
         t1 = time.perf_counter()
-        new, out = server(state, consts, U, jnp.asarray(byz), jnp.stack(losses))
-        out = out._replace(overflow=jnp.asarray(overflow))
+        t = _split_root(U, jnp.asarray(byz), jnp.stack(losses), jnp.asarray(clients), shape, jnp.asarray(overflow))
+        new, out = server(state, consts, t)
         jax.block_until_ready(out.metrics)
         return new, out, (t1 - t0, time.perf_counter() - t1)
 

@@ -145,7 +145,7 @@ class ClientBatches(NamedTuple):
 
 
 def client_batches(index: Array, counts: Array, seed, round_index, *, per_round: int, batch_size: int,
-                   local_epochs: int, max_samples: int | None = None) -> ClientBatches:
+                   local_epochs: int, max_samples: int | None = None, include_last: bool = False) -> ClientBatches:
     """Samples the round's clients and draws every local epoch's sample order (jit-able, one run).
 
     Args:
@@ -159,18 +159,24 @@ def client_batches(index: Array, counts: Array, seed, round_index, *, per_round:
         training set's size): it fixes the sort's key layout, so that a client's order is the same
         whatever the index table's padding (runs batched together pad to the widest). None: the
         table's width.
+      include_last: the table's last row is not a client that can be sampled (the server's root
+        set): the `per_round` clients are sampled among the others and the last row is appended
+        (then `n = per_round + 1` rows below).
     """
-    num_clients, max_m = index.shape
+    num_rows, max_m = index.shape
+    num_clients = num_rows - 1 if include_last else num_rows
     width = -(-max_m // batch_size) * batch_size
     idx_bits = position_bits(max(width, -(-(max_samples or 0) // batch_size) * batch_size))
     clients = sample_clients(seed, round_index, num_clients, per_round)
+    if include_last:
+        clients = jnp.concatenate([clients, jnp.full((1,), num_clients, jnp.int32)])
     m = counts[clients].astype(jnp.int32)
     key = stream_key(seed, SCHEDULE_TAG, round_index)
     # Row (client c, epoch e) has the key fold_in(key, c * E + e): independent of the other clients.
     rows = (clients[:, None] * local_epochs + jnp.arange(local_epochs)[None, :]).reshape(-1)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(rows)
     perm = permutation_rows(random_words(keys, width, idx_bits), jnp.repeat(m, local_epochs), idx_bits)
-    perm = perm.reshape(per_round, local_epochs, width)
+    perm = perm.reshape(clients.shape[0], local_epochs, width)
     table = jnp.pad(index[clients], ((0, 0), (0, width - max_m)))             # [n, W]
     first = table[:, :1]
     order = jnp.where(perm < m[:, None, None],
