@@ -41,7 +41,7 @@ CASES = {
     "synthetic_cifar_alexnet": dict(preset=None, overrides=dict(
         dataset="synthetic", dataset_params={"num_clients": 50, "samples_per_client": 1000, "num_test": 2000,
                                              "image_shape": [32, 32, 3], "num_classes": 10},
-        model="alexnet_cifar", num_clients=50, clients_per_round=50, batch_size=128, lr=0.1, rounds=5,
+        model="alexnet_cifar", num_clients=50, clients_per_round=50, batch_size=128, lr=0.1, rounds=3,
         max_test_samples=2000), slow=True),
 }
 SWEEPS = ("nu8", "seeds4_f2")
