@@ -132,15 +132,18 @@ def test_auto_measures_and_bad_strategy():
 def test_choose_lanes():
     steps = np.array([[5, 3, 3, 2, 2, 1, 4, 4, 6, 2, 3, 5]])
     L, T, padded = training.choose_lanes(steps, 12)
-    assert L == training.default_lanes(12) == 2 and T == training.makespans(steps, 2).max() == 20
-    assert padded == pytest.approx(1 - 40 / 40)
+    assert L == training.default_lanes(12) == (2 if jax.default_backend() == "cpu" else 6)
+    assert T == training.makespans(steps, L).max()
+    assert padded == pytest.approx(1 - 40 / (L * T))
     assert training.choose_lanes(steps, 12, lanes=12)[:2] == (12, 6)
     assert training.choose_lanes(steps, 12, lanes=1)[1:] == (40, 0.0)
     # One huge client: the default lanes would idle, so they are halved down to what packs well.
     skew = np.array([[40] + [1] * 39])
     assert training.choose_lanes(skew, 40)[0] < training.default_lanes(40)
     assert training.choose_lanes(skew, 40)[2] <= training.MAX_PADDED_FRACTION
-    assert training.default_lanes(50) == 8 and training.default_lanes(3) == 1 and training.default_lanes(50, 4) == 4
+    assert training.default_lanes(50, backend="cpu") == 8 and training.default_lanes(3, backend="cpu") == 1
+    assert training.default_lanes(50, 4, backend="cpu") == 4 and training.default_lanes(50, backend="gpu") == 25
+    assert training.default_lanes(50, 16, backend="gpu") == 16
 
 
 # ------------------------------------------------------------------------------------------------

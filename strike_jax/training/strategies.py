@@ -74,10 +74,18 @@ def makespans(steps_per_round: np.ndarray, lanes: int) -> np.ndarray:
     return np.asarray(_makespans_impl(jnp.asarray(steps_per_round, jnp.int32), jnp.zeros((lanes,), bool)))
 
 
-def default_lanes(n: int, max_lanes: int | None = None) -> int:
-    """The largest power of two up to `n / 4` (and `max_lanes`): a lane then trains four clients or
-    more, so longest-first packing leaves little idle. Depends on the structure only, so runs that
-    differ in numbers (seed, beta) get the same lanes and can share a program."""
+def default_lanes(n: int, max_lanes: int | None = None, backend: str | None = None) -> int:
+    """The default lane count: on a CPU the largest power of two up to `n / 4` (a lane trains four
+    clients or more, so longest-first packing leaves little idle, and a CPU's throughput hardly grows
+    with more lanes); on an accelerator `n / 2` (a step costs about the same for more lanes, so fewer
+    sequential steps win: measured on an H200, 50 Fashion-MNIST MLP clients, 8 lanes took 15.8 ms a
+    round, one lane per client 13.5 ms although half its steps were idle). Capped by `max_lanes`.
+    Depends on the structure only, so runs that differ in numbers (seed, beta) get the same lanes
+    and can share a program."""
+    backend = jax.default_backend() if backend is None else backend
+    if backend != "cpu":
+        cap = max(1, n // 2)
+        return cap if max_lanes is None else max(1, min(cap, max_lanes))
     cap = n // 4 if max_lanes is None else min(n // 4, max_lanes)
     return 1 << (max(1, cap).bit_length() - 1)
 
