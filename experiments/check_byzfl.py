@@ -1,6 +1,6 @@
 """Compares the rules and attacks strike_jax shares with ByzFL on random odd-n inputs (not a test).
 
-    python experiments/check_byzfl.py --byzfl-python /work/venvs/byzfl/bin/python
+    python -m experiments.check_byzfl --byzfl-python /work/venvs/byzfl/bin/python
 
 ByzFL (with PyTorch) lives in its own virtual environment, never a dependency of strike_jax: this
 script (run with strike_jax's Python) writes the inputs to a temporary .npz file, runs itself in
@@ -90,7 +90,6 @@ def byzfl_worker(path_in: str, path_out: str) -> None:
 
 
 def strike_outputs(cases):
-    sys.path.insert(0, REPO_ROOT)
     import jax
     import jax.numpy as jnp
 

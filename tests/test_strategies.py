@@ -48,7 +48,7 @@ def _reference_rows(local, variables, X, Y, idx, mask, flip):
          True),
         # BatchNorm in lanes (masked statistics, skipped size-1 batch) against the per-client loop;
         # the per-client program itself is checked against NumPy in test_local_training.py.
-        ("small_cnn_bn", [("steps", None), ("vmap", None), ("packed", 2)], False),
+        ("small_cnn_bn", [("steps", None), ("packed", 2)], False),
     ],
 )
 def test_strategies_agree_and_do_not_recompile(name, strategies, with_reference):
