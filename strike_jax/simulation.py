@@ -632,7 +632,7 @@ def _progress_bar(batch: _Batch):
     runs, cfg = batch.runs, batch.cfg
     label = f"{cfg.attack}/{cfg.defence}" + (f" x{len(runs)} runs" if len(runs) > 1 else "")
     return tqdm(total=max(r.config.rounds for r in runs), initial=min(r.start_round for r in runs), desc=label,
-                unit="round", leave=True, dynamic_ncols=True)
+                unit="round", leave=True, dynamic_ncols=True, smoothing=0)
 
 
 def _advance(bar, batch: _Batch, done_rounds: list[int], first: bool, seconds: float) -> None:
@@ -640,7 +640,8 @@ def _advance(bar, batch: _Batch, done_rounds: list[int], first: bool, seconds: f
     accuracy. The first round of an invocation compiles: its time is left out of the rate and ETA."""
     bar.update(min(done_rounds) - bar.n)
     if first:  # restart tqdm's clock after compiling, so the ETA is the steady rate's
-        bar.start_t = bar._time()
+        # (and of its last print: tqdm's close() skips the final line of a bar it thinks never printed)
+        bar.start_t = bar.last_print_t = bar._time()
         bar.initial = bar.n
     accs = [r.history[-1].get("accuracy") for r in batch.runs if r.history]
     accs = [a for a in accs if a is not None]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -247,3 +248,24 @@ def test_skew_diagnostic_is_a_switch():
     on = simulate(tiny(rounds=1, skew_metrics=True))
     assert off["rounds"][0]["skewness"] is None and np.isfinite(on["rounds"][0]["skewness"])
     assert off["rounds"][0]["accuracy"] == on["rounds"][0]["accuracy"]
+
+
+def test_progress_bar_stays_and_shows_the_steady_rate_and_accuracy(capsys):
+    res = simulate(tiny(rounds=3), progress=True)
+    err = capsys.readouterr().err
+    final = err.split("\r")[-1]  # what stays on screen after the run (an erased bar leaves "")
+    assert final.endswith("\n") and "3/3" in final and "s/round=" in final and "acc=" in final, repr(final)
+    assert "(compiling)" not in final
+    # tqdm's own rate (and so its ETA) counts only the rounds after compiling
+    rate = re.search(r"([0-9.]+)(round/s|s/round)[,\]]", final)
+    seconds = 1 / float(rate[1]) if rate[2] == "round/s" else float(rate[1])
+    assert seconds < res["rounds"][0]["time_round_s"] / 2, (final, res["rounds"][0]["time_round_s"])
+
+
+def test_host_rounds_time_training_after_it_finishes():
+    # Host-driven strategies dispatch every step asynchronously: a clock read before blocking on the
+    # updates would book the training under the server step. With many local steps and the mean as
+    # the rule, training must dominate.
+    res = simulate(tiny(rounds=2, strategy="steps", local_epochs=4, batch_size=8, attack="none", defence="mean"))
+    steady = res["rounds"][-1]
+    assert steady["time_train_s"] > 3 * steady["time_server_s"], steady
