@@ -241,7 +241,7 @@ def test_reference_mask():
 
 def test_registry_and_errors():
     assert set(attacks.names()) == {"strike", "lie", "ipm", "minmax", "minsum", "mimic", "bitflip",
-                                    "labelflip", "nonfinite"}
+                                    "labelflip", "nonfinite"} | {"gradient", "opt_lie", "opt_ipm"}
     for name in attacks.names():
         a = attacks.get(name)
         assert a.name == name

@@ -28,6 +28,7 @@ from strike_jax.attacks.baselines import (
     minsum,
     nonfinite,
 )
+from strike_jax.attacks.gradient import WHITE_BOX, gradient, opt_ipm, opt_lie
 from strike_jax.attacks.labelflip import flip_labels, labelflip
 from strike_jax.attacks.strike import strike, strike_vector
 
@@ -41,6 +42,9 @@ _REGISTRY: dict[str, Callable[..., Attack]] = {
     "minsum": minsum,
     "mimic": mimic,
     "nonfinite": nonfinite,
+    "gradient": gradient,
+    "opt_lie": opt_lie,
+    "opt_ipm": opt_ipm,
 }
 
 

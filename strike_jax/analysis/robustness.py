@@ -1,0 +1,299 @@
+"""Empirical (f, kappa)-robustness of an aggregation rule (issue 10, part 2).
+
+Definition 1 of the paper (Allouah et al. 2023): a rule `F` is (f, kappa)-robust if for every
+input and every set S of `n - f` rows,
+`||F(x) - mean_S||^2 <= kappa * (1/|S|) sum_{i in S} ||x_i - mean_S||^2`. Given the honest rows
+`H` (`[h, d]`, playing S) and `f`, `empirical_kappa` searches the `f` Byzantine rows `B` for the
+largest
+
+    ratio(B) = ||F(B ∪ H) - mean(H)||^2 / ((1/h) sum_i ||H_i - mean(H)||^2)
+
+by gradient ascent through the rule (`attacks.gradient.ascend`: normalised-gradient steps in units
+of the honest RMS spread, adaptive step, monotone), restarts vmapped in one jitted program. The
+restarts start from the Byzantine rows of every attack of `strike_jax.attacks` that is a function
+of the round's matrix (`matrix_attacks()`; white-box ones attack this very rule), and from random
+rows around the honest mean at several distances. The best ratio found is a **lower bound** on the
+rule's kappa (for S = the honest rows).
+
+A rule with no finite kappa (Mean) shows it twice: its estimate keeps growing with the search
+budget (the ascent's step grows geometrically while the ratio keeps rising), and the result
+reports `unbounded` (then `kappa = inf`): along the ray `mean(H) + t (B* - mean(H))` through the
+best rows `B*`, the ratio at `t = 1e4` exceeds 100 times the larger of the ratio at `t = 1e2` and
+the best ratio found (a rule with kappa < inf keeps every ratio below kappa, at every `t`). The
+probe only looks along that ray: `unbounded = False` is evidence, not proof (e.g. RFA with a fixed
+number of Weiszfeld iterations from the mean has, strictly, no finite kappa, but its iterate only
+leaves the honest cloud for Byzantine rows ~1e7 spreads away).
+
+Row layout: the Byzantine rows come first, `U = [B; H]` (SPEC §2: Byzantine clients are the first
+ids); the Byzantine rows' "own honest updates" (BitFlip's input) are the honest rows
+`H[i mod h]`, `i < f`. The rule sees `f` (concrete: a value above its limit raises), its `init`
+state for `U`, and the fixed `key` (randomised rules such as DnC and bucketing are thus one fixed
+function of `U`). Stateful rules (CClip) are evaluated from their initial state.
+
+References: paper Definition 1; Allouah, Farhadkhani, Guerraoui, Gupta, Pinot, Stephan, "Fixing
+by Mixing: A Recipe for Optimal Byzantine ML under Heterogeneity", AISTATS 2023 (upper bounds on
+kappa per rule; the lower bound `kappa >= f / (n - 2f)` for every rule).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from strike_jax import attacks as attack_lib
+from strike_jax.attacks.gradient import WHITE_BOX, ascend
+
+Array = jax.Array
+
+
+class KappaResult(NamedTuple):
+    """Output of `empirical_kappa`.
+
+    Attributes:
+      kappa: the estimate: the largest ratio found, or `inf` when `unbounded`.
+      kappa_found: the largest ratio found (finite).
+      unbounded: True when the ray probe shows the ratio growing without bound (module doc).
+      byzantine: `[f, d]` rows reaching `kappa_found`.
+      attack_ratios: `{attack name: realised ratio}` of the library's attacks on these rows.
+      init_names: `[R]` label of every restart (an attack name, or `random<k>`).
+      initial_ratios: `[R]` ratio at each restart's start.
+      restart_ratios: `[R]` ratio at each restart's end.
+      trace: `[steps]` the best ratio over all restarts after each step (non-decreasing).
+      probe_ratios: `[2]` ratios along the ray at `t = 1e2, 1e4` (NaN if not probed).
+      honest_spread: `(1/h) sum ||H_i - mean(H)||^2`, the ratio's denominator.
+    """
+
+    kappa: float
+    kappa_found: float
+    unbounded: bool
+    byzantine: np.ndarray
+    attack_ratios: dict
+    init_names: tuple
+    initial_ratios: np.ndarray
+    restart_ratios: np.ndarray
+    trace: np.ndarray
+    probe_ratios: np.ndarray
+    honest_spread: float
+
+
+#: Attacks left out of the initialisations: data-level (LabelFlip changes training, not rows) and
+#: the reliability test `nonfinite` (non-finite rows have no ratio).
+EXCLUDED = ("labelflip", "nonfinite")
+PROBE_T = (1e2, 1e4)
+
+
+def matrix_attacks() -> tuple[str, ...]:
+    """The attacks of `strike_jax.attacks` that are functions of the round's update matrix (and a
+    key): every registered attack but the data-level ones and `nonfinite`."""
+    return tuple(n for n in attack_lib.names() if n not in EXCLUDED and not attack_lib.get(n).data_level)
+
+
+def as_aggregate_fn(aggregator: Any, f: int, key: Array | None) -> Callable[[Array], Array]:
+    """The function `U [n, d] -> [d]` of an `Aggregator` with `f`, its `init` state (for `U`) and
+    `key` bound; a callable is returned as it is.
+
+    Raises:
+      ValueError: neither an Aggregator nor a callable.
+    """
+    if hasattr(aggregator, "aggregate") and hasattr(aggregator, "init"):
+        def fn(u):
+            return aggregator.aggregate(u, aggregator.init(u), f=f, key=key)[0]
+        return fn
+    if callable(aggregator):
+        return aggregator
+    raise ValueError(f"aggregator={aggregator!r} must be an Aggregator (aggregators.get / chain) or a "
+                     "callable U [n, d] -> [d].")
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name}={value!r} must be an integer >= {low}.")
+    return int(value)
+
+
+def attack_rows(attack_names: Sequence[str], honest: Array, f: int, aggregate_fn: Callable[[Array], Array],
+                key: Array) -> dict[str, Array]:
+    """`{name: [f, d] Byzantine rows}` each attack sends against `honest` (rows first, module doc).
+
+    White-box attacks (`attacks.gradient.WHITE_BOX`) get `aggregate=aggregate_fn`.
+    """
+    h = honest.shape[0]
+    own = honest[jnp.arange(f) % h]
+    u = jnp.concatenate([own, honest])
+    mask = jnp.arange(f + h) < f
+    out = {}
+    for i, name in enumerate(attack_names):
+        attack = attack_lib.get(name)
+        state = attack.init(u)
+        k = jax.random.fold_in(key, i)
+        if name in WHITE_BOX:
+            sent, _ = attack.apply(u, mask, state, key=k, aggregate=aggregate_fn)
+        else:
+            sent, _ = attack.apply(u, mask, state, key=k)
+        out[name] = sent[:f]
+    return out
+
+
+def random_rows(key: Array, honest: Array, f: int, count: int) -> Array:
+    """`[count, f, d]` random Byzantine rows around the honest mean `mu`: restart `k` puts its rows
+    at distance `t_k * r` from `mu` (`r` the honest RMS spread, `t_k` log-spaced in [0.5, 8]),
+    along one shared random direction for even `k` (all rows equal) and independent ones for odd
+    `k`."""
+    h, d = honest.shape
+    mu = honest.mean(axis=0)
+    r = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(honest - mu), axis=1)))
+    r = jnp.where(r > 0, r, 1.0)
+    t = jnp.geomspace(0.5, 8.0, max(count, 1))[:count].astype(honest.dtype)
+    z = jax.random.normal(key, (count, f, d), honest.dtype)
+    shared = (jnp.arange(count) % 2 == 0)[:, None, None]
+    z = jnp.where(shared, z[:, :1, :], z)
+    z = z / jnp.maximum(jnp.linalg.norm(z, axis=2, keepdims=True), 1e-30)
+    return mu + (t[:, None, None] * r) * z
+
+
+def empirical_kappa(aggregator: Any, honest: Array, f: int, *, key: Array, steps: int = 100, restarts: int = 8,
+                    lr: float = 0.5, attacks: Sequence[str] | None = None, probe: bool = True) -> KappaResult:
+    """The largest (f, kappa) ratio gradient ascent finds against `aggregator` (module docstring).
+
+    Args:
+      aggregator: an `Aggregator` (`aggregators.get(...)`, `aggregators.chain(...)`), given
+        `f=f`, its `init` state and `key`; or a callable `U [f + h, d] -> [d]`.
+      honest: `[h, d]` honest rows (finite), `h >= 1`.
+      f: number of Byzantine rows (Python int >= 1).
+      key: PRNG key (the rule's randomness, the random restarts, the attacks' keys).
+      steps: ascent iterations per restart (>= 0).
+      restarts: random restarts (>= 0), besides one per attack.
+      lr: initial step length in units of the honest RMS spread.
+      attacks: names of the attacks to start from and report (default `matrix_attacks()`).
+      probe: run the ray probe for unboundedness.
+
+    Returns:
+      `KappaResult` (host NumPy values).
+
+    Raises:
+      ValueError: bad shapes or counts, non-finite `honest`, or `f` above the rule's limit.
+    """
+    honest = jnp.asarray(honest)
+    if honest.ndim != 2 or honest.shape[0] < 1 or honest.shape[1] < 1:
+        raise ValueError(f"honest must be a [h, d] matrix with h, d >= 1; got shape {tuple(honest.shape)}.")
+    if not jnp.issubdtype(honest.dtype, jnp.floating):
+        honest = honest.astype(jnp.float32)
+    if not bool(jnp.all(jnp.isfinite(honest))):
+        raise ValueError("honest rows must be finite (found NaN/Inf).")
+    f = _check_int("f", f, 1)
+    steps = _check_int("steps", steps, 0)
+    restarts = _check_int("restarts", restarts, 0)
+    if not float(lr) > 0:
+        raise ValueError(f"lr={lr!r} must be > 0.")
+    names = tuple(matrix_attacks() if attacks is None else attacks)
+    unknown = sorted(set(names) - set(attack_lib.names()))
+    if unknown:
+        raise ValueError(f"unknown attacks {unknown}; allowed: {list(matrix_attacks())}.")
+    if not names and restarts == 0:
+        raise ValueError("empirical_kappa needs at least one start: pass restarts >= 1 or some attacks.")
+    h, d = honest.shape
+    dtype = honest.dtype
+    k_rule, k_rand, k_att, k_asc = jax.random.split(key, 4)
+    fn = as_aggregate_fn(aggregator, f, k_rule)
+    fn(jnp.concatenate([honest[jnp.arange(f) % h], honest]))  # checks f against the rule's limit now
+
+    mu = honest.mean(axis=0)
+    spread = jnp.mean(jnp.sum(jnp.square(honest - mu), axis=1))
+    denom = jnp.where(spread > 0, spread, 1.0)
+    r = jnp.sqrt(denom)
+
+    def ratio(b):
+        g = fn(jnp.concatenate([b.astype(dtype), honest]))
+        return jnp.sum(jnp.square(g - mu)) / denom
+
+    inits = attack_rows(names, honest, f, fn, k_att)
+    starts = [inits[n] for n in names]
+    labels = list(names)
+    if restarts:
+        starts.extend(list(random_rows(k_rand, honest, f, restarts)))
+        labels.extend(f"random{k}" for k in range(restarts))
+    b0 = jnp.stack(starts)
+
+    @jax.jit
+    def search(b0, keys):
+        return jax.vmap(lambda b, k: ascend(ratio, b, steps=steps, lr=lr, scale=r, key=k))(b0, keys)
+
+    res = search(b0, jax.random.split(k_asc, b0.shape[0]))
+    values = np.asarray(res.value, np.float64)
+    values = np.where(np.isnan(values), -np.inf, values)
+    best = int(np.argmax(values))
+    kappa_found = float(values[best])
+    b_best = res.x[best]
+    probe_vals = np.full((2,), np.nan)
+    unbounded = False
+    if probe:
+        ray = jax.jit(jax.vmap(lambda t: ratio(mu + t * (b_best - mu))))
+        probe_vals = np.asarray(ray(jnp.asarray(PROBE_T, dtype)), np.float64)
+        unbounded = bool(np.isfinite(probe_vals[1]) and probe_vals[1] > 100.0 * max(probe_vals[0], kappa_found)
+                         or (not np.isfinite(probe_vals[1]) and np.isfinite(kappa_found)))
+    trace = np.asarray(res.trace, np.float64)
+    trace = np.max(np.where(np.isnan(trace), -np.inf, trace), axis=0) if trace.size else np.zeros((0,))
+    init_vals = np.asarray(res.initial_value, np.float64)
+    attack_ratios = {n: float(init_vals[i]) for i, n in enumerate(names)}
+    return KappaResult(
+        kappa=float("inf") if unbounded else kappa_found,
+        kappa_found=kappa_found,
+        unbounded=unbounded,
+        byzantine=np.asarray(b_best),
+        attack_ratios=attack_ratios,
+        init_names=tuple(labels),
+        initial_ratios=init_vals,
+        restart_ratios=values,
+        trace=trace,
+        probe_ratios=probe_vals,
+        honest_spread=float(spread),
+    )
+
+
+# --- theoretical bounds ------------------------------------------------------------------------
+
+
+def theoretical_kappa(rule: str, n: int, f: int) -> float | None:
+    """Upper bound on kappa from the literature, or None where none is known here.
+
+    With `n` rows, `f` Byzantine, `q = f / (n - 2f)` (Allouah et al. 2023, "Fixing by Mixing",
+    Table 1 / Propositions; constants as published there):
+
+    * `mean`: unbounded (`inf`) for `f >= 1`.
+    * `trmean` / `rbtm` (coordinate-wise trimmed mean): `6 q (1 + q)`.
+    * `median` (coordinate-wise): `4 (1 + q)^2`.
+    * `rfa` (geometric median; RFA approximates it with 8 smoothed Weiszfeld steps): `4 (1 + q)^2`.
+    * `krum`, `multikrum`: `6 (1 + q)`.
+    * `nnm+X`: `8 f / (n - f) * (kappa_X + 1)` (NNM composed with an (f, kappa_X)-robust rule).
+    * every rule: at least `f / (n - 2f)` (the same paper's lower bound; `lower_kappa`).
+
+    Aksel, CClip, DnC, Bulyan and bucketing chains get None (no bound in that form here).
+    """
+    if not 0 <= 2 * f < n:
+        return None
+    q = f / (n - 2 * f)
+    if rule.startswith("nnm+"):
+        inner = theoretical_kappa(rule[4:], n, f)
+        return None if inner is None else 8.0 * f / (n - f) * (inner + 1.0)
+    table = {
+        "mean": float("inf") if f >= 1 else 0.0,
+        "trmean": 6 * q * (1 + q),
+        "rbtm": 6 * q * (1 + q),
+        "median": 4 * (1 + q) ** 2,
+        "rfa": 4 * (1 + q) ** 2,
+        "krum": 6 * (1 + q),
+        "multikrum": 6 * (1 + q),
+    }
+    return table.get(rule)
+
+
+def lower_kappa(n: int, f: int) -> float:
+    """`f / (n - 2f)`: no rule is (f, kappa)-robust with a smaller kappa (Allouah et al. 2023)."""
+    return f / (n - 2 * f)
+
+
+__all__ = ["EXCLUDED", "KappaResult", "as_aggregate_fn", "attack_rows", "empirical_kappa", "lower_kappa", "matrix_attacks",
+           "random_rows", "theoretical_kappa"]
