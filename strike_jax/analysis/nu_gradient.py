@@ -85,6 +85,7 @@ def closed_form_alpha(sq_dists: Array, dots: Array, dev_sq_norm: Array, diameter
     return jnp.where(mask.any(), alpha, jnp.zeros((), sq_dists.dtype)).astype(sq_dists.dtype)
 
 
+@jax.jit
 def strike_closed_form(updates: Array, byzantine_mask: Array, nu=1.0) -> StrikeResult:
     """STRIKE's Byzantine vector with `closed_form_alpha` instead of the bisection.
 
