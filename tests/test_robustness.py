@@ -9,7 +9,7 @@ import pytest
 
 import reference_aggregators as ragg
 import reference_attacks as ref
-from strike_jax import aggregators
+from strike_jax import aggregators, attacks
 from strike_jax.analysis import empirical_kappa, lower_kappa, matrix_attacks, theoretical_kappa
 
 KEY = jax.random.PRNGKey(11)
@@ -75,7 +75,8 @@ def test_attack_ratios_are_the_attacks_realised_ratios():
     assert set(res.attack_ratios) == set(matrix_attacks())
     assert {"strike", "lie", "ipm", "minmax", "minsum", "mimic", "bitflip", "gradient", "opt_lie",
             "opt_ipm"} == set(matrix_attacks())
-    assert res.init_names[:len(matrix_attacks())] == matrix_attacks() and res.init_names[-1] == "random0"
+    # steps < 50: the gradient attack is run as a start of its own (not read off).
+    assert set(res.init_names[:-1]) == set(matrix_attacks()) and res.init_names[-1] == "random0"
     med = lambda u: ragg.median(u, F)
     u = np.concatenate([h[np.arange(F) % H_ROWS], h])  # Byzantine rows first, their own = H[i mod h]
     byz = np.arange(F + H_ROWS) < F
@@ -85,6 +86,18 @@ def test_attack_ratios_are_the_attacks_realised_ratios():
     for name, rows in expected.items():
         assert res.attack_ratios[name] == pytest.approx(np_ratio(med, rows, h), rel=2e-3, abs=1e-6), name
     assert res.kappa >= max(res.attack_ratios.values()) * (1 - 1e-6)
+
+
+def test_gradient_attack_ratio_read_off_the_strike_restart_is_the_attack_run_alone():
+    h = honest(4)
+    rule = aggregators.get("mean")
+    res = empirical_kappa(rule, h, F, key=KEY, steps=50, restarts=0, attacks=("strike", "gradient"))
+    assert res.init_names == ("strike",)  # read off, not run twice
+    u = jnp.asarray(np.concatenate([h[:F], h]))
+    m = jnp.arange(F + H_ROWS) < F
+    sent, _ = attacks.get("gradient").apply(u, m, (), key=KEY, aggregate=lambda x: rule.aggregate(x, (), f=F)[0])
+    assert res.attack_ratios["gradient"] == pytest.approx(np_ratio(lambda x: x.mean(axis=0), sent[:F], h), rel=1e-3)
+    assert res.attack_ratios["gradient"] > 100 * res.attack_ratios["strike"]
 
 
 def test_a_chain_and_a_callable_are_accepted():

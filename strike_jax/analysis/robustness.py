@@ -58,10 +58,12 @@ class KappaResult(NamedTuple):
       unbounded: True when the ray probe shows the ratio growing without bound (module doc).
       byzantine: `[f, d]` rows reaching `kappa_found`.
       attack_ratios: `{attack name: realised ratio}` of the library's attacks on these rows.
-      init_names: `[R]` label of every restart (an attack name, or `random<k>`).
+      init_names: `[R]` label of every restart (an attack name, or `random<k>`): the attacks that
+        ignore the rule, then the white-box ones (but `gradient` when read off), then random.
       initial_ratios: `[R]` ratio at each restart's start.
       restart_ratios: `[R]` ratio at each restart's end.
       trace: `[steps]` the best ratio over all restarts after each step (non-decreasing).
+      traces: `[R, steps]` every restart's best ratio after each step.
       probe_ratios: `[2]` ratios along the ray at `t = 1e2, 1e4` (NaN if not probed).
       honest_spread: `(1/h) sum ||H_i - mean(H)||^2`, the ratio's denominator.
     """
@@ -77,6 +79,7 @@ class KappaResult(NamedTuple):
     trace: np.ndarray
     probe_ratios: np.ndarray
     honest_spread: float
+    traces: np.ndarray
 
 
 #: Attacks left out of the initialisations: data-level (LabelFlip changes training, not rows) and
@@ -114,11 +117,12 @@ def _check_int(name: str, value: Any, low: int) -> int:
     return int(value)
 
 
-def attack_rows(attack_names: Sequence[str], honest: Array, f: int, aggregate_fn: Callable[[Array], Array],
-                key: Array) -> dict[str, Array]:
+def attack_rows(attack_names: Sequence[str], honest: Array, f: int, aggregate_fn: Callable[[Array], Array] | None,
+                keys: Array) -> dict[str, Array]:
     """`{name: [f, d] Byzantine rows}` each attack sends against `honest` (rows first, module doc).
 
-    White-box attacks (`attacks.gradient.WHITE_BOX`) get `aggregate=aggregate_fn`.
+    White-box attacks (`attacks.gradient.WHITE_BOX`) get `aggregate=aggregate_fn`; attack `i`
+    gets `keys[i]`.
     """
     h = honest.shape[0]
     own = honest[jnp.arange(f) % h]
@@ -128,7 +132,7 @@ def attack_rows(attack_names: Sequence[str], honest: Array, f: int, aggregate_fn
     for i, name in enumerate(attack_names):
         attack = attack_lib.get(name)
         state = attack.init(u)
-        k = jax.random.fold_in(key, i)
+        k = keys[i]
         if name in WHITE_BOX:
             sent, _ = attack.apply(u, mask, state, key=k, aggregate=aggregate_fn)
         else:
@@ -137,13 +141,27 @@ def attack_rows(attack_names: Sequence[str], honest: Array, f: int, aggregate_fn
     return out
 
 
+_BLACK_BOX_CACHE: dict = {}
+
+
+def _black_box_rows(names: tuple, f: int) -> Callable:
+    """A jitted `(honest, keys) -> [len(names), f, d]` for attacks that do not look at the rule:
+    compiled once per (names, f, shape) and shared by every rule."""
+    fn = _BLACK_BOX_CACHE.get((names, f))
+    if fn is None:
+        def rows(honest, keys):
+            got = attack_rows(names, honest, f, None, keys)
+            return jnp.stack([got[n] for n in names])
+        fn = _BLACK_BOX_CACHE[(names, f)] = jax.jit(rows)
+    return fn
+
+
 def random_rows(key: Array, honest: Array, f: int, count: int) -> Array:
     """`[count, f, d]` random Byzantine rows around the honest mean `mu`: restart `k` puts its rows
     at distance `t_k * r` from `mu` (`r` the honest RMS spread, `t_k` log-spaced in [0.05, 8]: near
     the mean the Byzantine values sit inside every coordinate's honest range, where coordinate-wise
-    rules still feel them),
-    along one shared random direction for even `k` (all rows equal) and independent ones for odd
-    `k`."""
+    rules still feel them), along one shared random direction for even `k` (all rows equal) and
+    independent ones for odd `k`."""
     h, d = honest.shape
     mu = honest.mean(axis=0)
     r = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(honest - mu), axis=1)))
@@ -159,6 +177,14 @@ def random_rows(key: Array, honest: Array, f: int, count: int) -> Array:
 def empirical_kappa(aggregator: Any, honest: Array, f: int, *, key: Array, steps: int = 100, restarts: int = 8,
                     lr: float = 0.5, attacks: Sequence[str] | None = None, probe: bool = True) -> KappaResult:
     """The largest (f, kappa) ratio gradient ascent finds against `aggregator` (module docstring).
+
+    Cost: one compiled program per call (the rule's value and gradient inside a `lax.scan`, the
+    white-box attacks, the probe); the attacks that ignore the rule are compiled once per shape and
+    shared between calls. The `gradient` attack is the ascent from STRIKE's rows with its default
+    hyper-parameters (`attacks.get("gradient")`: 50 steps, lr 0.5): when `lr` is that lr, `steps
+    >= 50` and "strike" is among the starts, its ratio is read off that restart after 50 steps
+    (the same algorithm; only the random directions tried on plateaus differ) instead of running
+    it twice.
 
     Args:
       aggregator: an `Aggregator` (`aggregators.get(...)`, `aggregators.chain(...)`), given
@@ -202,38 +228,45 @@ def empirical_kappa(aggregator: Any, honest: Array, f: int, *, key: Array, steps
     fn = as_aggregate_fn(aggregator, f, k_rule)
     # Tracing checks f against the rule's limit (ValueError) before anything is compiled.
     jax.eval_shape(fn, jax.ShapeDtypeStruct((f + h, d), dtype))
-    labels = list(names) + [f"random{k}" for k in range(restarts)]
 
-    def ratio_fn(mu, denom):
-        def ratio(b, hon):
-            g = fn(jnp.concatenate([b.astype(dtype), hon]))
-            return jnp.sum(jnp.square(g - mu)) / denom
-        return ratio
+    grad_defaults = attack_lib.get("gradient").hparams
+    read_off = ("gradient" in names and "strike" in names and steps >= grad_defaults["steps"]
+                and float(lr) == float(grad_defaults["lr"]) and float(grad_defaults["nu"]) == 1.0)
+    white = tuple(n for n in names if n in WHITE_BOX and not (read_off and n == "gradient"))
+    black = tuple(n for n in names if n not in WHITE_BOX)
+    starts_names = black + white  # the order of the restarts; "gradient" read off if `read_off`
+    labels = list(starts_names) + [f"random{k}" for k in range(restarts)]
+    keys_att = {n: jax.random.fold_in(k_att, i) for i, n in enumerate(names)}  # per attack name
+    black_rows = None
+    if black:
+        black_rows = _black_box_rows(black, f)(honest, jnp.stack([keys_att[n] for n in black]))
 
-    # One program: the attacks' rows, the random starts, the vmapped ascent and the ray probe
-    # (eager dispatch of the many small steps would cost more than the search itself).
+    # One program per call: the white-box attacks, the random starts, the vmapped ascent and the
+    # ray probe (eager dispatch of the many small steps would cost more than the search itself).
     @jax.jit
-    def run(hon, k_rand, k_att, k_asc):
+    def run(hon, black_rows, k_rand, k_asc):
         mu = hon.mean(axis=0)
         spread = jnp.mean(jnp.sum(jnp.square(hon - mu), axis=1))
         denom = jnp.where(spread > 0, spread, 1.0)
-        ratio = ratio_fn(mu, denom)
-        rows = attack_rows(names, hon, f, fn, k_att)
-        starts = [rows[n] for n in names]
-        b0 = jnp.stack(starts) if starts else jnp.zeros((0, f, d), dtype)
+
+        def ratio(b):
+            g = fn(jnp.concatenate([b.astype(dtype), hon]))
+            return jnp.sum(jnp.square(g - mu)) / denom
+
+        parts = [] if black_rows is None else [black_rows]
+        for n in white:
+            parts.append(attack_rows((n,), hon, f, fn, [keys_att[n]])[n][None])
         if restarts:
-            b0 = jnp.concatenate([b0, random_rows(k_rand, hon, f, restarts)])
+            parts.append(random_rows(k_rand, hon, f, restarts))
+        b0 = jnp.concatenate(parts)
         keys = jax.random.split(k_asc, b0.shape[0])
-        res = jax.vmap(lambda b, k: ascend(lambda x: ratio(x, hon), b, steps=steps, lr=lr, scale=jnp.sqrt(denom),
-                                           key=k))(b0, keys)
+        res = jax.vmap(lambda b, k: ascend(ratio, b, steps=steps, lr=lr, scale=jnp.sqrt(denom), key=k))(b0, keys)
         vals = jnp.where(jnp.isnan(res.value), -jnp.inf, res.value)
-        best = jnp.argmax(vals)
-        b_best = res.x[best]
-        t = jnp.asarray(PROBE_T, dtype)
-        probe_vals = jax.vmap(lambda t: ratio(mu + t * (b_best - mu), hon))(t)
+        b_best = res.x[jnp.argmax(vals)]
+        probe_vals = jax.vmap(lambda t: ratio(mu + t * (b_best - mu)))(jnp.asarray(PROBE_T, dtype))
         return res, b_best, probe_vals, spread
 
-    res, b_best, probe_out, spread = run(honest, k_rand, k_att, k_asc)
+    res, b_best, probe_out, spread = run(honest, black_rows, k_rand, k_asc)
     values = np.asarray(res.value, np.float64)
     values = np.where(np.isnan(values), -np.inf, values)
     kappa_found = float(values.max())
@@ -243,10 +276,14 @@ def empirical_kappa(aggregator: Any, honest: Array, f: int, *, key: Array, steps
         probe_vals = np.asarray(probe_out, np.float64)
         unbounded = bool(np.isfinite(probe_vals[1]) and probe_vals[1] > 100.0 * max(probe_vals[0], kappa_found)
                          or (not np.isfinite(probe_vals[1]) and np.isfinite(kappa_found)))
-    trace = np.asarray(res.trace, np.float64)
-    trace = np.max(np.where(np.isnan(trace), -np.inf, trace), axis=0) if trace.size else np.zeros((0,))
+    traces = np.asarray(res.trace, np.float64)
+    traces = np.where(np.isnan(traces), -np.inf, traces)
+    trace = traces.max(axis=0) if traces.size else np.zeros((0,))
     init_vals = np.asarray(res.initial_value, np.float64)
-    attack_ratios = {n: float(init_vals[i]) for i, n in enumerate(names)}
+    attack_ratios = {n: float(init_vals[i]) for i, n in enumerate(starts_names)}
+    if read_off:
+        attack_ratios["gradient"] = float(traces[starts_names.index("strike"), grad_defaults["steps"] - 1])
+    attack_ratios = {n: attack_ratios[n] for n in names}
     return KappaResult(
         kappa=float("inf") if unbounded else kappa_found,
         kappa_found=kappa_found,
@@ -259,6 +296,7 @@ def empirical_kappa(aggregator: Any, honest: Array, f: int, *, key: Array, steps
         trace=trace,
         probe_ratios=probe_vals,
         honest_spread=float(spread),
+        traces=traces,
     )
 
 
