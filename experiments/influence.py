@@ -70,24 +70,30 @@ def main(argv=None):
                 "sensitivity": sens.tolist(), "sensitivity_se": np.asarray(inf.sensitivity_se).tolist(),
                 "byzantine_weight": float(sens[:f].sum() / max(sens.sum(), 1e-30)),
                 "byzantine_share": float(inf.byzantine_share), "euler_residual": float(inf.euler_residual),
+                "counterfactual_share": float(inf.counterfactual_share),
                 "ratio": float(inf.deviation) ** 2 / spread,
             }
             print(f"{rule_name:10s} {label:7s} Byzantine weight {results[rule_name][label]['byzantine_weight']:.3f} "
-                  f"share of deviation {float(inf.byzantine_share):.3f} ratio {results[rule_name][label]['ratio']:.4g}",
+                  f"share of deviation {float(inf.byzantine_share):.3f} counterfactual "
+                  f"{float(inf.counterfactual_share):.3f} ratio {results[rule_name][label]['ratio']:.4g}",
                   flush=True)
     lines = [f"# Per-row influence: STRIKE vs no attack ({args.source}, round {rec['round']}, n = {n}, f = {f}, "
              f"d = {d})", "",
              "Sensitivity `s_i = ||J_i||_F / sqrt(d)` from 32 Gaussian probes (relative standard error of "
              "`s_i^2` at most sqrt(2/32) = 0.25, far less for coordinate-wise rules); *Byzantine weight* = "
              "sum of the Byzantine rows' `s_i` / sum of all; *share* = the Byzantine rows' share of the "
-             "aggregate's deviation from the honest mean (Euler decomposition; residual in the last column); "
+             "aggregate's deviation from the honest mean (first-order Euler decomposition, residual in the last "
+             "column: it credits rows for what their own values contribute, so an attack acting through the "
+             "selection gets no share); *counterfactual* = the part of the squared deviation that disappears "
+             "when the Byzantine rows are set to the honest mean (their global effect, selection included); "
              "*ratio* = (f, κ) ratio of the aggregate.", "",
-             "| rule | Byzantine weight: none | STRIKE | share of deviation: none | STRIKE | ratio: none | STRIKE "
-             "| Euler residual (STRIKE) |", "|---|---|---|---|---|---|---|---|"]
+             "| rule | Byzantine weight: none | STRIKE | share of deviation: none | STRIKE | counterfactual: none "
+             "| STRIKE | ratio: none | STRIKE | Euler residual (STRIKE) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r, v in results.items():
         a, b = v["none"], v["strike"]
         lines.append(f"| {C.DISPLAY.get(r, r)} | {a['byzantine_weight']:.3f} | {b['byzantine_weight']:.3f} | "
-                     f"{a['byzantine_share']:.3f} | {b['byzantine_share']:.3f} | {a['ratio']:.4g} | {b['ratio']:.4g} | "
+                     f"{a['byzantine_share']:.3f} | {b['byzantine_share']:.3f} | {a['counterfactual_share']:.3f} | "
+                     f"{b['counterfactual_share']:.3f} | {a['ratio']:.4g} | {b['ratio']:.4g} | "
                      f"{b['euler_residual']:.1e} |")
     stem = os.path.join(args.results_dir, f"influence_{args.source}")
     C.write_results(stem, "\n".join(lines) + "\n", {"settings": vars(args), "n": n, "f": f, "d": d,
@@ -111,6 +117,7 @@ def main(argv=None):
         ax.set_title(f"{C.DISPLAY.get(r, r)}: Byz share {results[r]['none']['byzantine_share']:.2f} → "
                      f"{results[r]['strike']['byzantine_share']:.2f}", fontsize=8)
         ax.set_xlabel("row (shaded: Byzantine)", fontsize=8)
+        ax.set_xticks(range(0, n, 2))
         ax.tick_params(labelsize=7)
     axes[0][0].set_ylabel("sensitivity ||J_i||_F / sqrt(d)", fontsize=8)
     axes[0][0].legend(fontsize=7)

@@ -17,7 +17,7 @@ computed; a second invocation only redraws the table and the figure. Bulyan's gr
 minutes to compile on XLA:CPU at n = 50 (measured: 471 s for one value-and-gradient program), so
 Bulyan variants are skipped for matrices with more than `--bulyan-max-n` rows.
 
-  python experiments/robustness_kappa.py                      # all sources (~30-40 min on 2 cores)
+  python experiments/robustness_kappa.py                      # all sources (~2 h on 2 busy cores)
   python experiments/robustness_kappa.py --sources synthetic  # minutes
   python experiments/robustness_kappa.py --variants median,nnm+median --fs 4
 
@@ -51,6 +51,15 @@ from strike_jax.atomic import write_json  # noqa: E402
 BASE_RULES = tuple(r for r in aggregators.rule_names() if r != "rbtm")  # rbtm is trmean
 VARIANTS = BASE_RULES + tuple(f"nnm+{r}" for r in BASE_RULES) + tuple(f"bucketing+{r}" for r in BASE_RULES)
 DEFAULT_FS = {"synthetic": (1, 2, 4, 6), "digits": (2, 4), "fashion_mnist": (10,)}
+# Fashion-MNIST rows are ~10x longer and 2.5x more than digits': on 2 CPU cores a smaller search
+# (30 steps, 2 random starts) over Table 1's rules and Table 2's / Figure 4's chains only.
+FMNIST_VARIANTS = ("mean", "median", "trmean", "krum", "multikrum", "rfa", "aksel", "cclip", "dnc",
+                   "nnm+median", "nnm+rfa", "nnm+dnc", "bucketing+median", "bucketing+multikrum", "bucketing+trmean")
+DEFAULT_SETTINGS = {
+    "synthetic": dict(steps=60, restarts=6, variants=VARIANTS),
+    "digits": dict(steps=60, restarts=6, variants=VARIANTS),
+    "fashion_mnist": dict(steps=30, restarts=2, variants=FMNIST_VARIANTS),
+}
 DISPLAY = {"mean": "Mean", "median": "Median", "trmean": "TrMean", "krum": "Krum", "multikrum": "Multi-Krum",
            "rfa": "RFA", "aksel": "Aksel", "cclip": "CClip", "dnc": "DnC", "bulyan": "Bulyan",
            "nnm": "NNM", "bucketing": "Bucketing"}
@@ -70,12 +79,14 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sources", type=C.names_type(("synthetic",) + tuple(R.SOURCES)),
                    default=("synthetic", "digits", "fashion_mnist"))
-    p.add_argument("--variants", type=C.names_type(VARIANTS), default=VARIANTS,
-                   help="rules and chains (default: every rule, NNM + rule, bucketing + rule)")
+    p.add_argument("--variants", type=C.names_type(VARIANTS),
+                   help="rules and chains (default: every rule, NNM + rule, bucketing + rule; fewer on "
+                        "fashion_mnist, see DEFAULT_SETTINGS)")
     p.add_argument("--fs", type=C.parse_ints, help="f values (default per source: synthetic 1,2,4,6; "
                                                    "digits 2,4; fashion_mnist 10, the runs' own)")
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--restarts", type=int, default=6, help="random restarts besides one per attack")
+    p.add_argument("--steps", type=int, help="ascent steps (default 60; 30 on fashion_mnist)")
+    p.add_argument("--restarts", type=int, help="random restarts besides one per attack (default 6; 2 on "
+                                                 "fashion_mnist)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bulyan-max-n", dest="bulyan_max_n", type=int, default=30)
     p.add_argument("--out-dir", default=os.path.join(C.EXPERIMENTS_DIR, "runs", "robustness_kappa"))
@@ -84,8 +95,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def job_key(variant, f, args):
-    return f"{variant}|f={f}|steps={args.steps}|restarts={args.restarts}|seed={args.seed}"
+def settings(source, args):
+    """`(variants, fs, steps, restarts)` for a source: the command line's, else the defaults."""
+    d = DEFAULT_SETTINGS[source]
+    return (args.variants or d["variants"], args.fs or DEFAULT_FS[source],
+            d["steps"] if args.steps is None else args.steps, d["restarts"] if args.restarts is None else args.restarts)
+
+
+def job_key(variant, f, source, args):
+    _, _, steps, restarts = settings(source, args)
+    return f"{variant}|f={f}|steps={steps}|restarts={restarts}|seed={args.seed}"
 
 
 def honest_of(source: str, f: int) -> np.ndarray:
@@ -118,15 +137,16 @@ def exact_coordinatewise(rule: str, honest: np.ndarray, f: int) -> float | None:
     return float(np.maximum((lo - mu) ** 2, (hi - mu) ** 2).sum() / spread)
 
 
-def run_job(variant: str, honest: np.ndarray, f: int, args) -> dict:
+def run_job(variant: str, honest: np.ndarray, f: int, source: str, args) -> dict:
     h, d = honest.shape
     n = h + f
     if "bulyan" in variant and n > args.bulyan_max_n:
         return {"status": "skipped", "why": f"Bulyan's gradient compiles for minutes at n={n} on XLA:CPU"}
     t0 = time.perf_counter()
     try:
-        res = empirical_kappa(build(variant), honest, f, key=jax.random.PRNGKey(args.seed), steps=args.steps,
-                              restarts=args.restarts)
+        _, _, steps, restarts = settings(source, args)
+        res = empirical_kappa(build(variant), honest, f, key=jax.random.PRNGKey(args.seed), steps=steps,
+                              restarts=restarts)
     except ValueError as e:  # f above the rule's (rescaled) limit
         return {"status": "n/a", "why": str(e)}
     best_attack = max(res.attack_ratios, key=res.attack_ratios.get)
@@ -168,12 +188,13 @@ def fmt_cell(r):
 
 def tables(results, args):
     lines = []
-    cols = [(s, f) for s in args.sources for f in (args.fs or DEFAULT_FS[s])]
+    cols = [(s, f) for s in args.sources for f in settings(s, args)[1]]
+    all_variants = [v for v in VARIANTS if any(v in settings(s, args)[0] for s in args.sources)]
     head = "| rule | " + " | ".join(f"{s} f={f}" for s, f in cols) + " |"
     lines += ["## κ̂ (published upper bound in parentheses; ∞: no finite κ — the ray probe grows without bound)",
               "", head, "|" + "---|" * (len(cols) + 1)]
-    for v in args.variants:
-        cells = [fmt_cell(results[s].get(job_key(v, f, args))) for s, f in cols]
+    for v in all_variants:
+        cells = [fmt_cell(results[s].get(job_key(v, f, s, args))) for s, f in cols]
         lines.append(f"| {name_of(v)} | " + " | ".join(cells) + " |")
     n_h = {s: next((r["n"] - r["h"], r["h"]) for r in results[s].values() if r.get("status") == "ok")
            if any(r.get("status") == "ok" for r in results[s].values()) else None for s in args.sources}
@@ -181,7 +202,7 @@ def tables(results, args):
         f"({s} f={f}: {fmt_num(lower_kappa(n_h[s][1] + f, f)) if n_h[s] else '–'})" for s, f in cols) + ".", ""]
     attacks = list(matrix_attacks())
     for s, f in cols:
-        rows = [(v, results[s].get(job_key(v, f, args))) for v in args.variants]
+        rows = [(v, results[s].get(job_key(v, f, s, args))) for v in settings(s, args)[0]]
         rows = [(v, r) for v, r in rows if r and r["status"] == "ok"]
         if not rows:
             continue
@@ -207,7 +228,7 @@ def summary(results, args):
             if r.get("status") != "ok" or r["unbounded"] or not r["kappa"] > 0:
                 continue
             v = key.split("|")[0]
-            if v not in args.variants:
+            if v not in settings(s, args)[0] or key != job_key(v, int(key.split("|")[1][2:]), s, args):
                 continue
             wins[r["best_attack"]] = wins.get(r["best_attack"], 0) + 1
             for a, x in r["attack_ratios"].items():
@@ -247,9 +268,9 @@ def plot(results, args, path):
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     ax = axes[0]
     if "synthetic" in args.sources:
-        fs = args.fs or DEFAULT_FS["synthetic"]
-        for i, v in enumerate([v for v in BASE_RULES if v in args.variants and v != "mean"]):
-            ks = [results["synthetic"].get(job_key(v, f, args)) for f in fs]
+        variants, fs = settings("synthetic", args)[:2]
+        for i, v in enumerate([v for v in BASE_RULES if v in variants and v != "mean"]):
+            ks = [results["synthetic"].get(job_key(v, f, "synthetic", args)) for f in fs]
             pts = [(f, r["kappa"]) for f, r in zip(fs, ks) if r and r["status"] == "ok" and not r["unbounded"]]
             if not pts:
                 continue
@@ -266,14 +287,14 @@ def plot(results, args, path):
         ax.set_title("Synthetic skewed updates")
         ax.legend(fontsize=7, ncol=2)
     ax = axes[1]
-    cols = [(s, f) for s in args.sources if s != "synthetic" for f in (args.fs or DEFAULT_FS[s])][:2]
-    rules = [v for v in BASE_RULES if v in args.variants and v != "mean"]
+    cols = [(s, f) for s in args.sources if s != "synthetic" for f in settings(s, args)[1]][-2:]
+    rules = [v for v in BASE_RULES if v != "mean" and any(v in settings(s, args)[0] for s, _ in cols)]
     width = 0.8 / max(len(cols), 1)
     for j, (s, f) in enumerate(cols):
         ks, best = [], []
         for v in rules:
-            r = results[s].get(job_key(v, f, args))
-            ok = r and r["status"] == "ok"
+            r = results[s].get(job_key(v, f, s, args))
+            ok = bool(r) and r["status"] == "ok"
             ks.append(r["kappa"] if ok else np.nan)
             best.append(max(r["attack_ratios"].values()) if ok else np.nan)
         x = np.arange(len(rules)) + j * width
@@ -296,31 +317,34 @@ def main(argv=None):
     for s in args.sources:
         path = os.path.join(args.out_dir, f"{s}.json")
         results[s] = load(path)
-        fs = args.fs or DEFAULT_FS[s]
+        variants, fs, _, _ = settings(s, args)
         for f in fs:
             honest = None
-            for v in args.variants:
-                key = job_key(v, f, args)
+            for v in variants:
+                key = job_key(v, f, s, args)
                 if key in results[s]:
                     continue
                 if honest is None:
                     honest = honest_of(s, f)
-                r = run_job(v, honest, f, args)
+                r = run_job(v, honest, f, s, args)
                 results[s][key] = r
                 write_json(path, results[s])
                 extra = (f"κ̂={fmt_num(r['kappa'])} bound={fmt_num(r['bound'])} best attack={r['best_attack']} "
                          f"({r['seconds']:.1f} s)") if r["status"] == "ok" else r["status"]
                 print(f"{s:14s} f={f:<3d} {v:22s} {extra}", flush=True)
     header = ["# Empirical (f, κ)-robustness", "",
-              f"Search: {args.steps} ascent steps from every attack of the library and {args.restarts} random "
-              f"starts (seed {args.seed}); κ̂ is the largest ratio found (a lower bound on κ). Sources: "
+              "Search: " + "; ".join(f"{s}: {settings(s, args)[2]} ascent steps, {settings(s, args)[3]} random starts"
+                                     for s in args.sources) +
+              f" — besides one start per attack of the library (seed {args.seed}); κ̂ is the largest ratio found "
+              "(a lower bound on κ). Sources: "
               "`synthetic` (h = 16 skewed rows, d = 500), `digits` round 2 (h = 16, d = 9,610), `fashion_mnist` "
               "round 2 (MLP, h = 40, d = 101,770). Bounds: Allouah et al. 2023 (see the script's docstring).", ""]
     body = tables(results, args)
     summ, summ_payload = summary(results, args)
-    md = "\n".join(header) + body + "\n" + summ
+    md = "\n".join(header) + "\n" + body + "\n" + summ
     stem = os.path.join(args.results_dir, "robustness_kappa")
-    C.write_results(stem, md, {"settings": vars(args) | {"variants": list(args.variants)}, "results": results,
+    C.write_results(stem, md, {"settings": {s: settings(s, args) for s in args.sources} | {"seed": args.seed},
+                               "results": results,
                                "summary": summ_payload})
     if not args.no_plot:
         plot(results, args, stem + ".png")

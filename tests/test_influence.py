@@ -28,6 +28,8 @@ def test_mean_weights_every_row_one_over_n_and_the_deviation_is_all_byzantine():
     # The honest rows' centred terms sum to zero: all of mean(U) - mu is the Byzantine rows'.
     assert float(inf.byzantine_share) == pytest.approx(1.0, abs=1e-4)
     assert float(inf.euler_residual) < 1e-4
+    # Byzantine rows at the honest mean: mean(U') = mu exactly, the whole deviation disappears.
+    assert float(inf.counterfactual_share) == pytest.approx(1.0, abs=1e-4)
     mu = u[F:].astype(np.float64).mean(axis=0)
     assert float(inf.deviation) == pytest.approx(np.linalg.norm(u.astype(np.float64).mean(axis=0) - mu), rel=1e-4)
 
@@ -63,6 +65,13 @@ def test_strike_shares_add_up_and_euler_holds_for_equivariant_rules(rule):
     assert float(inf.euler_residual) < 1e-4
     assert float(inf.byzantine_share + inf.honest_share) == pytest.approx(1.0)
     assert np.isfinite(float(inf.byzantine_share))
+    # The counterfactual share against a NumPy recomputation.
+    mu = np.asarray(u[F:], np.float64).mean(axis=0)
+    rule_fn = lambda x: np.asarray(aggregators.get(rule).aggregate(jnp.asarray(x), (), f=F)[0], np.float64)
+    neutral = np.asarray(sent).copy()
+    neutral[:F] = mu
+    expect = 1 - np.sum((rule_fn(neutral) - mu) ** 2) / np.sum((rule_fn(sent) - mu) ** 2)
+    assert float(inf.counterfactual_share) == pytest.approx(expect, rel=1e-3, abs=1e-4)
 
 
 def test_random_projection_estimate_matches_the_exact_norms():

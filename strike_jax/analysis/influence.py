@@ -32,6 +32,15 @@ the fraction of the deviation (projected on its own direction) that the Byzantin
 equivariant rules and measures how far a rule is from it otherwise (then the shares are those of
 the linearisation).
 
+The decomposition is local: it credits each row with what its own value contributes on the
+current piece of the rule. An attack that works through the *selection* (which honest rows end up
+as the median, which rows Krum keeps) moves no aggregate coordinate through its own value, and gets
+share 0 even when it doubles the deviation (STRIKE against the median does exactly this).
+`counterfactual_share = 1 - ||F(U') - mu||^2 / ||D||^2`, with `U'` = `U` whose Byzantine rows are
+set to the honest mean `mu`, measures that global effect: the part of the squared deviation that
+disappears when the Byzantine rows are neutralised (it can be negative: rows at `mu` still move
+order statistics).
+
 References: paper Definition 1 (deviation from the honest mean); Hutchinson, "A stochastic
 estimator of the trace of the influence matrix", 1990; Koh & Liang, "Understanding black-box
 predictions via influence functions", ICML 2017 (influence as a derivative).
@@ -61,6 +70,8 @@ class Influence(NamedTuple):
       honest_share: scalar, `1 - byzantine_share`.
       deviation: scalar `||F(U) - mu||`.
       euler_residual: scalar `||c_B + c_H - D|| / ||D||`.
+      counterfactual_share: scalar `1 - ||F(U') - mu||^2 / ||D||^2` (module docstring; NaN when the
+        deviation is 0).
       exact: Python bool, whether `sensitivity` is exact.
     """
 
@@ -70,6 +81,7 @@ class Influence(NamedTuple):
     honest_share: Array
     deviation: Array
     euler_residual: Array
+    counterfactual_share: Array
     exact: bool
 
 
@@ -133,9 +145,11 @@ def _influence(fn, updates, mask, key, use_exact, probes):
         tot = jnp.vdot(c_b + c_h, dev)
         share = jnp.where(tot != 0, jnp.vdot(c_b, dev) / jnp.where(tot != 0, tot, 1.0), jnp.nan)
         resid = jnp.where(dd > 0, jnp.linalg.norm(c_b + c_h - dev) / jnp.sqrt(jnp.where(dd > 0, dd, 1.0)), 0.0)
-        return share, jnp.sqrt(dd), resid
+        neutral = fn(jnp.where(mask[:, None], mu, u)) - mu
+        cf = jnp.where(dd > 0, 1.0 - jnp.vdot(neutral, neutral) / jnp.where(dd > 0, dd, 1.0), jnp.nan)
+        return share, jnp.sqrt(dd), resid, cf
 
-    share, dev_norm, resid = shares(updates)
+    share, dev_norm, resid, cf = shares(updates)
 
     if use_exact:
         jac = jax.jit(jax.jacrev(fn))(updates)  # [d, n, d]
@@ -154,7 +168,7 @@ def _influence(fn, updates, mask, key, use_exact, probes):
         sens = jnp.sqrt(sq / d)
         # delta method: se(sqrt(x)) = se(x) / (2 sqrt(x))
         se = jnp.where(sq > 0, sq_se / (2.0 * jnp.sqrt(jnp.where(sq > 0, sq, 1.0)) * np.sqrt(d)), 0.0)
-    return Influence(sens, se, share, 1.0 - share, dev_norm, resid, bool(use_exact))
+    return Influence(sens, se, share, 1.0 - share, dev_norm, resid, cf, bool(use_exact))
 
 
 __all__ = ["Influence", "influence"]
