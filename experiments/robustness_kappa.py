@@ -10,7 +10,9 @@ by gradient ascent through the rule (restarts from every attack of the library a
 and reports each attack's realised ratio on the same honest rows. κ̂ is a lower bound on the
 rule's κ; it is printed beside the upper bounds of Allouah et al. 2023 ("Fixing by Mixing",
 AISTATS 2023, Table 1 / Propositions: CWTM 6q(1+q), CWMed and GM 4(1+q)^2, Krum 6(1+q), NNM∘F
-8f/(n-f)(κ_F+1), with q = f/(n-2f); every rule has κ >= q).
+8f/(n-f)(κ_F+1), with q = f/(n-2f); every rule has κ >= q. Multi-Krum's first bound is Bareilles et
+al., arXiv 2602.03899, 2026, not reproduced here). The constants were written from the paper's
+published statements; no copy of the paper was available offline to re-check them.
 
 Resumable: every (source, variant, f) result is kept in `<out-dir>/<source>.json` as soon as it is
 computed; a second invocation only redraws the table and the figure. Bulyan's gradient takes
@@ -46,6 +48,7 @@ import numpy as np  # noqa: E402
 
 from strike_jax import aggregators  # noqa: E402
 from strike_jax.analysis import empirical_kappa, lower_kappa, matrix_attacks, theoretical_kappa  # noqa: E402
+from strike_jax.attacks.gradient import WHITE_BOX  # noqa: E402
 from strike_jax.atomic import write_json  # noqa: E402
 
 BASE_RULES = tuple(r for r in aggregators.rule_names() if r != "rbtm")  # rbtm is trmean
@@ -221,7 +224,7 @@ def tables(results, args):
 
 def summary(results, args):
     """Which attack comes closest to κ̂ (over bounded cases), and κ̂ / bound per rule."""
-    wins, frac = {}, {}
+    wins, blind_wins, frac = {}, {}, {}
     near = []
     for s in args.sources:
         for key, r in results[s].items():
@@ -231,16 +234,23 @@ def summary(results, args):
             if v not in settings(s, args)[0] or key != job_key(v, int(key.split("|")[1][2:]), s, args):
                 continue
             wins[r["best_attack"]] = wins.get(r["best_attack"], 0) + 1
+            blind = {a: x for a, x in r["attack_ratios"].items() if a not in WHITE_BOX}
+            if blind:
+                b = max(blind, key=blind.get)
+                blind_wins[b] = blind_wins.get(b, 0) + 1
             for a, x in r["attack_ratios"].items():
                 frac.setdefault(a, []).append(x / r["kappa"])
             if r["bound"] is not None and math.isfinite(r["bound"]):
                 near.append((r["kappa"] / r["bound"], v, s, key.split("|")[1]))
     lines = ["## Summary", "",
-             "Attack closest to the empirical worst case (bounded cases): times it was the best attack, and its "
-             "mean realised ratio as a fraction of κ̂:", "",
-             "| attack | best in | mean ratio / κ̂ |", "|---|---|---|"]
+             "Attack closest to the empirical worst case (bounded cases): times it was the best attack (among all "
+             "attacks / among the attacks that do not see the rule), and its mean realised ratio as a fraction of "
+             "κ̂. The white-box attacks (Gradient, Opt-LIE, Opt-IPM) optimise against the rule itself; Gradient is "
+             "the search's own ascent from STRIKE's rows (50 steps), so it is close to κ̂ by construction.", "",
+             "| attack | best in (all) | best in (rule-blind) | mean ratio / κ̂ |", "|---|---|---|---|"]
     for a in sorted(frac, key=lambda a: -np.mean(frac[a])):
-        lines.append(f"| {ATTACK_DISPLAY.get(a, a)} | {wins.get(a, 0)} | {np.mean(frac[a]):.2f} |")
+        lines.append(f"| {ATTACK_DISPLAY.get(a, a)} | {wins.get(a, 0)} | "
+                     f"{'–' if a in WHITE_BOX else blind_wins.get(a, 0)} | {np.mean(frac[a]):.2f} |")
     exact = []
     for s in args.sources:
         for key, r in results[s].items():
@@ -257,7 +267,7 @@ def summary(results, args):
                   "| rule | source, f | κ̂ | exact sup | κ̂ / exact | best attack / exact |", "|---|---|---|---|---|---|"]
         for v, s, f, k, e, b in exact:
             lines.append(f"| {name_of(v)} | {s}, {f} | {k:.4g} | {e:.4g} | {k / e:.3f} | {b / e:.3f} |")
-    return "\n".join(lines) + "\n", {"wins": wins, "mean_fraction": {a: float(np.mean(x)) for a, x in frac.items()},
+    return "\n".join(lines) + "\n", {"wins": wins, "rule_blind_wins": blind_wins, "mean_fraction": {a: float(np.mean(x)) for a, x in frac.items()},
                                      "kappa_over_bound": near}
 
 
@@ -332,6 +342,10 @@ def main(argv=None):
                 extra = (f"κ̂={fmt_num(r['kappa'])} bound={fmt_num(r['bound'])} best attack={r['best_attack']} "
                          f"({r['seconds']:.1f} s)") if r["status"] == "ok" else r["status"]
                 print(f"{s:14s} f={f:<3d} {v:22s} {extra}", flush=True)
+    for s in args.sources:  # bounds as the library states them now (the cache may predate a fix)
+        for key, r in results[s].items():
+            if r.get("status") == "ok":
+                r["bound"] = theoretical_kappa(key.split("|")[0], r["n"], r["n"] - r["h"])
     header = ["# Empirical (f, κ)-robustness", "",
               "Search: " + "; ".join(f"{s}: {settings(s, args)[2]} ascent steps, {settings(s, args)[3]} random starts"
                                      for s in args.sources) +

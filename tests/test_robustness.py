@@ -45,12 +45,12 @@ def test_mean_has_no_finite_kappa():
     assert theoretical_kappa("mean", H_ROWS + F, F) == np.inf
 
 
-# Multi-Krum is discontinuous (its selection jumps) and the ascent ends on the edge of a
-# selection, where float32 and float64 scores can order rows differently: its rows are re-checked
-# with the (float32) rule itself; the continuous rules with the float64 references.
+# Krum is discontinuous (its selection jumps) and the ascent ends on the edge of a selection, where
+# float32 and float64 scores can order rows differently: its rows are re-checked with the (float32)
+# rule itself; the continuous rules with the float64 references.
 @pytest.mark.parametrize("rule,agg_ref", [("median", lambda u: ragg.median(u, F)),
                                           ("trmean", lambda u: ragg.trmean(u, F)),
-                                          ("multikrum", None)])
+                                          ("krum", None)])
 def test_bounded_rules_level_off_below_their_published_bound(rule, agg_ref):
     h = honest(1)
     n = H_ROWS + F
@@ -137,3 +137,4 @@ def test_theoretical_bounds():
     assert theoretical_kappa("krum", n, f) == pytest.approx(6 * (1 + q))
     assert theoretical_kappa("nnm+median", n, f) == pytest.approx(8 * f / (n - f) * (4 * (1 + q) ** 2 + 1))
     assert theoretical_kappa("aksel", n, f) is None and theoretical_kappa("median", 8, 4) is None
+    assert theoretical_kappa("multikrum", n, f) is None
