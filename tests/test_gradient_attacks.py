@@ -9,16 +9,16 @@ import pytest
 
 import reference_aggregators as ragg
 import reference_attacks as ref
-from strike_jax import aggregators, attacks
+from strike_jax import aggregators, attacks, stages
 from strike_jax.attacks.gradient import (
     IPM_FACTORS,
     LIE_FACTORS,
     ascend,
-    default_aggregate,
     gradient_attack,
     opt_ipm_vector,
     opt_lie_vector,
 )
+from strike_jax.stages import RoundContext
 
 KEY = jax.random.PRNGKey(5)
 N, D = 12, 40
@@ -37,6 +37,14 @@ def mask_first(n, f):
 def rule_fn(name, f, **hp):
     rule = aggregators.get(name, **hp)
     return lambda u: rule.aggregate(u, rule.init(u), f=f, key=KEY)[0]
+
+
+def against(name, u, m, defence, key=KEY, **hp):
+    """The attack stage `name` with `defence` (a Stage) handed over as `ctx.downstream`, as `chain` does."""
+    stage = stages.get("attack", name, **hp)
+    m = jnp.asarray(m)
+    ctx = RoundContext(m, int(m.sum()), key, downstream=defence, downstream_state=defence.init(jnp.asarray(u)))
+    return np.asarray(stage.update(jnp.asarray(u), stage.init(jnp.asarray(u)), ctx)[0])
 
 
 def dev(fn, u, mask):
@@ -97,17 +105,46 @@ def test_gradient_attack_improves_strictly_where_the_rule_averages_byzantine_row
     assert float(res.deviation_sq) > 4 * float(res.initial_deviation_sq)
 
 
-def test_gradient_attack_with_zero_steps_is_strike_and_default_aggregate_is_the_median():
+def test_gradient_attack_with_zero_steps_is_strike_and_default_rule_is_the_median():
     u, m = jnp.asarray(skewed(3)), jnp.asarray(mask_first(N, 3))
     zero, _ = attacks.get("gradient", steps=0).apply(u, m, ())
     strike_rows, _ = attacks.get("strike").apply(u, m, ())
     np.testing.assert_allclose(np.asarray(zero), np.asarray(strike_rows), rtol=1e-6, atol=1e-6)
-    a = attacks.get("gradient", steps=8)
-    default, _ = a.apply(u, m, (), key=KEY)
-    explicit, _ = a.apply(u, m, (), key=KEY, aggregate=rule_fn("median", 3))
-    np.testing.assert_allclose(np.asarray(default), np.asarray(explicit), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(default_aggregate(u)), ragg.median(np.asarray(u, np.float64), 0),
-                               rtol=1e-6)
+    default, _ = attacks.get("gradient", steps=8).apply(u, m, (), key=KEY)
+    explicit = against("gradient", u, m, aggregators.get("median").stage, steps=8)
+    np.testing.assert_allclose(np.asarray(default), explicit, rtol=1e-6, atol=1e-6)
+
+
+def test_white_box_attacks_in_a_chain_optimise_against_the_real_downstream():
+    # chain(gradient, nnm, median): the attack climbs through nnm+median (not its fallback rule),
+    # with the attack's key (fold_in(key, 0)); the server then aggregates with fold_in(key, 1).
+    u, m = jnp.asarray(skewed(6)), jnp.asarray(mask_first(N, 3))
+    defence = stages.chain(stages.get("preaggregator", "nnm"), stages.get("rule", "median"))
+    pipe = stages.chain(stages.get("attack", "gradient", steps=4), defence)
+    k = jax.random.PRNGKey(3)
+    g, _, _ = pipe.update(u, pipe.init(u), RoundContext(m, 3, k))
+    rows = against("gradient", u, m, defence, key=jax.random.fold_in(k, 0), steps=4)
+    g_hand = defence.update(jnp.asarray(rows), defence.init(u), RoundContext(m, 3, jax.random.fold_in(k, 1)))[0]
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_hand), rtol=1e-6, atol=1e-6)
+    alone = against("gradient", u, m, stages.get("rule", "median"), key=jax.random.fold_in(k, 0), steps=4)
+    assert not np.allclose(rows, alone)
+
+
+def test_downstream_defence_runs_the_round_state_and_falls_back_to_a_fresh_rule():
+    from strike_jax.attacks.base import downstream_defence
+
+    u, m = jnp.asarray(skewed(7)), jnp.asarray(mask_first(N, 3))
+    cclip = stages.get("rule", "cclip", tau=0.5)
+    centre = jnp.full((D,), 3.0, jnp.float32)
+    ctx = RoundContext(m, 3, KEY, downstream=cclip, downstream_state=centre)
+    defence, agg = downstream_defence(u, stages.get("rule", "median"), ctx)
+    assert defence is cclip
+    np.testing.assert_allclose(np.asarray(agg(u)), np.asarray(cclip.update(u, centre, ctx._replace(downstream=None))[0]))
+    assert not np.allclose(np.asarray(agg(u)), np.asarray(cclip.update(u, cclip.init(u), ctx)[0]))
+    median = stages.get("rule", "median")
+    defence, agg = downstream_defence(u, median, RoundContext(m, 3, KEY))
+    assert defence is median
+    np.testing.assert_allclose(np.asarray(agg(u)), ragg.median(np.asarray(u, np.float64), 3), rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------- opt_lie / opt_ipm
@@ -153,8 +190,7 @@ def test_opt_factor_is_the_grid_argmax_of_a_numpy_loop(rule, f, kind):
     assert float(res.factor) == pytest.approx(factors[i_ref])
     np.testing.assert_allclose(np.asarray(res.vector), v_ref, rtol=1e-4, atol=1e-5)
     # Through the registry: every Byzantine row is the vector, honest rows untouched.
-    out, _ = attacks.get(f"opt_{kind}").apply(jnp.asarray(u), jnp.asarray(m), (), aggregate=rule_fn(rule, f))
-    out = np.asarray(out)
+    out = against(f"opt_{kind}", u, m, aggregators.get(rule).stage)
     np.testing.assert_array_equal(out[~m], u[~m])
     np.testing.assert_allclose(out[m], np.tile(v_ref, (f, 1)), rtol=1e-4, atol=1e-5)
 
@@ -172,9 +208,11 @@ def test_opt_lie_vmaps_over_masks_with_different_f():
 def test_bad_hyper_parameters_raise():
     for name, hp, word in [("gradient", {"steps": -1}, "steps"), ("gradient", {"steps": 2.5}, "steps"),
                            ("gradient", {"lr": 0.0}, "lr"), ("gradient", {"nu": -1.0}, "nu"),
-                           ("opt_lie", {"factors": []}, "factors"), ("opt_ipm", {"factors": [1.0, np.nan]}, "factors"),
+                           ("opt_lie", {"rule": "fltrust"}, "rule"), ("opt_ipm", {"rule": "nope"}, "rule"),
                            ("opt_lie", {"z": 1.0}, "allowed")]:
         with pytest.raises(ValueError, match=word):
             attacks.get(name, **hp)
     assert {"gradient", "opt_lie", "opt_ipm"} <= set(attacks.names())
-    assert attacks.hparam_names("gradient") == ("steps", "lr", "nu")
+    assert attacks.hparam_names("gradient") == ("steps", "lr", "nu", "rule")
+    spec = attacks.hparam_spec("gradient")
+    assert spec["lr"].traceable and spec["nu"].traceable and not spec["steps"].traceable

@@ -122,7 +122,7 @@ def influence(aggregator: Any, updates: Array, *, f: int, key: Array, byzantine_
         raise ValueError("influence needs at least one honest row (the deviation is from their mean).")
     use_exact = d <= max_exact_d if exact is None else bool(exact)
     k_rule, k_probe = jax.random.split(key)
-    fn = as_aggregate_fn(aggregator, f, k_rule)
+    fn = as_aggregate_fn(aggregator, f, k_rule, updates)
     return _influence(fn, updates, mask, k_probe, use_exact, int(probes))
 
 

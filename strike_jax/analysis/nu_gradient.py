@@ -31,7 +31,8 @@ from typing import Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from strike_jax.attacks import reference_mask
+from strike_jax import ops
+from strike_jax.attacks.base import reference_mask
 from strike_jax.attacks.gradient import ascend, deviation_sq, honest_stats
 from strike_jax.attacks.strike import (
     MAX_DOUBLINGS,
@@ -48,11 +49,6 @@ AggregateFn = Callable[[Array], Array]
 
 #: The value returned when no row constrains `alpha` (`dev = 0`): the bisection's bracket cap.
 ALPHA_CAP = 2.0 ** MAX_DOUBLINGS
-
-
-def _safe_sqrt(x: Array) -> Array:
-    pos = x > 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
 
 
 def closed_form_alpha(sq_dists: Array, dots: Array, dev_sq_norm: Array, diameter_sq: Array, mask: Array) -> Array:
@@ -74,7 +70,7 @@ def closed_form_alpha(sq_dists: Array, dots: Array, dev_sq_norm: Array, diameter
     mask = jnp.asarray(mask, bool)
     a, b, c, d2 = sq_dists, dots, dev_sq_norm, diameter_sq
     slack = jnp.maximum(d2 - a, 0.0)
-    s = _safe_sqrt(b * b + c * slack)
+    s = ops.safe_sqrt(b * b + c * slack)
     c_ok = c > 0
     plus = (b + s) / jnp.where(c_ok, c, 1.0)
     den = s - b

@@ -10,8 +10,8 @@ largest
 
 by gradient ascent through the rule (`attacks.gradient.ascend`: normalised-gradient steps in units
 of the honest RMS spread, adaptive step, monotone), restarts vmapped in one jitted program. The
-restarts start from the Byzantine rows of every attack of `strike_jax.attacks` that is a function
-of the round's matrix (`matrix_attacks()`; white-box ones attack this very rule), and from random
+restarts start from the Byzantine rows of every registered attack that is a function of the
+round's matrix (`matrix_attacks()`; white-box ones get this very defence as `ctx.downstream`), and from random
 rows around the honest mean at several distances. The best ratio found is a **lower bound** on the
 rule's kappa (for S = the honest rows).
 
@@ -43,8 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from strike_jax import attacks as attack_lib
-from strike_jax.attacks.gradient import WHITE_BOX, ascend
+from strike_jax import registry
+from strike_jax.attacks.base import downstream_defence
+from strike_jax.attacks.gradient import ascend, honest_stats
+from strike_jax.stages import RoundContext, Stage, make_stage, shape_of
 
 Array = jax.Array
 
@@ -89,26 +91,41 @@ PROBE_T = (1e2, 1e4)
 
 
 def matrix_attacks() -> tuple[str, ...]:
-    """The attacks of `strike_jax.attacks` that are functions of the round's update matrix (and a
-    key): every registered attack but the data-level ones and `nonfinite`."""
-    return tuple(n for n in attack_lib.names() if n not in EXCLUDED and not attack_lib.get(n).data_level)
+    """The registered attacks that are functions of the round's update matrix (and a key): every
+    attack but the data-level ones and `nonfinite`."""
+    return tuple(n for n in registry.names("attack")
+                 if n not in EXCLUDED and not registry.build("attack", n).info.get("data_level", False))
 
 
-def as_aggregate_fn(aggregator: Any, f: int, key: Array | None) -> Callable[[Array], Array]:
-    """The function `U [n, d] -> [d]` of an `Aggregator` with `f`, its `init` state (for `U`) and
-    `key` bound; a callable is returned as it is.
+def is_white_box(name: str) -> bool:
+    """Whether the attack `name` reads the defence (`ctx.downstream`; its stage's `info["white_box"]`)."""
+    return bool(registry.build("attack", name).info.get("white_box", False))
+
+
+def as_defence(aggregator: Any) -> Stage:
+    """The defence as a `Stage`: a Stage (a rule or a chain of pre-aggregators and a rule), an
+    adapter of `aggregators.get` / `aggregators.chain` (its `.stage`), or a callable `U [n, d] ->
+    [d]` (wrapped as a stateless rule stage named "custom").
 
     Raises:
-      ValueError: neither an Aggregator nor a callable.
+      ValueError: anything else, or a stage that is not a rule (an attack, a lone pre-aggregator).
     """
-    if hasattr(aggregator, "aggregate") and hasattr(aggregator, "init"):
-        def fn(u):
-            return aggregator.aggregate(u, aggregator.init(u), f=f, key=key)[0]
-        return fn
+    stage = getattr(aggregator, "stage", aggregator)
+    if isinstance(stage, Stage):
+        if stage.kind != "rule":
+            raise ValueError(f"aggregator {stage.name!r} is a {stage.kind}; expected a rule or a chain ending in one.")
+        return stage
     if callable(aggregator):
-        return aggregator
-    raise ValueError(f"aggregator={aggregator!r} must be an Aggregator (aggregators.get / chain) or a "
-                     "callable U [n, d] -> [d].")
+        return make_stage("custom", "rule", lambda shape: (), lambda x, s, ctx: (aggregator(x), s, ctx))
+    raise ValueError(f"aggregator={aggregator!r} must be a rule Stage, an Aggregator (aggregators.get / chain) "
+                     "or a callable U [n, d] -> [d].")
+
+
+def as_aggregate_fn(aggregator: Any, f: int, key: Array | None, shape: Any) -> Callable[[Array], Array]:
+    """`U [n, d] -> [d]`: the defence (`as_defence`) with `f`, its `init` state for `shape` and
+    `key` bound (`attacks.base.downstream_defence`, as a white-box attack sees it)."""
+    defence = as_defence(aggregator)
+    return downstream_defence(shape_of(shape), defence, RoundContext(None, f, key, downstream=defence))[1]
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
@@ -117,12 +134,13 @@ def _check_int(name: str, value: Any, low: int) -> int:
     return int(value)
 
 
-def attack_rows(attack_names: Sequence[str], honest: Array, f: int, aggregate_fn: Callable[[Array], Array] | None,
+def attack_rows(attack_names: Sequence[str], honest: Array, f: int, defence: Stage | None,
                 keys: Array) -> dict[str, Array]:
     """`{name: [f, d] Byzantine rows}` each attack sends against `honest` (rows first, module doc).
 
-    White-box attacks (`attacks.gradient.WHITE_BOX`) get `aggregate=aggregate_fn`; attack `i`
-    gets `keys[i]`.
+    Every attack is its registered stage with its default hyper-parameters, called with the round
+    context `(mask, f, keys[i], downstream=defence)`: white-box attacks optimise against `defence`
+    (from its `init` state), the others ignore it.
     """
     h = honest.shape[0]
     own = honest[jnp.arange(f) % h]
@@ -130,13 +148,9 @@ def attack_rows(attack_names: Sequence[str], honest: Array, f: int, aggregate_fn
     mask = jnp.arange(f + h) < f
     out = {}
     for i, name in enumerate(attack_names):
-        attack = attack_lib.get(name)
-        state = attack.init(u)
-        k = keys[i]
-        if name in WHITE_BOX:
-            sent, _ = attack.apply(u, mask, state, key=k, aggregate=aggregate_fn)
-        else:
-            sent, _ = attack.apply(u, mask, state, key=k)
+        attack = registry.build("attack", name)
+        ctx = RoundContext(mask, f, keys[i], downstream=defence)
+        sent, _, _ = attack.update(u, attack.init(shape_of(u)), ctx)
         out[name] = sent[:f]
     return out
 
@@ -163,8 +177,7 @@ def random_rows(key: Array, honest: Array, f: int, count: int) -> Array:
     rules still feel them), along one shared random direction for even `k` (all rows equal) and
     independent ones for odd `k`."""
     h, d = honest.shape
-    mu = honest.mean(axis=0)
-    r = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(honest - mu), axis=1)))
+    mu, r = honest_stats(honest, jnp.zeros((h,), bool))
     r = jnp.where(r > 0, r, 1.0)
     t = jnp.geomspace(0.05, 8.0, max(count, 1))[:count].astype(honest.dtype)
     z = jax.random.normal(key, (count, f, d), honest.dtype)
@@ -217,7 +230,7 @@ def empirical_kappa(aggregator: Any, honest: Array, f: int, *, key: Array, steps
     if not float(lr) > 0:
         raise ValueError(f"lr={lr!r} must be > 0.")
     names = tuple(matrix_attacks() if attacks is None else attacks)
-    unknown = sorted(set(names) - set(attack_lib.names()))
+    unknown = sorted(set(names) - set(registry.names("attack")))
     if unknown:
         raise ValueError(f"unknown attacks {unknown}; allowed: {list(matrix_attacks())}.")
     if not names and restarts == 0:
@@ -225,15 +238,17 @@ def empirical_kappa(aggregator: Any, honest: Array, f: int, *, key: Array, steps
     h, d = honest.shape
     dtype = honest.dtype
     k_rule, k_rand, k_att, k_asc = jax.random.split(key, 4)
-    fn = as_aggregate_fn(aggregator, f, k_rule)
+    defence = as_defence(aggregator)
+    shape = jax.ShapeDtypeStruct((f + h, d), dtype)
+    fn = as_aggregate_fn(defence, f, k_rule, shape)
     # Tracing checks f against the rule's limit (ValueError) before anything is compiled.
-    jax.eval_shape(fn, jax.ShapeDtypeStruct((f + h, d), dtype))
+    jax.eval_shape(fn, shape)
 
-    grad_defaults = attack_lib.get("gradient").hparams
+    grad_defaults = registry.build("attack", "gradient").hparams
     read_off = ("gradient" in names and "strike" in names and steps >= grad_defaults["steps"]
                 and float(lr) == float(grad_defaults["lr"]) and float(grad_defaults["nu"]) == 1.0)
-    white = tuple(n for n in names if n in WHITE_BOX and not (read_off and n == "gradient"))
-    black = tuple(n for n in names if n not in WHITE_BOX)
+    white = tuple(n for n in names if is_white_box(n) and not (read_off and n == "gradient"))
+    black = tuple(n for n in names if not is_white_box(n))
     starts_names = black + white  # the order of the restarts; "gradient" read off if `read_off`
     labels = list(starts_names) + [f"random{k}" for k in range(restarts)]
     keys_att = {n: jax.random.fold_in(k_att, i) for i, n in enumerate(names)}  # per attack name
@@ -255,7 +270,9 @@ def empirical_kappa(aggregator: Any, honest: Array, f: int, *, key: Array, steps
 
         parts = [] if black_rows is None else [black_rows]
         for n in white:
-            parts.append(attack_rows((n,), hon, f, fn, [keys_att[n]])[n][None])
+            # White-box attacks simulate the defence with their own key (they do not know the
+            # server's randomness); their ratio is measured with the rule's key like every start.
+            parts.append(attack_rows((n,), hon, f, defence, [keys_att[n]])[n][None])
         if restarts:
             parts.append(random_rows(k_rand, hon, f, restarts))
         b0 = jnp.concatenate(parts)
@@ -346,5 +363,5 @@ def lower_kappa(n: int, f: int) -> float:
     return f / (n - 2 * f)
 
 
-__all__ = ["EXCLUDED", "KappaResult", "as_aggregate_fn", "attack_rows", "empirical_kappa", "lower_kappa", "matrix_attacks",
-           "random_rows", "theoretical_kappa"]
+__all__ = ["EXCLUDED", "KappaResult", "as_aggregate_fn", "as_defence", "attack_rows", "empirical_kappa", "is_white_box",
+           "lower_kappa", "matrix_attacks", "random_rows", "theoretical_kappa"]

@@ -1,22 +1,20 @@
 """Defence-aware (white-box) attacks: gradient ascent through the aggregation, and ByzFL's
 optimised LIE / IPM (issue 10, part 4).
 
-All three take the defence as a function `aggregate_fn(U [n, d]) -> [d]` (the round's
-pre-aggregation and rule with its `f`, state and key already bound) and choose the Byzantine rows
-that push the aggregate furthest from the honest mean `mu`, i.e. that maximise
-`||aggregate_fn(U') - mu||^2` where `U'` is `U` with the Byzantine rows replaced:
+All three are registered attack stages that read the defence from the round context, like
+`agr_tailored`: in a pipeline (`stages.chain`, `stages.server_pipeline`, the simulation's round)
+`ctx.downstream` is the round's real pre-aggregation and rule and `ctx.downstream_state` its
+state this round (`base.downstream_defence`); without one (the adapter `attacks.get(...).apply`,
+a bare `update`) they attack the builder's `rule` (default "median") from its `init` state. The
+defence is called with the round's `f`, `clients`, `root_update` and the attack's own key. Each
+chooses the Byzantine rows that push the aggregate furthest from the honest mean `mu`, i.e. that
+maximise `||defence(U') - mu||^2`, `U'` = `U` with the Byzantine rows replaced:
 
 * `gradient`: the Byzantine rows start at STRIKE's vector (SPEC §6) and climb that objective by
-  normalised gradient ascent through `aggregate_fn` (`ascend`; each row may move on its own).
-* `opt_lie`: `mu - z * sigma` (SPEC §6 LIE) with the factor `z` taken from a grid, the one giving the
-  largest deviation; the whole grid is evaluated as one vmapped program.
-* `opt_ipm`: `-eps * mu` (SPEC §6 IPM), `eps` chosen the same way.
-
-The registry builders (`attacks.get("gradient", steps=, lr=)`, `get("opt_lie")`, `get("opt_ipm")`)
-return ordinary `Attack`s whose `apply` takes an extra keyword `aggregate=` (a callable
-`U -> [d]`). Without it they attack `default_aggregate`, the coordinate-wise lower median (SPEC
-§1), a stand-in until the simulation hands white-box attacks the round's actual chain
-(`WHITE_BOX` names them).
+  normalised gradient ascent through the defence (`ascend`; each row may move on its own).
+* `opt_lie`: `mu - z * sigma` (SPEC §6 LIE, `baselines.lie_vector`) with the factor `z` taken
+  from a grid, the one giving the largest deviation; the whole grid is one vmapped program.
+* `opt_ipm`: `-eps * mu` (SPEC §6 IPM, `baselines.ipm_vector`), `eps` chosen the same way.
 
 The optimiser `ascend` is shared with `strike_jax.analysis` (empirical (f, kappa)-robustness and
 the worst-nu search): a monotone normalised-gradient ascent with an adaptive step. A proposal
@@ -41,28 +39,25 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from strike_jax import ops
-from strike_jax.attacks.base import (
-    Attack,
-    check_real,
-    empty_init,
-    make_attack,
-    mean_weights,
-    reference_mask,
-)
+from strike_jax import ops, registry
+from strike_jax.attacks.agr_tailored import RULE_PARAM
+from strike_jax.attacks.base import attack_stage, downstream_defence, reference_mask, replace_rows
+from strike_jax.attacks.baselines import ipm_vector, lie_vector
 from strike_jax.attacks.strike import strike_vector
+from strike_jax.registry import integer, real, register
+from strike_jax.stages import Stage
 
 Array = jax.Array
 AggregateFn = Callable[[Array], Array]
 
-#: Attacks whose `apply` takes `aggregate=` (the simulation should pass the round's chain).
+#: The white-box attacks of this module (their stages also carry `info["white_box"]`).
 WHITE_BOX = ("gradient", "opt_lie", "opt_ipm")
 
 #: Default LIE factors `z` (vector `mu - z * sigma`). Signed: `z < 0` is ByzFL's
@@ -74,14 +69,6 @@ LIE_FACTORS: tuple[float, ...] = tuple(
 #: Default IPM factors `eps` (vector `-eps * mu`), as ByzFL non-negative.
 IPM_FACTORS: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
                                   20.0, 50.0, 100.0)
-
-
-def default_aggregate(updates: Array) -> Array:
-    """The stand-in defence of the white-box attacks: coordinate-wise lower median (SPEC §1).
-
-    `[n, d] -> [d]`. Used when `apply` gets no `aggregate=`.
-    """
-    return ops.lower_median(updates)
 
 
 # --------------------------------------------------------------------------------------- ascent
@@ -172,14 +159,13 @@ def ascend(objective: Callable[[Array], Array], x0: Array, *, steps: int, lr, sc
     return AscentResult(x, v, v0, trace, step)
 
 
-def honest_stats(updates: Array, byzantine_mask: Array) -> tuple[Array, Array]:
+def honest_stats(updates: Array, byzantine_mask: Array, *, backend: ops.Backend | None = None) -> tuple[Array, Array]:
     """`(mu [d], r)`: the honest mean and RMS spread `r = sqrt(mean_i ||H_i - mu||^2)` over the
-    reference rows (`base.reference_mask`: the honest rows, or all rows if none is honest)."""
+    reference rows (`base.reference_mask`: the honest rows, or all rows if none is honest); one
+    `ops.column_stats` pass (`r` is the norm of the biased coordinate-wise std)."""
     ref = reference_mask(byzantine_mask)
-    w = mean_weights(ref, updates.dtype)
-    mu = ops.weighted_rows(w, updates)
-    d2 = jnp.sum(jnp.square(updates - mu), axis=1)
-    return mu, jnp.sqrt(jnp.sum(jnp.where(ref, w * d2, 0.0)))
+    st = ops.column_stats(updates, ops.mean_weights(ref, updates.dtype), gram=False, backend=backend)
+    return st.centre, jnp.sqrt(jnp.vdot(st.sigma, st.sigma))
 
 
 def _scale(r: Array, mu: Array) -> Array:
@@ -214,9 +200,9 @@ class GradientAttackResult(NamedTuple):
     trace: Array
 
 
-def gradient_attack(updates: Array, byzantine_mask: Array, aggregate_fn: AggregateFn = default_aggregate, *,
-                    steps: int = 50, lr=0.5, nu=1.0, key: Array | None = None,
-                    init: Array | None = None) -> GradientAttackResult:
+def gradient_attack(updates: Array, byzantine_mask: Array, aggregate_fn: AggregateFn, *, steps: int = 50, lr=0.5,
+                    nu=1.0, key: Array | None = None, init: Array | None = None,
+                    backend: ops.Backend | None = None) -> GradientAttackResult:
     """Byzantine rows optimised by gradient ascent through `aggregate_fn` (issue 10, part 4).
 
     Objective: `||aggregate_fn(U') - mu||^2`, `mu` the honest mean (SPEC §6: honest rows, or the
@@ -234,14 +220,15 @@ def gradient_attack(updates: Array, byzantine_mask: Array, aggregate_fn: Aggrega
       nu: STRIKE's factor for the initialisation (may be traced).
       key: PRNG key for random directions on plateaus (None: PRNGKey(0)).
       init: optional `[n, d]` starting matrix (its Byzantine rows are used instead of STRIKE's).
+      backend: `ops.Backend` of the statistics and of STRIKE (None: the platform's default).
 
     Returns:
       `GradientAttackResult`.
     """
     mask = jnp.asarray(byzantine_mask, bool)
-    mu, r = honest_stats(updates, mask)
+    mu, r = honest_stats(updates, mask, backend=backend)
     if init is None:
-        start = jnp.where(mask[:, None], strike_vector(updates, mask, nu).vector[None, :], updates)
+        start = replace_rows(updates, mask, strike_vector(updates, mask, nu, backend=backend).vector)
     else:
         start = jnp.where(mask[:, None], jnp.asarray(init, updates.dtype), updates)
     res = ascend(lambda u: deviation_sq(aggregate_fn, u, mu), start, steps=steps, lr=lr, scale=_scale(r, mu),
@@ -250,38 +237,34 @@ def gradient_attack(updates: Array, byzantine_mask: Array, aggregate_fn: Aggrega
     return GradientAttackResult(out, res.value, res.initial_value, res.trace)
 
 
-# Compiled once per (aggregate_fn, steps, shapes): eager op-by-op differentiation of a rule is
-# much slower to dispatch than one program. Inlined when called under an outer jit.
-_gradient_attack_jit = jax.jit(gradient_attack, static_argnames=("aggregate_fn", "steps"))
 
-
-def _check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise ValueError(f"steps={steps!r} must be a non-negative integer.")
-    return int(steps)
-
-
-def gradient(steps: int = 50, lr=0.5, nu=1.0) -> Attack:
-    """The gradient attack (white-box): see `gradient_attack`.
-
-    `apply(updates, byzantine_mask, state, *, key=None, aggregate=None)`; `aggregate` is the
-    defence `U -> [d]` (default `default_aggregate`, the coordinate-wise lower median).
+@register("attack", "gradient", steps=integer(low=0), lr=real(), nu=real(), rule=RULE_PARAM)
+def gradient(steps=50, lr=0.5, nu=1.0, rule="median", *, backend: ops.Backend | None = None) -> Stage:
+    """The gradient attack (white-box): see `gradient_attack` and the module docstring.
 
     Args:
-      steps: ascent iterations (>= 0; 0 gives STRIKE's rows).
-      lr: initial step as a fraction of the honest RMS spread (> 0).
-      nu: STRIKE's factor of the initialisation (> 0).
-    """
-    steps = _check_steps(steps)
-    check_real("lr", lr, positive=True)
-    check_real("nu", nu, positive=True)
+      steps: ascent iterations (static integer >= 0; 0 gives STRIKE's rows).
+      lr: initial step as a fraction of the honest RMS spread (`> 0`; traceable).
+      nu: STRIKE's factor of the initialisation (`> 0`; traceable).
+      rule: the rule attacked when the round context has no `downstream` (static; as
+        `agr_tailored`'s `rule`). In a pipeline the attack climbs through `ctx.downstream`.
+      backend: `ops.Backend` (resolved now; also for the fallback rule).
 
-    def apply(updates, byzantine_mask, state, *, key=None, aggregate=None):
-        fn = default_aggregate if aggregate is None else aggregate
-        res = _gradient_attack_jit(updates, byzantine_mask, fn, steps=steps, lr=lr, nu=nu, key=key)
+    Returns:
+      An attack `Stage` (`info["white_box"]`); `update` uses `ctx.key` for the defence's
+      randomness and the ascent's random directions (None: a fixed key, unless the fallback rule
+      is randomised: `info["needs_key"]`).
+    """
+    backend = ops.resolve(backend)
+    fallback = registry.build("rule", rule, backend=backend)
+
+    def core(updates, mask, state, key, ctx):
+        _, fn = downstream_defence(updates, fallback, ctx)
+        res = gradient_attack(updates, mask, fn, steps=steps, lr=lr, nu=nu, key=key, backend=backend)
         return res.updates, state
 
-    return make_attack("gradient", empty_init, apply, {"steps": steps, "lr": lr, "nu": nu})
+    return attack_stage("gradient", core, with_ctx=True, needs_key=bool(fallback.info.get("needs_key", False)),
+                        white_box=True)
 
 
 # ------------------------------------------------------------------------- optimised LIE / IPM
@@ -303,24 +286,26 @@ class FactorSearchResult(NamedTuple):
     deviations: Array
 
 
-def _factor_search(updates, mask, aggregate_fn, factors, candidate):
+def _factor_search(updates, mask, aggregate_fn, factors, candidate, backend):
     mask = jnp.asarray(mask, bool)
-    mu, _ = honest_stats(updates, mask)
+    mu, _ = honest_stats(updates, mask, backend=backend)
     factors = jnp.asarray(factors, updates.dtype)
+    # vmap keeps the honest statistics inside `candidate` unbatched (computed once).
+    vectors = jax.vmap(candidate)(factors)
 
-    def deviation(c):
-        u = jnp.where(mask[:, None], candidate(c)[None, :], updates)
-        return jnp.sqrt(deviation_sq(aggregate_fn, u, mu))
+    def deviation(v):
+        return jnp.sqrt(deviation_sq(aggregate_fn, replace_rows(updates, mask, v), mu))
 
-    devs = jax.vmap(deviation)(factors)
+    devs = jax.vmap(deviation)(vectors)
     idx = jnp.argmax(jnp.where(jnp.isnan(devs), -jnp.inf, devs)).astype(jnp.int32)
-    best = factors[idx]
-    return FactorSearchResult(candidate(best), best, idx, devs)
+    return FactorSearchResult(vectors[idx], factors[idx], idx, devs)
 
 
-def opt_lie_vector(updates: Array, byzantine_mask: Array, aggregate_fn: AggregateFn = default_aggregate,
-                   factors: Sequence[float] | Array = LIE_FACTORS) -> FactorSearchResult:
-    """Optimised LIE: `mu - z * sigma` with the grid's `z` maximising `||aggregate_fn(U_z) - mu||`.
+def opt_lie_vector(updates: Array, byzantine_mask: Array, aggregate_fn: AggregateFn,
+                   factors: Sequence[float] | Array = LIE_FACTORS, *,
+                   backend: ops.Backend | None = None) -> FactorSearchResult:
+    """Optimised LIE: `mu - z * sigma` (`baselines.lie_vector`) with the grid's `z` maximising
+    `||aggregate_fn(U_z) - mu||`.
 
     `mu`, `sigma`: mean and biased coordinate-wise std of the honest rows (SPEC §6 LIE). Every
     candidate matrix `U_z` (all Byzantine rows = the vector) is aggregated in one vmapped program.
@@ -329,61 +314,63 @@ def opt_lie_vector(updates: Array, byzantine_mask: Array, aggregate_fn: Aggregat
       updates: `[n, d]`; byzantine_mask: `[n]` bool (may be traced).
       aggregate_fn: the defence `[n, d] -> [d]`.
       factors: `[k]` grid of `z` (default `LIE_FACTORS`, signed).
+      backend: `ops.Backend` (None: the platform's default).
 
     Returns:
       `FactorSearchResult`.
     """
     mask = jnp.asarray(byzantine_mask, bool)
-    ref = reference_mask(mask)
-    mu = ops.weighted_rows(mean_weights(ref, updates.dtype), updates)
-    sigma = ops.masked_std(updates, ref, mu)
-    return _factor_search(updates, mask, aggregate_fn, factors, lambda z: mu - z * sigma)
+    return _factor_search(updates, mask, aggregate_fn, factors,
+                          lambda z: lie_vector(updates, mask, z, backend=backend), backend)
 
 
-def opt_ipm_vector(updates: Array, byzantine_mask: Array, aggregate_fn: AggregateFn = default_aggregate,
-                   factors: Sequence[float] | Array = IPM_FACTORS) -> FactorSearchResult:
-    """Optimised IPM: `-eps * mu` with the grid's `eps` maximising `||aggregate_fn(U_eps) - mu||`.
+def opt_ipm_vector(updates: Array, byzantine_mask: Array, aggregate_fn: AggregateFn,
+                   factors: Sequence[float] | Array = IPM_FACTORS, *,
+                   backend: ops.Backend | None = None) -> FactorSearchResult:
+    """Optimised IPM: `-eps * mu` (`baselines.ipm_vector`) with the grid's `eps` maximising
+    `||aggregate_fn(U_eps) - mu||`.
 
     Args and returns as `opt_lie_vector` (default grid `IPM_FACTORS`).
     """
     mask = jnp.asarray(byzantine_mask, bool)
-    mu, _ = honest_stats(updates, mask)
-    return _factor_search(updates, mask, aggregate_fn, factors, lambda e: -e * mu)
+    return _factor_search(updates, mask, aggregate_fn, factors, lambda e: ipm_vector(updates, mask, e), backend)
 
 
-def _check_factors(name: str, factors) -> tuple[float, ...]:
-    arr = np.asarray(factors, dtype=float)
-    if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name}: factors={factors!r} must be a non-empty 1-D sequence of finite numbers.")
-    return tuple(float(v) for v in arr)
+def _grid_attack(name: str, search: Callable[..., FactorSearchResult], rule: str, backend: ops.Backend | None) -> Stage:
+    backend = ops.resolve(backend)
+    fallback = registry.build("rule", rule, backend=backend)
+
+    def core(updates, mask, state, key, ctx):
+        _, fn = downstream_defence(updates, fallback, ctx)
+        res = search(updates, mask, fn, backend=backend)
+        return replace_rows(updates, mask, res.vector), state
+
+    return attack_stage(name, core, with_ctx=True, needs_key=bool(fallback.info.get("needs_key", False)),
+                        white_box=True)
 
 
-def _grid_attack(name: str, search: Callable[..., FactorSearchResult], factors) -> Attack:
-    factors = _check_factors(name, factors)
-    search_jit = jax.jit(search, static_argnums=(2, 3))
+@register("attack", "opt_lie", rule=RULE_PARAM)
+def opt_lie(rule="median", *, backend: ops.Backend | None = None) -> Stage:
+    """Optimised LIE (white-box; ByzFL's `Optimal_ALittleIsEnough`): see `opt_lie_vector`; the grid
+    is `LIE_FACTORS`.
 
-    def apply(updates, byzantine_mask, state, *, key=None, aggregate=None):
-        del key
-        fn = default_aggregate if aggregate is None else aggregate
-        mask = jnp.asarray(byzantine_mask, bool)
-        res = search_jit(updates, mask, fn, factors)
-        return jnp.where(mask[:, None], res.vector[None, :].astype(updates.dtype), updates), state
-
-    return make_attack(name, empty_init, apply, {"factors": factors})
-
-
-def opt_lie(factors: Sequence[float] = LIE_FACTORS) -> Attack:
-    """Optimised LIE (white-box; ByzFL's `Optimal_ALittleIsEnough`): see `opt_lie_vector`.
-
-    `apply(updates, byzantine_mask, state, *, key=None, aggregate=None)`; without `aggregate` the
-    defence is `default_aggregate` (coordinate-wise lower median).
+    Args:
+      rule: the rule attacked outside a pipeline (static; as `gradient`'s).
+      backend: `ops.Backend` (resolved now).
     """
-    return _grid_attack("opt_lie", opt_lie_vector, factors)
+    return _grid_attack("opt_lie", opt_lie_vector, rule, backend)
 
 
-def opt_ipm(factors: Sequence[float] = IPM_FACTORS) -> Attack:
-    """Optimised IPM (white-box; ByzFL's `Optimal_InnerProductManipulation`): see `opt_ipm_vector`."""
-    return _grid_attack("opt_ipm", opt_ipm_vector, factors)
+@register("attack", "opt_ipm", rule=RULE_PARAM)
+def opt_ipm(rule="median", *, backend: ops.Backend | None = None) -> Stage:
+    """Optimised IPM (white-box; ByzFL's `Optimal_InnerProductManipulation`): see `opt_ipm_vector`;
+    the grid is `IPM_FACTORS`.
+
+    Args:
+      rule: the rule attacked outside a pipeline (static; as `gradient`'s).
+      backend: `ops.Backend` (resolved now).
+    """
+    return _grid_attack("opt_ipm", opt_ipm_vector, rule, backend)
 
 
 __all__ = [
@@ -394,7 +381,6 @@ __all__ = [
     "LIE_FACTORS",
     "WHITE_BOX",
     "ascend",
-    "default_aggregate",
     "deviation_sq",
     "gradient",
     "gradient_attack",
