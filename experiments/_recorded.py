@@ -12,16 +12,13 @@ Byzantine clients' own (honest) updates are kept in
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from strike_jax.atomic import atomic_write
 
-import _common as C  # noqa: E402,F401  (puts the repository root on sys.path)
-
-from strike_jax.atomic import atomic_write  # noqa: E402
+EXPERIMENTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # Local presets as the issue suggests: digits (20 clients, 4 Byzantine, MLP, d = 9,610) and
 # Fashion-MNIST with the MLP (50 clients, 10 Byzantine, d = 101,770), 3 rounds each.
@@ -30,7 +27,7 @@ SOURCES = {
     "fashion_mnist": dict(preset="fashion_mnist", overrides=dict(model="mlp", rounds=3)),
 }
 DEFAULT_ROUND = 2
-CACHE = os.path.join(C.EXPERIMENTS_DIR, "runs", "recorded_updates")
+CACHE = os.path.join(EXPERIMENTS_DIR, "runs", "recorded_updates")
 
 
 class Round(dict):

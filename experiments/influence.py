@@ -8,25 +8,22 @@ that the Byzantine rows cause (first-order Euler decomposition, exact for the eq
 "No attack": the Byzantine clients send their honestly computed updates; "STRIKE": the attack's
 rows (nu = 1).
 
-  python experiments/influence.py          # ~1-2 min
-  python experiments/influence.py --rules median,multikrum --source fashion_mnist
+  python -m experiments.influence          # ~1-2 min
+  python -m experiments.influence --rules median,multikrum --source fashion_mnist
 
 Outputs: experiments/results/influence_<source>.md / .json / .png.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 # One OpenBLAS thread: jaxlib's CPU eigh (DnC) calls scipy's OpenBLAS from XLA's own threads, and
 # with OpenBLAS's thread pool on top a vmapped search once deadlocked here (every thread waiting).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common as C  # noqa: E402
-import _recorded as R  # noqa: E402
+from experiments import _recorded as R  # noqa: E402
+from strike_jax import report, sweep  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -38,19 +35,26 @@ from strike_jax.analysis import influence  # noqa: E402
 RULES = ("median", "trmean", "multikrum", "rfa", "dnc")
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    p = sweep.make_parser(__file__, __doc__)
     p.add_argument("--source", choices=tuple(R.SOURCES), default="digits")
-    p.add_argument("--rules", type=C.names_type(aggregators.rule_names()), default=RULES)
+    p.add_argument("--rules", type=sweep.names_type("rule"), default=RULES)
     p.add_argument("--probes", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--results-dir", default=os.path.join(C.EXPERIMENTS_DIR, "results"))
-    p.add_argument("--no-plot", action="store_true")
-    return p.parse_args(argv)
+    return p
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def spec_of(args) -> dict:
+    return {"settings": {"source": args.source, "rules": list(args.rules), "probes": args.probes, "seed": args.seed}}
+
+
+def main(argv=None) -> int:
+    args = sweep.parse_args(build_parser(), argv)
+    stem = os.path.join(args.results_dir, f"influence_{args.source}")
+    report.check_results(stem, spec_of(args), args)
+    if args.dry_run:
+        print(f"influence: {len(args.rules)} rules x (no attack, STRIKE) on a recorded {args.source} round")
+        return 0
     rec = R.record(args.source)
     honest, own, f = rec["honest"], rec["own"], rec["f"]
     clean = jnp.asarray(np.concatenate([own, honest]))
@@ -91,18 +95,16 @@ def main(argv=None):
              "| STRIKE | ratio: none | STRIKE | Euler residual (STRIKE) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r, v in results.items():
         a, b = v["none"], v["strike"]
-        lines.append(f"| {C.DISPLAY.get(r, r)} | {a['byzantine_weight']:.3f} | {b['byzantine_weight']:.3f} | "
+        lines.append(f"| {report.DISPLAY.get(r, r)} | {a['byzantine_weight']:.3f} | {b['byzantine_weight']:.3f} | "
                      f"{a['byzantine_share']:.3f} | {b['byzantine_share']:.3f} | {a['counterfactual_share']:.3f} | "
                      f"{b['counterfactual_share']:.3f} | {a['ratio']:.4g} | {b['ratio']:.4g} | "
                      f"{b['euler_residual']:.1e} |")
-    stem = os.path.join(args.results_dir, f"influence_{args.source}")
-    C.write_results(stem, "\n".join(lines) + "\n", {"settings": vars(args), "n": n, "f": f, "d": d,
-                                                      "results": results})
-    if args.no_plot:
-        return
-    plt = C.pyplot()
+    report.write_results(stem, "\n".join(lines) + "\n", {**spec_of(args), "n": n, "f": f, "d": d, "results": results})
+    if not args.plot:
+        return 0
+    plt = report.pyplot()
     if plt is None:
-        return
+        return 0
     fig, axes = plt.subplots(1, len(args.rules), figsize=(3.2 * len(args.rules), 3.0), sharey=False, squeeze=False)
     x = np.arange(n)
     for ax, r in zip(axes[0], args.rules):
@@ -114,7 +116,7 @@ def main(argv=None):
             for i in range(f):
                 bars[i].set_hatch("///")
         ax.axvspan(-0.5, f - 0.5, color="gold", alpha=0.15, lw=0)
-        ax.set_title(f"{C.DISPLAY.get(r, r)}: Byz share {results[r]['none']['byzantine_share']:.2f} → "
+        ax.set_title(f"{report.DISPLAY.get(r, r)}: Byz share {results[r]['none']['byzantine_share']:.2f} → "
                      f"{results[r]['strike']['byzantine_share']:.2f}", fontsize=8)
         ax.set_xlabel("row (shaded: Byzantine)", fontsize=8)
         ax.set_xticks(range(0, n, 2))
@@ -122,8 +124,9 @@ def main(argv=None):
     axes[0][0].set_ylabel("sensitivity ||J_i||_F / sqrt(d)", fontsize=8)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    C.save_figure(fig, stem + ".png")
+    report.save_figure(fig, stem + ".png")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,15 +10,14 @@ the gradient's, the derivative `phi'(1)`, and the figure `phi` on a fine grid of
 
 Resumable: results per (source, defence) in `<out-dir>/<source>.json`.
 
-  python experiments/worst_nu.py                          # digits and fashion_mnist (~5 min)
-  python experiments/worst_nu.py --sources digits
+  python -m experiments.worst_nu                          # digits and fashion_mnist (~5 min)
+  python -m experiments.worst_nu --sources digits
 
 Outputs: experiments/results/worst_nu.md / .json / .png.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -27,10 +26,8 @@ import time
 # One OpenBLAS thread: jaxlib's CPU eigh (DnC) calls scipy's OpenBLAS from XLA's own threads, and
 # with OpenBLAS's thread pool on top a vmapped search once deadlocked here (every thread waiting).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common as C  # noqa: E402
-import _recorded as R  # noqa: E402
+from experiments import _recorded as R  # noqa: E402
+from strike_jax import report, sweep  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -42,20 +39,22 @@ from strike_jax.analysis.nu_gradient import nu_objective  # noqa: E402
 from strike_jax.atomic import write_json  # noqa: E402
 from strike_jax.sweep import NU_GRID  # noqa: E402
 
-DEFENCES = C.DEFENCES  # Table 1's seven
+DEFENCES = sweep.DEFENCES  # Table 1's seven
 FINE = np.round(np.linspace(0.05, 4.0, 80), 4)
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sources", type=C.names_type(tuple(R.SOURCES)), default=tuple(R.SOURCES))
-    p.add_argument("--defences", type=C.names_type(aggregators.rule_names()), default=DEFENCES)
+def build_parser():
+    p = sweep.make_parser(__file__, __doc__)
+    p.add_argument("--sources", type=sweep.names_type(tuple(R.SOURCES)), default=tuple(R.SOURCES))
+    p.add_argument("--defences", type=sweep.names_type("rule"), default=DEFENCES)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-dir", default=os.path.join(C.EXPERIMENTS_DIR, "runs", "worst_nu"))
-    p.add_argument("--results-dir", default=os.path.join(C.EXPERIMENTS_DIR, "results"))
-    p.add_argument("--no-plot", action="store_true")
-    return p.parse_args(argv)
+    return p
+
+
+def spec_of(args) -> dict:
+    return {"settings": {"sources": list(args.sources), "defences": list(args.defences), "steps": args.steps,
+                         "seed": args.seed}}
 
 
 def run_one(source: str, defence: str, args) -> dict:
@@ -86,8 +85,13 @@ def run_one(source: str, defence: str, args) -> dict:
     return out
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(argv=None) -> int:
+    args = sweep.parse_args(build_parser(), argv)
+    stem = os.path.join(args.results_dir, "worst_nu")
+    report.check_results(stem, spec_of(args), args)
+    if args.dry_run:
+        print(f"worst_nu: {len(args.sources) * len(args.defences)} searches in {args.out_dir}")
+        return 0
     os.makedirs(args.out_dir, exist_ok=True)
     results = {}
     for s in args.sources:
@@ -100,9 +104,10 @@ def main(argv=None):
             results[s][key] = run_one(s, dfn, args)
             write_json(path, results[s])
             r = results[s][key]
-            print(f"{s:14s} {dfn:10s} grid nu={r['grid_nu']:.2f} ratio={r['grid_best_ratio']:.4g} | gradient "
-                  f"nu={r['gradient_nu']:.3f} ratio={r['gradient_ratio']:.4g} | from 1: nu={r['from_one_nu']:.3f} "
-                  f"ratio={r['from_one_ratio']:.4g} ({r['seconds']:.1f} s)", flush=True)
+            if not args.quiet:
+                print(f"{s:14s} {dfn:10s} grid nu={r['grid_nu']:.2f} ratio={r['grid_best_ratio']:.4g} | gradient "
+                      f"nu={r['gradient_nu']:.3f} ratio={r['gradient_ratio']:.4g} | from 1: nu={r['from_one_nu']:.3f} "
+                      f"ratio={r['from_one_ratio']:.4g} ({r['seconds']:.1f} s)", flush=True)
     lines = ["# STRIKE's worst nu: gradient vs the grid of Figure 7", "",
              "phi(nu) = ||F(U_nu) - mean(H)||^2 / ((1/h) sum ||H_i - mean(H)||^2) on a recorded round (round 2), "
              f"STRIKE with the closed-form alpha; gradient ascent ({args.steps} steps, nu in [0.05, 4]) from every "
@@ -116,18 +121,17 @@ def main(argv=None):
             if r is None:
                 continue
             gain = r["gradient_ratio"] / r["grid_best_ratio"] - 1 if r["grid_best_ratio"] > 0 else float("nan")
-            lines.append(f"| {C.DISPLAY.get(dfn, dfn)} | {r['ratio_at_1']:.4g} | {r['derivative_at_1']:.3g} | "
+            lines.append(f"| {report.DISPLAY.get(dfn, dfn)} | {r['ratio_at_1']:.4g} | {r['derivative_at_1']:.3g} | "
                          f"{r['grid_nu']:.2f} | {r['grid_best_ratio']:.4g} | {r['gradient_nu']:.3f} | "
                          f"{r['gradient_ratio']:.4g} | {r['from_one_nu']:.3f} | {r['from_one_ratio']:.4g} | "
                          f"{100 * gain:+.1f}% |")
         lines.append("")
-    stem = os.path.join(args.results_dir, "worst_nu")
-    C.write_results(stem, "\n".join(lines), {"settings": vars(args), "results": results})
-    if args.no_plot:
-        return
-    plt = C.pyplot()
+    report.write_results(stem, "\n".join(lines), {**spec_of(args), "results": results})
+    if not args.plot:
+        return 0
+    plt = report.pyplot()
     if plt is None:
-        return
+        return 0
     fig, axes = plt.subplots(len(args.sources), len(args.defences), figsize=(2.6 * len(args.defences),
                                                                               2.4 * len(args.sources)), squeeze=False)
     for i, s in enumerate(args.sources):
@@ -141,7 +145,7 @@ def main(argv=None):
             ax.scatter(r["grid"], r["grid_ratio"], color="tab:blue", s=12, label="Fig. 7 grid", zorder=3)
             ax.scatter([r["gradient_nu"]], [r["gradient_ratio"]], color="crimson", marker="*", s=70,
                        label="gradient", zorder=4)
-            ax.set_title(f"{s} / {C.DISPLAY.get(dfn, dfn)}", fontsize=8)
+            ax.set_title(f"{s} / {report.DISPLAY.get(dfn, dfn)}", fontsize=8)
             ax.tick_params(labelsize=7)
             if j == 0:
                 ax.set_ylabel("phi / spread", fontsize=8)
@@ -149,8 +153,9 @@ def main(argv=None):
                 ax.set_xlabel("nu", fontsize=8)
     axes[0][0].legend(fontsize=6)
     fig.tight_layout()
-    C.save_figure(fig, stem + ".png")
+    report.save_figure(fig, stem + ".png")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,8 +9,9 @@ import pytest
 
 import reference_aggregators as ragg
 import reference_attacks as ref
-from strike_jax import aggregators, attacks
+from strike_jax import aggregators, stages
 from strike_jax.analysis import empirical_kappa, lower_kappa, matrix_attacks, theoretical_kappa
+from strike_jax.stages import RoundContext
 
 KEY = jax.random.PRNGKey(11)
 H_ROWS, D, F = 12, 10, 3
@@ -73,8 +74,8 @@ def test_attack_ratios_are_the_attacks_realised_ratios():
     h = honest(2)
     res = empirical_kappa(aggregators.get("median"), h, F, key=KEY, steps=5, restarts=1)
     assert set(res.attack_ratios) == set(matrix_attacks())
-    assert {"strike", "lie", "ipm", "minmax", "minsum", "mimic", "bitflip", "gradient", "opt_lie",
-            "opt_ipm"} == set(matrix_attacks())
+    assert {"strike", "lie", "ipm", "minmax", "minsum", "mimic", "bitflip", "gradient", "opt_lie", "opt_ipm",
+            "gaussian", "signflip", "fang", "agr_tailored"} == set(matrix_attacks())
     # steps < 50: the gradient attack is run as a start of its own (not read off).
     assert set(res.init_names[:-1]) == set(matrix_attacks()) and res.init_names[-1] == "random0"
     med = lambda u: ragg.median(u, F)
@@ -95,7 +96,8 @@ def test_gradient_attack_ratio_read_off_the_strike_restart_is_the_attack_run_alo
     assert res.init_names == ("strike",)  # read off, not run twice
     u = jnp.asarray(np.concatenate([h[:F], h]))
     m = jnp.arange(F + H_ROWS) < F
-    sent, _ = attacks.get("gradient").apply(u, m, (), key=KEY, aggregate=lambda x: rule.aggregate(x, (), f=F)[0])
+    stage = stages.get("attack", "gradient")
+    sent = stage.update(u, stage.init(u), RoundContext(m, F, KEY, downstream=rule.stage))[0]
     assert res.attack_ratios["gradient"] == pytest.approx(np_ratio(lambda x: x.mean(axis=0), sent[:F], h), rel=1e-3)
     assert res.attack_ratios["gradient"] > 100 * res.attack_ratios["strike"]
 
