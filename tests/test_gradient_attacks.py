@@ -216,3 +216,19 @@ def test_bad_hyper_parameters_raise():
     assert attacks.hparam_names("gradient") == ("steps", "lr", "nu", "rule")
     spec = attacks.hparam_spec("gradient")
     assert spec["lr"].traceable and spec["nu"].traceable and not spec["steps"].traceable
+
+
+def test_gradient_lr_and_nu_are_injected_and_batched_in_one_program():
+    # simulate_many keeps traceable hyper-parameters in the state (stages.inject_hyperparams): one
+    # vmapped update over stacked states equals each setting built alone.
+    u, m = jnp.asarray(skewed(8)), jnp.asarray(mask_first(N, 3))
+    settings = [dict(lr=0.5, nu=1.0), dict(lr=0.25, nu=2.0)]
+    injected = [stages.get("attack", "gradient", inject=True, steps=3, **hp) for hp in settings]
+    assert set(injected[0].info["injected"]) == {"lr", "nu"}
+    states = jax.tree.map(lambda *a: jnp.stack(a), *[s.init(u) for s in injected])
+    ctx = RoundContext(m, 3, KEY)
+    batched = jax.jit(jax.vmap(lambda st: injected[0].update(u, st, ctx)[0]))(states)
+    for k, hp in enumerate(settings):
+        alone = against("gradient", u, m, stages.get("rule", "median"), steps=3, **hp)
+        np.testing.assert_allclose(np.asarray(batched[k]), alone, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.asarray(batched[0]), np.asarray(batched[1]))

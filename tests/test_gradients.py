@@ -74,7 +74,10 @@ def _generic_input(seed: int) -> np.ndarray:
 
 # CClip's radius is set so that some rows are clipped and some are not (both branches tested; the
 # default tau = 10 clips nothing at this scale).
-HPARAMS = {"cclip": {"tau": 1.5}}
+HPARAMS = {"cclip": {"tau": 1.5}, "foolsgold": {"num_clients": N}}
+# Round inputs of the rules that need them (fixed, so each case is one function of U): FLTrust's
+# root update and FoolsGold's client ids.
+ROUND_INPUTS = {"fltrust": {"root_update": np.linspace(-1.0, 1.0, D)}, "foolsgold": {"clients": np.arange(N)}}
 
 
 def _fn(case: str):
@@ -85,7 +88,8 @@ def _fn(case: str):
         return lambda u: pre.apply(u, pre.init(u), f=F, key=KEY)[0]
     built = [A.get(s, **HPARAMS.get(s, {})) for s in stages]
     rule = A.chain(*built) if len(built) > 1 else built[0]
-    return lambda u: rule.aggregate(u, rule.init(u), f=F, key=KEY)[0]
+    extra = {k: jnp.asarray(v) for s in stages for k, v in ROUND_INPUTS.get(s, {}).items()}
+    return lambda u: rule.aggregate(u, rule.init(u), f=F, key=KEY, **extra)[0]
 
 
 @pytest.mark.parametrize("case", CASES)
