@@ -50,16 +50,6 @@ CHAINS = [f"bucketing+{r}" for r in F_RULES] + [f"nnm+{r}" for r in RULES if r n
 CASES = RULES + ["nnm", "bucketing"] + CHAINS + ["nnm+bucketing+trmean"]
 
 
-@pytest.fixture
-def x64():
-    old = jax.config.read("jax_enable_x64")
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", old)
-
-
 def _generic_input(seed: int) -> np.ndarray:
     """`[N, D]` float64 rows whose column values, pairwise squared distances and distances to the
     column means are separated by far more than the finite-difference step."""

@@ -14,16 +14,6 @@ KEY = jax.random.PRNGKey(4)
 N, D = 14, 25
 
 
-@pytest.fixture
-def x64():
-    old = jax.config.read("jax_enable_x64")
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", old)
-
-
 def skewed(seed, n=N, d=D, dtype=np.float32):
     rng = np.random.default_rng(seed)
     rows = rng.normal(size=d) + rng.exponential(size=(n, 1)) * rng.normal(size=d) + 0.4 * rng.normal(size=(n, d))
