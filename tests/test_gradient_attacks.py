@@ -166,8 +166,8 @@ def numpy_grid_choice(u, byz, candidate, factors, agg):
     return best_i, candidate(mu, sigma, factors[best_i]), np.array(devs)
 
 
-@pytest.mark.parametrize("rule,f", [("median", 3), ("trmean", 3), ("multikrum", 2)])
-@pytest.mark.parametrize("kind", ["lie", "ipm"])
+@pytest.mark.parametrize("rule,f,kind", [("median", 3, "lie"), ("trmean", 3, "ipm"), ("multikrum", 2, "lie"),
+                                         ("multikrum", 2, "ipm")])
 def test_opt_factor_is_the_grid_argmax_of_a_numpy_loop(rule, f, kind):
     u = skewed(4 + f)
     m = mask_first(N, f)
