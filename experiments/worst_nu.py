@@ -37,7 +37,6 @@ from strike_jax import aggregators  # noqa: E402
 from strike_jax.analysis import nu_deviation, worst_nu  # noqa: E402
 from strike_jax.analysis.nu_gradient import nu_objective  # noqa: E402
 from strike_jax.atomic import write_json  # noqa: E402
-from strike_jax.sweep import NU_GRID  # noqa: E402
 
 DEFENCES = sweep.DEFENCES  # Table 1's seven
 FINE = np.round(np.linspace(0.05, 4.0, 80), 4)
