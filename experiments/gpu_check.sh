@@ -74,6 +74,14 @@ if [ -f experiments/bench_steps.py ] && [ -z "${SKIP_STEPS:-}" ]; then
     --results-dir "$RESULTS" --tag "$TAG"
 fi
 
+# --- issue 10: empirical (f, kappa) at the paper's size (50 x 2.47M synthetic; bench_kappa_<tag>.md)
+if [ -n "$QUICK" ]; then
+  KAPPA_ARGS="--quick --rules median,multikrum"
+else
+  KAPPA_ARGS=""
+fi
+section "bench_kappa" 240 "$PY" -m experiments.bench_kappa $KAPPA_ARGS --results-dir "$RESULTS" --tag "$TAG"
+
 # --- (other issues append their sections here)
 
 echo "=== done in $(( $(date +%s) - START ))s; results in $RESULTS" | tee -a "$LOG"

@@ -10,8 +10,12 @@ With `--preagg bucketing` every defence gets bucketing (s = 2) in front: the pap
   python -m experiments.table1 --nu-grid 1.0 --seeds 1 --results-dir /tmp/quick   # the quick version
   python -m experiments.table1 --preagg bucketing                # Figure 4, locally
   python -m experiments.table1 --scale paper --dataset imagenet12 --data-dir /data/imagenet12
+  python -m experiments.table1 --attacks strike,gradient,opt_lie,opt_ipm --tag whitebox   # white-box rows
 
-Outputs: experiments/results/table1_<dataset>[_bucketing].md / .json / .png.
+The white-box attacks (gradient, opt_lie, opt_ipm, agr_tailored) optimise against each run's real
+defence (pre-aggregation and rule, with its state: `ctx.downstream`).
+
+Outputs: experiments/results/table1_<dataset>[_bucketing][_<tag>].md / .json / .png.
 """
 
 from __future__ import annotations
@@ -34,7 +38,15 @@ def build_parser():
                    help="pre-aggregation in front of every defence (bucketing: the paper's Figure 4)")
     p.add_argument("--with-none", dest="with_none", action="store_true",
                    help="also run without attack (a reference row, not part of the paper's table)")
+    p.add_argument("--tag", default="", type=_tag,
+                   help="suffix of the result files (e.g. whitebox -> table1_digits_whitebox.md)")
     return p
+
+
+def _tag(value: str) -> str:
+    if value and not value.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"--tag {value!r}: letters, digits, '-' and '_' only")
+    return value
 
 
 def main(argv=None) -> int:
@@ -43,7 +55,8 @@ def main(argv=None) -> int:
     base = sweep.base_config(args, preaggregation=preagg)
     what = "Figure 4 (bucketing, s=2)" if preagg == ("bucketing",) else (
         f"Table 1 with {'+'.join(preagg)}" if preagg else "Table 1")
-    return report.attack_table(args, base, name="table1", suffix="".join("_" + p for p in preagg), what=what,
+    return report.attack_table(args, base, name="table1",
+                               suffix="".join("_" + p for p in preagg) + (f"_{args.tag}" if args.tag else ""), what=what,
                                attacks=tuple(args.attacks) + (("none",) if args.with_none else ()),
                                defences=args.defences, nu_grid=args.nu_grid,
                                spec={"preaggregation": list(preagg)})

@@ -36,12 +36,13 @@ DISPLAY = {
     "mimic": "Mimic", "strike": "STRIKE", "none": "no attack", "labelflip": "LabelFlip",
     "multikrum": "Multi-Krum", "median": "Median", "rfa": "RFA", "aksel": "Aksel", "cclip": "CClip",
     "dnc": "DnC", "rbtm": "RBTM", "trmean": "TrMean", "mean": "Mean", "krum": "Krum", "bulyan": "Bulyan",
+    "gradient": "Gradient", "opt_lie": "Opt-LIE", "opt_ipm": "Opt-IPM",
 }
 
 # Fixed colours so an attack looks the same in every figure; STRIKE stands out.
 COLORS = {"bitflip": "tab:blue", "lie": "tab:orange", "ipm": "tab:green", "minmax": "tab:purple",
           "minsum": "tab:brown", "mimic": "tab:gray", "labelflip": "tab:olive", "strike": "crimson",
-          "none": "black"}
+          "none": "black", "gradient": "darkred", "opt_lie": "tab:pink", "opt_ipm": "tab:cyan"}
 
 CELLS_NOTE = ("Cells: best test accuracy over the rounds (%), mean ± std over seeds (one seed: its value); "
               "lower = stronger attack; † = some seeds diverged (non-finite aggregate).")

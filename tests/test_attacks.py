@@ -241,7 +241,8 @@ def test_reference_mask():
 
 def test_registry_and_errors():
     assert set(attacks.names()) == {"strike", "lie", "ipm", "minmax", "minsum", "mimic", "bitflip",
-                                    "labelflip", "nonfinite", "gaussian", "signflip", "fang", "agr_tailored"}
+                                    "labelflip", "nonfinite", "gaussian", "signflip", "fang", "agr_tailored",
+                                    "gradient", "opt_lie", "opt_ipm"}
     for name in attacks.names():
         a = attacks.get(name)
         assert a.name == name

@@ -207,7 +207,7 @@ def test_runs_as_a_module_without_sys_path_edits():
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.startswith("table1: error: argument --attacks: unknown attack 'foo'; allowed: none,")
     for name in os.listdir(EXPERIMENTS):
-        if name.endswith(".py") and name != "_common.py":
+        if name.endswith(".py"):
             assert "sys.path" not in re.sub(r'""".*?"""', "", open(os.path.join(EXPERIMENTS, name)).read(),
                                             flags=re.S), name
 
@@ -240,10 +240,3 @@ def test_readme_commands_do_not_replace_committed_results(monkeypatch):
     committed = {os.path.join(EXPERIMENTS, "results", f[:-5]) for f in os.listdir(os.path.join(EXPERIMENTS, "results"))
                  if f.endswith(".json") and not f.startswith("bench_")}
     assert committed <= {os.path.abspath(s) for s in checked}  # each committed result has its command
-
-
-def test_common_shim_keeps_old_scripts_working():
-    common = _load("_common")
-    assert common.EXPERIMENTS_DIR == EXPERIMENTS and common.DISPLAY["dnc"] == "DnC"
-    assert common.names_type(("a", "b"))("a") == ("a",) and common.parse_ints("1,2") == (1, 2)
-    assert common.write_results is report.write_results and common.save_figure is report.save_figure

@@ -208,6 +208,9 @@ TRACEABLE = {
     ("preaggregator", "clipping"): {"c": True}, ("attack", "gaussian"): {"mu": True, "sigma": True},
     ("attack", "fang"): {"target": False, "b": True},
     ("attack", "agr_tailored"): {"rule": False, "perturbation": False, "lam0": True},
+    ("attack", "gradient"): {"steps": False, "lr": True, "nu": True, "rule": False},
+    ("attack", "opt_lie"): {"rule": False},
+    ("attack", "opt_ipm"): {"rule": False},
 }
 #: Hyper-parameters without a usable default (FoolsGold's history has one row per client).
 REQUIRED = {("rule", "foolsgold"): {"num_clients": 4}}

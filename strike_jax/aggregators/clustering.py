@@ -88,7 +88,7 @@ def meanshift_largest_cluster(points: Array, valid: Array, bandwidth: Array) -> 
         moved = jnp.sqrt(jnp.sum(jnp.square(new - centres), axis=1))
         finished = empty | (moved <= thresh) | (it == MEANSHIFT_MAX_ITER)
         centres = jnp.where(done[:, None], centres, new)
-        count = jnp.where(done, count, cnt)
+        count = jnp.where(done, count, cnt.astype(count.dtype))  # int64 under x64
         return centres, count, done | finished, it + 1
 
     init = (points, jnp.zeros((n,), jnp.int32), ~valid, jnp.asarray(0))

@@ -15,7 +15,10 @@ Attacks (`names()`, hyper-parameters with defaults; traceable ones marked `~`): 
 each one's own update), `fang(target="trmean", b~=2.0)` (Fang et al. 2020: the trim attack on
 "trmean"/"median", needs `key`; the Krum attack for "krum"), `agr_tailored(rule="multikrum",
 perturbation="std", lam0~=10.0)` (Shejwalkar & Houmansadr 2021; white box: in a pipeline it
-attacks the round's real downstream chain, `ctx.downstream`, else the rule `rule`).
+attacks the round's real downstream chain, `ctx.downstream`, else the rule `rule`); issue 10 (white
+box, the same way): `gradient(steps=50, lr~=0.5, nu~=1.0, rule="median")` (gradient ascent through
+the defence from STRIKE's rows), `opt_lie(rule="median")`, `opt_ipm(rule="median")` (ByzFL's
+optimised LIE / IPM: the factor grid evaluated against the defence).
 `hparam_spec(name)` gives each one's allowed values.
 
 `names()` lists the registry. STRIKE's stages are public functions of the module
@@ -47,6 +50,8 @@ from strike_jax.attacks.strike import strike_attack, strike_vector
 from strike_jax.attacks.extra import gaussian, signflip
 from strike_jax.attacks.fang import fang
 from strike_jax.attacks.agr_tailored import agr_tailored
+# Issue 10: white-box attacks that optimise against the round's defence.
+from strike_jax.attacks.gradient import WHITE_BOX, gradient, opt_ipm, opt_lie
 
 #: The module of STRIKE's stages under a second name (kept for existing imports).
 strike_stages = strike
@@ -90,12 +95,14 @@ __all__ = [
     "Attack",
     "EmptyState",
     "MimicState",
+    "WHITE_BOX",
     "agr_tailored",
     "bitflip",
     "fang",
     "flip_labels",
     "gaussian",
     "get",
+    "gradient",
     "hparam_names",
     "hparam_spec",
     "ipm",
@@ -106,6 +113,8 @@ __all__ = [
     "minsum",
     "names",
     "nonfinite",
+    "opt_ipm",
+    "opt_lie",
     "reference_mask",
     "signflip",
     "strike",

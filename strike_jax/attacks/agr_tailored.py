@@ -44,10 +44,11 @@ from jax import lax
 
 from strike_jax import ops, registry
 from strike_jax.aggregators.distance import krum_limit
-from strike_jax.attacks.base import attack_stage, krum_scores_with_rows_replaced, reference_mask, replace_rows
+from strike_jax.attacks.base import (attack_stage, downstream_defence, krum_scores_with_rows_replaced, reference_mask,
+                                     replace_rows)
 from strike_jax.attacks.baselines import NDSS_MAX_ITERS, NDSS_TOL, ndss_search
 from strike_jax.registry import choice, real, register
-from strike_jax.stages import Stage, shape_of
+from strike_jax.stages import Stage
 
 Array = jax.Array
 
@@ -58,9 +59,9 @@ SELECTION_RULES = ("krum", "multikrum", "bulyan")
 UNSUPPORTED_RULES = ("fltrust", "foolsgold")
 #: The rules the builder's `rule` may name (every rule registered when this module loads, but those).
 AGR_RULES = tuple(r for r in registry.names("rule") if r not in UNSUPPORTED_RULES)
-_RULE_PARAM = choice(*AGR_RULES)
-_RULE_PARAM = _RULE_PARAM._replace(
-    allowed=_RULE_PARAM.allowed + " (not 'fltrust' or 'foolsgold': they need round inputs, root update or "
+RULE_PARAM = choice(*AGR_RULES)
+RULE_PARAM = RULE_PARAM._replace(
+    allowed=RULE_PARAM.allowed + " (not 'fltrust' or 'foolsgold': they need round inputs, root update or "
     "client ids, so attack them through the pipeline's ctx.downstream)")
 
 
@@ -133,23 +134,19 @@ def agr_tailored_vector(updates: Array, byzantine_mask: Array, defence: Stage, p
         return _selection_attack(updates, byz, lam0, rule=defence.name, perturbation=perturbation, backend=backend)
     st, dev, _ = perturbation_vector(updates, byz, perturbation, backend)
     mu = st.centre
-    # The defence as it really is this round (its state, an injected run's own numbers) when the
-    # pipeline hands it over; a fresh copy otherwise.
-    state = ctx.downstream_state if ctx.downstream is defence and ctx.downstream_state is not None \
-        else defence.init(shape_of(updates))
-    round_ctx = ctx._replace(downstream=None, downstream_state=None)
+    if ctx.downstream is not defence:  # a defence other than the round's: from its init state
+        ctx = ctx._replace(downstream=defence, downstream_state=None)
+    _, aggregate = downstream_defence(updates, defence, ctx)
 
     def objective(lam):
-        crafted = replace_rows(updates, byz, mu - lam * dev)
-        g, _, _ = defence.update(crafted, state, round_ctx)
-        diff = g - mu
+        diff = aggregate(replace_rows(updates, byz, mu - lam * dev)) - mu
         return jnp.sqrt(jnp.vdot(diff, diff))
 
     lam = hill_climb(objective, dtype, lam0=lam0)
     return mu - lam * dev, lam
 
 
-@register("attack", "agr_tailored", rule=_RULE_PARAM, perturbation=choice(*PERTURBATIONS), lam0=real())
+@register("attack", "agr_tailored", rule=RULE_PARAM, perturbation=choice(*PERTURBATIONS), lam0=real())
 def agr_tailored(rule="multikrum", perturbation="std", lam0=10.0, *, backend: ops.Backend | None = None) -> Stage:
     """The AGR-tailored attack of Shejwalkar & Houmansadr (NDSS 2021) (see the module docstring).
 
@@ -173,8 +170,9 @@ def agr_tailored(rule="multikrum", perturbation="std", lam0=10.0, *, backend: op
         vec, _ = agr_tailored_vector(updates, mask, defence, perturbation, lam0, ctx, backend)
         return replace_rows(updates, mask, vec), state
 
-    return attack_stage("agr_tailored", core, with_ctx=True, needs_key=bool(fallback.info.get("needs_key", False)))
+    return attack_stage("agr_tailored", core, with_ctx=True, needs_key=bool(fallback.info.get("needs_key", False)),
+                        white_box=True)
 
 
-__all__ = ["AGR_RULES", "PERTURBATIONS", "agr_tailored", "agr_tailored_vector", "hill_climb", "perturbation_vector",
-           "selection_feasible"]
+__all__ = ["AGR_RULES", "PERTURBATIONS", "RULE_PARAM", "agr_tailored", "agr_tailored_vector", "hill_climb",
+           "perturbation_vector", "selection_feasible"]

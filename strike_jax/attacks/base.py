@@ -29,6 +29,7 @@ from strike_jax.stages import (
     check_updates,
     empty_init,
     make_stage,
+    shape_of,
 )
 
 Array = jax.Array
@@ -149,6 +150,28 @@ def krum_scores_with_rows_replaced(d2: Array, byzantine_mask: Array, to_row: Arr
     return krum_scores(full, jnp.minimum(byz.sum(), krum_limit(n)))
 
 
+def downstream_defence(updates: Array, fallback: Stage, ctx: RoundContext) -> tuple[Stage, Callable[[Array], Array]]:
+    """`(defence, aggregate)`: the defence a white-box attack simulates and `aggregate(U [n, d]) ->
+    [d]`, that defence applied to a crafted matrix.
+
+    In a pipeline the defence is `ctx.downstream`, the round's real pre-aggregators and rule, run
+    from `ctx.downstream_state` (its state this round and, for injected stages, this run's own
+    hyper-parameters); otherwise `fallback` from its `init` state. `aggregate` passes the round's
+    `f`, `clients`, `root_update` and the attack's own `ctx.key` (fixed during a search: the
+    attacker does not know the server's randomness). Shared by `agr_tailored`, `gradient`,
+    `opt_lie` and `opt_ipm`.
+    """
+    defence = fallback if ctx.downstream is None else ctx.downstream
+    state = ctx.downstream_state if ctx.downstream is not None and ctx.downstream_state is not None \
+        else defence.init(shape_of(updates))
+    round_ctx = ctx._replace(downstream=None, downstream_state=None)
+
+    def aggregate(crafted: Array) -> Array:
+        return defence.update(crafted, state, round_ctx)[0]
+
+    return defence, aggregate
+
+
 def row_attack(name: str, vector: Callable[[Array, Array], Array]) -> Stage:
     """A stateless attack whose Byzantine clients all send `vector(updates, byzantine_mask)` (`[d]`)."""
 
@@ -163,6 +186,7 @@ __all__ = [
     "EmptyState",
     "as_attack",
     "attack_stage",
+    "downstream_defence",
     "empty_init",
     "krum_scores_with_rows_replaced",
     "reference_mask",
