@@ -260,7 +260,7 @@ def _clippedclustering(updates: Array, hist: Array, count: Array, max_tau: Array
     g = ops.gram(updates, backend=backend)
     sq = jnp.diagonal(g)
     finite = jnp.isfinite(sq)
-    nrm = lax.stop_gradient(ops.safe_sqrt(jnp.where(finite, sq, 0.0)))
+    nrm = ops.safe_sqrt(jnp.where(finite, sq, 0.0))
     # Append the finite norms, in row order, to the ring buffer.
     pos = count + jnp.cumsum(finite) - 1
     slot = jnp.where(finite, pos % capacity, capacity)

@@ -76,7 +76,7 @@ def foolsgold_weights(cos: Array, ok: Array) -> Array:
 def _foolsgold(updates: Array, history: Array, coords: Array, clients: Array, *,
                backend: ops.Backend) -> tuple[Array, Array]:
     n, d = updates.shape
-    part = jax.lax.stop_gradient(updates if coords.shape[0] == d else jnp.take(updates, coords, axis=1))
+    part = updates if coords.shape[0] == d else jnp.take(updates, coords, axis=1)
     # Optimistic: the new history rows and their Gram matrix in one go; a non-finite update shows
     # on the Gram diagonal (the stored history is finite), and only then are the rows rebuilt
     # without it (non-finite updates are never added to the history).
@@ -91,7 +91,7 @@ def _foolsgold(updates: Array, history: Array, coords: Array, clients: Array, *,
     rows, g = jax.lax.cond(jnp.all(finite), lambda _: (rows, g), clean, None)
     history = history.at[clients].set(rows)
     cos, ok = ops.cosine_from_gram(g)
-    alpha = jax.lax.stop_gradient(foolsgold_weights(cos, ok & finite))
+    alpha = foolsgold_weights(cos, ok & finite)
     return ops.weighted_rows_safe(alpha / n, updates, finite), history
 
 

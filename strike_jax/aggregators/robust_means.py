@@ -441,6 +441,34 @@ def smea(max_subsets=SMEA_MAX_SUBSETS, *, backend: ops.Backend | None = None) ->
 
 #: Relative tolerance under which a row's tau counts as tied with the maximum (CAF).
 CAF_TIE_RTOL = 1e-4
+# Up to this many rows CAF's filter loop runs a fixed n steps and is differentiable end to end; above
+# it, a while_loop (fewer steps) with the weights held constant under differentiation.
+CAF_SCAN_MAX_ROWS = 128
+
+
+@jax.custom_jvp
+def _top_eigenpair(a: Array) -> tuple[Array, Array]:
+    """The largest eigenvalue of the symmetric `a` `[n, n]` and its unit eigenvector.
+
+    Its derivative needs only the top eigenvalue to be simple: `dlam = u^T da u`,
+    `du = sum_{j != top} u_j (u_j^T da u) / (lam - lam_j)`. (`jnp.linalg.eigh`'s own derivative
+    divides by every eigenvalue gap, so CAF's repeated zero eigenvalues, one per dropped row, would
+    make it NaN.)
+    """
+    evals, evecs = jnp.linalg.eigh(a)
+    return evals[-1], evecs[:, -1]
+
+
+@_top_eigenpair.defjvp
+def _top_eigenpair_jvp(primals, tangents):
+    (a,), (da,) = primals, tangents
+    evals, evecs = jnp.linalg.eigh(a)
+    lam, u = evals[-1], evecs[:, -1]
+    dau = da @ u
+    gap = lam - evals
+    others = jnp.arange(a.shape[0]) < a.shape[0] - 1
+    coef = jnp.where(others & (gap > 0), (evecs.T @ dau) / jnp.where(others & (gap > 0), gap, 1.0), 0.0)
+    return (lam, u), (u @ dau, evecs @ coef)
 
 
 def caf_weights(gram: Array, finite: Array, f: Array) -> Array:
@@ -471,11 +499,12 @@ def caf_weights(gram: Array, finite: Array, f: Array) -> Array:
         w = c / jnp.maximum(c.sum(), jnp.finfo(dtype).tiny)
         left = jnp.eye(n, dtype=dtype) - jnp.outer(ones, w)
         k = left @ g @ left.T
-        sw = jnp.sqrt(w)
+        pos = w > 0
+        sw = jnp.where(pos, jnp.sqrt(jnp.where(pos, w, 1.0)), 0.0)  # no infinite slope at w = 0
         a = sw[:, None] * k * sw[None, :]
-        evals, evecs = jnp.linalg.eigh(0.5 * (a + a.T))
-        lam = jnp.maximum(evals[-1], 0.0)
-        proj = k @ (sw * evecs[:, -1])
+        top, vec = _top_eigenpair(0.5 * (a + a.T))
+        lam = jnp.maximum(top, 0.0)
+        proj = k @ (sw * vec)
         tau = jnp.where(lam > 0, proj * proj / jnp.where(lam > 0, lam, 1.0), 0.0)
         tau_max = jnp.max(jnp.where(c > 0, tau, 0.0))
         c_new = jnp.where(tau_max > 0, c * (1.0 - tau / jnp.where(tau_max > 0, tau_max, 1.0)), c)
@@ -492,13 +521,21 @@ def caf_weights(gram: Array, finite: Array, f: Array) -> Array:
 
     w0 = c0 / jnp.maximum(c0.sum(), 1.0)
     init = (c0, jnp.asarray(0), jnp.asarray(jnp.inf, dtype), w0)
-    _, _, _, best_w = lax.while_loop(cond, body, init)
+    if n <= CAF_SCAN_MAX_ROWS:
+        # A fixed trip count (steps past the end are skipped): reverse-mode autodiff runs through
+        # it, so the weights' dependence on the rows enters the gradient (a while_loop has none).
+        step = lambda _, carry: lax.cond(cond(carry), body, lambda c: c, carry)
+        _, _, _, best_w = lax.fori_loop(0, n, step, init)
+    else:
+        _, _, _, best_w = lax.while_loop(cond, body, init)
     return best_w
 
 
 @functools.partial(jax.jit, static_argnames=("backend",))
 def _caf(updates: Array, fr: Array, *, backend: ops.Backend) -> Array:
-    g = lax.stop_gradient(ops.centred_gram(updates, backend=backend))
+    g = ops.centred_gram(updates, backend=backend)
+    if updates.shape[0] > CAF_SCAN_MAX_ROWS:
+        g = lax.stop_gradient(g)  # the while_loop has no reverse-mode derivative
     finite = jnp.isfinite(jnp.diagonal(g))
     w = caf_weights(g, finite, fr)
     return ops.weighted_rows_safe(w, updates, finite)
@@ -512,7 +549,9 @@ def caf(*, backend: ops.Backend | None = None) -> Stage:
     Weights `c_i = 1`; while `sum_i c_i > n - 2f`: `mu_c = sum c_i x_i / sum c_i`; `(lam, v)` the
     top eigenpair of `Sigma_c = sum c_i (x_i - mu_c)(x_i - mu_c)^T / sum c_i`;
     `tau_i = <x_i - mu_c, v>^2`; `c_i <- c_i (1 - tau_i / max_j tau_j)`. Output the `mu_c` with the
-    smallest `lam` met. Computed exactly on the `[n, n]` Gram matrix (`caf_weights`).
+    smallest `lam` met. Computed exactly on the `[n, n]` Gram matrix (`caf_weights`). Differentiable
+    through the filter (weights included) up to `CAF_SCAN_MAX_ROWS` rows; above, the weights are held
+    constant under differentiation.
 
     Where we differ from ByzFL 0.0.11 (its docs state the same algorithm): ByzFL estimates
     `(lam, v)` with a single power-iteration step from a random start (random, inexact); we use the
