@@ -19,7 +19,7 @@ from strike_jax.models import pool as P
 # edge cases (1x1 input, non-square, stride without padding, kernel larger than the padded input
 # along one axis's remainder, 1x1 kernel with stride).
 SHAPES = [
-    (2, 32, 32, 3, 8, (11, 11), (4, 4), (5, 5)),   # AlexNet-CIFAR conv1
+    (2, 10, 10, 3, 8, (5, 5), (3, 3), (2, 2)),     # like AlexNet-CIFAR conv1: big kernel, stride, padding
     (3, 4, 4, 5, 6, (5, 5), (1, 1), (2, 2)),       # AlexNet-CIFAR conv2 (tiny input, big kernel)
     (2, 2, 2, 4, 3, (3, 3), (1, 1), (1, 1)),       # AlexNet-CIFAR conv3-5
     (2, 1, 1, 3, 4, (3, 3), (1, 1), (1, 1)),       # one pixel
@@ -70,13 +70,14 @@ def test_every_plan_matches_lax(shape):
     s, p = shape[6], shape[7]
     y0, dx0, dk0 = _vjp_all(lambda x, k: _lax(x, k, s, p), x, k)
     for plan in PLANS:
-        y, dx, dk = jax.jit(lambda x, k, plan=plan: _vjp_all(lambda x, k: C.conv2d(x, k, s, p, plan), x, k))(x, k)
+        # Eager (op by op): faster than compiling every plan for these small shapes.
+        y, dx, dk = _vjp_all(lambda x, k, plan=plan: C.conv2d(x, k, s, p, plan), x, k)
         _close(y, y0, y0)
         _close(dx, dx0, dx0)
         _close(dk, dk0, dk0)
 
 
-@pytest.mark.parametrize("shape", SHAPES[:4], ids=lambda s: "x".join(map(str, s[1:3])))
+@pytest.mark.parametrize("shape", SHAPES[1:5], ids=lambda s: "x".join(map(str, s[1:3])))
 @pytest.mark.parametrize("impl", ["cpu", "lax/lax/lax", "patches/lax/taps"])
 def test_vmap_over_lanes_matches_lax(shape, impl):
     """Per-lane inputs *and* kernels (vmap over lanes, the lead's vectorised clients): lax passes switch

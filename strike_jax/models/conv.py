@@ -15,11 +15,11 @@ from jax import lax
 Array = jax.Array
 
 # Forms of a pass; "taps" only computes kernel gradients.
-FORMS = ("lax", "patches", "dense", "taps")
+FORMS = ("lax", "patches", "dense", "region", "taps")
 _PASS_FORMS = {
-    "forward": ("lax", "patches", "dense"),
-    "input_grad": ("lax", "patches", "dense"),
-    "kernel_grad": ("lax", "patches", "dense", "taps"),
+    "forward": ("lax", "patches", "dense", "region"),
+    "input_grad": ("lax", "patches", "dense", "region"),
+    "kernel_grad": ("lax", "patches", "dense", "region", "taps"),
 }
 CONV_IMPLS = ("auto", "lax", "cpu")
 
@@ -91,6 +91,74 @@ def _tap_ranges(n_in: int, n_out: int, k: int, s: int, p: int) -> list[tuple[int
         valid = [o for o in range(n_out) if 0 <= o * s + t - p < n_in]
         out.append((valid[0], valid[-1] + 1, valid[0] * s + t - p) if valid else (0, 0, 0))
     return out
+
+
+def _out_ranges(n_in: int, n_out: int, k: int, s: int, p: int) -> list[tuple[int, int, int]]:
+    """Per output position `o < n_out` along one axis: `(t0, t1, i0)`, the kernel taps `t0 <= t < t1`
+    that meet real inputs (`0 <= o * s + t - p < n_in`, a contiguous range), and the first input `i0`."""
+    out = []
+    for o in range(n_out):
+        taps = [t for t in range(k) if 0 <= o * s + t - p < n_in]
+        out.append((taps[0], taps[-1] + 1, o * s + taps[0] - p) if taps else (0, 0, 0))
+    return out
+
+
+def _regions(x_shape, k_shape, strides, padding):
+    """Per output position `(oy, ox)`: the input window it reads and the kernel taps that meet it,
+    `((oy, ox), (iy0, ny), (ix0, nx), (ky0, kx0))`, padding excluded (positions with no real input
+    are left out: their output is 0)."""
+    _, h, w, _ = x_shape
+    kh, kw = k_shape[:2]
+    (sh, sw), (ph, pw) = strides, padding
+    ho, wo = _out(h, kh, sh, ph), _out(w, kw, sw, pw)
+    out = []
+    for oy, (ty0, ty1, iy0) in enumerate(_out_ranges(h, ho, kh, sh, ph)):
+        for ox, (tx0, tx1, ix0) in enumerate(_out_ranges(w, wo, kw, sw, pw)):
+            if ty1 > ty0 and tx1 > tx0:
+                out.append(((oy, ox), (iy0, ty1 - ty0), (ix0, tx1 - tx0), (ty0, tx0)))
+    return out
+
+
+def _conv_region(x: Array, k: Array, strides, padding) -> Array:
+    """One matrix product per output position: `y[:, o] = x[:, window(o)].flat @ k[taps(o)].flat`,
+    only real inputs (no padding, no unfolded kernel). For tiny inputs with big kernels."""
+    b, h, w, cin = x.shape
+    kh, kw, _, cout = k.shape
+    (sh, sw), (ph, pw) = strides, padding
+    ho, wo = _out(h, kh, sh, ph), _out(w, kw, sw, pw)
+    ys = {}
+    for o, (iy0, ny), (ix0, nx), (ky0, kx0) in _regions(x.shape, k.shape, strides, padding):
+        # stride s: the window's inputs step by 1 as the taps do (one output position at a time)
+        xr = lax.slice(x, (0, iy0, ix0, 0), (b, iy0 + ny, ix0 + nx, cin)).reshape(b, ny * nx * cin)
+        kr = lax.slice(k, (ky0, kx0, 0, 0), (ky0 + ny, kx0 + nx, cin, cout)).reshape(ny * nx * cin, cout)
+        ys[o] = jnp.dot(xr, kr)
+    zero = jnp.zeros((b, cout), jnp.result_type(x, k))
+    cols = [ys.get((oy, ox), zero) for oy in range(ho) for ox in range(wo)]
+    return jnp.stack(cols, axis=1).reshape(b, ho, wo, cout)
+
+
+def _input_grad_region(dy: Array, k: Array, x_shape, strides, padding) -> Array:
+    """The transpose of `_conv_region` in x: `dx[:, window(o)] += dy[:, o] @ k[taps(o)].flat^T`."""
+    b, h, w, cin = x_shape
+    cout = k.shape[3]
+    dx = jnp.zeros(x_shape, dy.dtype)
+    for (oy, ox), (iy0, ny), (ix0, nx), (ky0, kx0) in _regions(x_shape, k.shape, strides, padding):
+        kr = lax.slice(k, (ky0, kx0, 0, 0), (ky0 + ny, kx0 + nx, cin, cout)).reshape(ny * nx * cin, cout)
+        g = lax.dot_general(dy[:, oy, ox, :], kr, (((1,), (1,)), ((), ()))).reshape(b, ny, nx, cin)
+        dx = dx + jnp.pad(g, ((0, 0), (iy0, h - iy0 - ny), (ix0, w - ix0 - nx), (0, 0)))
+    return dx
+
+
+def _kernel_grad_region(x: Array, dy: Array, k_shape, strides, padding) -> Array:
+    """The transpose of `_conv_region` in the kernel: `dk[taps(o)] += x[:, window(o)].flat^T @ dy[:, o]`."""
+    kh, kw, cin, cout = k_shape
+    b = x.shape[0]
+    dk = jnp.zeros(k_shape, dy.dtype)
+    for (oy, ox), (iy0, ny), (ix0, nx), (ky0, kx0) in _regions(x.shape, k_shape, strides, padding):
+        xr = lax.slice(x, (0, iy0, ix0, 0), (b, iy0 + ny, ix0 + nx, cin)).reshape(b, ny * nx * cin)
+        g = lax.dot_general(xr, dy[:, oy, ox, :], (((0,), (0,)), ((), ()))).reshape(ny, nx, cin, cout)
+        dk = dk + jnp.pad(g, ((ky0, kh - ky0 - ny), (kx0, kw - kx0 - nx), (0, 0), (0, 0)))
+    return dk
 
 
 def extract_patches(x: Array, kernel: Sequence[int], strides: Sequence[int], padding: Sequence[int]) -> Array:
@@ -180,11 +248,13 @@ def _dense_apply(x: Array, t: Array, k_shape, strides, padding) -> Array:
     return jnp.dot(x.reshape(b, -1), t).reshape(b, ho, wo, k_shape[3])
 
 
-_CONV = {"lax": _conv_lax, "patches": _conv_patches, "dense": _conv_dense}
+_CONV = {"lax": _conv_lax, "patches": _conv_patches, "dense": _conv_dense, "region": _conv_region}
 
 
 def _input_grad(form: str, dy: Array, k: Array, x_shape, strides, padding, t: Array | None = None) -> Array:
     """`dL/dx` in `form`; `t` the unfolded kernel when the forward pass built it ("dense")."""
+    if form == "region":
+        return _input_grad_region(dy, k, x_shape, strides, padding)
     if form == "dense":
         t = unfold_kernel(k, x_shape[1:3], strides, padding) if t is None else t
         b = dy.shape[0]
@@ -207,6 +277,8 @@ def _kernel_grad(form: str, x: Array, dy: Array, k_shape, strides, padding) -> A
         return dk.reshape(k_shape)
     if form == "taps":
         return _kernel_grad_taps(x, dy, k_shape, strides, padding)
+    if form == "region":
+        return _kernel_grad_region(x, dy, k_shape, strides, padding)
     aval = jax.ShapeDtypeStruct(tuple(k_shape), dy.dtype)
     return jax.linear_transpose(lambda v: _CONV[form](x, v, strides, padding), aval)(dy)[0]
 

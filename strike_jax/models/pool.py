@@ -7,9 +7,9 @@ the maximum of four strided slices: 0.5 ms and 0.6 ms. `[128, 8, 8, 64]` (AlexNe
 pool): gradient 12 ms vs 0.4 ms.
 
 The "slices" form takes the maximum over the `window x window` strided slices of the (-inf padded)
-input, and its custom gradient sends each window's output gradient to the *first* maximal element
-in row-major window order, as `select_and_scatter` and PyTorch's `max_pool2d` backward do (ties
-are not split as the gradient of `jnp.maximum` would split them).
+input, records which tap won, and its custom gradient sends each window's output gradient to that
+tap: the *first* maximal element in row-major window order, as `select_and_scatter` and PyTorch's
+`max_pool2d` backward do (ties are not split as the gradient of `jnp.maximum` would split them).
 """
 
 from __future__ import annotations
@@ -43,29 +43,29 @@ def _max_pool_slices(x: Array, window: int, stride: int, padding: int) -> Array:
 
     def forward(x):
         taps = _taps(pad(x), window, stride, ho, wo)
-        y = taps[0]
-        for t in taps[1:]:
-            y = jnp.maximum(y, t)
-        return y
+        y, idx = taps[0], jnp.zeros(taps[0].shape, jnp.int32)
+        for i, t in enumerate(taps[1:], start=1):
+            # strictly greater: the first maximum wins ties; a NaN wins (and propagates) as in PyTorch
+            better = (t > y) | jnp.isnan(t)
+            y, idx = jnp.where(better, t, y), jnp.where(better, i, idx)
+        return y, idx
 
     @jax.custom_vjp
     def pool(x):
-        return forward(x)
+        return forward(x)[0]
 
     def pool_fwd(x):
-        y = forward(x)
-        return y, (x, y)
+        # The winning tap is kept from the forward pass: comparing a recomputed input with the
+        # output in the backward pass is not safe, as XLA may recompute a fused producer (e.g.
+        # ReLU(BatchNorm)) with different rounding, and no tap would then match.
+        return forward(x)
 
-    def pool_bwd(res, dy):
-        x, y = res
-        taps, untap = jax.vjp(lambda v: _taps(pad(v), window, stride, ho, wo), x)
-        found = jnp.zeros(y.shape, bool)
-        grads = []
-        for t in taps:  # the first maximal tap of each window takes the whole gradient
-            sel = (t == y) & ~found
-            found = found | sel
-            grads.append(jnp.where(sel, dy, jnp.zeros_like(dy)))
-        return untap(grads)
+    def pool_bwd(idx, dy):
+        # The adjoint of taking the taps of the padded input (the pad value plays no part in it).
+        untap = jax.linear_transpose(lambda v: _taps(jnp.pad(v, pad_cfg), window, stride, ho, wo),
+                                     jax.ShapeDtypeStruct((b, h, w, c), dy.dtype))
+        zero = jnp.zeros_like(dy)
+        return untap([jnp.where(idx == i, dy, zero) for i in range(window * window)])
 
     pool.defvjp(pool_fwd, pool_bwd)
     return pool(x)
