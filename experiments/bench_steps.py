@@ -92,20 +92,28 @@ def _median_ms(ts):
     return 1e3 * statistics.median(ts)
 
 
+CPU_TIMES: dict = {}  # name -> process CPU seconds per call of the last `interleaved` (all threads)
+
+
 def interleaved(fns: dict, reps: int, warmup: int = 2) -> dict:
     """Calls every `fns[name]()` `warmup` times, then `reps` rounds of one call each, in rotating
-    order (a load change on the shared machine then touches all alike). Returns name -> times (s)."""
+    order (a load change on the shared machine then touches all alike). Returns name -> wall times
+    (s); the process CPU times of the same calls are left in `CPU_TIMES` (less sensitive to other
+    processes than wall time, though spinning worker threads count too)."""
     names = list(fns)
     for name in names:
         for _ in range(warmup):
             fns[name]()
     times = {n: [] for n in names}
+    CPU_TIMES.clear()
+    CPU_TIMES.update({n: [] for n in names})
     for r in range(reps):
         for j in range(len(names)):
             name = names[(j + r) % len(names)]
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fns[name]()
             times[name].append(time.perf_counter() - t0)
+            CPU_TIMES[name].append(time.process_time() - c0)
     return times
 
 
@@ -113,7 +121,9 @@ def interleaved(fns: dict, reps: int, warmup: int = 2) -> dict:
 # PyTorch (optional).
 
 
-def import_torch(threads: int):
+def import_torch(threads: int, backend: str):
+    """PyTorch, or None (with a message) when it is not installed. On a GPU backend PyTorch runs on
+    CUDA (cuDNN autotuning on) when it can, else the PyTorch columns are skipped."""
     try:
         import torch
     except ImportError:
@@ -121,7 +131,16 @@ def import_torch(threads: int):
               "pip install 'strike_jax[bench]', a CPU build of torch).", flush=True)
         return None
     torch.set_num_threads(threads)
+    if backend == "gpu":
+        if not torch.cuda.is_available():
+            print("PyTorch has no CUDA device: the PyTorch columns are skipped on this GPU run.", flush=True)
+            return None
+        torch.backends.cudnn.benchmark = True
     return torch
+
+
+def _torch_device(torch) -> str:
+    return "cuda" if jax.default_backend() == "gpu" else "cpu"
 
 
 def torch_model(torch, name: str, shape, classes: int):
@@ -184,9 +203,10 @@ class TorchTrainer:
 
     def __init__(self, torch, name, shape, classes, x_nhwc: np.ndarray, y: np.ndarray):
         self.torch = torch
-        self.model = torch_model(torch, name, shape, classes)
-        self.x = torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))
-        self.y = torch.from_numpy(y.astype(np.int64))
+        self.device = _torch_device(torch)
+        self.model = torch_model(torch, name, shape, classes).to(self.device)
+        self.x = torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))).to(self.device)
+        self.y = torch.from_numpy(y.astype(np.int64)).to(self.device)
         self.loss = torch.nn.CrossEntropyLoss()
         self.params = list(self.model.parameters())
         self.opt = self.fresh_optimizer()
@@ -200,7 +220,7 @@ class TorchTrainer:
     def step(self, idx: np.ndarray, opt=None):
         torch = self.torch
         opt = self.opt if opt is None else opt
-        i = torch.from_numpy(idx.astype(np.int64))
+        i = torch.from_numpy(idx.astype(np.int64)).to(self.device)
         xb, yb = self.x.index_select(0, i), self.y.index_select(0, i)
         opt.zero_grad(set_to_none=True)
         loss = self.loss(self.model(xb), yb)
@@ -208,6 +228,10 @@ class TorchTrainer:
         torch.nn.utils.clip_grad_norm_(self.params, CLIP)
         opt.step()
         return loss
+
+    def sync(self):
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -258,13 +282,17 @@ def bench_steps(args, torch) -> list[dict]:
         reg, shape, classes, batch = STEP_CASES[name]
         if args.quick:
             batch = max(8, batch // 4)
+            if name == "resnet18":
+                shape, batch = (32, 32, 3), 8
         rng = np.random.default_rng(0)
         n_data = 4 * batch
         x_np, y_np = _data(rng, n_data, shape, classes)
         x, y = jnp.asarray(x_np), jnp.asarray(y_np)
         batches = [rng.permutation(n_data)[:batch].astype(np.int32) for _ in range(8)]
         dev_batches = [jnp.asarray(b) for b in batches]
-        impls = {"lax": "lax", "auto": "auto"}
+        resolved = models.get(reg, classes, shape).conv_impl
+        # Where "auto" is "lax" (accelerators) the two columns are one measurement.
+        impls = {"lax": "lax", "auto": "auto"} if resolved != "lax" else {"lax": "lax"}
         steppers, compile_s = {}, {}
         for label, impl in impls.items():
             model = models.get(reg, classes, shape, conv_impl=impl)
@@ -274,7 +302,6 @@ def bench_steps(args, torch) -> list[dict]:
             st.sync()
             compile_s[label] = time.perf_counter() - t0
             steppers[label] = st
-        resolved = models.get(reg, classes, shape).conv_impl
         n_params = models.num_params(models.get(reg, classes, shape))
         counter = {"i": 0}
 
@@ -294,6 +321,7 @@ def bench_steps(args, torch) -> list[dict]:
             def torch_call():
                 counter["i"] += 1
                 tt.step(batches[counter["i"] % len(batches)])
+                tt.sync()
             fns["torch"] = torch_call
         reps = args.reps
         if name == "resnet18":
@@ -305,11 +333,18 @@ def bench_steps(args, torch) -> list[dict]:
         for k, ts in times.items():
             row[f"{k}_ms"] = _median_ms(ts)
             row[f"{k}_min_ms"] = 1e3 * min(ts)
+            row[f"{k}_cpu_ms"] = _median_ms(CPU_TIMES[k])
+        if "jax_auto_ms" not in row:
+            for suffix in ("ms", "min_ms", "cpu_ms"):
+                row[f"jax_auto_{suffix}"] = row[f"jax_lax_{suffix}"]
+            compile_s["auto"] = compile_s["lax"]
         if torch is not None:
             row["ratio_before"] = row["jax_lax_ms"] / row["torch_ms"]
             row["ratio_after"] = row["jax_auto_ms"] / row["torch_ms"]
         row["speedup"] = row["jax_lax_ms"] / row["jax_auto_ms"]
         rows.append(row)
+        print(f"[steps] {name:14s} B={batch:3d}  (CPU ms: " + ", ".join(
+            f"{k} {row[k + '_cpu_ms']:.1f}" for k in fns) + ")", flush=True)
         print(f"[steps] {name:14s} B={batch:3d}  lax {row['jax_lax_ms']:8.2f} ms  auto({resolved}) "
               f"{row['jax_auto_ms']:8.2f} ms" + (f"  torch {row['torch_ms']:8.2f} ms  ratio {row['ratio_before']:.2f}"
                                                  f" -> {row['ratio_after']:.2f}" if torch is not None else "")
@@ -347,7 +382,8 @@ def bench_lanes(args) -> list[dict]:
         if args.quick:
             batch = max(8, batch // 8)
         for lanes in lane_counts:
-            impls = ["auto"] + (["lax"] if lanes == lane_counts[0] else [])
+            auto_is_lax = models.get(reg, classes, shape).conv_impl == "lax"
+            impls = ["auto"] + (["lax"] if lanes == lane_counts[0] and not auto_is_lax else [])
             for impl in impls:
                 model, ls, x, y, params, bs, opt, idx, mask, flip = _lane_setup(reg, shape, classes, batch, lanes, impl)
                 vstep = jax.jit(jax.vmap(ls.step, in_axes=(0, 0, 0, None, None, 0, 0, 0)), donate_argnums=(0, 1, 2))
@@ -383,11 +419,13 @@ def bench_lanes(args) -> list[dict]:
                 row = dict(model=name, batch=batch, lanes=lanes, conv_impl=models.get(reg, classes, shape,
                                                                                       conv_impl=impl).conv_impl,
                            vmap_ms=_median_ms(times["vmap"]), sequential_ms=_median_ms(times["sequential"]),
+                           vmap_cpu_ms=_median_ms(CPU_TIMES["vmap"]), sequential_cpu_ms=_median_ms(CPU_TIMES["sequential"]),
                            compile_vmap_s=compile_v, reps=reps, load_before=load0, load_after=_load())
                 row["ratio"] = row["vmap_ms"] / row["sequential_ms"]
                 rows.append(row)
                 print(f"[lanes] {name:14s} B={batch} L={lanes:2d} {row['conv_impl']:4s} vmap {row['vmap_ms']:9.1f} ms  "
-                      f"sequential {row['sequential_ms']:9.1f} ms  ratio {row['ratio']:.2f}  load {load0}", flush=True)
+                      f"sequential {row['sequential_ms']:9.1f} ms  ratio {row['ratio']:.2f}  (CPU time "
+                      f"{row['vmap_cpu_ms']:.0f} vs {row['sequential_cpu_ms']:.0f} ms)  load {load0}", flush=True)
                 del state, seq
     return rows
 
@@ -452,7 +490,8 @@ def bench_scan(args) -> list[dict]:
             load0 = _load()
             times = interleaved(fns, reps, warmup=1)
             row = dict(model=name, batch=batch, steps=S, lanes=lanes, reps=reps, load_before=load0, load_after=_load(),
-                       conv_impl=model.conv_impl, compile_s=compile_s, **{f"{k}_ms": _median_ms(v) for k, v in times.items()})
+                       conv_impl=model.conv_impl, compile_s=compile_s, **{f"{k}_ms": _median_ms(v) for k, v in times.items()},
+                       cpu_ms={k: _median_ms(v) for k, v in CPU_TIMES.items()})
             rows.append(row)
             print(f"[scan]  {name:14s} {model.conv_impl:4s} S={S} " + "  ".join(
                 f"{k} {row[k + '_ms']:8.1f} ms" for k in fns) + f"  load {load0}", flush=True)
@@ -517,7 +556,9 @@ def bench_round(args, torch) -> dict:
                 for s in range(S):
                     tt.step(idx[i, s][mask[i, s]], opt)
                 rows.append(torch.cat([p.detach().reshape(-1) for p in tt.model.state_dict().values()]) - flat0)
-            return torch.stack(rows)
+            out = torch.stack(rows)
+            tt.sync()
+            return out
 
         fns["torch"] = torch_round
     times = {k: [] for k in fns}
@@ -708,7 +749,7 @@ def main(argv=None):
         ap.error(f"unknown sections {sorted(unknown)}")
     backend = jax.default_backend()
     threads = os.cpu_count() or 1
-    torch = None if args.no_torch else import_torch(threads)
+    torch = None if args.no_torch else import_torch(threads, backend)
     env = dict(backend=backend, device=str(jax.devices()[0].device_kind), jax=jax.__version__,
                torch=None if torch is None else torch.__version__, torch_threads=threads if torch else None,
                cpus=os.cpu_count(), platform=platform.platform(), date=time.strftime("%Y-%m-%d %H:%M"),

@@ -6,6 +6,8 @@ slice max pooling must equal `lax.reduce_window` values and `select_and_scatter`
 (first maximum of a window takes its gradient, ties included).
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,8 +61,9 @@ def _close(a, b, scale_like):
 # Every form in every pass it supports, and the pairings that share work (the forward pass's
 # unfolded kernel reused by a dense input gradient; a dense forward without it).
 PLANS = [C.ConvPlan(*p) for p in (("lax", "lax", "lax"), ("patches", "patches", "patches"),
-                                  ("dense", "dense", "dense"), ("patches", "dense", "taps"),
-                                  ("dense", "patches", "lax"), ("lax", "lax", "taps"))]
+                                  ("dense", "dense", "dense"), ("region", "region", "region"),
+                                  ("patches", "dense", "taps"), ("dense", "region", "lax"),
+                                  ("lax", "patches", "dense"))]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[1:3])) + f"_k{s[5][0]}s{s[6][0]}p{s[7][0]}")
@@ -78,7 +81,7 @@ def test_every_plan_matches_lax(shape):
 
 
 @pytest.mark.parametrize("shape", SHAPES[1:5], ids=lambda s: "x".join(map(str, s[1:3])))
-@pytest.mark.parametrize("impl", ["cpu", "lax/lax/lax", "patches/lax/taps"])
+@pytest.mark.parametrize("impl", ["cpu", "lax/lax/lax", "region/lax/taps", "patches"])
 def test_vmap_over_lanes_matches_lax(shape, impl):
     """Per-lane inputs *and* kernels (vmap over lanes, the lead's vectorised clients): lax passes switch
     to the lane plan, and the result equals lax vmapped (a grouped convolution)."""
@@ -101,21 +104,25 @@ def test_vmap_over_lanes_matches_lax(shape, impl):
     _close(y1, jax.vmap(lambda x: _lax(x, k[0], s, p))(x), y0)
 
 
-def test_lax_passes_switch_form_under_vmap():
-    """Under vmap with per-lane kernels a lax-plan layer runs no (grouped) convolution at all."""
-    shape = C.ConvShape(2, 4, 4, 3, 5, (3, 3), (1, 1), (1, 1))
+def _group_counts(text):
+    return [int(v) for v in re.findall(r"(?:feature|batch)_group_count = (\d+)", text)]
+
+
+@pytest.mark.parametrize("lanes", [C.ConvPlan("unroll", "unroll", "unroll"), C.ConvPlan("patches", "region", "taps")])
+def test_no_grouped_convolution_under_vmap(lanes):
+    """Under vmap with per-lane kernels a lax-plan layer runs no grouped convolution: plain ones per
+    lane ("unroll") or none at all (matrix-product forms). JAX's own batching groups them."""
     x, k = _data((2, 4, 4, 3, 5, (3, 3), (1, 1), (1, 1)), lanes=2)
-    plan, lanes = C.LAX_PLAN, C.lane_plan(shape)
 
-    def step(x, k):
-        return jax.grad(lambda k: jnp.sum(C.conv2d(x, k, (1, 1), (1, 1), plan, lanes) ** 2))(k)
+    def program(lane_plan):
+        def step(x, k):
+            return jax.grad(lambda k: jnp.sum(C.conv2d(x, k, (1, 1), (1, 1), C.LAX_PLAN, lane_plan) ** 2))(k)
+        return jax.jit(jax.vmap(step)).lower(x, k).as_text()
 
-    text = jax.jit(jax.vmap(step)).lower(x, k).as_text()
-    assert "convolution" not in text
-    # Without lane plan (JAX's batching), the same is a grouped convolution.
-    text = jax.jit(jax.vmap(lambda x, k: jax.grad(
-        lambda k: jnp.sum(C.conv2d(x, k, (1, 1), (1, 1), plan, None) ** 2))(k))).lower(x, k).as_text()
-    assert "convolution" in text
+    text = program(lanes)
+    assert all(g == 1 for g in _group_counts(text))
+    assert ("convolution" in text) == (lanes.forward == "unroll")
+    assert any(g > 1 for g in _group_counts(program(None)))
 
 
 def test_unfold_fold_are_transposes():
@@ -139,13 +146,13 @@ def test_flops_counts():
     assert alex2.flops("patches") == 2 * 128 * 16 * 25 * 64 * 192
     assert alex2.flops("dense") == 2 * 128 * 16 * 16 * 64 * 192
     assert alex2.flops("taps") == 2 * 128 * 14 * 14 * 64 * 192  # valid (tap, output) pairs: 2+3+4+3+2 per axis
-    assert C.dense_ok(alex2) and not C.dense_ok(alex2._replace(height=8, width=8))
+    assert C.tiny_input(alex2) and not C.tiny_input(alex2._replace(height=8, width=8))
 
 
 def test_plans_for_and_resolve():
     s = C.ConvShape(4, 2, 2, 3, 5, (3, 3), (1, 1), (1, 1))
     assert C.plans_for(s, "lax") == (None, None)
-    assert C.plans_for(s, "cpu")[0] == C.ConvPlan("dense", "dense", "dense")
+    assert C.plans_for(s, "cpu")[0] == C.ConvPlan("region", "region", "region")
     assert C.plans_for(s, "patches")[0] == C.ConvPlan("patches", "patches", "patches")
     assert C.plans_for(s, "taps")[0] == C.ConvPlan("patches", "patches", "taps")
     assert C.plans_for(s, "dense/lax/taps")[0] == C.ConvPlan("dense", "lax", "taps")
@@ -159,6 +166,9 @@ def test_plans_for_and_resolve():
         C.plans_for(s, "auto")
     with pytest.raises(ValueError, match="lane_plan"):
         C.conv2d(jnp.zeros((1, 2, 2, 3)), jnp.zeros((3, 3, 3, 5)), (1, 1), (1, 1), C.LAX_PLAN, C.LAX_PLAN)
+    with pytest.raises(ValueError, match="lane_plan"):
+        C.conv2d(jnp.zeros((1, 2, 2, 3)), jnp.zeros((3, 3, 3, 5)), (1, 1), (1, 1), C.LAX_PLAN,
+                 C.ConvPlan("unroll", "unroll", "fast"))
 
 
 # ------------------------------------------------------------------------------------------------

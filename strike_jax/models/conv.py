@@ -318,14 +318,19 @@ def _vmap_call(fn, in_batched, *args):
 
 
 def _lane_aware(fn_lax, fn_lane, batched_when):
-    """`fn_lax` with a vmap rule that runs `fn_lane` when `batched_when(in_batched)` holds."""
+    """`fn_lax` with a vmap rule that runs `fn_lane` when `batched_when(in_batched)` holds; `fn_lane`
+    None: one `fn_lax` per lane (unrolled), the results stacked."""
     op = jax.custom_batching.custom_vmap(fn_lax)
 
     @op.def_vmap
     def _rule(axis_size, in_batched, *args):
-        del axis_size
-        fn = fn_lane if batched_when(in_batched) else fn_lax
-        return _vmap_call(fn, in_batched, *args), True
+        if not batched_when(in_batched):
+            return _vmap_call(fn_lax, in_batched, *args), True
+        if fn_lane is None:
+            # `op` again (not fn_lax): an enclosing vmap (runs x lanes) unrolls its axis the same way.
+            return jnp.stack([op(*(a[i] if b else a for a, b in zip(args, in_batched)))
+                              for i in range(axis_size)]), True
+        return _vmap_call(fn_lane, in_batched, *args), True
 
     return op
 
@@ -344,8 +349,9 @@ def conv2d(x: Array, kernel: Array, strides: Sequence[int] = (1, 1), padding: Se
         forward-mode differentiation) whose backward pass runs `plan.input_grad` and
         `plan.kernel_grad`.
       lane_plan: the forms that replace "lax" passes of `plan` under `jax.vmap` with a batched kernel
-        (for the kernel gradient: batched inputs and output gradients); no "lax" in it. None keeps
-        JAX's batching of lax convolutions.
+        (for the kernel gradient: batched inputs and output gradients): a form other than "lax", or
+        "unroll" (one lax convolution per lane, unrolled in the program). None keeps JAX's batching
+        of lax convolutions (a grouped convolution).
 
     Returns:
       `[B, Ho, Wo, Cout]`.
@@ -353,8 +359,10 @@ def conv2d(x: Array, kernel: Array, strides: Sequence[int] = (1, 1), padding: Se
     strides, padding = tuple(int(s) for s in strides), tuple(int(p) for p in padding)
     if plan is None:
         return _conv_lax(x, kernel, strides, padding)
-    if lane_plan is not None and "lax" in lane_plan:
-        raise ValueError(f"lane_plan={lane_plan} must not use 'lax'.")
+    if lane_plan is not None:
+        for pass_name, form in zip(ConvPlan._fields, lane_plan):
+            if form != "unroll" and (form == "lax" or form not in _PASS_FORMS[pass_name]):
+                raise ValueError(f"lane_plan {pass_name}={form!r}; allowed: 'unroll' or {_PASS_FORMS[pass_name][1:]}.")
     for pass_name, form in zip(ConvPlan._fields, plan):
         if form not in _PASS_FORMS[pass_name]:
             raise ValueError(f"{pass_name}={form!r}; allowed: {_PASS_FORMS[pass_name]}.")
@@ -379,14 +387,18 @@ def conv2d(x: Array, kernel: Array, strides: Sequence[int] = (1, 1), padding: Se
 
     fwd_fn, dx_fn, dk_fn = forward(plan.forward), input_grad(plan.input_grad), kernel_grad(plan.kernel_grad)
     if lane_plan is not None:
+        def lane(make, form):
+            return None if form == "unroll" else make(form)
+
         if plan.forward == "lax":
-            base, lane = forward("lax"), forward(lane_plan.forward)
-            fwd_y = _lane_aware(lambda x, k: base(x, k)[0], lambda x, k: lane(x, k)[0], lambda b: b[1])
+            base, fl = forward("lax"), lane(forward, lane_plan.forward)
+            fwd_y = _lane_aware(lambda x, k: base(x, k)[0], None if fl is None else (lambda x, k: fl(x, k)[0]),
+                                lambda b: b[1])
             fwd_fn = lambda x, k: (fwd_y(x, k), None)  # noqa: E731
         if plan.input_grad == "lax":
-            dx_fn = _lane_aware(input_grad("lax"), input_grad(lane_plan.input_grad), lambda b: b[1])
+            dx_fn = _lane_aware(input_grad("lax"), lane(input_grad, lane_plan.input_grad), lambda b: b[1])
         if plan.kernel_grad == "lax":
-            dk_fn = _lane_aware(kernel_grad("lax"), kernel_grad(lane_plan.kernel_grad), lambda b: b[0] and b[1])
+            dk_fn = _lane_aware(kernel_grad("lax"), lane(kernel_grad, lane_plan.kernel_grad), lambda b: b[0] and b[1])
 
     @jax.custom_vjp
     def conv(x, k):
@@ -412,24 +424,27 @@ def conv2d(x: Array, kernel: Array, strides: Sequence[int] = (1, 1), padding: Se
 # The choice.
 
 
-def dense_ok(shape: ConvShape) -> bool:
-    """The "dense" form does no more multiply-adds than "patches": the input has no more pixels than
-    the kernel has taps (e.g. AlexNet-CIFAR's conv2 at 4x4 with a 5x5 kernel, conv3-5 at 2x2)."""
+def tiny_input(shape: ConvShape) -> bool:
+    """The input has no more pixels than the kernel has taps (AlexNet-CIFAR's conv2 at 4x4 with a 5x5
+    kernel, conv3-5 at 2x2 with 3x3; ResNet-18's last stage at 1x1 for small images): then "dense"
+    does no more multiply-adds than "patches", and "region" needs at most `kh * kw` products."""
     return shape.height * shape.width <= shape.kernel[0] * shape.kernel[1]
 
 
 def cpu_plan(shape: ConvShape) -> ConvPlan:
-    """The XLA:CPU choice for `shape` (measurements in the module docstring)."""
-    if dense_ok(shape):
-        return ConvPlan("dense", "dense", "dense")
+    """The XLA:CPU choice for `shape` (measurements in the module docstring): "region" for every
+    pass at tiny inputs, XLA's convolution otherwise."""
+    if tiny_input(shape):
+        return ConvPlan("region", "region", "region")
     return LAX_PLAN
 
 
 def lane_plan(shape: ConvShape) -> ConvPlan:
-    """The forms that replace lax passes under `jax.vmap` over per-lane kernels on CPU."""
-    if dense_ok(shape):
-        return ConvPlan("dense", "dense", "dense")
-    return ConvPlan("patches", "patches", "patches")
+    """What replaces lax passes under `jax.vmap` over per-lane kernels on CPU: "unroll" (one lax
+    convolution per lane) except at tiny inputs ("region", whose products batch)."""
+    if tiny_input(shape):
+        return ConvPlan("region", "region", "region")
+    return ConvPlan("unroll", "unroll", "unroll")
 
 
 def resolve_conv_impl(conv_impl: str = "auto", backend: str | None = None) -> str:

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# GPU check: the GPU tests and benchmarks of strike_jax, in at most ~8 minutes, writing
+# experiments/results/*_gpu.md (and .json). Run from anywhere; it works in the repository root.
+#
+#   experiments/gpu_check.sh                       # on a GPU machine
+#   experiments/gpu_check.sh --quick --results-dir /tmp/gpu_rehearsal   # rehearsal (e.g. on CPU): shrunk sizes
+#
+# Each section runs under its own time limit (`timeout`), so one slow section cannot eat the others'
+# time; a section that fails or runs out of time is reported at the end and in the log, and the
+# script still runs the rest. Sections are appended by the issues that own them (one block each).
+#
+# Environment: PYTHON (default python3) must import jax (with its GPU plugin), flax, optax, chex,
+# numpy; PyTorch (optional) adds the PyTorch columns. The repository root is put on PYTHONPATH.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+QUICK=""
+RESULTS=experiments/results
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK="--quick" ;;
+    --results-dir) RESULTS="$2"; shift ;;
+    -h|--help) sed -n 2,14p "$0"; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+mkdir -p "$RESULTS"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+LOG="$RESULTS/gpu_check.log"
+: > "$LOG"
+FAILED=()
+START=$(date +%s)
+
+# section NAME SECONDS COMMAND...: runs COMMAND under a time limit, output to the terminal and the log.
+section() {
+  local name=$1 secs=$2
+  shift 2
+  echo "=== $name (limit ${secs}s) $(date +%T)" | tee -a "$LOG"
+  timeout --kill-after=10 "$secs" "$@" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  if [ "$rc" -ne 0 ]; then
+    echo "=== $name: FAILED (exit $rc$([ "$rc" -eq 124 ] && echo ', time limit'))" | tee -a "$LOG"
+    FAILED+=("$name")
+  fi
+}
+
+section "environment" 60 "$PY" -c "import jax, sys; print(sys.version.split()[0], 'jax', jax.__version__, jax.devices())"
+if [ -n "$QUICK" ]; then
+  TAG=quick
+else
+  TAG=gpu
+fi
+
+# --- issue 9: one training step per model, vmapped lanes, the CIFAR-10 round (bench_steps_<tag>.md)
+section "bench_steps" 300 "$PY" experiments/bench_steps.py $QUICK --sections steps,lanes,round \
+  --include-resnet --round-strategies vmap,steps --round-reps 3 --reps 30 \
+  --results-dir "$RESULTS" --tag "$TAG"
+
+# --- (other issues append their sections here)
+
+echo "=== done in $(( $(date +%s) - START ))s; results in $RESULTS" | tee -a "$LOG"
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo "=== failed sections: ${FAILED[*]}" | tee -a "$LOG"
+  exit 1
+fi
