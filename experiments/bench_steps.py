@@ -281,9 +281,9 @@ def bench_steps(args, torch) -> list[dict]:
     for name in names:
         reg, shape, classes, batch = STEP_CASES[name]
         if args.quick:
-            batch = max(8, batch // 4)
+            batch = max(4, batch // 16)
             if name == "resnet18":
-                shape, batch = (32, 32, 3), 8
+                shape, batch = (32, 32, 3), 4
         rng = np.random.default_rng(0)
         n_data = 4 * batch
         x_np, y_np = _data(rng, n_data, shape, classes)
@@ -377,10 +377,10 @@ def _lane_setup(reg, shape, classes, batch, lanes, impl, seed=0):
 def bench_lanes(args) -> list[dict]:
     rows = []
     cases = [("small_cnn", "small_cnn", (28, 28, 1), 10, 64), ("alexnet_cifar", "alexnet_cifar", (32, 32, 3), 10, 128)]
-    lane_counts = (2, 4) if args.quick else tuple(args.lanes)
+    lane_counts = (2,) if args.quick else tuple(args.lanes)
     for name, reg, shape, classes, batch in cases:
         if args.quick:
-            batch = max(8, batch // 8)
+            batch = max(4, batch // 16)
         for lanes in lane_counts:
             auto_is_lax = models.get(reg, classes, shape).conv_impl == "lax"
             impls = ["auto"] + (["lax"] if lanes == lane_counts[0] and not auto_is_lax else [])
@@ -436,11 +436,11 @@ def bench_lanes(args) -> list[dict]:
 
 def bench_scan(args) -> list[dict]:
     rows = []
-    S = 4 if args.quick else 8
+    S = 2 if args.quick else 8
     cases = [("small_cnn", "small_cnn", (28, 28, 1), 10, 64), ("alexnet_cifar", "alexnet_cifar", (32, 32, 3), 10, 128)]
     for name, reg, shape, classes, batch in cases:
         if args.quick:
-            batch = max(8, batch // 8)
+            batch = max(4, batch // 16)
         impls = ["auto"] + (["lax"] if name == "small_cnn" else [])
         for impl in impls:
             model, ls, x, y, params, bs, opt, idx, mask, flip = _lane_setup(reg, shape, classes, batch, S, impl)
@@ -505,7 +505,7 @@ def bench_scan(args) -> list[dict]:
 def bench_round(args, torch) -> dict:
     n, per, batch, classes, shape = (50, 1000, 128, 10, (32, 32, 3))
     if args.quick:
-        n, per, batch = 4, 64, 16
+        n, per, batch = 2, 32, 16
     S = math.ceil(per / batch)
     rng = np.random.default_rng(0)
     x_np, y_np = _data(rng, n * per, shape, classes)
@@ -524,7 +524,7 @@ def bench_round(args, torch) -> dict:
             mask[i, :per] = True
         return idx.reshape(n, S, batch), mask.reshape(n, S, batch)
 
-    rounds = 2 if args.quick else args.round_reps
+    rounds = 1 if args.quick else args.round_reps
     schedules = [schedule(s) for s in range(rounds + 1)]
     flip = np.zeros(n, bool)
     out = dict(clients=n, samples_per_client=per, batch=batch, steps_per_client=S, conv_impl=model.conv_impl,
@@ -742,7 +742,7 @@ def main(argv=None):
     args.lanes = [int(v) for v in args.lanes.split(",") if v]
     args.round_strategies = [s for s in args.round_strategies.split(",") if s]
     if args.quick:
-        args.reps = min(args.reps, 5)
+        args.reps = min(args.reps, 3)
     sections = [s for s in args.sections.split(",") if s]
     unknown = set(sections) - {"steps", "lanes", "scan", "round", "layers"}
     if unknown:

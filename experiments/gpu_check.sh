@@ -55,8 +55,8 @@ else
 fi
 
 # --- issue 9: one training step per model, vmapped lanes, the CIFAR-10 round (bench_steps_<tag>.md)
-section "bench_steps" 300 "$PY" experiments/bench_steps.py $QUICK --sections steps,lanes,round \
-  --include-resnet --round-strategies vmap,steps --round-reps 3 --reps 30 \
+section "bench_steps" 420 "$PY" experiments/bench_steps.py $QUICK --sections steps,lanes,round \
+  --include-resnet --round-strategies vmap,steps --round-reps 3 --reps 20 \
   --results-dir "$RESULTS" --tag "$TAG"
 
 # --- (other issues append their sections here)
