@@ -1,6 +1,60 @@
 """2-D convolution in several equivalent forms, chosen per layer shape, pass and backend.
 
-PLACEHOLDER: measurements.
+A convolution has three passes: the forward pass `y = conv(x, k)`, the input gradient `dL/dx` and
+the kernel gradient `dL/dk`. Each can run in one of these forms (all exact up to float32 summation
+order; tests/test_conv.py checks every form of every pass against `lax.conv_general_dilated`):
+
+- "lax": XLA's convolution (and, for the gradients, the convolutions JAX differentiates it into).
+- "patches": image patches by strided slicing (`extract_patches`) times the kernel as a matrix.
+- "dense": the kernel unfolded into the `[H*W*Cin, Ho*Wo*Cout]` matrix of the convolution
+  (`unfold_kernel`), one matrix product; the kernel gradient folds `x^T dy` back (`fold_kernel`).
+- "region": one matrix product per output position over the inputs it really reads (no padding):
+  `y[:, o] = x[:, window(o)].flat @ k[taps(o)].flat`; its transposes for the gradients.
+- "taps" (kernel gradient only): one product per kernel tap over the real inputs it meets.
+
+`ConvPlan(forward, input_grad, kernel_grad)` names a form per pass; `conv2d` runs a plan as a
+`jax.custom_vjp`. The policy `conv_impl` picks the plans (`plans_for`), once, from static shapes,
+when a model is built (`strike_jax.models.get(..., conv_impl="auto")` resolves "auto" from the
+backend; nothing reads the backend inside traced code):
+
+- "lax" (GPU/TPU; cuDNN picks its own algorithms): plain `lax.conv_general_dilated`.
+- "cpu": `cpu_plan`: "region" for all three passes when the input has no more pixels than the
+  kernel has taps (`tiny_input`: AlexNet-CIFAR's conv2-5), XLA's convolution otherwise; with max
+  pooling as strided slices (`strike_jax.models.pool`). Under `jax.vmap` over per-lane parameters
+  (vectorised clients) a lax pass switches to `lane_plan` through `jax.custom_batching.custom_vmap`:
+  one plain convolution per lane ("unroll") instead of the grouped convolution JAX would emit.
+
+Measurements behind the choice (2-core x86-64 CPU shared with other jobs, jax 0.10.2, float32;
+times are medians of interleaved calls; where the machine was loaded, the process CPU time per
+call is the comparison; `experiments/bench_steps.py --sections layers` prints the per-layer,
+per-pass table of every form):
+
+- XLA:CPU's convolution is pathological at tiny inputs with big kernels. AlexNet-CIFAR conv2
+  (batch 128, 4x4x64 -> 192, 5x5, padding 2): forward 142 ms, input gradient 150 ms, kernel
+  gradient 4.6 ms on a quiet machine; conv3 (2x2x192 -> 384, 3x3): forward 84 ms, input gradient
+  77 ms, kernel gradient 2.6 ms. The same passes as "region": 5-7 ms (conv2) and 2-3 ms (conv3);
+  as "dense": 9-11 ms / 2.6 ms; as "patches": 10-15 ms / 3-10 ms. The whole AlexNet-CIFAR step
+  (CPU time per step, same run): "region" everywhere at tiny inputs 80 ms, "dense" 91 ms, region
+  with "taps" or "lax" kernel gradients 94-101 ms, "patches" 160 ms, plain lax ~1500 ms.
+- `lax.conv_general_dilated_patches` is no way out: up to 627 ms for AlexNet conv1's input
+  gradient, 200-400 ms for FEMNIST/LEAF conv2's; the strided slices of `extract_patches` build the
+  same patches in 1-8 ms.
+- At the small CNNs' shapes (28x28 and 14x14, 1-64 channels) XLA's convolution is as fast as any
+  other form or faster (small CNN step CPU time: lax 15.1 ms, patches variants 15.4-19.6 ms), and
+  so is it for AlexNet conv1 (11x11, stride 4: forward 3.5 ms, kernel gradient 5.9 ms; patches
+  8.6 / 11.4 ms, space-to-depth rewrites 6.0 / 10.9 ms).
+- The unfolded kernel of "dense" is built by a concatenation that XLA:CPU runs at ~0.5 GB/s inside
+  a training step (8.6 ms for conv3's 4.7 MB matrix), which is why "region" wins there; JAX's own
+  transpose of `unfold_kernel` materialised every padded block (~45 ms for conv2's gradient), hence
+  the explicit `fold_kernel`.
+- Max pooling's gradient through `reduce_window` (`select_and_scatter`) costs 12 ms on AlexNet's
+  [128, 8, 8, 64] and 25 ms on the small CNN's [64, 28, 28, 16]; as slices 0.4-0.6 ms.
+- Vmapped over 8 lanes (CPU time per call; the lanes one after another = 1.0): small CNN (batch
+  64) "unroll" 1.7, "patches" 2.3, JAX's grouped convolution 1.9 (lax policy); AlexNet-CIFAR
+  (batch 128) "unroll" 1.2, "patches" 1.5. XLA:CPU's grouped convolution at tiny inputs is, oddly,
+  faster than its plain one (AlexNet "lax" policy: vmapped 2.0 s vs 15 s one after another) but
+  slower than the "cpu" policy either way. `lax.map` over lanes (kernels sliced inside a loop)
+  ran 16x slower than the lanes one after another.
 """
 
 from __future__ import annotations
@@ -21,7 +75,7 @@ _PASS_FORMS = {
     "input_grad": ("lax", "patches", "dense", "region"),
     "kernel_grad": ("lax", "patches", "dense", "region", "taps"),
 }
-CONV_IMPLS = ("auto", "lax", "cpu")
+CONV_IMPLS = ("auto", "lax", "cpu")  # policies; a form name or "forward/input_grad/kernel_grad" also works
 
 
 class ConvShape(NamedTuple):
@@ -45,13 +99,13 @@ class ConvShape(NamedTuple):
     def flops(self, form: str) -> int:
         """2 x multiply-adds of one pass in `form`: "lax" and "patches" count every kernel tap at every
         output position (padding included), "dense" every input pixel against every output position,
-        "taps" only the products of real (non-padding) inputs."""
+        "region" and "taps" only the products of real (non-padding) inputs."""
         ho, wo = self.out_hw
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.strides, self.padding
         per = 2 * self.batch * self.in_channels * self.out_channels
         if form == "dense":
             return per * self.height * self.width * ho * wo
-        if form == "taps":
+        if form in ("taps", "region"):
             ny = sum(o1 - o0 for o0, o1, _ in _tap_ranges(self.height, ho, kh, sh, ph))
             nx = sum(o1 - o0 for o0, o1, _ in _tap_ranges(self.width, wo, kw, sw, pw))
             return per * ny * nx
@@ -62,9 +116,10 @@ class ConvPlan(NamedTuple):
     """The form of each pass of one convolution.
 
     Attributes:
-      forward: computes `y` from `x` and the kernel: "lax", "patches" or "dense".
-      input_grad: `dL/dx` from `dL/dy`: "lax", "patches" or "dense".
-      kernel_grad: `dL/dkernel` from `x` and `dL/dy`: "lax", "patches", "dense" or "taps".
+      forward: computes `y` from `x` and the kernel: "lax", "patches", "dense" or "region".
+      input_grad: `dL/dx` from `dL/dy`: "lax", "patches", "dense" or "region".
+      kernel_grad: `dL/dkernel` from `x` and `dL/dy`: "lax", "patches", "dense", "region" or "taps".
+      (In a lane plan, "unroll" also: one lax convolution per lane; see `conv2d`.)
     """
 
     forward: str
@@ -488,8 +543,8 @@ def plans_for(shape: ConvShape, conv_impl: str) -> tuple[ConvPlan | None, ConvPl
         raise ValueError("conv_impl='auto' must be resolved outside traced code: "
                          "strike_jax.models.conv.resolve_conv_impl('auto').")
     raise ValueError(f"conv_impl={conv_impl!r}; allowed: 'auto', 'lax', 'cpu', one of {FORMS}, or "
-                     "'forward/input_grad/kernel_grad' (forward, input_grad in lax/patches/dense; "
-                     "kernel_grad in lax/patches/dense/taps).")
+                     "'forward/input_grad/kernel_grad' (forward, input_grad in lax/patches/dense/region; "
+                     "kernel_grad in lax/patches/dense/region/taps).")
 
 
 # ------------------------------------------------------------------------------------------------
