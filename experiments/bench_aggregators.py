@@ -6,10 +6,13 @@
 
 For every size `(n, d)` (default 50 x 1e6, 50 x 2.47e6 (AlexNet-CIFAR), 50 x 11.2e6 (ResNet-18),
 1000 x 1e5) it builds float32 updates: `n - f` honest rows `N(mu, 1)` with a shared offset
-`mu`, and `f = n // 5` (the paper's 20%) identical Byzantine rows `mu - 1.5` (a LIE-like shift).
-Then, for every rule of `aggregators.names()`:
+`mu`, and `f = n // 5` (the paper's 20%) identical Byzantine rows `mu - 1.5` (a LIE-like shift);
+MDA and SMEA run with `f` = their limit when it is lower (they enumerate `C(n, f)` subsets).
+FLTrust gets the honest mean as its root update, FoolsGold the client ids `0..n-1` and a fresh
+history (`num_clients = n`).
+Then, for every rule of `aggregators.names()` and pre-aggregator of `aggregators.preaggregator_names()`:
 
-* JAX: `jax.jit` of `aggregate` (or `apply` for the pre-aggregators `bucketing`, `nnm`) with the
+* JAX: `jax.jit` of `aggregate` (or `apply` for the pre-aggregators) with the
   rule's default hyper-parameters, `f` and the key passed as traced arguments as in the
   simulation; the median of `--repeats` calls after one compiling call (reported separately);
 * NumPy: the same rule written in vectorised NumPy (`np.partition` / `np.sort` along the client
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import platform
@@ -38,8 +42,6 @@ import time
 import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -48,7 +50,8 @@ from strike_jax.atomic import write_text  # noqa: E402
 from strike_jax import aggregators  # noqa: E402
 
 DEFAULT_SIZES = ((50, 1_000_000), (50, 2_472_266), (50, 11_182_668), (1000, 100_000))
-PREAGGREGATORS = ("bucketing", "nnm")
+PREAGGREGATORS = aggregators.preaggregator_names()
+ALL_NAMES = aggregators.names() + PREAGGREGATORS
 
 
 # ----------------------------------------------------------------------------- NumPy baselines
@@ -168,12 +171,182 @@ def np_nnm(x, f, rng):
     return w @ x
 
 
+def np_meamed(x, f, rng):
+    n = x.shape[0]
+    f = min(f, (n - 1) // 2)
+    med = _lower_median(x)
+    idx = np.argpartition(np.abs(x - med), n - f - 1, axis=0)[: n - f]
+    return np.take_along_axis(x, idx, axis=0).mean(axis=0)
+
+
+def np_monna(x, f, rng, idx=0):
+    n = x.shape[0]
+    f = min(f, (n - 1) // 2)
+    dist = np.square(x - x[idx]).sum(axis=1)
+    dist[idx] = -1.0
+    return _mean_of_rows(x, np.argsort(dist, kind="stable")[: n - f])
+
+
+def _kept_subsets(n, f):
+    return np.asarray(list(itertools.combinations(range(n), n - f)))
+
+
+def _mean_of_rows(x, rows):
+    w = np.zeros(x.shape[0], x.dtype)
+    w[rows] = 1.0 / len(rows)
+    return w @ x
+
+
+def np_mda(x, f, rng):
+    n = x.shape[0]
+    d2 = _gram_dists(x)
+    best, best_rows = np.inf, None
+    for rows in _kept_subsets(n, f):
+        diam = d2[np.ix_(rows, rows)].max()
+        if diam < best:
+            best, best_rows = diam, rows
+    return _mean_of_rows(x, best_rows)
+
+
+def np_smea(x, f, rng):
+    n = x.shape[0]
+    y = x - x.mean(axis=0)
+    g = (y @ y.T).astype(np.float64)
+    subsets = _kept_subsets(n, f)
+    best, best_rows = np.inf, None
+    for start in range(0, len(subsets), 2048):
+        chunk = subsets[start:start + 2048]
+        sub = g[chunk[:, :, None], chunk[:, None, :]]
+        sub = sub - sub.mean(axis=1, keepdims=True)
+        sub = sub - sub.mean(axis=2, keepdims=True)
+        lam = np.linalg.eigvalsh(sub)[:, -1] / chunk.shape[1]
+        i = int(np.argmin(lam))
+        if lam[i] < best:
+            best, best_rows = lam[i], chunk[i]
+    return _mean_of_rows(x, best_rows)
+
+
+def np_caf(x, f, rng):
+    n = x.shape[0]
+    y = x - x.mean(axis=0)
+    g = (y @ y.T).astype(np.float64)
+    c = np.ones(n)
+    best, best_w = np.inf, c / n
+    while c.sum() > n - 2 * f:
+        w = c / c.sum()
+        left = np.eye(n) - np.outer(np.ones(n), w)
+        k = left @ g @ left.T
+        sw = np.sqrt(w)
+        evals, evecs = np.linalg.eigh(sw[:, None] * k * sw[None, :])
+        lam = evals[-1]
+        if lam < best:
+            best, best_w = lam, w
+        tau = (k @ (sw * evecs[:, -1])) ** 2 / max(lam, 1e-300)
+        tmax = tau[c > 0].max()
+        if tmax <= 0:
+            break
+        c = np.where(tau >= tmax * (1 - 1e-4), 0.0, np.clip(c * (1 - tau / tmax), 0.0, 1.0))
+    return best_w.astype(x.dtype) @ x
+
+
+def _clip_scale(norms, thr):
+    return np.minimum(1.0, thr / np.maximum(norms, 1e-30))
+
+
+def np_signguard(x, f, rng, fraction=0.1):
+    from sklearn.cluster import MeanShift, estimate_bandwidth
+
+    n, d = x.shape
+    norms = np.linalg.norm(x, axis=1)
+    med = np.sort(norms)[(n - 1) // 2]
+    s1 = (norms > 0.1 * med) & (norms < 3.0 * med)
+    m = max(int(fraction * d), 1)
+    start = rng.integers(0, d - m + 1)
+    blk = x[:, start:start + m]
+    feats = np.stack([(blk > 0).mean(1), (blk == 0).mean(1), (blk < 0).mean(1)], axis=1)
+    feats = feats / (feats.max(axis=0) + 1e-8)
+    bw = estimate_bandwidth(feats, quantile=0.5)
+    labels = MeanShift(bandwidth=bw if bw > 0 else None, cluster_all=False).fit(feats).labels_
+    sizes = np.bincount(labels[labels >= 0])
+    sel = s1 & (labels == np.argmax(sizes))
+    w = np.where(sel, _clip_scale(norms, med), 0.0) / max(sel.sum(), 1)
+    return w.astype(x.dtype) @ x
+
+
+def np_clippedclustering(x, f, rng, max_tau=1e5):
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    n = x.shape[0]
+    g = x @ x.T
+    norms = np.sqrt(np.diag(g))
+    tau = min(np.sort(norms)[(n - 1) // 2], max_tau)
+    dist = 1.0 - g / np.outer(norms, norms)
+    np.fill_diagonal(dist, 0.0)
+    labels = fcluster(linkage(squareform(np.maximum(dist, 0.0), checks=False), "average"), 2, "maxclust")
+    big = np.argmax(np.bincount(labels))
+    sel = labels == big
+    w = np.where(sel, _clip_scale(norms, tau), 0.0) / sel.sum()
+    return w.astype(x.dtype) @ x
+
+
+def np_fltrust(x, f, rng, root=None):
+    root = x[: x.shape[0] - f].mean(axis=0) if root is None else root  # the honest rows come first
+    norms = np.linalg.norm(x, axis=1)
+    r = np.linalg.norm(root)
+    ts = np.maximum((x @ root) / (norms * r), 0.0)
+    w = ts * r / norms / ts.sum()
+    return w.astype(x.dtype) @ x
+
+
+def np_foolsgold(x, f, rng, history=None):
+    n = x.shape[0]
+    history = np.zeros_like(x) if history is None else history  # [num_clients, d], clients 0..n-1
+    clients = np.arange(n)
+    history[clients] += x  # in place, as a stateful NumPy implementation would
+    hist = history[clients]
+    g = hist @ hist.T
+    nrm = np.sqrt(np.diag(g))
+    cs = g / np.outer(nrm, nrm)
+    np.fill_diagonal(cs, 0.0)
+    v = cs.max(axis=1)
+    for i in range(n):
+        for j in range(n):
+            if i != j and v[j] > v[i]:
+                cs[i, j] *= v[i] / v[j]
+    wv = np.clip(1.0 - cs.max(axis=1), 0.0, 1.0)
+    wv = wv / wv.max()
+    wv[wv == 1] = 0.99
+    with np.errstate(divide="ignore"):
+        wv = np.log(wv / (1 - wv)) + 0.5
+    wv = np.clip(np.nan_to_num(wv, neginf=0.0), 0.0, 1.0)
+    return (wv / n).astype(x.dtype) @ x
+
+
+def np_clipping(x, f, rng, c=2.0):
+    return x * _clip_scale(np.linalg.norm(x, axis=1), c).astype(x.dtype)[:, None]
+
+
+def np_arc(x, f, rng):
+    n = x.shape[0]
+    norms = np.linalg.norm(x, axis=1)
+    k = (2 * f * (n - f)) // n
+    thr = np.sort(norms)[n - k - 1]
+    return x * _clip_scale(norms, thr).astype(x.dtype)[:, None]
+
+
 NUMPY = {
     "mean": np_mean, "median": np_median, "trmean": np_trmean, "rbtm": np_trmean, "krum": np_krum,
     "multikrum": np_multikrum, "rfa": np_rfa, "aksel": np_aksel, "cclip": np_cclip, "dnc": np_dnc,
     "bulyan": np_bulyan, "bucketing": np_bucketing, "nnm": np_nnm,
+    "meamed": np_meamed, "monna": np_monna, "mda": np_mda, "smea": np_smea, "caf": np_caf,
+    "signguard": np_signguard, "clippedclustering": np_clippedclustering, "fltrust": np_fltrust,
+    "foolsgold": np_foolsgold, "clipping": np_clipping, "arc": np_arc,
 }
-RANDOMISED = ("dnc", "bucketing")
+RANDOMISED = ("dnc", "bucketing", "signguard")
+# Extra inputs the simulation will supply: the server's root update (here the honest mean) and the
+# sampled clients' ids (here 0..n-1, one history row per client).
+ROUND_INPUTS = ("fltrust", "foolsgold")
 
 
 # ----------------------------------------------------------------------------------- harness
@@ -189,12 +362,27 @@ def make_updates(n: int, d: int, f: int, seed: int = 0) -> np.ndarray:
     return x
 
 
-def jax_callable(name: str, x: jax.Array):
-    agg = aggregators.get(name)
+def jax_callable(name: str, x: jax.Array, f: int):
+    n = x.shape[0]
+    agg = aggregators.get(name, num_clients=n) if name == "foolsgold" else aggregators.get(name)
     state = agg.init(x)
     if name in PREAGGREGATORS:
         return jax.jit(lambda u, f, key: agg.apply(u, state, f=f, key=key)[0])
+    if name == "fltrust":
+        root = jnp.mean(x[: n - f], axis=0)  # the honest rows come first (make_updates)
+        return jax.jit(lambda u, f, key: agg.aggregate(u, state, f=f, key=key, root_update=root)[0])
+    if name == "foolsgold":
+        clients = jnp.arange(n)
+        return jax.jit(lambda u, f, key: agg.aggregate(u, state, f=f, key=key, clients=clients)[0])
     return jax.jit(lambda u, f, key: agg.aggregate(u, state, f=f, key=key)[0])
+
+
+def rule_f(name: str, n: int, f: int) -> int:
+    """`f` for a rule: n // 5, or the rule's limit when lower (MDA and SMEA enumerate C(n, f)
+    subsets: at n = 50 they accept f <= 3)."""
+    if name in ("mda", "smea"):
+        return min(f, aggregators.get(name).max_f(n))
+    return f
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -219,8 +407,10 @@ def bench_size(n: int, d: int, rules, repeats: int, numpy_repeats: int) -> list[
     x = jnp.asarray(x_np)
     key = jax.random.PRNGKey(0)
     rows = []
+    f_all = f
     for name in rules:
-        fn = jax_callable(name, x)
+        f = rule_f(name, n, f_all)
+        fn = jax_callable(name, x, f)
         t0 = time.perf_counter()
         jax.block_until_ready(fn(x, f, key))
         first = time.perf_counter() - t0
@@ -254,9 +444,9 @@ def parse_sizes(text: str):
 
 def parse_rules(text: str):
     rules = tuple(r for r in text.split(",") if r)
-    unknown = sorted(set(rules) - set(aggregators.names()))
+    unknown = sorted(set(rules) - set(ALL_NAMES))
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown rules {unknown}; allowed: {', '.join(aggregators.names())}")
+        raise argparse.ArgumentTypeError(f"unknown rules {unknown}; allowed: {', '.join(ALL_NAMES)}")
     return rules
 
 
@@ -268,7 +458,7 @@ def markdown(payload: dict) -> str:
         f"Backend `{meta['backend']}` ({meta['device']}), jax {meta['jax']}, numpy {meta['numpy']}, "
         f"{meta['machine']}, {meta['cpus']} CPUs. float32 updates, f = n // 5; median of "
         f"{meta['repeats']} jitted calls after compilation (NumPy: {meta['numpy_repeats']}). Seconds; "
-        "speed-up = NumPy time / JAX time. Pre-aggregators (bucketing, nnm) return the mixed matrix. "
+        "speed-up = NumPy time / JAX time. Pre-aggregators (nnm, bucketing, clipping, arc) return the matrix. "
         "Peak RSS is the process's maximum so far (monotone within a run).",
         "",
     ]
@@ -276,11 +466,11 @@ def markdown(payload: dict) -> str:
     for n, d in sizes:
         rows = [r for r in payload["results"] if r["n"] == n and r["d"] == d]
         lines += [f"## n = {n}, d = {d:,}", "",
-                  "| rule | JAX (s) | NumPy (s) | speed-up | first call (s) | rel. diff | peak RSS (GiB) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| rule | f | JAX (s) | NumPy (s) | speed-up | first call (s) | rel. diff | peak RSS (GiB) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             diff = "random" if r["rule"] in RANDOMISED else f"{r['rel_diff']:.1e}"
-            lines.append(f"| {r['rule']} | {r['jax_s']:.4f} | {r['numpy_s']:.4f} | {r['speedup']:.2f}x | "
+            lines.append(f"| {r['rule']} | {r['f']} | {r['jax_s']:.4f} | {r['numpy_s']:.4f} | {r['speedup']:.2f}x | "
                          f"{r['first_call_s']:.2f} | {diff} | {r['peak_rss_gib']:.2f} |")
         lines.append("")
     return "\n".join(lines)
@@ -294,8 +484,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="timed JAX calls per rule (median)")
     p.add_argument("--numpy-repeats", type=int, default=3, help="timed NumPy calls per rule (median)")
     p.add_argument("--out", default=os.path.join(REPO_ROOT, "experiments", "results"), help="output folder")
+    p.add_argument("--tag", default="", help="results file name suffix: bench_aggregators[_TAG]_<backend>")
     args = p.parse_args(argv)
-    rules = args.rules or aggregators.names()
+    rules = args.rules or ALL_NAMES
     backend = jax.default_backend()
     results = []
     for n, d in args.sizes:
@@ -303,7 +494,8 @@ def main(argv=None) -> int:
         results += bench_size(n, d, rules, args.repeats, args.numpy_repeats)
 
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"bench_aggregators_{backend}.json")
+    stem = "bench_aggregators" + (f"_{args.tag}" if args.tag else "")
+    path = os.path.join(args.out, f"{stem}_{backend}.json")
     old = []
     if os.path.exists(path):
         with open(path) as fh:

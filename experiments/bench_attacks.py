@@ -28,21 +28,18 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 
 import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from strike_jax.atomic import write_text  # noqa: E402
 from strike_jax import attacks  # noqa: E402
-from strike_jax.attacks import strike_stages  # noqa: E402
+from strike_jax.attacks import strike as strike_stages  # noqa: E402
 
 PAPER_DIMS = (2_472_266, 11_182_668)  # AlexNet-CIFAR, ResNet-18 (SPEC §5)
 

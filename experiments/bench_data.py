@@ -26,8 +26,6 @@ import time
 import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
 from strike_jax.atomic import write_text  # noqa: E402
 from strike_jax import data  # noqa: E402

@@ -1,25 +1,29 @@
 """Times one round of local training per execution strategy (`strike_jax.training.strategies`).
 
 For a few models and sizes, with synthetic data of the right shapes, every strategy trains all
-sampled clients from the same global model; the time of a round is the wall time until `U` is
-ready, the median over several rounds (each with a fresh batch schedule of the same shape) after
-the first (compiling) call, the strategies' rounds interleaved. Writes `experiments/results/bench_strategies_<backend>.{json,md}`.
+sampled clients from the same global model on the same round plan (the device-drawn schedule of
+`strike_jax.training.schedule`); the time of a round is the wall time until `U` is ready, the median
+over several rounds (each with a fresh schedule) after the first (compiling) call, the strategies'
+rounds interleaved. `auto` measures the candidates on the case's shapes and picks (its row shows
+what it picked and the measurement cost is in its first call). Also the padded fraction: the share
+of lane steps that are idle (`vmap`: every client padded to the longest; `packed`: the lanes'
+slack) — the issue's target is at most 10% for the packed layout on a Dirichlet(0.5) split.
+Writes `experiments/results/bench_strategies_<backend>.{json,md}`.
 
-Client sizes: for the digits / Fashion-MNIST cases they come from the SPEC §4 Dirichlet split
-(beta = 0.5) of balanced synthetic labels, so clients hold different numbers of samples and the
-schedules carry padding steps, as in real runs; the FEMNIST cases use 10 clients of 128 samples
+Client sizes: the SPEC §4 Dirichlet split (beta = 0.5) of balanced synthetic labels, so clients
+hold different numbers of samples as in real runs; the FEMNIST cases use 10 clients of 128 samples
 (the setting of the PyTorch baseline in PERF_NOTES.md).
 
 Usage:
-  python experiments/bench_strategies.py                 # all cases
-  python experiments/bench_strategies.py --cases digits_cnn femnist_cnn_b32 --rounds 3
+  python -m experiments.bench_strategies                 # all cases but the slow ones
+  python -m experiments.bench_strategies --cases fmnist_mlp digits_cnn --rounds 3
+  python -m experiments.bench_strategies --cases cifar_alexnet --strategies packed vmap   # GPU
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -29,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from strike_jax import models, training
+from strike_jax import atomic, models, training
+from strike_jax.training import schedule
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -37,18 +42,23 @@ CASES = {
     # name: model, input shape, classes, samples N, clients n, batch B, sizes ("dirichlet" or an int)
     "digits_mlp": dict(model="mlp", shape=(8, 8, 1), classes=10, N=1797, n=50, B=32, sizes="dirichlet"),
     "digits_cnn": dict(model="small_cnn", shape=(8, 8, 1), classes=10, N=1797, n=50, B=32, sizes="dirichlet"),
-    # A tenth of Fashion-MNIST's 60,000 training images over 50 clients (keeps the benchmark short).
-    # "map" skipped: ~55 s per round (convolutions in a compiled loop, jax#12868).
+    # Fashion-MNIST's 60,000 training images over 50 clients (the issue's case: vmap padded to 38 steps).
+    "fmnist_mlp": dict(model="mlp", shape=(28, 28, 1), classes=10, N=60000, n=50, B=64, sizes="dirichlet"),
+    # A tenth of Fashion-MNIST over 50 clients (keeps the benchmark short); "map" skipped on CPU
+    # (convolutions in a compiled loop, jax#12868: ~55 s per round).
     "fmnist_cnn": dict(model="small_cnn", shape=(28, 28, 1), classes=10, N=6000, n=50, B=64, sizes="dirichlet",
-                       skip=("map",)),
+                       skip_cpu=("map",)),
     "femnist_cnn_b32": dict(model="femnist_cnn", shape=(28, 28, 1), classes=62, N=1280, n=10, B=32, sizes=128),
     "femnist_cnn_b128": dict(model="femnist_cnn", shape=(28, 28, 1), classes=62, N=1280, n=10, B=128, sizes=128),
-    # The PyTorch baseline's setting (PERF_NOTES.md: 2.1 s per round); "map" skipped (slow, long).
+    # The PyTorch baseline's setting (PERF_NOTES.md: 2.1 s per round); "map" skipped on CPU.
     "leaf_cnn_b32": dict(model="leaf_cnn", shape=(28, 28, 1), classes=62, N=1280, n=10, B=32, sizes=128,
-                         skip=("map",)),
+                         skip_cpu=("map",)),
+    # The paper's CIFAR-10 round: 50 clients, ~1,000 samples each, batch 128 (slow on CPU: opt-in).
+    "cifar_alexnet": dict(model="alexnet_cifar", shape=(32, 32, 3), classes=10, N=50000, n=50, B=128,
+                          sizes="dirichlet", slow=True, skip_cpu=("map", "loop", "vmap")),
 }
 
-STRATEGIES = ("vmap", "loop", "steps", "map", "auto")
+STRATEGIES = ("packed", "vmap", "map", "steps", "loop", "auto")
 
 
 def dirichlet_sizes(rng, N, n, classes, beta=0.5, min_size=10):
@@ -66,42 +76,35 @@ def dirichlet_sizes(rng, N, n, classes, beta=0.5, min_size=10):
             return sizes
 
 
-def make_schedule(rng, owners, sizes, S, B):
-    """One round's `[n, S, B]` indices and mask: a fresh permutation of every client's samples."""
-    n = len(sizes)
-    idx = np.zeros((n, S * B), np.int32)
-    mask = np.zeros((n, S * B), bool)
-    for i in range(n):
-        perm = rng.permutation(owners[i])
-        idx[i, : len(perm)] = perm
-        idx[i, len(perm):] = owners[i][0]  # in bounds where masked
-        mask[i, : len(perm)] = True
-    return idx.reshape(n, S, B), mask.reshape(n, S, B)
-
-
 def run_case(name, case, strategies, rounds, seed=0, min_time=2.0, max_rounds=30):
     rng = np.random.default_rng(seed)
     model = models.get(case["model"], case["classes"], case["shape"])
     N, n, B = case["N"], case["n"], case["B"]
-    if case["sizes"] == "dirichlet":
-        sizes = dirichlet_sizes(rng, N, n, case["classes"])
-    else:
-        sizes = np.full(n, case["sizes"])
-        N = int(sizes.sum())
+    sizes = dirichlet_sizes(rng, N, n, case["classes"]) if case["sizes"] == "dirichlet" else np.full(n, case["sizes"])
+    N = int(sizes.sum())
+    index = np.zeros((n, int(sizes.max())), np.int32)
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    owners = [np.arange(starts[i], starts[i + 1], dtype=np.int32) for i in range(n)]
-    S = int(math.ceil(sizes.max() / B))
+    for i in range(n):
+        index[i, :sizes[i]] = np.arange(starts[i], starts[i + 1])
+    steps = -(-sizes // B)
+    S = int(steps.max())
+    plan = jax.jit(lambda r: schedule.padded_schedule(
+        schedule.client_batches(jnp.asarray(index), jnp.asarray(sizes, jnp.int32), seed, r, per_round=n,
+                                batch_size=B, local_epochs=1), batch_size=B, num_steps=S))
     x = jnp.asarray(rng.normal(size=(N, *case["shape"])).astype(np.float32))
     y = jnp.asarray(rng.integers(0, case["classes"], size=N).astype(np.int32))
     cfg = training.LocalConfig(lr=0.05, momentum=0.9, weight_decay=1e-4, clip_norm=2.0, num_classes=case["classes"])
     variables = jax.jit(model.init)(jax.random.PRNGKey(seed))
     d = int(training.flatten_variables(variables)[0].shape[0])
-    # Cheap cases run more rounds (until min_time seconds, at most max_rounds): their medians are noisy.
-    schedules = [make_schedule(rng, owners, sizes, S, B) for _ in range(max(rounds, max_rounds) + 1)]
+    schedules = [jax.device_get(plan(r)) for r in range(max(rounds, max_rounds) + 1)]
     flip = np.zeros(n, bool)
-    real_steps = int(np.ceil(sizes / B).sum())
-    print(f"[{name}] model={case['model']} n={n} S={S} B={B} d={d} real steps={real_steps}/{n * S}", flush=True)
-    names = [s for s in strategies if s not in case.get("skip", ())]
+    real_steps = int(steps.sum())
+    padded = {s: training.strategy_lanes(s, steps[None], n)[2] for s in training.DEVICE_STRATEGIES}
+    padded.update(steps=0.0, loop=1.0 - real_steps / (n * S))
+    print(f"[{name}] model={case['model']} n={n} S={S} B={B} d={d} real steps={real_steps}/{n * S}; padded: "
+          + ", ".join(f"{k} {v:.1%}" for k, v in padded.items()), flush=True)
+    skip = case.get("skip_cpu", ()) if jax.default_backend() == "cpu" else ()
+    names = [s for s in strategies if s not in skip]
     fns, first, err = {}, {}, {}
     ref = None
     for strategy in names:  # build and compile every strategy first (first call = compile + run)
@@ -130,34 +133,39 @@ def run_case(name, case, strategies, rounds, seed=0, min_time=2.0, max_rounds=30
     rows = []
     for strategy in names:
         med = statistics.median(times[strategy])
+        resolved = fns[strategy].strategy
         rows.append(dict(case=name, model=case["model"], n=n, S=S, B=B, d=d, real_steps=real_steps,
-                         strategy=strategy, resolved=fns[strategy].strategy, rounds=len(times[strategy]),
+                         strategy=strategy, resolved=resolved, rounds=len(times[strategy]),
+                         padded_fraction=padded.get(resolved, 0.0),
+                         estimates=getattr(fns[strategy], "estimates", None),
                          median_s=med, min_s=min(times[strategy]), first_call_s=first[strategy],
-                         compile_s_approx=max(first[strategy] - med, 0.0), max_abs_diff_vs_first=err[strategy]))
-        print(f"  {strategy:6s} ({fns[strategy].strategy:5s}) median {med * 1e3:9.1f} ms  "
-              f"first call {first[strategy]:6.1f} s  rounds {len(times[strategy])}  max|dU| {err[strategy]:.1e}",
+                         max_abs_diff_vs_first=err[strategy]))
+        print(f"  {strategy:6s} ({resolved:6s}) median {med * 1e3:9.1f} ms  first call {first[strategy]:6.1f} s  "
+              f"rounds {len(times[strategy])}  padded {padded.get(resolved, 0.0):5.1%}  max|dU| {err[strategy]:.1e}",
               flush=True)
     return rows
 
 
-def to_markdown(rows, backend, device):
-    lines = [f"# Local-training strategies, one round ({backend}: {device})", "",
+def to_markdown(rows, meta):
+    lines = [f"# Local-training strategies, one round ({meta['backend']}: {meta['device']})", "",
              "Median wall time of one round (all clients) after compilation; `first` = first call "
-             "(compilation included). Generated by `experiments/bench_strategies.py`.", ""]
+             "(compilation, and for `auto` its measurement, included); `padded` = idle share of the lane "
+             "steps. Generated by `python -m experiments.bench_strategies` "
+             f"({meta.get('command', '')}); machine load at the start: {meta.get('load', '?')}.", ""]
     by_case: dict[str, list] = {}
     for r in rows:
         by_case.setdefault(r["case"], []).append(r)
-    lines.append("| case | model | n | S | B | d | real steps | strategy | rounds | median ms | first s | vs fastest |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("| case | model | n | S | B | d | real steps | strategy | padded | rounds | median ms | first s | vs fastest |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for case, rs in by_case.items():
         fastest = min(r["median_s"] for r in rs if r["strategy"] != "auto")
         for r in rs:
             label = r["strategy"] if r["strategy"] != "auto" else f"auto ({r['resolved']})"
             lines.append(
                 f"| {case} | {r['model']} | {r['n']} | {r['S']} | {r['B']} | {r['d']:,} | {r['real_steps']} | "
-                f"{label} | {r['rounds']} | {r['median_s'] * 1e3:.1f} | {r['first_call_s']:.1f} | "
-                f"{r['median_s'] / fastest:.2f}x |")
-    lines += ["", "| case | `auto` resolves to | its median / fastest | separately built `auto` / fastest |",
+                f"{label} | {r['padded_fraction']:.1%} | {r['rounds']} | {r['median_s'] * 1e3:.1f} | "
+                f"{r['first_call_s']:.1f} | {r['median_s'] / fastest:.2f}x |")
+    lines += ["", "| case | `auto` picks | its strategy's median / fastest | measured estimates (s per round) |",
               "|---|---|---|---|"]
     worst = 0.0
     for case, rs in by_case.items():
@@ -167,54 +175,54 @@ def to_markdown(rows, backend, device):
             if r["strategy"] == "auto" and r["resolved"] in explicit:
                 ratio = explicit[r["resolved"]] / fastest
                 worst = max(worst, ratio)
-                lines.append(f"| {case} | {r['resolved']} | {ratio:.2f}x | {r['median_s'] / fastest:.2f}x |")
-    lines += ["", f"The strategy `auto` picks is at worst {worst:.2f}x the fastest. The separately built `auto` "
-              "function runs the same code as the strategy it resolves to, so its own row shows the timing noise "
-              "of this shared machine (other jobs were running): compare rows within a case only.", ""]
+                est = ", ".join(f"{k} {v:.3g}" for k, v in (r.get("estimates") or {}).items())
+                lines.append(f"| {case} | {r['resolved']} | {ratio:.2f}x | {est} |")
+    lines += ["", f"The strategy `auto` picks is at worst {worst:.2f}x the fastest (target: within 1.10x).", ""]
     return "\n".join(lines) + "\n"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--cases", nargs="*", choices=list(CASES),
+                    help="default: every case but the slow ones (cifar_alexnet)")
     ap.add_argument("--strategies", nargs="*", default=list(STRATEGIES), choices=list(STRATEGIES))
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds per strategy (after the first call)")
     ap.add_argument("--min-time", type=float, default=2.0, help="keep timing cheap cases until this many seconds")
     ap.add_argument("--max-rounds", type=int, default=30)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
-    ap.add_argument("--render", metavar="JSON", help="only rewrite the .md table from a stored .json")
+    ap.add_argument("--suffix", default="", help="appended to the results' file name")
     ap.add_argument("--merge", action="store_true",
                     help="replace only the re-run cases' rows in an existing results file")
     args = ap.parse_args()
-    if args.render:
-        with open(args.render) as fh:
-            stored = json.load(fh)
-        with open(os.path.splitext(args.render)[0] + ".md", "w") as fh:
-            fh.write(to_markdown(stored["rows"], stored["meta"]["backend"], stored["meta"]["device"]))
-        return
+    cases = args.cases or [c for c in CASES if not CASES[c].get("slow")]
     backend = jax.default_backend()
     device = jax.devices()[0].device_kind
+    meta = dict(backend=backend, device=device, jax=jax.__version__, cpu_count=os.cpu_count(),
+                platform=platform.platform(), rounds=args.rounds, load=_load(),
+                command="python -m experiments.bench_strategies " + " ".join(
+                    f"--cases {' '.join(cases)}".split() + [f"--rounds {args.rounds}"]))
     rows = []
-    for name in args.cases:
+    for name in cases:
         rows += run_case(name, CASES[name], args.strategies, args.rounds, min_time=args.min_time,
                          max_rounds=args.max_rounds)
-    os.makedirs(args.out, exist_ok=True)
-    meta = dict(backend=backend, device=device, jax=jax.__version__, cpu_count=os.cpu_count(),
-                platform=platform.platform(), rounds=args.rounds)
-    base = os.path.join(args.out, f"bench_strategies_{backend}")
+    base = os.path.join(args.out, f"bench_strategies_{backend}{args.suffix}")
     if args.merge and os.path.exists(base + ".json"):
-        # Keep the stored rows of the cases not re-run now (e.g. re-time one noisy case).
         with open(base + ".json") as fh:
             old = json.load(fh)
         rerun = {r["case"] for r in rows}
         rows = [r for r in old["rows"] if r["case"] not in rerun] + rows
         rows.sort(key=lambda r: list(CASES).index(r["case"]) if r["case"] in CASES else len(CASES))
         meta["merged"] = True
-    with open(base + ".json", "w") as fh:
-        json.dump(dict(meta=meta, rows=rows), fh, indent=1)
-    with open(base + ".md", "w") as fh:
-        fh.write(to_markdown(rows, backend, device))
+    atomic.write_json(base + ".json", dict(meta=meta, rows=rows))
+    atomic.write_text(base + ".md", to_markdown(rows, meta))
     print(f"wrote {base}.json and {base}.md")
+
+
+def _load() -> str:
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ best (lowest) baseline attack of each defence as a reference line (paper App. D.
 The baselines are the six other attacks of Table 1 with the same settings: with the same `--out-dir`
 as `table1.py` these runs (and STRIKE's) are shared, not repeated.
 
-  python experiments/figure7_nu.py                                # digits, 20 rounds, 2 seeds
-  python experiments/figure7_nu.py --nu-grid 0.5,1.0,2.0 --seeds 1
-  python experiments/figure7_nu.py --scale paper --dataset imagenet12 --data-dir /data/imagenet12
+  python -m experiments.figure7_nu                                # digits, 20 rounds, 2 seeds
+  python -m experiments.figure7_nu --nu-grid 0.5,1.0,2.0 --seeds 1
+  python -m experiments.figure7_nu --scale paper --dataset imagenet12 --data-dir /data/imagenet12
 
 Outputs: experiments/results/figure7_nu_<dataset>.md / .json / .png.
 """
@@ -14,76 +14,72 @@ Outputs: experiments/results/figure7_nu_<dataset>.md / .json / .png.
 from __future__ import annotations
 
 import math
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common as C  # noqa: E402
+from strike_jax import report, sweep
 
 
 def build_parser():
-    p = C.make_parser("figure7_nu", __doc__, paper_dataset="imagenet12")
-    p.add_argument("--defences", "--defenses", dest="defences", type=C.names_type(), default=C.DEFENCES,
-                   help=f"comma-separated (default: {','.join(C.DEFENCES)})")
-    p.add_argument("--baselines", type=C.names_type(), default=C.BASELINE_ATTACKS,
-                   help=f"the reference attacks (default: {','.join(C.BASELINE_ATTACKS)}); "
+    p = sweep.make_parser(__file__, __doc__, paper_dataset="imagenet12")
+    p.add_argument("--defences", "--defenses", dest="defences", type=sweep.names_type("rule"),
+                   default=sweep.DEFENCES, help=f"comma-separated (default: {','.join(sweep.DEFENCES)})")
+    p.add_argument("--baselines", type=sweep.names_type("attack"), default=sweep.BASELINE_ATTACKS,
+                   help=f"the reference attacks (default: {','.join(sweep.BASELINE_ATTACKS)}); "
                         "'--baselines none' skips them")
-    p.add_argument("--nu-grid", dest="nu_grid", type=C.parse_floats, default=C.NU_GRID,
+    p.add_argument("--nu-grid", dest="nu_grid", type=sweep.parse_floats, default=sweep.NU_GRID,
                    help="STRIKE's nu values (default: 0.25,0.5,...,2.0)")
     return p
 
 
 def main(argv=None) -> int:
-    args = C.finish_args(build_parser().parse_args(argv))
-    base = C.base_config(args)
+    args = sweep.parse_args(build_parser(), argv)
+    base = sweep.base_config(args)
     baselines = tuple(a for a in args.baselines if a != "none")
-    configs = C.grid(base, baselines, args.defences, args.seeds)
-    configs += C.grid(base, ("strike",), args.defences, args.seeds, nu_grid=args.nu_grid)
-    results, stats = C.run_configs(configs, args)
+    stem = report.result_stem(args, "figure7_nu")
+    spec = {"scale": args.scale, "dataset": args.dataset, "seeds": list(args.seeds), "nu_grid": list(args.nu_grid),
+            "defences": list(args.defences), "baseline_attacks": list(baselines), "base_config": base}
+    report.check_results(stem, spec, args)
+    configs = sweep.grid(base, baselines, args.defences, args.seeds)
+    configs += sweep.grid(base, ("strike",), args.defences, args.seeds, nu_grid=args.nu_grid)
+    results, stats = sweep.run_configs(configs, args)
 
     # STRIKE per nu: rows = nu, columns = defences.
-    strike = C.collect(configs, results, lambda c: (C.nu_of(c), c.defence) if c.attack == "strike" else None)
+    strike = report.collect(configs, results,
+                            lambda c: (sweep.nu_of(c), c.defence) if c.attack == "strike" else None)
     cells = {nu: {} for nu in args.nu_grid}
     for key, runs in strike.items():
         if key is not None:
-            cells[key[0]][key[1]] = C.make_cell(runs)
-    base_cells = C.attack_cells([c for c in configs if c.attack != "strike"],
-                                [r for c, r in zip(configs, results) if c.attack != "strike"])
+            cells[key[0]][key[1]] = report.make_cell(runs)
+    base_cells = report.attack_cells([c for c in configs if c.attack != "strike"],
+                                     [r for c, r in zip(configs, results) if c.attack != "strike"])
     reference = {}
     for d in args.defences:
-        cands = {a: base_cells[a][d] for a in baselines if d in base_cells.get(a, {})}
-        cands = {a: c for a, c in cands.items() if not math.isnan(c["mean"])}
-        if cands:
-            a = min(cands, key=lambda a: cands[a]["mean"])
-            reference[d] = dict(cands[a], attack=a)
+        a = report.lowest({a: base_cells[a][d] for a in baselines if d in base_cells.get(a, {})})
+        if a is not None:
+            reference[d] = dict(base_cells[a][d], attack=a)
     rows = list(args.nu_grid) + (["best baseline"] if reference else [])
     if reference:
         cells["best baseline"] = reference
-    stem = C.result_stem(args, "figure7_nu")
-    title = f"Figure 7 (STRIKE vs ν): {C.describe(base, args)}"
-    md = C.format_table(title, "ν", rows, list(args.defences), cells,
-                        row_label=lambda r: f"STRIKE ν={r:g}" if isinstance(r, float) else str(r),
-                        reference_rows=("best baseline",))
+    setting = report.describe(base, args)
+    md = report.markdown_table(f"Figure 7 (STRIKE vs ν): {setting}", "ν", rows, list(args.defences), cells,
+                               row_label=lambda r: f"STRIKE ν={r:g}" if isinstance(r, float) else str(r),
+                               reference_rows=("best baseline",))
     if reference:
-        md += ("\nbest baseline = the lowest of " + ", ".join(C.DISPLAY.get(a, a) for a in baselines)
-               + " for each defence: " + ", ".join(f"{C.DISPLAY.get(d, d)}: {C.DISPLAY.get(c['attack'])}"
+        md += ("\nbest baseline = the lowest of " + ", ".join(report.display(a) for a in baselines)
+               + " for each defence: " + ", ".join(f"{report.display(d)}: {report.display(c['attack'])}"
                                                     for d, c in reference.items()) + ".\n")
-    md += C.run_footer(stats)
-    payload = {
-        "experiment": "Figure 7", "setting": C.describe(base, args), "scale": args.scale, "dataset": args.dataset,
-        "seeds": list(args.seeds), "nu_grid": list(args.nu_grid), "defences": list(args.defences),
+    md += report.run_footer(stats)
+    report.write_results(stem, md, {
+        **spec, "experiment": "Figure 7", "setting": setting,
         "strike_by_nu": {f"{nu:g}": cells[nu] for nu in args.nu_grid}, "best_baseline": reference,
-        "baselines": {a: base_cells.get(a, {}) for a in baselines}, "base_config": base.to_dict(), "stats": stats,
-    }
-    C.write_results(stem, md, payload)
+        "baselines": {a: base_cells.get(a, {}) for a in baselines}, "stats": stats})
     if args.plot:
         plot(stem + ".png", args, cells, reference)
     return 0
 
 
 def plot(path, args, cells, reference) -> None:
-    plt = C.pyplot()
+    plt = report.pyplot()
     if plt is None:
         return
     k = len(args.defences)
@@ -97,8 +93,8 @@ def plot(path, args, cells, reference) -> None:
         ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color="crimson", label="STRIKE")
         if d in reference:
             ax.axhline(100 * reference[d]["mean"], color="gray", linestyle="--",
-                       label=f"best baseline ({C.DISPLAY.get(reference[d]['attack'])})")
-        ax.set_title(C.DISPLAY.get(d, d), fontsize=10)
+                       label=f"best baseline ({report.display(reference[d]['attack'])})")
+        ax.set_title(report.display(d), fontsize=10)
         ax.set_xlabel("ν")
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
@@ -107,7 +103,7 @@ def plot(path, args, cells, reference) -> None:
         ax.axis("off")
     fig.suptitle(f"Figure 7: STRIKE vs ν, {args.dataset} ({args.scale} scale)", fontsize=11)
     fig.tight_layout()
-    C.save_figure(fig, path)
+    report.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -2,32 +2,31 @@
 β ∈ {0.1, 0.2, 0.5, 0.7, 0.9} and an IID split (paper App. D.2, SPEC §8). Lower β = more non-IID;
 the paper finds STRIKE's advantage shrinks as the data gets closer to IID.
 
-  python experiments/figure8_beta.py                              # digits, 20 rounds, 2 seeds
-  python experiments/figure8_beta.py --betas 0.1,0.5 --no-iid --seeds 1
-  python experiments/figure8_beta.py --scale paper --dataset imagenet12 --data-dir /data/imagenet12
+  python -m experiments.figure8_beta                              # digits, 20 rounds, 2 seeds
+  python -m experiments.figure8_beta --betas 0.1,0.5 --no-iid --seeds 1
+  python -m experiments.figure8_beta --scale paper --dataset imagenet12 --data-dir /data/imagenet12
 
 Outputs: experiments/results/figure8_beta_<dataset>.md / .json / .png.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common as C  # noqa: E402
+from strike_jax import report, sweep
 
 BETAS = (0.1, 0.2, 0.5, 0.7, 0.9)
 
 
 def build_parser():
-    p = C.make_parser("figure8_beta", __doc__, paper_dataset="imagenet12")
-    p.add_argument("--betas", type=C.parse_floats, default=BETAS,
+    p = sweep.make_parser(__file__, __doc__, paper_dataset="imagenet12")
+    p.add_argument("--betas", type=sweep.parse_floats, default=BETAS,
                    help="Dirichlet concentrations (default: 0.1,0.2,0.5,0.7,0.9)")
     p.add_argument("--no-iid", dest="iid", action="store_false", help="skip the IID split")
-    p.add_argument("--attacks", type=C.names_type(), default=C.ATTACKS)
-    p.add_argument("--defence", "--defense", dest="defence", default="dnc", help="default: dnc (the paper)")
+    p.add_argument("--attacks", type=sweep.names_type("attack"), default=sweep.ATTACKS,
+                   help=f"comma-separated (default: {','.join(sweep.ATTACKS)})")
+    p.add_argument("--defence", "--defense", dest="defence", type=sweep.names_type("rule", single=True),
+                   default="dnc", help="default: dnc (the paper)")
     p.add_argument("--nu", type=float, default=1.0, help="STRIKE's nu (default 1, the paper)")
     return p
 
@@ -39,15 +38,16 @@ def make(base, value):
 
 
 def main(argv=None) -> int:
-    args = C.finish_args(build_parser().parse_args(argv))
-    base = C.base_config(args)
+    args = sweep.parse_args(build_parser(), argv)
+    base = sweep.base_config(args)
     if base.partition == "natural":
-        raise SystemExit(f"{args.dataset} is split by writer; Figure 8 needs a Dirichlet-split data set.")
+        sweep.usage_error(args.script, f"{args.dataset} is split by writer; "
+                          f"Figure 8 needs a Dirichlet-split data set.")
     values = list(args.betas) + (["iid"] if args.iid else [])
-    return C.vary_experiment(args, base, name="figure8_beta", figure="Figure 8", xlabel="Dirichlet β",
-                             values=values, make=make, label=lambda v: "IID" if v == "iid" else f"{v:g}",
-                             attacks=args.attacks, defence=args.defence, nu=args.nu,
-                             setting=C.describe(base, args, split="split varied"))
+    return report.vary_experiment(args, base, name="figure8_beta", figure="Figure 8", xlabel="Dirichlet β",
+                                  values=values, make=make, label=lambda v: "IID" if v == "iid" else f"{v:g}",
+                                  attacks=args.attacks, defence=args.defence, nu=args.nu,
+                                  setting=report.describe(base, args, split="split varied"))
 
 
 if __name__ == "__main__":

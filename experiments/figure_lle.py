@@ -20,9 +20,9 @@ expressed exactly in an orthonormal basis of their (centred) row space (an `[m, 
 Gram matrix in float64): the embedding is the one of the raw `[m, d]` rows, at a memory cost that
 does not grow with the model (ResNet-18 rows are 11M long).
 
-  python experiments/figure_lle.py                                 # digits, FedAvg (Figs 1, 2, 5)
-  python experiments/figure_lle.py --attack strike --defence median   # Figure 6
-  python experiments/figure_lle.py --scale paper --dataset cifar10 --data-dir ~/tensorflow_datasets
+  python -m experiments.figure_lle                                 # digits, FedAvg (Figs 1, 2, 5)
+  python -m experiments.figure_lle --attack strike --defence median   # Figure 6
+  python -m experiments.figure_lle --scale paper --dataset cifar10 --data-dir ~/tensorflow_datasets
 
 Outputs: experiments/results/figure_lle_<dataset>[_<attack>_<defence>][_k<n>].png / .md / .json.
 The captured embeddings are kept beside the run (`<out-dir>/<run id>/lle_<tag>.json`): a second
@@ -36,12 +36,12 @@ import json
 import math
 import os
 import sys
+import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common as C  # noqa: E402
+from strike_jax import report, sweep
+from strike_jax.simulation import best_accuracy
 
 # Paper App. A.1: the visualisation runs' settings per data set.
 PAPER_LLE = {
@@ -55,16 +55,17 @@ LLE_RULE = "k=max(2,round(0.1m)), raised until connected, duplicates once; v4"  
 
 
 def build_parser():
-    p = C.make_parser("figure_lle", __doc__, paper_dataset="cifar10")
-    p.add_argument("--attack", default="none", help="none (Figs 1, 2, 5; default) or e.g. strike (Fig. 6)")
-    p.add_argument("--defence", "--defense", dest="defence",
+    p = sweep.make_parser(__file__, __doc__, paper_dataset="cifar10")
+    p.add_argument("--attack", type=sweep.names_type("attack", single=True), default="none",
+                   help="none (Figs 1, 2, 5; default) or e.g. strike (Fig. 6)")
+    p.add_argument("--defence", "--defense", dest="defence", type=sweep.names_type("rule", single=True),
                    help="the server's rule (default: mean without attack, median with one)")
     p.add_argument("--nu", type=float, default=1.0, help="STRIKE's nu (default 1)")
     p.add_argument("--beta", type=float, help="Dirichlet β (default 0.1, paper App. A.1)")
     p.add_argument("--clients", type=int,
                    help="clients, all taking part every round (default: the preset's at local scale; "
                         "App. A.1's at paper scale)")
-    p.add_argument("--vis-rounds", dest="vis_rounds", type=C.parse_ints,
+    p.add_argument("--vis-rounds", dest="vis_rounds", type=sweep.parse_ints,
                    help="rounds to embed (0-based; default: 6 drawn at random, App. A.2)")
     p.add_argument("--num-vis", dest="num_vis", type=int, default=6, help="how many rounds to draw (default 6)")
     p.add_argument("--n-neighbors", dest="n_neighbors", type=int,
@@ -216,30 +217,36 @@ def capture(config, run_dir: str, vis_rounds: list[int], *, include_byzantine: b
 
 
 def main(argv=None) -> int:
-    args = C.finish_args(build_parser().parse_args(argv))
+    args = sweep.parse_args(build_parser(), argv)
     defence = args.defence or ("mean" if args.attack == "none" else "median")
     overrides = dict(PAPER_LLE.get(args.dataset, {})) if args.scale == "paper" else {}
     overrides["beta"] = 0.1 if args.beta is None else args.beta
+    overrides["skew_metrics"] = True  # the table reports the skew of every round
     if args.clients is not None:
         overrides.update(num_clients=args.clients, clients_per_round=args.clients)
-    base = C.base_config(args, **overrides)
+    base = sweep.base_config(args, **overrides)
     seed = args.seeds[0]
-    config = C.attack_config(base, args.attack, defence, nu=args.nu, seed=seed)
+    config = sweep.attack_config(base, args.attack, defence, nu=args.nu, seed=seed)
     vis = sorted(set(args.vis_rounds)) if args.vis_rounds else choose_rounds(config.rounds, args.num_vis, seed)
     bad = [r for r in vis if not 0 <= r < config.rounds]
     if bad:
-        raise SystemExit(f"--vis-rounds {bad}: rounds are 0 .. {config.rounds - 1}")
+        sweep.usage_error(args.script, f"--vis-rounds {bad}: rounds are 0 .. {config.rounds - 1}")
     if len(args.seeds) > 1:
         print(f"figure_lle: one run is embedded; using seed {seed} of {list(args.seeds)}", file=sys.stderr)
     include_byz = args.attack != "none"
-    run_dir = os.path.join(args.out_dir, C.run_id(config))
+    suffix = "" if args.attack == "none" else f"_{args.attack}_{defence}"
+    if args.n_neighbors is not None:
+        suffix += f"_k{args.n_neighbors}"
+    stem = report.result_stem(args, "figure_lle", suffix)
+    spec = {"config": config, "scale": args.scale, "vis_rounds": vis}
+    report.check_results(stem, spec, args)
+    sweep.check_configs([config], args.script)
+    run_dir = os.path.join(args.out_dir, sweep.run_id(config))
     print(f"figure_lle: {config.dataset}, {config.attack} vs {config.defence}, rounds to embed {vis} ({run_dir})",
           flush=True)
     if args.dry_run:
         return 0
-    C._ignore_runs(args.out_dir)
-    import time
-
+    sweep.ignore_runs(args.out_dir)
     t0 = time.perf_counter()
     result, captured = capture(config, run_dir, vis, include_byzantine=include_byz, n_neighbors=args.n_neighbors)
     wall = time.perf_counter() - t0
@@ -248,10 +255,6 @@ def main(argv=None) -> int:
     skew = [{"round": h["round"], "skewness": h.get("skewness"), "median_mean_distance": h.get("median_mean_distance"),
              "accuracy": h.get("accuracy")} for h in history]
     by_round = {h["round"]: h for h in skew}
-    suffix = "" if args.attack == "none" else f"_{args.attack}_{defence}"
-    if args.n_neighbors is not None:
-        suffix += f"_k{args.n_neighbors}"
-    stem = C.result_stem(args, "figure_lle", suffix)
     figs = ("Figure 6 (STRIKE's updates hidden among the honest ones)" if include_byz
             else "Figures 1, 2, 5 (gradient skew)")
     split = f"Dirichlet β={config.beta:g}" if config.partition == "dirichlet" else config.partition
@@ -260,7 +263,7 @@ def main(argv=None) -> int:
              f"{config.dataset} ({config.model}), {config.num_clients} clients, {config.clients_per_round} per round, "
              f"{split}, attack {config.attack}{'' if not include_byz else f' (ν={args.nu:g})'} vs {config.defence}, "
              f"{config.rounds} rounds, seed {seed}, scale={args.scale}. Best accuracy "
-             f"{100 * C.best_acc(result):.2f}%; the run took {result.get('wall_time_s') or 0:.0f} s, this "
+             f"{100 * best_accuracy(result):.2f}%; the run took {result.get('wall_time_s') or 0:.0f} s, this "
              f"invocation {wall:.0f} s.",
              "",
              "| round | skewness (PC1) | ‖median − mean‖ | LLE neighbours | accuracy |",
@@ -277,11 +280,10 @@ def main(argv=None) -> int:
                       f"positive in {100 * np.mean(np.asarray(sk) > 0):.0f}% of rounds (positive: the dense "
                       "bulk lies on the median's side of the mean, as Pearson's rule predicts)."]
     md = "\n".join(lines) + "\n"
-    payload = {"experiment": figs, "config": config.to_dict(), "scale": args.scale, "vis_rounds": vis,
-               "embeddings": captured, "skew_by_round": skew, "best_accuracy": result.get("best_accuracy"),
-               "wall_time_s": wall,
-               "run_dir": os.path.relpath(run_dir, C.REPO_ROOT) if C._inside(run_dir, C.REPO_ROOT) else run_dir}
-    C.write_results(stem, md, payload)
+    payload = {**spec, "experiment": figs, "embeddings": captured, "skew_by_round": skew,
+               "best_accuracy": result.get("best_accuracy"), "wall_time_s": wall,
+               "run_dir": sweep.display_path(run_dir, args.root)}
+    report.write_results(stem, md, payload)
     if args.plot:
         plot(stem + ".png", vis, captured, by_round, f"{figs.split(' (')[0]}: {config.dataset}, {split}, "
              f"{config.attack} vs {config.defence}")
@@ -293,7 +295,7 @@ def _num(v) -> str:
 
 
 def plot(path: str, vis: list[int], captured: dict, by_round: dict, title: str) -> None:
-    plt = C.pyplot()
+    plt = report.pyplot()
     if plt is None:
         return
     k = len(vis)
@@ -325,7 +327,7 @@ def plot(path: str, vis: list[int], captured: dict, by_round: dict, title: str) 
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    C.save_figure(fig, path)
+    report.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -54,10 +54,25 @@ else
   TAG=gpu
 fi
 
+# --- issue 8: the vectorised path's tests, strategies (padded fraction, auto), sweeps as batches
+if [ -n "$QUICK" ]; then
+  SWEEP_CASES="digits_mlp"; STRAT_CASES="digits_mlp"; SUFFIX="_quick"
+else
+  SWEEP_CASES="digits_mlp synthetic_cifar_alexnet"; STRAT_CASES="fmnist_mlp cifar_alexnet"; SUFFIX=""
+fi
+section "tests_vectorised" 100 "$PY" -m pytest -x -q -p no:cacheprovider tests/test_schedule.py \
+  "tests/test_simulate_many.py::test_batch_equals_each_run_alone"
+section "bench_strategies" 150 "$PY" -m experiments.bench_strategies --cases $STRAT_CASES \
+  --strategies packed vmap steps auto --rounds 3 --max-rounds 5 --out "$RESULTS" --suffix "$SUFFIX"
+section "bench_sweep" 180 "$PY" -m experiments.bench_sweep --cases $SWEEP_CASES --sweeps nu8 \
+  --out "$RESULTS" --suffix "$SUFFIX"
+
 # --- issue 9: one training step per model, vmapped lanes, the CIFAR-10 round (bench_steps_<tag>.md)
-section "bench_steps" 420 "$PY" experiments/bench_steps.py $QUICK --sections steps,lanes,round \
-  --include-resnet --round-strategies vmap,steps --round-reps 3 --reps 20 \
-  --results-dir "$RESULTS" --tag "$TAG"
+if [ -f experiments/bench_steps.py ] && [ -z "${SKIP_STEPS:-}" ]; then
+  section "bench_steps" 420 "$PY" experiments/bench_steps.py $QUICK --sections steps,lanes,round \
+    --include-resnet --round-strategies vmap,steps --round-reps 3 --reps 20 \
+    --results-dir "$RESULTS" --tag "$TAG"
+fi
 
 # --- (other issues append their sections here)
 

@@ -11,9 +11,9 @@ Every round the server records, for the honest updates (SPEC §8, `strike_jax.an
 The paper's claim to check: skew is present throughout training and grows as β falls (more
 non-IID); it is milder, though not absent, with IID data.
 
-  python experiments/skew_vs_beta.py                               # digits, 20 rounds, 2 seeds
-  python experiments/skew_vs_beta.py --dataset fashion_mnist --seeds 1
-  python experiments/skew_vs_beta.py --scale paper --dataset cifar10 --data-dir ~/tensorflow_datasets
+  python -m experiments.skew_vs_beta                               # digits, 20 rounds, 2 seeds
+  python -m experiments.skew_vs_beta --dataset fashion_mnist --seeds 1
+  python -m experiments.skew_vs_beta --scale paper --dataset cifar10 --data-dir ~/tensorflow_datasets
 
 Outputs: experiments/results/skew_vs_beta_<dataset>.md / .json / .png.
 """
@@ -21,22 +21,20 @@ Outputs: experiments/results/skew_vs_beta_<dataset>.md / .json / .png.
 from __future__ import annotations
 
 import math
-import os
 import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common as C  # noqa: E402
+from strike_jax import report, sweep
+from strike_jax.simulation import best_accuracy
 
 BETAS = (0.1, 0.2, 0.5, 0.7, 0.9)
 METRICS = ("skewness", "median_mean_distance")
 
 
 def build_parser():
-    p = C.make_parser("skew_vs_beta", __doc__, paper_dataset="cifar10")
-    p.add_argument("--betas", type=C.parse_floats, default=BETAS,
+    p = sweep.make_parser(__file__, __doc__, paper_dataset="cifar10")
+    p.add_argument("--betas", type=sweep.parse_floats, default=BETAS,
                    help="Dirichlet concentrations (default: 0.1,0.2,0.5,0.7,0.9)")
     p.add_argument("--no-iid", dest="iid", action="store_false", help="skip the IID split")
     return p
@@ -53,19 +51,23 @@ def series(result: dict, metric: str, rounds: int) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    args = C.finish_args(build_parser().parse_args(argv))
-    base = C.base_config(args, attack="none", defence="mean")
+    args = sweep.parse_args(build_parser(), argv)
+    base = sweep.base_config(args, attack="none", defence="mean", skew_metrics=True)
     if base.partition == "natural":
-        raise SystemExit(f"{args.dataset} is split by writer; pass a Dirichlet-split data set.")
+        sweep.usage_error(args.script, f"{args.dataset} is split by writer; pass a Dirichlet-split data set.")
     values = list(args.betas) + (["iid"] if args.iid else [])
     label = {v: ("IID" if v == "iid" else f"{v:g}") for v in values}
+    stem = report.result_stem(args, "skew_vs_beta")
+    spec = {"scale": args.scale, "dataset": args.dataset, "seeds": list(args.seeds),
+            "splits": [label[v] for v in values], "base_config": base}
+    report.check_results(stem, spec, args)
     configs, value_of = [], []
     for v in values:
         b = base.replace(partition="iid") if v == "iid" else base.replace(partition="dirichlet", beta=float(v))
         for s in args.seeds:
             configs.append(b.replace(seed=s))
             value_of.append(v)
-    results, stats = C.run_configs(configs, args)
+    results, stats = sweep.run_configs(configs, args)
 
     T = base.rounds
     curves: dict[str, dict[str, list]] = {m: {} for m in METRICS}
@@ -79,36 +81,35 @@ def main(argv=None) -> int:
             with np.errstate(all="ignore"):
                 curves[m][label[v]] = np.nanmean(arr, axis=0).tolist()
             per_run = [float(np.nanmean(a)) if np.isfinite(a).any() else math.nan for a in arr]
-            row[m] = C.make_cell([(s, x, False) for s, x in zip(seeds, per_run)])
-        acc = [C.best_acc(r) for r in runs]
-        row["best_accuracy"] = C.make_cell([(s, x, bool(r.get("diverged"))) for s, x, r in zip(seeds, acc, runs)])
+            row[m] = report.make_cell([(s, x, False) for s, x in zip(seeds, per_run)])
+        acc = [best_accuracy(r) for r in runs]
+        row["best_accuracy"] = report.make_cell([(s, x, bool(r.get("diverged")))
+                                                 for s, x, r in zip(seeds, acc, runs)])
         pos = [float(np.nanmean(series(r, "skewness", T) > 0)) for r in runs]
-        row["positive_fraction"] = C.make_cell([(s, x, False) for s, x in zip(seeds, pos)])
+        row["positive_fraction"] = report.make_cell([(s, x, False) for s, x in zip(seeds, pos)])
         summary[label[v]] = row
 
-    stem = C.result_stem(args, "skew_vs_beta")
-    split_note = C.describe(base, args, split="split varied")
+    split_note = report.describe(base, args, split="split varied")
     lines = [f"### Gradient skew vs non-IID level (FedAvg, no attack): {split_note}", "",
              "| split | skewness (PC1), mean over rounds | rounds with skewness > 0 | ‖median − mean‖, mean over "
              "rounds | best accuracy (%) |", "|---|---|---|---|---|"]
     for v in values:
         row = summary[label[v]]
         sk, pf, md_, ac = row["skewness"], row["positive_fraction"], row["median_mean_distance"], row["best_accuracy"]
-        lines.append(f"| {'IID' if v == 'iid' else f'Dirichlet β={v:g}'} | {sk['mean']:.3f} ± {sk['std']:.3f} | "
-                     f"{100 * pf['mean']:.0f}% | {md_['mean']:.4g} ± {md_['std']:.2g} | {C.fmt(ac)} |")
-    lines.append("\nValues: mean ± std over seeds of each run's average over its rounds.")
-    md = "\n".join(lines) + "\n" + C.run_footer(stats, note="")
-    payload = {"experiment": "gradient skew vs beta", "setting": split_note, "scale": args.scale,
-               "dataset": args.dataset, "seeds": list(args.seeds), "splits": [label[v] for v in values],
-               "summary": summary, "curves": curves, "base_config": base.to_dict(), "stats": stats}
-    C.write_results(stem, md, payload)
+        lines.append(f"| {'IID' if v == 'iid' else f'Dirichlet β={v:g}'} | "
+                     f"{report.format_cell(sk, scale=1, spec='.3f')} | {100 * pf['mean']:.0f}% | "
+                     f"{report.format_cell(md_, scale=1, spec='.4g', std_spec='.2g')} | {report.format_cell(ac)} |")
+    lines.append("\nValues: mean ± std over seeds (one seed: its value) of each run's average over its rounds.")
+    md = "\n".join(lines) + "\n" + report.run_footer(stats, note="")
+    report.write_results(stem, md, {**spec, "experiment": "gradient skew vs beta", "setting": split_note,
+                                    "summary": summary, "curves": curves, "stats": stats})
     if args.plot:
         plot(stem + ".png", args, values, label, curves, summary)
     return 0
 
 
 def plot(path, args, values, label, curves, summary) -> None:
-    plt = C.pyplot()
+    plt = report.pyplot()
     if plt is None:
         return
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
@@ -142,7 +143,7 @@ def plot(path, args, values, label, curves, summary) -> None:
     ax2.set_ylabel("mean ‖median − mean‖", color="tab:orange")
     fig.suptitle(f"Gradient skew vs rounds and β: {args.dataset} ({args.scale} scale), FedAvg", fontsize=11)
     fig.tight_layout()
-    C.save_figure(fig, path)
+    report.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -2,22 +2,63 @@
 
 The data flow of one round: data -> local training -> attack -> (pre-)aggregation -> server step
 -> metrics. Sub-packages follow it: `data`, `models`, `training`, `attacks`, `aggregators`,
-`analysis`; `simulate(config)` runs a whole experiment (`strike_jax.simulation`).
+`analysis`; `ops` holds the row operations they share, `stages` the stage protocol of the server
+pipeline and `registry` its names and hyper-parameters; `simulate(config)` runs a whole
+experiment (`strike_jax.simulation`).
+
+Sub-packages and `simulate` are imported on first use (`import strike_jax.aggregators` does not
+pay for the data and training stack), and listed by `dir(strike_jax)`.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "preset", "simulate", "__version__"]
+_SUBMODULES = ("aggregators", "analysis", "atomic", "attacks", "cli", "config", "data", "models", "ops",
+               "registry", "report", "simulation", "stages", "sweep", "training")
+_ATTRIBUTES = {
+    "simulate": "strike_jax.simulation",
+    "simulate_many": "strike_jax.simulation",
+    "Config": "strike_jax.config",
+    "preset": "strike_jax.config",
+}
+
+__all__ = ["Config", "preset", "simulate", "simulate_many", "__version__"]
+
+if TYPE_CHECKING:
+    from strike_jax import (  # noqa: F401
+        aggregators,
+        analysis,
+        atomic,
+        attacks,
+        cli,
+        config,
+        data,
+        models,
+        ops,
+        registry,
+        report,
+        simulation,
+        stages,
+        sweep,
+        training,
+    )
+    from strike_jax.config import Config, preset  # noqa: F401
+    from strike_jax.simulation import simulate, simulate_many  # noqa: F401
 
 
-def __getattr__(name):
-    # Lazy: `import strike_jax.aggregators` should not pay for the data and training stack.
-    if name == "simulate":
-        from strike_jax.simulation import simulate
-
-        return simulate
-    if name in ("Config", "preset"):
-        from strike_jax import config
-
-        return getattr(config, name)
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"strike_jax.{name}")
+    if name in _ATTRIBUTES:
+        value = getattr(importlib.import_module(_ATTRIBUTES[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'strike_jax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SUBMODULES) | set(_ATTRIBUTES))

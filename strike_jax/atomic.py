@@ -1,7 +1,8 @@
 """Atomic file writes: a temporary file in the target's folder, then a rename.
 
 A run interrupted mid-write never leaves a half-written result or checkpoint behind: readers see
-the old file or the new one.
+the old file or the new one. Files get the permissions of an ordinary `open(path, "w")` (0666
+minus the user's umask), not the 0600 of a temporary file, so collaborators can read results.
 """
 
 from __future__ import annotations
@@ -12,6 +13,13 @@ import tempfile
 from typing import Any, Callable
 
 
+def _umask() -> int:
+    # The only portable way to read the umask is to set it; set it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Calls `write(fh)` on a temporary file next to `path`, then renames it to `path`."""
     d = os.path.dirname(os.path.abspath(path))
@@ -20,6 +28,7 @@ def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> N
     try:
         with os.fdopen(fd, mode) as fh:
             write(fh)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -10,6 +10,39 @@ import json
 from typing import Any, Mapping
 
 PARTITIONS = ("dirichlet", "iid", "natural")
+MAPPING_FIELDS = ("dataset_params", "attack_params", "defence_params", "preaggregation_params")
+
+
+class FrozenDict(dict):
+    """A read-only, hashable dict (a `Config` field): change a config with `Config.replace`."""
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError("Config mappings are read-only; make a new config with Config.replace(...).")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _read_only
+
+    def __hash__(self):
+        return hash(json.dumps(self, sort_keys=True, default=str))
+
+
+def _freeze(x: Any) -> Any:
+    """Mappings to `FrozenDict`, sequences to tuples (recursively), so that a config is immutable,
+    hashable, and equal to itself after a JSON round trip."""
+    if isinstance(x, Mapping):
+        return FrozenDict({k: _freeze(v) for k, v in x.items()})
+    if isinstance(x, (list, tuple)):
+        return tuple(_freeze(v) for v in x)
+    return x
+
+
+def _plain(x: Any) -> Any:
+    """The JSON form of a frozen value: dicts and lists."""
+    if isinstance(x, Mapping):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+STRATEGIES = ("auto", "packed", "vmap", "map", "steps", "loop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +72,17 @@ class Config:
       preaggregation_params: {name: {hparam: value}}.
       eval_every: evaluate the global model every k rounds (and always after the last round).
       seed: the run's seed (partition, init, sampling, schedules, attack and defence keys).
-      strategy: how clients are trained: "auto", "vmap", "loop", ... (`strike_jax.training`).
+      strategy: how clients are trained: "auto" (measured: `strike_jax.simulation.calibrate`),
+        "packed" (lanes of clients back to back, one device program per round), "vmap" (one padded
+        lane per client), "map" (one lane), or the host loops "steps" and "loop".
+      lanes: lanes of the packed strategy (None: chosen from the clients' step counts and memory).
       max_test_samples: evaluate on at most this many test samples (None: all).
+      skew_metrics: compute the gradient-skew diagnostic every round (about one pass over `U`).
+      allow_beyond_breakdown: run with more Byzantine clients than the pipeline's rules tolerate
+        (`stages.check_f` refuses such a config otherwise); a study beyond the breakdown point.
+      root_samples: size of the server's clean root set, for rules that need one (FLTrust: 100
+        in its paper): drawn from the training set from the seed and excluded from the clients; the
+        server trains on it like a client every round. Unused by other rules.
     """
 
     dataset: str = "digits"
@@ -69,16 +111,20 @@ class Config:
     seed: int = 0
     strategy: str = "auto"
     max_test_samples: int | None = None
+    lanes: int | None = None
+    skew_metrics: bool = False
+    allow_beyond_breakdown: bool = False
+    root_samples: int = 100
 
     def __post_init__(self):
-        # Normalise containers so configs compare/serialise the same whatever the caller passed.
-        object.__setattr__(self, "dataset_params", dict(self.dataset_params))
-        object.__setattr__(self, "attack_params", dict(self.attack_params))
-        object.__setattr__(self, "defence_params", dict(self.defence_params))
+        # Normalise containers so configs compare, hash and serialise the same whatever the caller
+        # passed (lists or tuples, dicts), also after a JSON round trip; mappings are read-only.
+        for name in MAPPING_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, Mapping):
+                raise ValueError(f"Config.{name}={value!r} is invalid: need a mapping of hyper-parameters.")
+            object.__setattr__(self, name, _freeze(value))
         object.__setattr__(self, "preaggregation", tuple(self.preaggregation))
-        object.__setattr__(
-            self, "preaggregation_params", {k: dict(v) for k, v in self.preaggregation_params.items()}
-        )
         self.validate()
 
     @property
@@ -119,6 +165,17 @@ class Config:
             bad("clip_norm", self.clip_norm, "need clip_norm > 0 or None (no clipping)")
         if self.eval_every < 1:
             bad("eval_every", self.eval_every, "need eval_every >= 1")
+        if self.strategy not in STRATEGIES:
+            bad("strategy", self.strategy, f"allowed: {', '.join(STRATEGIES)}")
+        if self.lanes is not None and not (isinstance(self.lanes, int) and not isinstance(self.lanes, bool)
+                                           and self.lanes >= 1):
+            bad("lanes", self.lanes, "need an int >= 1 or None (automatic)")
+        if not (isinstance(self.root_samples, int) and not isinstance(self.root_samples, bool)
+                and self.root_samples >= 1):
+            bad("root_samples", self.root_samples, "need an int >= 1")
+        for flag in ("skew_metrics", "allow_beyond_breakdown"):
+            if not isinstance(getattr(self, flag), bool):
+                bad(flag, getattr(self, flag), "need True or False")
         unknown = [p for p in self.preaggregation if p not in ("nnm", "bucketing")]
         if unknown or len(set(self.preaggregation)) != len(self.preaggregation):
             bad("preaggregation", self.preaggregation, "allowed: a subset of ('nnm', 'bucketing'), each once")
@@ -127,9 +184,8 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["preaggregation"] = list(self.preaggregation)
-        return d
+        """The config as plain JSON values (dicts, lists, numbers, strings)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Config":
@@ -150,12 +206,21 @@ class Config:
         default = Config().to_dict()
         return {k: v for k, v in self.to_dict().items() if v != default.get(k)}
 
-    def same_run(self, stored: Mapping[str, Any]) -> bool:
-        """Whether a stored `to_dict()` (possibly from an older version with fewer fields) is this config."""
+    def same_run(self, stored: Mapping[str, Any], *, ignore: tuple[str, ...] = ()) -> bool:
+        """Whether a stored `to_dict()` (possibly from an older version with fewer fields) is this
+        config (the fields in `ignore` may differ)."""
+        return not self.differences(stored, ignore=ignore)
+
+    def differences(self, stored: Mapping[str, Any], *, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+        """`{field: (stored value, this value)}` for the fields where a stored `to_dict()` differs
+        (missing fields count as their defaults; an unreadable config differs in `"config"`)."""
         try:
-            return Config.from_dict(stored) == self
-        except (ValueError, TypeError):
-            return False
+            other = Config.from_dict(stored)
+        except (ValueError, TypeError) as e:
+            return {"config": (str(e), "this config")}
+        return {f.name: (_plain(getattr(other, f.name)), _plain(getattr(self, f.name)))
+                for f in dataclasses.fields(self)
+                if f.name not in ignore and getattr(other, f.name) != getattr(self, f.name)}
 
 
 # The paper's settings (SPEC §2, Table 5). They need the real datasets on disk.

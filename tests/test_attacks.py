@@ -241,7 +241,7 @@ def test_reference_mask():
 
 def test_registry_and_errors():
     assert set(attacks.names()) == {"strike", "lie", "ipm", "minmax", "minsum", "mimic", "bitflip",
-                                    "labelflip", "nonfinite"}
+                                    "labelflip", "nonfinite", "gaussian", "signflip", "fang", "agr_tailored"}
     for name in attacks.names():
         a = attacks.get(name)
         assert a.name == name

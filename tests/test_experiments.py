@@ -1,83 +1,36 @@
 """Smoke and unit tests of the paper-reproduction scripts in `experiments/` (SPEC §8).
 
-The helpers are checked against plain NumPy / Python references; two scripts (Table 1 and the LLE
-figure) run end to end at a tiny scale (digits, 2 rounds, 1 seed) into temporary folders, and a
-second invocation must reuse the finished runs instead of recomputing them.
+The scripts are imported as modules of the `experiments` package (as `python -m experiments.<name>`
+runs them, without editing `sys.path`). The LLE helpers are checked against plain NumPy
+references; bad options must stop a script with one line and exit code 2 before any data loads or
+run starts; the README's commands must not replace a committed result with another setting; two
+scripts (Table 1 and the LLE figure) run end to end at a tiny scale (digits, 2 rounds, 1 seed) into
+temporary folders, and a second invocation must reuse the finished runs instead of recomputing them
+(the library parts are tested in test_report.py).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import math
 import os
+import re
+import shlex
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+from strike_jax import report, simulation, sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = os.path.join(ROOT, "experiments")
 
 
 def _load(name: str):
-    if EXPERIMENTS not in sys.path:
-        sys.path.insert(0, EXPERIMENTS)
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", os.path.join(EXPERIMENTS, f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-C = _load("_common")
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers (no simulation)
-
-
-def test_parse_seeds():
-    assert C.parse_seeds("3") == (0, 1, 2)
-    assert C.parse_seeds("0,4,7") == (0, 4, 7)
-    assert C.parse_seeds("2-4") == (2, 3, 4)
-    for bad in ("0", "a", "1,1", "-1,2"):
-        with pytest.raises(Exception):
-            C.parse_seeds(bad)
-
-
-def test_grid_and_strike_cell_is_best_over_nu():
-    base = C.preset("digits", rounds=2)
-    configs = C.grid(base, ("lie", "strike"), ("median", "dnc"), (0, 1), nu_grid=(0.5, 1.0))
-    # lie: 2 defences x 2 seeds; strike: 2 defences x 2 nus x 2 seeds.
-    assert len(configs) == 4 + 8
-    assert len({C.run_id(c) for c in configs}) == len(configs)
-    assert all(c.attack_params == {} for c in configs if c.attack == "lie")
-    # Fake results: accuracy chosen so that nu=1.0 is lower on median, nu=0.5 on dnc.
-    table = {("lie", "median"): [0.8, 0.6], ("lie", "dnc"): [0.9, 0.7],
-             ("strike", "median", 0.5): [0.5, 0.7], ("strike", "median", 1.0): [0.4, 0.5],
-             ("strike", "dnc", 0.5): [0.3, 0.1], ("strike", "dnc", 1.0): [0.6, 0.6]}
-    results = []
-    for c in configs:
-        key = (c.attack, c.defence) if c.attack == "lie" else (c.attack, c.defence, C.nu_of(c))
-        results.append({"best_accuracy": table[key][c.seed], "diverged": False})
-    cells = C.attack_cells(configs, results)
-    ref = lambda v: (float(np.mean(v)), float(np.std(v)))  # noqa: E731
-    assert (cells["lie"]["median"]["mean"], cells["lie"]["median"]["std"]) == pytest.approx(ref([0.8, 0.6]))
-    assert cells["strike"]["median"]["nu"] == 1.0
-    assert cells["strike"]["median"]["mean"] == pytest.approx(0.45)
-    assert cells["strike"]["dnc"]["nu"] == 0.5
-    assert (cells["strike"]["dnc"]["mean"], cells["strike"]["dnc"]["std"]) == pytest.approx(ref([0.3, 0.1]))
-    assert set(cells["strike"]["dnc"]["per_nu"]) == {"0.5", "1"}
-    md = C.format_table("t", "attack", ["lie", "strike", "none"], ["median", "dnc"],
-                        {**cells, "none": {"median": {"mean": 0.01, "std": 0.0}}}, reference_rows=("none",))
-    # The lowest attack of each column is bold; the reference row never is.
-    assert "**45.00 ± 5.00**" in md and "**20.00 ± 10.00**" in md and "**1.00" not in md
-    json.dumps(C._jsonable({"cells": cells, 1.5: float("nan")}), allow_nan=False)
-
-
-def test_mean_std_drops_nan():
-    m, s = C.mean_std([0.2, float("nan"), 0.4])
-    assert (m, s) == pytest.approx((0.3, 0.1))
-    assert all(math.isnan(x) for x in C.mean_std([None, float("nan")]))
+    return importlib.import_module(f"experiments.{name}")
 
 
 def test_row_space_coordinates_keep_distances_and_lle_rule():
@@ -128,6 +81,10 @@ def test_table1_runs_and_resumes(tmp_path, capsys):
     assert payload["cells"]["strike"]["median"]["nu"] == 1.0
     md = open(os.path.join(res, "table1_digits.md")).read()
     assert "| STRIKE |" in md and "| LIE |" in md
+    rows = [line for line in md.splitlines() if line.startswith("| LIE |") or line.startswith("| STRIKE |")]
+    assert len(rows) == 2 and not any("±" in r for r in rows)  # one seed: the value alone
+    cell = payload["cells"]["lie"]["median"]
+    assert f"{100 * cell['mean']:.2f}" in rows[0]
     before = _mtimes(out)
     assert len(before) == 4
     # Second invocation: nothing recomputed, same numbers.
@@ -138,6 +95,17 @@ def test_table1_runs_and_resumes(tmp_path, capsys):
     assert again["cells"] == payload["cells"]
     assert _mtimes(out) == before
     assert not [f for f in os.listdir(res) if f.startswith(".tmp-")]
+    # Another setting into the same results: refused before anything runs, unless --overwrite.
+    stored = open(os.path.join(res, "table1_digits.json")).read()
+    with pytest.raises(SystemExit) as e:
+        table1.main([*argv, "--seeds", "2"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "table1_digits.json holds a result computed with another setting (seeds: [1] only here)" in err
+    assert open(os.path.join(res, "table1_digits.json")).read() == stored and _mtimes(out) == before
+    with pytest.raises(SystemExit) as e:
+        table1.main([*argv, "--seeds", "2", "--overwrite", "--dry-run"])
+    assert e.value.code == 0
 
 
 def test_figure_lle_strike(tmp_path):
@@ -168,3 +136,114 @@ def test_figure_lle_strike(tmp_path):
     t = os.stat(cache[0]).st_mtime_ns
     assert lle.main(argv + ["--no-plot"]) == 0
     assert os.stat(cache[0]).st_mtime_ns == t
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad options: one line, exit code 2, before any data loads or run starts; nothing written
+
+
+def _forbid(monkeypatch, *, data: bool):
+    def fail(*a, **k):
+        raise AssertionError("work started on bad input")
+
+    monkeypatch.setattr(sweep, "run_sweep", fail)
+    monkeypatch.setattr(simulation, "simulate_many", fail)
+    if data:
+        monkeypatch.setattr(simulation, "load_dataset", fail)
+
+
+ATTACK_NAMES = "allowed: none, strike, bitflip"
+BAD_OPTIONS = [
+    ("table1", ["--attacks", "lie,foo"], f"argument --attacks: unknown attack 'foo'; {ATTACK_NAMES}"),
+    ("table1", ["--defences", "median,foo"], "unknown defence 'foo'; allowed: mean, median"),
+    ("table2_nnm", ["--attacks", "bar"], f"unknown attack 'bar'; {ATTACK_NAMES}"),
+    ("table2_nnm", ["--defences", "nnm"], "unknown defence 'nnm'; allowed: mean, median"),
+    ("figure7_nu", ["--baselines", "foo"], f"unknown attack 'foo'; {ATTACK_NAMES}"),
+    ("figure7_nu", ["--defences", "foo"], "unknown defence 'foo'"),
+    ("figure8_beta", ["--defence", "foo"], "unknown defence 'foo'"),
+    ("figure9_f", ["--attacks", "foo"], "unknown attack 'foo'"),
+    ("figure10_n", ["--attacks", "strike,foo"], "unknown attack 'foo'"),
+    ("figure_lle", ["--attack", "foo"], "unknown attack 'foo'"),
+    ("figure_lle", ["--defence", "foo"], "unknown defence 'foo'"),
+    ("table1", ["--set", "foo=1"], "unknown Config field 'foo'; allowed: dataset, data_dir, dataset_params, model"),
+    ("table1", ["--set", "rounds=abc"], "rounds='abc': Config.rounds needs an integer"),
+    ("skew_vs_beta", ["--set", "byzantine_ratio=1.5"], "Config.byzantine_ratio=1.5 is invalid: need 0 <= r < 1"),
+    ("figure7_nu", ["--set", "clients_per_round=50"], "Config.clients_per_round=50 is invalid"),
+]
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
+@pytest.mark.parametrize("script,argv,message", BAD_OPTIONS, ids=[f"{s}{' '.join(a)}" for s, a, _ in BAD_OPTIONS])
+def test_bad_options_stop_with_one_line(tmp_path, monkeypatch, capsys, script, argv, message, dry_run):
+    _forbid(monkeypatch, data=True)
+    mod = _load(script)
+    out, res = tmp_path / "runs", tmp_path / "results"
+    with pytest.raises(SystemExit) as e:
+        mod.main([*argv, "--out-dir", str(out), "--results-dir", str(res), "--quiet"]
+                 + (["--dry-run"] if dry_run else []))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"{script}: error: ") and message in err, err
+    assert not out.exists() and not res.exists()
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
+def test_byzantine_count_beyond_a_rule_stops_before_any_run(tmp_path, monkeypatch, capsys, dry_run):
+    _forbid(monkeypatch, data=dry_run)
+    argv = ["--attacks", "lie", "--defences", "median,krum", "--seeds", "1", "--set", "byzantine_ratio=0.45",
+            "--out-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
+    with pytest.raises(SystemExit) as e:
+        _load("table1").main(argv + (["--dry-run"] if dry_run else []))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "krum tolerates at most f=8 Byzantine rows among n=20; got f=9" in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+def test_runs_as_a_module_without_sys_path_edits():
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    p = subprocess.run([sys.executable, "-m", "experiments.table1", "--attacks", "foo", "--dry-run"], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.startswith("table1: error: argument --attacks: unknown attack 'foo'; allowed: none,")
+    for name in os.listdir(EXPERIMENTS):
+        if name.endswith(".py") and name != "_common.py":
+            assert "sys.path" not in re.sub(r'""".*?"""', "", open(os.path.join(EXPERIMENTS, name)).read(),
+                                            flags=re.S), name
+
+
+def test_readme_commands_do_not_replace_committed_results(monkeypatch):
+    """Every `python -m experiments.<sweep script>` command of experiments/README.md either writes
+    where no result is, or reproduces the committed result's setting (so never overwrites it with
+    other numbers; the quick commands write under another --results-dir)."""
+    monkeypatch.chdir(ROOT)
+    readme = open(os.path.join(EXPERIMENTS, "README.md")).read()
+    commands = re.findall(r"^python -m experiments\.(\w+)(.*)$", readme, flags=re.M)
+    commands = [(name, rest) for name, rest in commands if not name.startswith("bench_")]
+    assert len(commands) >= 20 and {n for n, _ in commands} >= {"table1", "table2_nnm", "figure_lle"}
+    real = report.check_results
+    checked = []
+
+    class Checked(Exception):
+        pass
+
+    def check(stem, spec, args):
+        real(stem, spec, args)  # exits 2 on another setting
+        checked.append(stem)
+        raise Checked
+
+    monkeypatch.setattr(report, "check_results", check)
+    for name, rest in commands:
+        argv = shlex.split(rest.split("#")[0])
+        with pytest.raises(Checked):
+            _load(name).main([os.path.expanduser(a) for a in argv] + ["--dry-run", "--quiet"])
+    committed = {os.path.join(EXPERIMENTS, "results", f[:-5]) for f in os.listdir(os.path.join(EXPERIMENTS, "results"))
+                 if f.endswith(".json") and not f.startswith("bench_")}
+    assert committed <= {os.path.abspath(s) for s in checked}  # each committed result has its command
+
+
+def test_common_shim_keeps_old_scripts_working():
+    common = _load("_common")
+    assert common.EXPERIMENTS_DIR == EXPERIMENTS and common.DISPLAY["dnc"] == "DnC"
+    assert common.names_type(("a", "b"))("a") == ("a",) and common.parse_ints("1,2") == (1, 2)
+    assert common.write_results is report.write_results and common.save_figure is report.save_figure

@@ -4,6 +4,7 @@ References are plain NumPy float64 loops written from SPEC §1 (lower median, Na
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
@@ -17,9 +18,9 @@ METHODS = ["network", "radix", "sort"]
 
 
 @pytest.fixture(params=METHODS)
-def method(request, monkeypatch):
-    monkeypatch.setattr(ops, "SORT_METHOD", request.param)
-    return request.param
+def method(request):
+    """The order-statistics strategy, passed explicitly as a static `ops.Backend`."""
+    return ops.Backend(sort=request.param)
 
 
 def _ref_sorted_column(values):
@@ -85,7 +86,8 @@ def test_rank_band_mean_matches_reference(method, n, d, jit):
         bands = {(0, 0), ((n - 1) // 2, (n - 1) // 2), ((n - 1) // 2, n // 2), (0, n - 1), (n // 3, n - 1 - n // 3)}
         for lo, hi in sorted(bands):
             want = _ref_band_mean(X.astype(np.float64), lo, hi)
-            fn = jax.jit(ops.rank_band_mean) if jit else ops.rank_band_mean
+            band_mean = functools.partial(ops.rank_band_mean, backend=method)
+            fn = jax.jit(band_mean) if jit else band_mean
             got = np.asarray(fn(jnp.asarray(X), lo, hi))  # traced ranks under jit, static otherwise
             fin = np.isfinite(want)
             np.testing.assert_allclose(got[fin], want[fin], rtol=1e-5, atol=1e-5, err_msg=f"{lo},{hi}")
@@ -98,34 +100,36 @@ def test_order_statistic_masked_and_vmapped_over_rank(method):
     mask = np.array([1, 0, 1, 1, 0, 1, 1, 1, 0], bool)
     cnt = int(mask.sum())
     ks = jnp.arange(cnt)
-    got = jax.vmap(lambda k: ops.order_statistic(jnp.asarray(X), k, jnp.asarray(mask)))(ks)
+    got = jax.vmap(lambda k: ops.order_statistic(jnp.asarray(X), k, jnp.asarray(mask), backend=method))(ks)
     for k in range(cnt):
         want = _ref_band_mean(X.astype(np.float64), k, k, mask)
         fin = np.isfinite(want)
         np.testing.assert_allclose(np.asarray(got[k])[fin], want[fin], rtol=1e-6)
-    med = ops.masked_lower_median(jnp.asarray(X), jnp.asarray(mask))
+    med = ops.masked_lower_median(jnp.asarray(X), jnp.asarray(mask), backend=method)
     np.testing.assert_array_equal(np.asarray(med), np.asarray(got[(cnt - 1) // 2]))
 
 
 def test_lower_median_is_not_the_midpoint(method):
     X = np.arange(8, dtype=np.float32).reshape(8, 1)[::-1]
-    assert float(ops.lower_median(jnp.asarray(X))[0]) == 3.0
-    assert float(ops.rank_band_mean(jnp.asarray(X), 3, 4)[0]) == 3.5
+    assert float(ops.lower_median(jnp.asarray(X), backend=method)[0]) == 3.0
+    assert float(ops.rank_band_mean(jnp.asarray(X), 3, 4, backend=method)[0]) == 3.5
 
 
 def test_rank_band_mean_gradient(method):
     # Generic input (no ties): d trmean / dX = 1/(n - 2b) on the kept entries, 0 elsewhere.
     n, d, b = 9, 4, 2
     X = jnp.asarray(_data(n, d, 5))
-    g = jax.jit(jax.grad(lambda x: jnp.sum(ops.rank_band_mean(x, b, n - 1 - b) * jnp.arange(1.0, d + 1))))(X)
+    g = jax.jit(jax.grad(lambda x: jnp.sum(ops.rank_band_mean(x, b, n - 1 - b, backend=method)
+                                           * jnp.arange(1.0, d + 1))))(X)
     ranks = np.argsort(np.argsort(np.asarray(X), axis=0), axis=0)
     kept = (ranks >= b) & (ranks <= n - 1 - b)
     want = kept * np.arange(1.0, d + 1) / (n - 2 * b)
     np.testing.assert_allclose(np.asarray(g), want, rtol=1e-6, atol=1e-7)
-    gm = jax.jit(jax.grad(lambda x: jnp.sum(ops.lower_median(x))))(X)
+    gm = jax.jit(jax.grad(lambda x: jnp.sum(ops.lower_median(x, backend=method))))(X)
     np.testing.assert_allclose(np.asarray(gm), ranks == (n - 1) // 2, atol=1e-7)
     # Traced ranks (jit) give the same gradient.
-    gj = jax.jit(jax.grad(lambda x, lo: jnp.sum(ops.rank_band_mean(x, lo, n - 1 - lo) * jnp.arange(1.0, d + 1))))(X, b)
+    gj = jax.jit(jax.grad(lambda x, lo: jnp.sum(ops.rank_band_mean(x, lo, n - 1 - lo, backend=method)
+                                                * jnp.arange(1.0, d + 1))))(X, b)
     np.testing.assert_allclose(np.asarray(gj), want, rtol=1e-6, atol=1e-7)
 
 
@@ -146,7 +150,8 @@ def test_median_window_mean_matches_reference(method, ties):
     X = _data(11, 7, 6, ties=ties)
     mask = np.array([1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1], bool)
     for beta in (1, 2, 4, int(mask.sum())):
-        got = jax.jit(ops.median_window_mean)(jnp.asarray(X), beta, jnp.asarray(mask))
+        got = jax.jit(functools.partial(ops.median_window_mean, backend=method))(jnp.asarray(X), beta,
+                                                                              jnp.asarray(mask))
         np.testing.assert_allclose(np.asarray(got), _ref_window_mean(X.astype(np.float64), beta, mask),
                                    rtol=1e-5, atol=1e-6, err_msg=f"beta={beta}")
 
@@ -188,13 +193,12 @@ def test_gram_blocks_and_nonfinite_rows(chunk):
     np.testing.assert_array_equal(np.asarray(ops.finite_rows(jnp.asarray(X))), fin)
 
 
-def test_gram_forms_agree(monkeypatch):
+def test_gram_forms_agree():
     # Blocked (few rows), upper-triangle blocks (many rows) and plain products: same matrix.
     X = jnp.asarray(_data(9, 300, 8) + 20)
-    blocked = np.asarray(ops.centred_gram(X, chunk=64))
-    monkeypatch.setattr(ops, "GRAM_CHUNK_MAX_ROWS", 2)
-    tri = np.asarray(ops.centred_gram(X))
-    plain = np.asarray(ops._centred_gram(X, None, "plain"))
+    blocked = np.asarray(ops.centred_gram(X, chunk=64, backend=ops.Backend(gram="blocks")))
+    tri = np.asarray(ops.centred_gram(X, backend=ops.Backend(gram="triangle")))
+    plain = np.asarray(ops.centred_gram(X, backend=ops.Backend(gram="plain")))
     np.testing.assert_allclose(tri, blocked, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(plain, blocked, rtol=1e-4, atol=1e-3)
     d_tri = np.asarray(ops.sq_dists_from_gram(jnp.asarray(tri))[0])
@@ -269,12 +273,10 @@ def test_compensated_block_sum_is_more_accurate():
     assert abs(comp - want) <= 1e-7 * want < abs(plain - want)
 
 
-def test_sort_method_choice(monkeypatch):
-    monkeypatch.setattr(ops, "SORT_METHOD", None)
+def test_sort_method_choice():
     if jax.default_backend() == "cpu":
         assert ops.sort_method(50, jnp.float32) == "network"
         assert ops.sort_method(1000, jnp.float32) == "radix"
         assert ops.sort_method(1000, jnp.float16) == "sort"
-    monkeypatch.setattr(ops, "SORT_METHOD", "bogus")
     with pytest.raises(ValueError, match="allowed"):
-        ops.sort_method(5, jnp.float32)
+        ops.sort_method(5, jnp.float32, ops.Backend(sort="bogus"))

@@ -166,8 +166,11 @@ def test_tiny_end_to_end_per_model_family(model, shape, classes):
     # Natural partition of a synthetic federated dataset (uneven clients), STRIKE vs DnC with
     # bucketing: every stage of a round runs once per model family. ResNet-18 carries BatchNorm
     # statistics in its update vector.
+    # "steps": the CPU's strategy for convolutions, without auto's measurement of the packed program
+    # (the packed path's convolutions are covered by tests/test_strategies.py on small_cnn_bn).
     cfg = Config(dataset="synthetic", model=model, partition="natural", num_clients=4, clients_per_round=4,
                  rounds=1, batch_size=4, attack="strike", defence="dnc", preaggregation=("bucketing",),
+                 strategy="steps",
                  byzantine_ratio=0.25,
                  dataset_params={"num_clients": 4, "samples_per_client": [5, 3, 6, 4], "image_shape": shape,
                                  "num_classes": classes, "num_test": 8})

@@ -7,7 +7,6 @@ import pytest
 
 from strike_jax import models
 from strike_jax import training
-from strike_jax.training import strategies as strategies_lib
 
 
 def _counting(model):
@@ -45,10 +44,11 @@ def _reference_rows(local, variables, X, Y, idx, mask, flip):
 @pytest.mark.parametrize(
     "name,strategies,with_reference",
     [
-        ("mlp", [("steps", None), ("loop", None), ("vmap", None), ("vmap", 2), ("map", None)], True),
-        # BatchNorm under vmap (masked statistics, skipped size-1 batch) against the per-client loop;
+        ("mlp", [("steps", None), ("loop", None), ("vmap", None), ("packed", 2), ("packed", None), ("map", None)],
+         True),
+        # BatchNorm in lanes (masked statistics, skipped size-1 batch) against the per-client loop;
         # the per-client program itself is checked against NumPy in test_local_training.py.
-        ("small_cnn_bn", [("steps", None), ("vmap", None)], False),
+        ("small_cnn_bn", [("steps", None), ("packed", 2)], False),
     ],
 )
 def test_strategies_agree_and_do_not_recompile(name, strategies, with_reference):
@@ -69,7 +69,7 @@ def test_strategies_agree_and_do_not_recompile(name, strategies, with_reference)
                 for (idx, mask), flip in zip(schedules, flips)]
     d = models.num_params(base) + models.num_batch_stats(base)
     for strategy, chunk in strategies:
-        cu = training.make_client_updates(model, cfg, strategy, clients_per_chunk=chunk)
+        cu = training.make_client_updates(model, cfg, strategy, lanes=chunk)
         assert cu.strategy == strategy
         outs, stats_r = [], []
         for r, ((idx, mask), flip) in enumerate(zip(schedules, flips)):
@@ -100,29 +100,50 @@ def test_strategies_agree_and_do_not_recompile(name, strategies, with_reference)
         assert np.any(refs[0][0] != 0.0)
 
 
-def test_auto_and_bad_strategy():
+def test_auto_measures_and_bad_strategy():
     model = models.get("mlp", 3, (2, 2, 1))
     cfg = training.LocalConfig(0.1, 0.0, 0.0, None, 3)
-    cnn = models.get("small_cnn", 3, (8, 8, 1))
-    assert training.choose_strategy(cnn, "cpu") == "steps"
-    assert training.choose_strategy(model, "cpu") == "vmap"
-    assert training.choose_strategy(cnn, "gpu") == training.choose_strategy(model, "gpu") == "vmap"
-    assert training.make_client_updates(model, cfg).strategy == training.choose_strategy(model)
+    variables = model.init(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(1)
+    X = jnp.asarray(rng.normal(size=(30, 2, 2, 1)).astype(np.float32))
+    Y = jnp.asarray(rng.integers(0, 3, size=30).astype(np.int32))
+    idx, mask = _schedule(rng, 8, 3, 4, 30)
+    auto = training.make_client_updates(model, cfg)
+    assert auto.strategy == "auto"
+    U, _ = auto(variables, X, Y, idx, mask)
+    est = auto.estimates
+    assert set(est) == {"packed", "steps"} and all(v > 0 for v in est.values())
+    assert auto.strategy == training.choose_strategy(est) in ("packed", "steps")
+    ref, _ = training.make_client_updates(model, cfg, auto.strategy)(variables, X, Y, idx, mask)
+    np.testing.assert_array_equal(np.asarray(U), np.asarray(ref))
+    # The choice: the fastest, but the one-program "packed" within 10% of it.
+    assert training.choose_strategy({"packed": 1.05, "steps": 1.0}) == "packed"
+    assert training.choose_strategy({"packed": 2.0, "steps": 1.0}) == "steps"
     with pytest.raises(ValueError, match="strategy"):
         training.make_client_updates(model, cfg, "pmap")
-    with pytest.raises(ValueError, match="clients_per_chunk"):
-        training.make_client_updates(model, cfg, "vmap", clients_per_chunk=0)
+    with pytest.raises(ValueError, match="lanes"):
+        training.make_client_updates(model, cfg, "packed", lanes=0)
     cu = training.make_client_updates(model, cfg, "steps")
     with pytest.raises(ValueError, match=r"\[n, S, B\]"):
-        cu(model.init(jax.random.PRNGKey(0)), jnp.zeros((4, 2, 2, 1)), jnp.zeros(4, jnp.int32),
+        cu(variables, jnp.zeros((4, 2, 2, 1)), jnp.zeros(4, jnp.int32),
            np.zeros((2, 3), np.int32), np.ones((2, 3), bool))
 
 
-def test_chunk_from_memory():
-    assert strategies_lib._chunk_from_memory(50, 10, 1000) == 50
-    assert strategies_lib._chunk_from_memory(50, 100, 1000) == 10
-    assert strategies_lib._chunk_from_memory(50, 10_000, 1000) == 1
-    assert strategies_lib._chunk_from_memory(50, 0, 1000) == 50
+def test_choose_lanes():
+    steps = np.array([[5, 3, 3, 2, 2, 1, 4, 4, 6, 2, 3, 5]])
+    L, T, padded = training.choose_lanes(steps, 12)
+    assert L == training.default_lanes(12) == (2 if jax.default_backend() == "cpu" else 6)
+    assert T == training.makespans(steps, L).max()
+    assert padded == pytest.approx(1 - 40 / (L * T))
+    assert training.choose_lanes(steps, 12, lanes=12)[:2] == (12, 6)
+    assert training.choose_lanes(steps, 12, lanes=1)[1:] == (40, 0.0)
+    # One huge client: the default lanes would idle, so they are halved down to what packs well.
+    skew = np.array([[40] + [1] * 39])
+    assert training.choose_lanes(skew, 40)[0] < training.default_lanes(40)
+    assert training.choose_lanes(skew, 40)[2] <= training.MAX_PADDED_FRACTION
+    assert training.default_lanes(50, backend="cpu") == 8 and training.default_lanes(3, backend="cpu") == 1
+    assert training.default_lanes(50, 4, backend="cpu") == 4 and training.default_lanes(50, backend="gpu") == 25
+    assert training.default_lanes(50, 16, backend="gpu") == 16
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,26 +1,37 @@
 """Robust aggregation rules and pre-aggregators over the `[n, d]` update matrix (SPEC §1, §7).
 
+Every rule and pre-aggregator is a `strike_jax.stages.Stage` (`stages.get("rule", "median")`),
+registered in `strike_jax.registry`; `get` wraps one in a thin adapter for existing users:
+
 ```python
 from strike_jax import aggregators
 rule = aggregators.get("multikrum")
-state = rule.init(updates)                                   # updates: [n, d]
-g, state = rule.aggregate(updates, state, f=10, key=key)     # g: [d]
+state = rule.init(updates)                                   # updates: [n, d] (or its shape)
+g, state = rule.aggregate(updates, state, f=10, key=key)     # g: [d]; f is required (f=0: none)
 pre = aggregators.get("bucketing", s=2)                      # a pre-aggregator
 mixed, f2, pstate = pre.apply(updates, pre.init(updates), f=10, key=key)   # [ceil(n/2), d], ceil(f/2)
 both = aggregators.chain(aggregators.get("nnm"), aggregators.get("bucketing", s=2),
                          aggregators.get("median"))          # an aggregator again
 ```
 
-Rules (`get` names, hyper-parameters with defaults): `mean`, `median(midpoint=False)`, `trmean`,
-`rbtm` (the same rule), `krum`, `multikrum`, `rfa(iters=8, eps=1e-7)`, `aksel`,
-`cclip(tau=10.0, iters=1)` (stateful), `dnc(c=1.0, niters=1, b=1000)` (needs `key`), `bulyan`;
-pre-aggregators: `bucketing(s=2)` (needs `key`), `nnm(include_self=True)`.
+Rules (`names()`, hyper-parameters with defaults; traceable ones marked `~`): `mean`,
+`median(midpoint=False)`, `trmean`, `rbtm` (the same rule), `krum`, `multikrum`,
+`rfa(iters=8, eps~=1e-7)`, `aksel`, `cclip(tau~=10.0, iters=1)` (stateful),
+`dnc(c~=1.0, niters=1, b=1000)` (needs `key`), `bulyan`; issue 11: `meamed`, `monna(idx=0)`,
+`mda(max_subsets=100000)`, `smea(max_subsets=20000)` (exact searches over `C(n, f)` subsets: the
+bound is part of their limit), `caf`, `signguard(lower~=0.1, upper~=3.0, fraction=0.1)` (needs
+`key`), `clippedclustering(max_tau~=1e5, capacity=100000)` (stateful), `fltrust` (round input
+`root_update [d]`: `aggregate(..., root_update=g0)` or `RoundContext.root_update`),
+`foolsgold(num_clients, sketch=None, seed=0)` (stateful; `num_clients` required; round input
+`clients [n]`: `aggregate(..., clients=ids)` or `RoundContext.clients`);
+pre-aggregators (`preaggregator_names()`): `nnm(include_self=True)`, `bucketing(s=2)` (needs
+`key`), `clipping(c~=2.0)`, `arc`. `hparam_spec(name)` gives each one's allowed values.
 
 Every rule is a pure function of arrays, safe under `jit`, `vmap` (also over `f`) and `grad`;
 `f` may be a traced integer (clamped to the rule's limit) or a Python int (checked against it:
 ValueError naming the limit). Rows with NaN/Inf count as infinitely far from everything (SPEC §7):
-with at most `f` of them every robust rule returns a finite vector. Each rule object compiles its
-array code once per input shape (also when called outside `jit`).
+with at most `f` of them every robust rule returns a finite vector. Each rule's array code is one
+jitted function compiled once per input shape and static hyper-parameters.
 
 Speed (XLA:CPU, see `strike_jax.ops` and `experiments/bench_aggregators.py`): coordinate-wise
 order statistics by a fused sorting network (or an exact radix selection for many rows), distances
@@ -29,67 +40,75 @@ by one centred Gram pass over column blocks, every average as `w @ X`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
-from strike_jax.aggregators.base import Aggregator, PreAggregator, resolve_f
-from strike_jax.aggregators.bulyan import bulyan, bulyan_limit
-from strike_jax.aggregators.coordinatewise import mean, median, trmean, trmean_limit
+from strike_jax import ops, registry
+from strike_jax.aggregators.base import (
+    Aggregator,
+    EmptyState,
+    PreAggregator,
+    as_aggregator,
+    chain,
+    majority_limit,
+    resolve_f,
+)
+from strike_jax.aggregators.coordinatewise import mean, median, rbtm, trmean, trmean_limit
 from strike_jax.aggregators.distance import aksel, cclip, krum, krum_limit, krum_scores, multikrum, rfa
 from strike_jax.aggregators.dnc import dnc
-from strike_jax.aggregators.preagg import bucketing, chain, nnm
+from strike_jax.aggregators.bulyan import bulyan, bulyan_limit
+from strike_jax.aggregators.preagg import bucketing, nnm
+# Issue 11 (registered after the rules above, which keep their places in `names()`).
+from strike_jax.aggregators.robust_means import caf, mda, meamed, monna, smea
+from strike_jax.aggregators.clustering import clippedclustering, signguard
+from strike_jax.aggregators.trusted import fltrust
+from strike_jax.aggregators.foolsgold import FoolsGoldState, foolsgold
+from strike_jax.aggregators.clipping import arc, clipping
 
-_BUILDERS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
-    "mean": (mean, {}),
-    "median": (median, {"midpoint": False}),
-    "trmean": (lambda: trmean("trmean"), {}),
-    "rbtm": (lambda: trmean("rbtm"), {}),
-    "krum": (krum, {}),
-    "multikrum": (lambda: multikrum(), {}),
-    "rfa": (rfa, {"iters": 8, "eps": 1e-7}),
-    "aksel": (aksel, {}),
-    "cclip": (cclip, {"tau": 10.0, "iters": 1}),
-    "dnc": (dnc, {"c": 1.0, "niters": 1, "b": 1000}),
-    "bulyan": (bulyan, {}),
-    "bucketing": (bucketing, {"s": 2}),
-    "nnm": (nnm, {"include_self": True}),
-}
-
-PREAGGREGATORS = ("bucketing", "nnm")
+PREAGGREGATORS = ("bucketing", "nnm", "clipping", "arc")
 
 
 def names() -> tuple[str, ...]:
-    """Every name `get` accepts (rules and pre-aggregators)."""
-    return tuple(_BUILDERS)
+    """The aggregation rules `get` accepts (the pre-aggregators are `preaggregator_names()`)."""
+    return registry.names("rule")
 
 
 def rule_names() -> tuple[str, ...]:
-    """The aggregation rules (names that are not pre-aggregators)."""
-    return tuple(n for n in _BUILDERS if n not in PREAGGREGATORS)
+    """The aggregation rules (the same as `names()`)."""
+    return names()
 
 
-def get(name: str, **hparams: Any) -> Aggregator | PreAggregator:
-    """Builds a rule or pre-aggregator by name.
+def preaggregator_names() -> tuple[str, ...]:
+    """The pre-aggregators `get` accepts (NNM, bucketing, Clipping, ARC)."""
+    return registry.names("preaggregator")
+
+
+def hparam_spec(name: str) -> dict[str, registry.Param]:
+    """`{hyper-parameter: Param(default, traceable, allowed, check)}` of a rule or pre-aggregator."""
+    entry = registry.find(name, ("rule", "preaggregator"), "aggregator")
+    return dict(entry.params)
+
+
+def get(name: str, *, backend: ops.Backend | None = None, **hparams: Any) -> Aggregator | PreAggregator:
+    """Builds a rule or pre-aggregator by name, as an adapter (`.aggregate` or `.apply`).
 
     Args:
-      name: one of `names()`.
-      **hparams: its hyper-parameters (see `names()` / each builder's docstring).
+      name: one of `names()` or `preaggregator_names()`.
+      backend: `ops.Backend` for its array code (resolved now; None: the platform's default).
+      **hparams: its hyper-parameters (see the module docstring / `hparam_spec`). Traced values
+        are accepted, unchecked, for the traceable ones.
 
     Raises:
       ValueError: unknown name or hyper-parameter (the message lists the allowed ones), or an
         invalid concrete value.
     """
-    if name not in _BUILDERS:
-        raise ValueError(f"Unknown aggregator {name!r}; allowed: {', '.join(names())}.")
-    build, allowed = _BUILDERS[name]
-    unknown = sorted(set(hparams) - set(allowed))
-    if unknown:
-        listing = ", ".join(f"{k}={v!r}" for k, v in allowed.items()) or "none"
-        raise ValueError(f"{name}: unknown hyper-parameter(s) {unknown}; allowed: {listing}.")
-    return build(**hparams)
+    entry = registry.find(name, ("rule", "preaggregator"), "aggregator")
+    return as_aggregator(registry.build(entry.kind, name, backend=ops.resolve(backend), **hparams))
 
 
 __all__ = [
-    "Aggregator", "PreAggregator", "aksel", "bucketing", "bulyan", "bulyan_limit", "cclip", "chain", "dnc",
-    "get", "krum", "krum_limit", "krum_scores", "mean", "median", "multikrum", "names", "nnm", "resolve_f",
-    "rfa", "rule_names", "trmean", "trmean_limit",
+    "Aggregator", "EmptyState", "FoolsGoldState", "PREAGGREGATORS", "PreAggregator", "aksel", "arc", "bucketing",
+    "bulyan", "bulyan_limit", "caf", "cclip", "chain", "clippedclustering", "clipping", "dnc", "fltrust",
+    "foolsgold", "get", "hparam_spec", "krum", "krum_limit", "krum_scores", "majority_limit", "mda", "mean",
+    "meamed", "median", "monna", "multikrum", "names", "nnm", "preaggregator_names", "rbtm", "resolve_f", "rfa",
+    "rule_names", "signguard", "smea", "trmean", "trmean_limit",
 ]

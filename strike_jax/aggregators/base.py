@@ -1,103 +1,56 @@
-"""Types, `f` handling, hyper-parameter checks and the non-finite-row conventions (SPEC §7).
+"""Rules and pre-aggregators as stages, `f` handling, and the adapters of `aggregators.get`.
 
-An aggregator is a pair of pure functions (optax style):
+A rule is a `strike_jax.stages.Stage` of kind "rule": `update(U [n, d], state, ctx) -> (g [d],
+state, ctx)`; a pre-aggregator one of kind "preaggregator": `update(U, state, ctx) -> (U' [n', d],
+state, ctx')` with `ctx'.f` the rescaled Byzantine count. `ctx.f` may be a Python int or a traced
+integer: a concrete `f` above a stage's limit raises `ValueError` naming the limit; a traced `f` is
+clamped to it (as the reference does). `f` is required everywhere (`f=0` for none).
 
-  init(updates [n, d]) -> state
-  aggregate(updates [n, d], state, *, f, key) -> (vector [d], state)
+`aggregators.get` wraps a stage in a thin adapter for existing users:
 
-A pre-aggregator maps the update matrix to another one and rescales `f`:
-
-  init(updates [n, d]) -> state
-  apply(updates [n, d], state, *, f, key) -> (updates' [n', d], f', state)
-
-`f` may be a Python int or a traced integer. A concrete `f` above a rule's limit raises
-`ValueError` naming the limit; a traced `f` is clamped to it (as the reference does).
+    rule.init(updates) -> state;  rule.aggregate(updates, state, *, f, key) -> (vector [d], state)
+                                  (FLTrust: also `root_update=g0 [d]`; FoolsGold: `clients=ids [n]`)
+    pre.init(updates) -> state;   pre.apply(updates, state, *, f, key) -> (updates' [n', d], f', state)
 """
 
 from __future__ import annotations
 
-import numbers
-from typing import Any, Callable, NamedTuple, Protocol
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from strike_jax import ops
+from strike_jax.registry import is_traced
+from strike_jax.stages import (
+    EmptyState,
+    RoundContext,
+    Stage,
+    as_stage,
+    chain as chain_stages,
+    check_updates,
+    empty_init,
+    make_stage,
+    no_limit,
+)
 
 Array = jax.Array
 
 
-class InitFn(Protocol):
-    def __call__(self, updates: Array) -> Any: ...
-
-
-class AggregateFn(Protocol):
-    def __call__(self, updates: Array, state: Any, *, f: Any, key: Array | None = None) -> tuple[Array, Any]: ...
-
-
-class ApplyFn(Protocol):
-    def __call__(self, updates: Array, state: Any, *, f: Any, key: Array | None = None) -> tuple[Array, Any, Any]: ...
-
-
-class Aggregator(NamedTuple):
-    """A robust aggregation rule: `[n, d]` updates -> `[d]` vector (SPEC §7).
-
-    Attributes:
-      name: registry name.
-      init: `init(updates) -> state` (`()` for stateless rules).
-      aggregate: `aggregate(updates, state, *, f, key) -> (vector, state)`.
-      max_f: `max_f(n) -> int | None`, the most Byzantine rows the rule tolerates (None: no limit).
-      hparams: the hyper-parameters it was built with.
-    """
-
-    name: str
-    init: InitFn
-    aggregate: AggregateFn
-    max_f: Callable[[int], int | None]
-    hparams: dict
-
-
-class PreAggregator(NamedTuple):
-    """A pre-aggregation step: `[n, d]` -> `[n', d]`, `f -> f'` (SPEC §7: NNM, bucketing).
-
-    Attributes:
-      name: registry name.
-      init: `init(updates) -> state`.
-      apply: `apply(updates, state, *, f, key) -> (updates', f', state)`.
-      output_rows: `output_rows(n) -> n'` (static).
-      max_f: `max_f(n) -> int | None`.
-      hparams: the hyper-parameters it was built with.
-    """
-
-    name: str
-    init: InitFn
-    apply: ApplyFn
-    output_rows: Callable[[int], int]
-    max_f: Callable[[int], int | None]
-    hparams: dict
-
-
-EmptyState = tuple
-
-
-def empty_init(updates: Array) -> EmptyState:
-    del updates
-    return ()
-
-
-def is_concrete(x: Any) -> bool:
-    """True when `x` is a plain number or a concrete (non-traced) array."""
-    return not isinstance(x, jax.core.Tracer)
+def majority_limit(n: int) -> int:
+    """`(n - 1) // 2`: the most Byzantine rows a rule that needs an honest majority tolerates (the
+    median and the rules built on it: Median, TrMean/RBTM, RFA, Aksel)."""
+    return (n - 1) // 2
 
 
 def resolve_f(f: Any, limit: int | None, rule: str, n: int) -> Array:
-    """Checks a concrete `f` against the rule's limit (ValueError) or clamps a traced one.
+    """Checks a concrete `f` against the stage's limit (ValueError) or clamps a traced one.
 
     Args:
       f: Byzantine count: int, numpy integer, or (traced) integer array of shape `[]`.
-      limit: the most the rule tolerates for `n` rows (None: no limit beyond `n - 1`).
-      rule: the rule's name, for messages.
+      limit: the most the stage tolerates for `n` rows (None: no limit beyond `n - 1`).
+      rule: the stage's name, for messages.
       n: number of rows.
 
     Returns:
@@ -106,7 +59,7 @@ def resolve_f(f: Any, limit: int | None, rule: str, n: int) -> Array:
     if f is None:
         raise ValueError(f"{rule}: f (the number of Byzantine rows) is required; pass f=0 for none.")
     hi = n - 1 if limit is None else limit
-    if is_concrete(f):
+    if not is_traced(f):
         arr = np.asarray(f)
         if arr.shape != () or not (np.issubdtype(arr.dtype, np.integer) or float(arr) == int(arr)):
             raise ValueError(f"{rule}: f must be a non-negative integer scalar, got {f!r}.")
@@ -120,48 +73,43 @@ def resolve_f(f: Any, limit: int | None, rule: str, n: int) -> Array:
     return jnp.clip(jnp.asarray(f).astype(jnp.int32), 0, max(hi, 0))
 
 
-def check_hparams(rule: str, given: dict, allowed: dict) -> dict:
-    """Rejects unknown hyper-parameters, listing the allowed ones; returns defaults merged with `given`."""
-    unknown = sorted(set(given) - set(allowed))
-    if unknown:
-        listing = ", ".join(f"{k}={v!r}" for k, v in allowed.items()) or "none"
-        raise ValueError(f"{rule}: unknown hyper-parameter(s) {unknown}; allowed: {listing}.")
-    return {**allowed, **given}
-
-
-def check_number(rule: str, name: str, value: Any, *, low: float | None = None, strict: bool = True,
-                 integer: bool = False) -> None:
-    """Validates a concrete numeric hyper-parameter (traced values pass unchecked)."""
-    if not is_concrete(value):
-        return
-    if isinstance(value, bool) or not isinstance(value, (numbers.Number, np.ndarray, jax.Array)):
-        raise ValueError(f"{rule}: {name}={value!r} must be a number.")
-    v = float(np.asarray(value))
-    if not np.isfinite(v):
-        raise ValueError(f"{rule}: {name}={value!r} must be finite.")
-    if integer and v != int(v):
-        raise ValueError(f"{rule}: {name}={value!r} must be an integer.")
-    if low is not None and (v <= low if strict else v < low):
-        raise ValueError(f"{rule}: {name}={value!r} must be {'>' if strict else '>='} {low}.")
-
-
-def require_key(rule: str, key: Array | None) -> Array:
+def require_key(name: str, key: Array | None) -> Array:
     if key is None:
-        raise ValueError(f"{rule} is randomised: pass key=jax.random.PRNGKey(...) (got key=None).")
+        raise ValueError(f"{name} is randomised: pass key=jax.random.PRNGKey(...) (got key=None).")
     return key
 
 
-# --- shared pieces ---------------------------------------------------------------------------
+def rule_stage(name: str, core: Callable, *, limit: Callable[[int], int | None] = no_limit,
+               init: Callable = empty_init, needs_key: bool = False, check_f: Callable | None = None,
+               with_ctx: bool = False, **info: Any) -> Stage:
+    """A rule as a Stage from `core(updates, state, f, key) -> (vector [d], state)`.
+
+    `update` checks the input's shape (chex), resolves `ctx.f` against `limit(n)` (`resolve_f`, or
+    `check_f(f, n)` for a rule with its own check: what it returns is what `core` receives as `f`)
+    and, if `needs_key`, requires `ctx.key`. With `with_ctx`, `core` also receives the round
+    context (`core(updates, state, f, key, ctx)`: rules reading `ctx.clients` or
+    `ctx.root_update`).
+    """
+
+    def update(x, state, ctx):
+        check_updates(name, x)
+        n = x.shape[0]
+        key = require_key(name, ctx.key) if needs_key else ctx.key
+        f = check_f(ctx.f, n) if check_f is not None else resolve_f(ctx.f, limit(n), name, n)
+        g, state = core(x, state, f, key, ctx) if with_ctx else core(x, state, f, key)
+        return g, state, ctx
+
+    return make_stage(name, "rule", init, update, max_f=limit, needs_key=needs_key, **info)
 
 
-def selection_dists(updates: Array) -> tuple[Array, Array]:
+def selection_dists(updates: Array, backend: ops.Backend) -> tuple[Array, Array]:
     """`(d2 [n, n], finite [n])` for rules that only *select* rows by distance (Krum, Bulyan).
 
     Squared distances from one centred Gram pass (`ops.pairwise_sq_dists_finite`); rows holding
     NaN/Inf are `+inf` from everything (SPEC §7). Under `stop_gradient`: a selection is piecewise
     constant, so gradients flow through the final average only.
     """
-    d2, finite = ops.pairwise_sq_dists_finite(updates)
+    d2, finite = ops.pairwise_sq_dists_finite(updates, backend=backend)
     return jax.lax.stop_gradient(d2), finite
 
 
@@ -171,3 +119,117 @@ def sum_smallest(values: Array, k: Array) -> Array:
     s = jnp.sort(values, axis=1)
     take = jnp.arange(values.shape[1])[None, :] < k
     return jnp.where(take, s, 0.0).sum(axis=1)
+
+
+# --------------------------------------------------------------------------- adapters for users
+
+
+class Aggregator(NamedTuple):
+    """A robust aggregation rule for existing users: `[n, d]` updates -> `[d]` vector (SPEC §7).
+
+    Attributes:
+      name: registry name.
+      init: `init(updates or shape) -> state`.
+      aggregate: `aggregate(updates, state, *, f, key=None, clients=None, root_update=None) ->
+        (vector, state)`; `f` is required; `clients` (`[n]` int ids) and `root_update` (`[d]`) go
+        to the round context (FoolsGold, FLTrust need them).
+      max_f: `max_f(n) -> int | None`, the most Byzantine rows the rule tolerates (None: no limit).
+      hparams: the hyper-parameters it was built with.
+      stage: the underlying `Stage`.
+    """
+
+    name: str
+    init: Callable[[Any], Any]
+    aggregate: Callable[..., tuple[Array, Any]]
+    max_f: Callable[[int], int | None]
+    hparams: Mapping[str, Any]
+    stage: Stage | None = None
+
+
+class PreAggregator(NamedTuple):
+    """A pre-aggregation step for existing users: `[n, d]` -> `[n', d]`, `f -> f'` (NNM, bucketing).
+
+    Attributes:
+      name: registry name.
+      init: `init(updates or shape) -> state`.
+      apply: `apply(updates, state, *, f, key=None) -> (updates', f', state)`; `f` is required.
+      output_rows: `output_rows(n) -> n'` (static).
+      max_f: `max_f(n) -> int | None`.
+      hparams: the hyper-parameters it was built with.
+      stage: the underlying `Stage`.
+    """
+
+    name: str
+    init: Callable[[Any], Any]
+    apply: Callable[..., tuple[Array, Any, Any]]
+    output_rows: Callable[[int], int]
+    max_f: Callable[[int], int | None]
+    hparams: Mapping[str, Any]
+    stage: Stage | None = None
+
+
+def as_aggregator(stage: Stage) -> Aggregator | PreAggregator:
+    """The adapter of a rule or pre-aggregator stage (`aggregators.get` returns these)."""
+
+    if stage.kind == "rule":
+
+        def aggregate(updates, state, *, f=None, key=None, clients=None, root_update=None):
+            if f is None:
+                raise ValueError(f"{stage.name}: f (the number of Byzantine rows) is required; pass f=0 for none.")
+            ctx = RoundContext(None, f, key, clients=clients, root_update=root_update)
+            g, state, _ = stage.update(updates, state, ctx)
+            return g, state
+
+        return Aggregator(stage.name, stage.init, aggregate, stage.max_f, stage.hparams, stage)
+    if stage.kind == "preaggregator":
+
+        def apply(updates, state, *, f=None, key=None):
+            if f is None:
+                raise ValueError(f"{stage.name}: f (the number of Byzantine rows) is required; pass f=0 for none.")
+            out, state, ctx = stage.update(updates, state, RoundContext(None, f, key))
+            return out, ctx.f, state
+
+        return PreAggregator(stage.name, stage.init, apply, stage.output_rows, stage.max_f, stage.hparams, stage)
+    raise ValueError(f"{stage.name!r} is an {stage.kind}, not a rule or pre-aggregator.")
+
+
+def chain(*stages: Any) -> Aggregator:
+    """Composes pre-aggregators with a rule: `chain(get("nnm"), get("bucketing", s=2), get("median"))`.
+
+    The pre-aggregators run in the given order, which must be NNM before bucketing (SPEC §7), and
+    the last stage must be an aggregation rule. `f` is rescaled by each stage (bucketing:
+    `ceil(f/s)`), and the rule checks (concrete) or clamps (traced) the rescaled `f` against its
+    limit for the rescaled row count; `max_f` is the composed limit. Randomness: with several
+    stages `keys = jax.random.split(key, len(stages))`, stage `i` gets `keys[i]` (a single stage
+    gets `key`); with `key=None` every stage gets None (a stage that needs a key then raises).
+    See `strike_jax.stages.chain`, of which this is the adapter.
+
+    Returns:
+      An `Aggregator` named like `"nnm+bucketing+median"`; its state is the tuple of the stages'.
+    """
+    if not stages:
+        raise ValueError("chain needs at least an aggregation rule.")
+    parts = [as_stage(s) for s in stages]
+    if parts[-1].kind != "rule":
+        raise ValueError(f"chain: the last stage must be an aggregation rule, got {parts[-1].name!r}.")
+    for p in parts[:-1]:
+        if p.kind != "preaggregator":
+            raise ValueError(f"chain: {p.name!r} is not a pre-aggregator (nnm, bucketing); "
+                             "only the last stage may be a rule.")
+    return as_aggregator(chain_stages(*parts))
+
+
+__all__ = [
+    "Aggregator",
+    "EmptyState",
+    "PreAggregator",
+    "as_aggregator",
+    "chain",
+    "empty_init",
+    "majority_limit",
+    "require_key",
+    "resolve_f",
+    "rule_stage",
+    "selection_dists",
+    "sum_smallest",
+]

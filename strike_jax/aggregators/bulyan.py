@@ -15,12 +15,16 @@ Limit: `f <= (n - 3) // 4` (then `beta = n - 4f >= 3`). Non-finite rows are neve
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from strike_jax import ops
-from strike_jax.aggregators.base import Aggregator, empty_init, resolve_f, selection_dists
+from strike_jax.aggregators.base import rule_stage, selection_dists
+from strike_jax.registry import register
+from strike_jax.stages import Stage
 
 Array = jax.Array
 
@@ -66,19 +70,25 @@ def bulyan_selection(d2: Array, finite: Array, f: Array) -> Array:
     return selected
 
 
-def bulyan() -> Aggregator:
-    """Builds Bulyan. `aggregate(updates [n, d], state, f=...) -> ([d], ())`."""
+@functools.partial(jax.jit, static_argnames=("backend",))
+def _bulyan(updates: Array, fb: Array, *, backend: ops.Backend) -> Array:
+    d2, finite = selection_dists(updates, backend)
+    sel = bulyan_selection(d2, finite, fb)
+    cnt = sel.sum()
+    beta = jnp.clip(cnt - 2 * fb, 1, jnp.maximum(cnt, 1))
+    return ops.median_window_mean(updates, beta, sel, backend=backend)
 
-    @jax.jit
-    def impl(updates, fb):
-        d2, finite = selection_dists(updates)
-        sel = bulyan_selection(d2, finite, fb)
-        cnt = sel.sum()
-        beta = jnp.clip(cnt - 2 * fb, 1, jnp.maximum(cnt, 1))
-        return ops.median_window_mean(updates, beta, sel)
 
-    def aggregate(updates, state, *, f, key=None):
-        n = updates.shape[0]
-        return impl(updates, resolve_f(f, bulyan_limit(n), "bulyan", n)), state
+@register("rule", "bulyan")
+def bulyan(*, backend: ops.Backend | None = None) -> Stage:
+    """Builds Bulyan: a rule `Stage` (`update(updates [n, d], state, ctx) -> ([d], state, ctx)`);
+    a concrete `f > (n-3)//4` raises, a traced one is clamped."""
+    backend = ops.resolve(backend)
 
-    return Aggregator("bulyan", empty_init, aggregate, bulyan_limit, {})
+    def core(updates, state, fb, key):
+        return _bulyan(updates, fb, backend=backend), state
+
+    return rule_stage("bulyan", core, limit=bulyan_limit)
+
+
+__all__ = ["bulyan", "bulyan_limit", "bulyan_selection"]

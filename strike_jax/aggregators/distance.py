@@ -13,18 +13,16 @@ allowed to poison a product with their zero weight (`ops.weighted_rows_safe`).
 
 from __future__ import annotations
 
+import functools
+
+import chex
 import jax
 import jax.numpy as jnp
 
 from strike_jax import ops
-from strike_jax.aggregators.base import (
-    Aggregator,
-    check_number,
-    empty_init,
-    resolve_f,
-    selection_dists,
-    sum_smallest,
-)
+from strike_jax.aggregators.base import majority_limit, rule_stage, selection_dists, sum_smallest
+from strike_jax.registry import integer, real, register
+from strike_jax.stages import Stage
 
 Array = jax.Array
 
@@ -50,48 +48,91 @@ def krum_scores(d2: Array, f: Array) -> Array:
     return sum_smallest(others, k)
 
 
-def multikrum(select: int | None = None, name: str = "multikrum") -> Aggregator:
+@functools.partial(jax.jit, static_argnames=("select", "backend"))
+def _multikrum(updates: Array, fp: Array, *, select: int | None, backend: ops.Backend) -> Array:
+    n = updates.shape[0]
+    d2, finite = selection_dists(updates, backend)
+    scores = krum_scores(d2, fp)
+    m = n - fp if select is None else select
+    chosen = ops.smallest_k_mask(scores, m) & finite
+    return ops.masked_mean_safe(updates, chosen, finite)
+
+
+def _krum_stage(select: int | None, name: str, backend: ops.Backend | None) -> Stage:
+    backend = ops.resolve(backend)
+
+    def core(updates, state, fp, key):
+        return _multikrum(updates, fp, select=select, backend=backend), state
+
+    return rule_stage(name, core, limit=krum_limit)
+
+
+@register("rule", "krum")
+def krum(*, backend: ops.Backend | None = None) -> Stage:
+    """Krum (Blanchard et al. 2017): Multi-Krum selecting the single row with the lowest score."""
+    return _krum_stage(1, "krum", backend)
+
+
+@register("rule", "multikrum")
+def multikrum(*, backend: ops.Backend | None = None) -> Stage:
     """Multi-Krum (Blanchard et al. 2017; SPEC §7).
 
     `f' = min(f, (n-3)//2)`; score of row `i` = sum of squared distances to its `n - f' - 2`
-    nearest other rows; average the `m` rows with the lowest scores (ties by row index), with
-    `m = n - f'` for Multi-Krum and `m = 1` for Krum (Krum is Multi-Krum selecting one row).
-    Non-finite rows are never selected (if fewer than `m` rows are finite, the finite ones are
-    averaged).
-
-    Args:
-      select: None for Multi-Krum (`n - f'` rows), 1 for Krum.
-      name: registry name.
+    nearest other rows; average the `n - f'` rows with the lowest scores (ties by row index).
+    Non-finite rows are never selected (if fewer than `n - f'` rows are finite, the finite ones
+    are averaged). A concrete `f > (n-3)//2` raises, a traced one is clamped.
     """
-
-    @jax.jit
-    def impl(updates, fp):
-        n = updates.shape[0]
-        d2, finite = selection_dists(updates)
-        scores = krum_scores(d2, fp)
-        m = n - fp if select is None else select
-        chosen = ops.smallest_k_mask(scores, m) & finite
-        return ops.masked_mean_safe(updates, chosen, finite)
-
-    def aggregate(updates, state, *, f, key=None):
-        n = updates.shape[0]
-        return impl(updates, resolve_f(f, krum_limit(n), name, n)), state
-
-    return Aggregator(name, empty_init, aggregate, krum_limit, {})
+    return _krum_stage(None, "multikrum", backend)
 
 
-def krum() -> Aggregator:
-    """Krum (Blanchard et al. 2017): Multi-Krum selecting the single row with the lowest score."""
-    return multikrum(select=1, name="krum")
+def _rfa_weights(dist2: Array, finite: Array, eps: Array) -> Array:
+    # Double `where`: finite gradients even where a distance is exactly 0.
+    pos = finite & (dist2 > 0)
+    dist = jnp.sqrt(jnp.where(pos, dist2, 1.0))
+    dist = jnp.where(pos, dist, 0.0)
+    beta = jnp.where(finite, 1.0 / jnp.maximum(dist, eps), 0.0)
+    return beta / jnp.maximum(beta.sum(), jnp.finfo(beta.dtype).tiny)
 
 
-def rfa(iters: int = 8, eps: float = 1e-7) -> Aggregator:
+@functools.partial(jax.jit, static_argnames=("iters", "backend"))
+def _rfa(updates: Array, eps: Array, *, iters: int, backend: ops.Backend) -> Array:
+    n = updates.shape[0]
+    if backend.few_rows(n):
+        g = ops.centred_gram(updates, backend=backend)
+        diag = jnp.diagonal(g)
+        finite = jnp.isfinite(diag)
+        both = finite[:, None] & finite[None, :]
+        g = jnp.where(both, g, 0.0)
+        # rel[i, j, k] = <x_j - x_i, x_k - x_i>. Since sum(a) = 1, x_i - z = sum_{j != i} a_j
+        # (x_i - x_j), so ||x_i - z||^2 = a'^T rel[i] a' with a' = a without entry i. Unlike
+        # G_ii - 2 (G a)_i + a^T G a, whose rounding error (~eps * ||x - c||^2) swamps the
+        # distance when the iterate nears a row (1-D data, duplicated rows), this keeps a
+        # relative accuracy: the error shrinks with a' like the distance does. O(n^3) flops.
+        gd = jnp.diagonal(g)
+        rel = g[None, :, :] - g[:, :, None] - g[:, None, :] + gd[:, None, None]
+        off = ~jnp.eye(n, dtype=bool)
+        fin = finite.astype(updates.dtype)
+        a = fin / jnp.maximum(fin.sum(), 1.0)
+        for _ in range(iters):
+            ap = jnp.where(off, a[None, :], 0.0)
+            a = _rfa_weights(jnp.einsum("ij,ijk,ik->i", ap, rel, ap), finite, eps)
+        return ops.weighted_rows_safe(a, updates, finite)
+    finite = ops.finite_rows(updates, backend=backend)
+    z = ops.masked_mean_safe(updates, finite, finite)
+    for _ in range(iters):
+        z = ops.weighted_rows_safe(_rfa_weights(ops.sq_dists_to(updates, z, backend=backend), finite, eps),
+                                   updates, finite)
+    return z
+
+
+@register("rule", "rfa", iters=integer(low=1), eps=real())
+def rfa(iters=8, eps=1e-7, *, backend: ops.Backend | None = None) -> Stage:
     """RFA: the geometric median by smoothed Weiszfeld iterations (Pillutla et al. 2019; SPEC §7).
 
     Start at the mean of the finite rows; `iters` times: `beta_i = 1 / max(||X_i - z||, eps)`
     (0 for non-finite rows), `z = sum_i beta_i X_i / sum_i beta_i`.
 
-    With few rows (`n <= ops.GRAM_CHUNK_MAX_ROWS` on CPU) the iterate is kept as weights,
+    With few rows (`backend.few_rows(n)`: CPU, `n <= 128`) the iterate is kept as weights,
     `z = a @ X`, and the distances come from the centred Gram matrix `G`:
     `||X_i - z||^2 = a'^T R_i a'` with `R_i[j, k] = <X_j - X_i, X_k - X_i>` (from `G`) and `a'` the
     weights without entry `i` (relative accuracy even when the iterate nears a row). One pass over
@@ -99,84 +140,70 @@ def rfa(iters: int = 8, eps: float = 1e-7) -> Aggregator:
     (`n^2 d` flops): each iteration is then two passes (distances to `z`, then `beta @ X`).
 
     Args:
-      iters: Weiszfeld iterations (T = 8 in the paper).
-      eps: smoothing of the distances.
+      iters: Weiszfeld iterations (T = 8 in the paper; static).
+      eps: smoothing of the distances (traceable).
+      backend: `ops.Backend` (resolved now).
+
+    Returns:
+      A rule `Stage`; `f` is not used, its limit is `(n-1)//2` (the geometric median's breakdown).
     """
-    check_number("rfa", "iters", iters, low=1, strict=False, integer=True)
-    check_number("rfa", "eps", eps, low=0.0)
-    iters = int(iters)
+    backend = ops.resolve(backend)
 
-    def weights(dist2, finite, eps):
-        # Double `where`: finite gradients even where a distance is exactly 0.
-        pos = finite & (dist2 > 0)
-        dist = jnp.sqrt(jnp.where(pos, dist2, 1.0))
-        dist = jnp.where(pos, dist, 0.0)
-        beta = jnp.where(finite, 1.0 / jnp.maximum(dist, eps), 0.0)
-        return beta / jnp.maximum(beta.sum(), jnp.finfo(beta.dtype).tiny)
+    def core(updates, state, f, key):
+        return _rfa(updates, jnp.asarray(eps, updates.dtype), iters=iters, backend=backend), state
 
-    @jax.jit
-    def impl(updates, eps):
-        n = updates.shape[0]
-        if jax.default_backend() == "cpu" and n <= ops.GRAM_CHUNK_MAX_ROWS:
-            g = ops.centred_gram(updates)
-            diag = jnp.diagonal(g)
-            finite = jnp.isfinite(diag)
-            both = finite[:, None] & finite[None, :]
-            g = jnp.where(both, g, 0.0)
-            # rel[i, j, k] = <x_j - x_i, x_k - x_i>. Since sum(a) = 1, x_i - z = sum_{j != i} a_j
-            # (x_i - x_j), so ||x_i - z||^2 = a'^T rel[i] a' with a' = a without entry i. Unlike
-            # G_ii - 2 (G a)_i + a^T G a, whose rounding error (~eps * ||x - c||^2) swamps the
-            # distance when the iterate nears a row (1-D data, duplicated rows), this keeps a
-            # relative accuracy: the error shrinks with a' like the distance does. O(n^3) flops.
-            gd = jnp.diagonal(g)
-            rel = g[None, :, :] - g[:, :, None] - g[:, None, :] + gd[:, None, None]
-            off = ~jnp.eye(n, dtype=bool)
-            fin = finite.astype(updates.dtype)
-            a = fin / jnp.maximum(fin.sum(), 1.0)
-            for _ in range(iters):
-                ap = jnp.where(off, a[None, :], 0.0)
-                a = weights(jnp.einsum("ij,ijk,ik->i", ap, rel, ap), finite, eps)
-            return ops.weighted_rows_safe(a, updates, finite)
-        finite = ops.finite_rows(updates)
-        z = ops.masked_mean_safe(updates, finite, finite)
-        for _ in range(iters):
-            z = ops.weighted_rows_safe(weights(ops.sq_dists_to(updates, z), finite, eps), updates, finite)
-        return z
-
-    def aggregate(updates, state, *, f=0, key=None):
-        return impl(updates, jnp.asarray(eps, updates.dtype)), state
-
-    return Aggregator("rfa", empty_init, aggregate, lambda n: None, {"iters": iters, "eps": eps})
+    return rule_stage("rfa", core, limit=majority_limit)
 
 
-def aksel() -> Aggregator:
+@functools.partial(jax.jit, static_argnames=("backend",))
+def _aksel(updates: Array, *, backend: ops.Backend) -> Array:
+    n = updates.shape[0]
+    med = ops.lower_median(updates, backend=backend)
+    med = jnp.where(jnp.isfinite(med), med, 0.0)
+    # Row-exact sums: identical rows must get identical scores, since every row tied at the cut
+    # is kept (a matrix-vector product may round the last rows of a block differently).
+    s = ops.sq_dists_to(updates, med, row_exact=True, backend=backend)
+    ok = jnp.isfinite(s)
+    s = jnp.where(ok, s, jnp.inf)
+    thr = jnp.sort(s)[(n - 1) // 2]
+    keep = (s <= thr) & ok
+    return ops.masked_mean_safe(updates, keep, ok)
+
+
+@register("rule", "aksel")
+def aksel(*, backend: ops.Backend | None = None) -> Stage:
     """Aksel (Boussetta et al. 2021; SPEC §7).
 
     `s_i = ||X_i - med||^2` with `med` the coordinate-wise lower median; keep every row with
-    `s_i <=` the lower median of the `s_i`; average them. Non-finite rows have `s_i = +inf` and are
-    never kept (a coordinate whose median is not finite — more than `(n-1)//2` bad values —
-    is compared against 0 instead). `f` is not used.
+    `s_i <=` the lower median of the `s_i`; average them. Identical rows get identical scores, so
+    rows tied at the cut are all kept. Non-finite rows have `s_i = +inf` and are never kept (a
+    coordinate whose median is not finite — more than `(n-1)//2` bad values — is compared against
+    0 instead). `f` is not used; its limit is `(n-1)//2` (the median's).
     """
+    backend = ops.resolve(backend)
 
-    @jax.jit
-    def impl(updates):
-        n = updates.shape[0]
-        med = ops.lower_median(updates)
-        med = jnp.where(jnp.isfinite(med), med, 0.0)
-        s = ops.sq_dists_to(updates, med)
+    def core(updates, state, f, key):
+        return _aksel(updates, backend=backend), state
+
+    return rule_stage("aksel", core, limit=majority_limit)
+
+
+@functools.partial(jax.jit, static_argnames=("iters", "backend"))
+def _cclip(updates: Array, v: Array, tau: Array, *, iters: int, backend: ops.Backend) -> Array:
+    n = updates.shape[0]
+    for _ in range(iters):
+        s = ops.sq_dists_to(updates, v, backend=backend)
         ok = jnp.isfinite(s)
-        s = jnp.where(ok, s, jnp.inf)
-        thr = jnp.sort(s)[(n - 1) // 2]
-        keep = (s <= thr) & ok
-        return ops.masked_mean_safe(updates, keep, ok)
-
-    def aggregate(updates, state, *, f=0, key=None):
-        return impl(updates), state
-
-    return Aggregator("aksel", empty_init, aggregate, lambda n: None, {})
+        pos = ok & (s > 0)
+        dist = jnp.sqrt(jnp.where(pos, s, 1.0))
+        c = jnp.where(pos, jnp.minimum(1.0, tau / dist), ok.astype(updates.dtype))
+        c = c / n
+        v = v * (1.0 - c.sum()) + ops.weighted_rows_safe(c, updates, ok)
+    return v
 
 
-def cclip(tau: float = 10.0, iters: int = 1) -> Aggregator:
+@register("rule", "cclip", tau=real(), iters=integer(low=1))
+def cclip(tau=10.0, iters=1, *, backend: ops.Backend | None = None) -> Stage:
     """Centred clipping (Karimireddy et al. 2021; SPEC §7). Stateful.
 
     State `v`: the previous output (`init` gives zeros `[d]`). `iters` (L) times:
@@ -186,31 +213,25 @@ def cclip(tau: float = 10.0, iters: int = 1) -> Aggregator:
     `v (1 - sum c / n) + (c / n) @ X`).
 
     Args:
-      tau: clipping radius (10 in the paper; may be traced).
-      iters: L, the number of clipping iterations (1 in the paper).
+      tau: clipping radius (10 in the paper; traceable).
+      iters: L, the number of clipping iterations (1 in the paper; static).
+      backend: `ops.Backend` (resolved now).
+
+    Returns:
+      A rule `Stage`; `f` is not used and no limit is claimed.
     """
-    check_number("cclip", "tau", tau, low=0.0)
-    check_number("cclip", "iters", iters, low=1, strict=False, integer=True)
-    iters = int(iters)
+    backend = ops.resolve(backend)
 
-    def init(updates):
-        return jnp.zeros(updates.shape[1:], updates.dtype)
+    def init(shape):
+        return jnp.zeros(tuple(shape.shape[1:]), shape.dtype)
 
-    @jax.jit
-    def impl(updates, v, tau):
-        n = updates.shape[0]
-        for _ in range(iters):
-            s = ops.sq_dists_to(updates, v)
-            ok = jnp.isfinite(s)
-            pos = ok & (s > 0)
-            dist = jnp.sqrt(jnp.where(pos, s, 1.0))
-            c = jnp.where(pos, jnp.minimum(1.0, tau / dist), ok.astype(updates.dtype))
-            c = c / n
-            v = v * (1.0 - c.sum()) + ops.weighted_rows_safe(c, updates, ok)
-        return v
-
-    def aggregate(updates, state, *, f=0, key=None):
-        v = impl(updates, jnp.asarray(state, updates.dtype), jnp.asarray(tau, updates.dtype))
+    def core(updates, state, f, key):
+        chex.assert_shape(state, updates.shape[1:], custom_message="cclip: the state must be the [d] previous output")
+        v = _cclip(updates, jnp.asarray(state, updates.dtype), jnp.asarray(tau, updates.dtype), iters=iters,
+                   backend=backend)
         return v, v
 
-    return Aggregator("cclip", init, aggregate, lambda n: None, {"tau": tau, "iters": iters})
+    return rule_stage("cclip", core, init=init, stateful=True)
+
+
+__all__ = ["aksel", "cclip", "krum", "krum_limit", "krum_scores", "multikrum", "rfa"]

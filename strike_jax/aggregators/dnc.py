@@ -14,93 +14,98 @@ degenerate eigen-decomposition).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 
 from strike_jax import ops
-from strike_jax.aggregators.base import (
-    Aggregator,
-    check_number,
-    empty_init,
-    is_concrete,
-    require_key,
-)
+from strike_jax.aggregators.base import rule_stage
+from strike_jax.registry import integer, is_traced, real, register
+from strike_jax.stages import Stage
 
 Array = jax.Array
 
 
-def dnc(c: float = 1.0, niters: int = 1, b: int = 1000) -> Aggregator:
+def _dnc_core(updates: Array, k: Array, key: Array, finite: Array, niters: int, b: int) -> Array:
+    d = updates.shape[1]
+    good = finite
+    keys = jax.random.split(key, niters)
+    for it in range(niters):
+        cols = jax.random.randint(keys[it], (b,), 0, d)
+        # Non-finite rows are removed before the SVD (zeroed and given no weight).
+        sub = jax.lax.stop_gradient(jnp.where(finite[:, None], updates[:, cols], 0.0))
+        mu = ops.masked_mean(sub, finite)
+        cen = jnp.where(finite[:, None], sub - mu, 0.0)
+        gram = cen @ cen.T
+        _, evecs = jnp.linalg.eigh(gram)
+        # v = top right singular vector of `cen`; scoring through `cen @ v` (not lambda u_i^2)
+        # gives identical rows bit-identical scores, so ties break by row index as specified.
+        v = cen.T @ evecs[:, -1]
+        v = v / jnp.maximum(jnp.linalg.norm(v), 1e-30)
+        scores = jnp.square(cen @ v)
+        scores = jnp.where(finite, scores, jnp.inf)
+        bad = ops.largest_k_mask(scores, k)
+        good = good & ~bad
+    # Rows never marked bad; non-finite rows are never averaged (even if k < their number).
+    return ops.masked_mean_safe(updates, good, finite)
+
+
+@functools.partial(jax.jit, static_argnames=("niters", "b", "backend"))
+def _dnc(updates: Array, k: Array, key: Array, *, niters: int, b: int, backend: ops.Backend) -> Array:
+    # Optimistic: assume every row finite (no pass to check). A non-finite row always shows in
+    # the average (0 * nan = nan), and then the careful path reruns with the finite rows.
+    n = updates.shape[0]
+    fast = _dnc_core(updates, k, key, jnp.ones((n,), bool), niters, b)
+    return jax.lax.cond(jnp.all(jnp.isfinite(fast)), lambda u: fast,
+                        lambda u: _dnc_core(u, k, key, ops.finite_rows(u, backend=backend), niters, b), updates)
+
+
+@register("rule", "dnc", c=real(), niters=integer(low=1), b=integer(low=1))
+def dnc(c=1.0, niters=1, b=1000, *, backend: ops.Backend | None = None) -> Stage:
     """Builds DnC.
 
     Args:
-      c: filtering fraction; `k = ceil(c * f)` rows are removed per iteration (`k <= n - 1`).
-      niters: number of random sub-samplings.
-      b: number of coordinates sampled per iteration (with replacement).
+      c: filtering fraction; `k = ceil(c * f)` rows are removed per iteration (`k <= n - 1`;
+        traceable).
+      niters: number of random sub-samplings (static).
+      b: number of coordinates sampled per iteration, with replacement (static).
+      backend: `ops.Backend` (resolved now).
 
     Returns:
-      An `Aggregator`; `aggregate` needs `key`.
+      A rule `Stage`; `update` needs `ctx.key`. Limit: the largest `f` with `ceil(c f) <= n - 1`
+      (None while `c` is traced); a concrete `f` beyond raises, a traced one gives `k = n - 1`.
     """
-    check_number("dnc", "c", c, low=0.0)
-    check_number("dnc", "niters", niters, low=1, strict=False, integer=True)
-    check_number("dnc", "b", b, low=1, strict=False, integer=True)
-    niters, b = int(niters), int(b)
+    backend = ops.resolve(backend)
 
     def max_f(n):
         # largest f with ceil(c f) <= n - 1
-        if not is_concrete(c):
+        if is_traced(c):
             return None
         f = int(math.floor((n - 1) / c)) if c > 0 else n - 1
         while f > 0 and math.ceil(c * f) > n - 1:
             f -= 1
         return f
 
-    def aggregate(updates, state, *, f, key=None):
-        n, d = updates.shape
-        key = require_key("dnc", key)
+    def check_f(f, n):
         if f is None:
             raise ValueError("dnc: f (the number of Byzantine rows) is required; pass f=0 for none.")
-        if is_concrete(f) and is_concrete(c):
+        if not is_traced(f) and not is_traced(c):
             fc = int(f)
             if fc < 0:
                 raise ValueError(f"dnc: f={fc} is negative.")
             if math.ceil(c * fc) > n - 1:
                 raise ValueError(f"dnc removes k=ceil(c*f)={math.ceil(c * fc)} rows but at most n-1={n - 1} "
                                  f"can go (its limit: f <= {max_f(n)} for c={c}); got f={fc}.")
-        k = jnp.clip(jnp.ceil(c * jnp.asarray(f, jnp.float32)).astype(jnp.int32), 0, n - 1)
-        return impl(updates, k, key), state
+        return f
 
-    def core(updates, k, key, finite):
-        d = updates.shape[1]
-        good = finite
-        keys = jax.random.split(key, niters)
-        for it in range(niters):
-            cols = jax.random.randint(keys[it], (b,), 0, d)
-            # Non-finite rows are removed before the SVD (zeroed and given no weight).
-            sub = jax.lax.stop_gradient(jnp.where(finite[:, None], updates[:, cols], 0.0))
-            mu = ops.masked_mean(sub, finite)
-            cen = jnp.where(finite[:, None], sub - mu, 0.0)
-            gram = cen @ cen.T
-            _, evecs = jnp.linalg.eigh(gram)
-            # v = top right singular vector of `cen`; scoring through `cen @ v` (not lambda u_i^2)
-            # gives identical rows bit-identical scores, so ties break by row index as specified.
-            v = cen.T @ evecs[:, -1]
-            v = v / jnp.maximum(jnp.linalg.norm(v), 1e-30)
-            scores = jnp.square(cen @ v)
-            scores = jnp.where(finite, scores, jnp.inf)
-            bad = ops.largest_k_mask(scores, k)
-            good = good & ~bad
-        # Rows never marked bad; non-finite rows are never averaged (even if k < their number).
-        return ops.masked_mean_safe(updates, good, finite)
-
-    @jax.jit
-    def impl(updates, k, key):
-        # Optimistic: assume every row finite (no pass to check). A non-finite row always shows
-        # in the average (0 * nan = nan), and then the careful path reruns with the finite rows.
+    def core(updates, state, f, key):
         n = updates.shape[0]
-        fast = core(updates, k, key, jnp.ones((n,), bool))
-        return jax.lax.cond(jnp.all(jnp.isfinite(fast)), lambda u: fast,
-                            lambda u: core(u, k, key, ops.finite_rows(u)), updates)
+        k = jnp.clip(jnp.ceil(c * jnp.asarray(f, jnp.float32)).astype(jnp.int32), 0, n - 1)
+        return _dnc(updates, k, key, niters=niters, b=b, backend=backend), state
 
-    return Aggregator("dnc", empty_init, aggregate, max_f, {"c": c, "niters": niters, "b": b})
+    return rule_stage("dnc", core, limit=max_f, check_f=check_f, needs_key=True)
+
+
+__all__ = ["dnc"]

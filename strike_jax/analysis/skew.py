@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 
 from strike_jax import ops
-from strike_jax.attacks import _ops
 
 Array = jax.Array
 
@@ -75,13 +74,15 @@ def fisher_skewness(values: Array, mask: Array) -> Array:
     return _safe_div(m3, m2 * jnp.sqrt(m2))
 
 
-def gradient_skew(updates: Array, mask: Array | None = None, *, chunk: int | None = None) -> SkewStats:
+def gradient_skew(updates: Array, mask: Array | None = None, *, chunk: int | None = None,
+                  backend: ops.Backend | None = None) -> SkewStats:
     """The gradient-skew diagnostic of SPEC §8 for the rows of `updates` where `mask` is True.
 
     Args:
       updates: `[n, d]` update matrix.
       mask: `[n]` bool, the honest rows (may be traced); None means all rows.
-      chunk: columns per chunk of the single pass over `updates` (static; default per backend).
+      chunk: columns per block of the single pass over `updates` (static; default per `backend`).
+      backend: `ops.Backend` (static; default the platform's).
 
     Returns:
       `SkewStats` (jit- and vmap-safe; no NaN for degenerate inputs: fewer than 3 distinct rows give
@@ -91,10 +92,10 @@ def gradient_skew(updates: Array, mask: Array | None = None, *, chunk: int | Non
     dtype = updates.dtype
     mask = jnp.ones((n,), bool) if mask is None else jnp.asarray(mask, bool)
     m = mask.astype(dtype)
-    w = m / jnp.maximum(m.sum(), 1.0)
-    st = _ops.column_stats(updates, w, gram=True, chunk=chunk)
+    w = ops.mean_weights(mask, dtype)
+    st = ops.column_stats(updates, w, gram=True, chunk=chunk, backend=backend)
     mu = st.centre
-    med = ops.masked_lower_median(updates, mask)
+    med = ops.masked_lower_median(updates, mask, backend=backend)
     k = st.gram * (m[:, None] * m[None, :])
     evals, evecs = jnp.linalg.eigh(k)
     lam = jnp.maximum(evals[-1], 0.0)
@@ -102,7 +103,7 @@ def gradient_skew(updates: Array, mask: Array | None = None, *, chunk: int | Non
     proj = jnp.sqrt(lam) * a
     # Orientation: <mu - med, v> = a . (Y (mu - med)) / sqrt(lambda); only its sign matters.
     offset = mu - med
-    r = _ops.centred_matvec(updates, mu, offset, chunk=chunk) * m
+    r = ops.centred_matvec(updates, mu, offset, chunk=chunk, backend=backend) * m
     side = jnp.vdot(a, r)
     g1 = fisher_skewness(proj, mask)
     sign = jnp.where(side > 0, 1.0, jnp.where(side < 0, -1.0, jnp.where(g1 >= 0, 1.0, -1.0)))

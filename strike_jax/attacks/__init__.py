@@ -1,23 +1,36 @@
-"""Byzantine attacks (SPEC §6): STRIKE and the baselines of the paper's Table 1.
+"""Byzantine attacks (SPEC §6): STRIKE, the baselines of the paper's Table 1, and ByzFL's / the
+NDSS'21 code's attacks (issue 11).
+
+Every attack is a `strike_jax.stages.Stage` (`stages.get("attack", "strike", nu=1.0)`),
+registered in `strike_jax.registry`; `get` wraps one in a thin adapter for existing users:
 
     attack = strike_jax.attacks.get("strike", nu=1.0)
     state = attack.init(updates)
     updates, state = attack.apply(updates, byzantine_mask, state, key=key)
 
+Attacks (`names()`, hyper-parameters with defaults; traceable ones marked `~`): `strike(nu~=1.0)`,
+`bitflip`, `lie(z~=1.5)`, `ipm(eps~=0.1)`, `minmax`, `minsum`, `mimic` (stateful, needs `key`),
+`nonfinite(value="nan")`, `labelflip` (data level); issue 11: `gaussian(mu~=0.0, sigma~=1.0)`
+(needs `key`), `signflip` (every Byzantine client sends minus the honest mean; `bitflip` is minus
+each one's own update), `fang(target="trmean", b~=2.0)` (Fang et al. 2020: the trim attack on
+"trmean"/"median", needs `key`; the Krum attack for "krum"), `agr_tailored(rule="multikrum",
+perturbation="std", lam0~=10.0)` (Shejwalkar & Houmansadr 2021; white box: in a pipeline it
+attacks the round's real downstream chain, `ctx.downstream`, else the rule `rule`).
+`hparam_spec(name)` gives each one's allowed values.
+
 `names()` lists the registry. STRIKE's stages are public functions of the module
-`strike_jax.attacks.strike` (`from strike_jax.attacks.strike import search_direction, ...`), also
-reachable as `strike_jax.attacks.strike_stages`: the package attribute `strike` is the builder
-`strike(nu=1.0)`, which shadows the submodule's name.
+`strike_jax.attacks.strike` (`search_direction`, `select_skewed`, `hidden_vector`, `bisect_alpha`,
+`strike_vector`; also reachable as `strike_jax.attacks.strike_stages`); its registry builder is
+`strike_jax.attacks.strike_attack`.
 """
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, Callable
+from typing import Any
 
-# Bind the STRIKE module under a name of its own before the builder `strike` shadows it.
-from strike_jax.attacks import strike as strike_stages  # noqa: I001  (order matters)
-from strike_jax.attacks.base import Attack, EmptyState, reference_mask
+from strike_jax import ops, registry
+from strike_jax.attacks import strike
+from strike_jax.attacks.base import Attack, EmptyState, as_attack, reference_mask
 from strike_jax.attacks.baselines import (
     MimicState,
     bitflip,
@@ -29,44 +42,39 @@ from strike_jax.attacks.baselines import (
     nonfinite,
 )
 from strike_jax.attacks.labelflip import flip_labels, labelflip
-from strike_jax.attacks.strike import strike, strike_vector
+from strike_jax.attacks.strike import strike_attack, strike_vector
+# Issue 11 (registered after the attacks above, which keep their places in `names()`).
+from strike_jax.attacks.extra import gaussian, signflip
+from strike_jax.attacks.fang import fang
+from strike_jax.attacks.agr_tailored import agr_tailored
 
-_REGISTRY: dict[str, Callable[..., Attack]] = {
-    "strike": strike,
-    "bitflip": bitflip,
-    "labelflip": labelflip,
-    "lie": lie,
-    "ipm": ipm,
-    "minmax": minmax,
-    "minsum": minsum,
-    "mimic": mimic,
-    "nonfinite": nonfinite,
-}
+#: The module of STRIKE's stages under a second name (kept for existing imports).
+strike_stages = strike
 
 
 def names() -> tuple[str, ...]:
     """The registered attack names."""
-    return tuple(_REGISTRY)
+    return registry.names("attack")
 
 
 def hparam_names(name: str) -> tuple[str, ...]:
     """The hyper-parameters `get(name, ...)` accepts."""
-    return tuple(inspect.signature(_builder(name)).parameters)
+    return tuple(registry.hparam_spec("attack", name))
 
 
-def _builder(name: str) -> Callable[..., Attack]:
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"Unknown attack {name!r}; allowed: {sorted(_REGISTRY)}.")
-    return _REGISTRY[name]
+def hparam_spec(name: str) -> dict[str, registry.Param]:
+    """`{hyper-parameter: Param(default, traceable, allowed, check)}` of an attack."""
+    return registry.hparam_spec("attack", name)
 
 
-def get(name: str, **hparams: Any) -> Attack:
-    """Builds an attack by name.
+def get(name: str, *, backend: ops.Backend | None = None, **hparams: Any) -> Attack:
+    """Builds an attack by name, as an adapter (`.init`, `.apply`).
 
     Args:
       name: one of `names()`.
+      backend: `ops.Backend` for its array code (resolved now; None: the platform's default).
       **hparams: its hyper-parameters (e.g. `nu` for STRIKE, `z` for LIE, `eps` for IPM, `value`
-        for nonfinite). Traced values are accepted unchecked.
+        for nonfinite). Traced values are accepted unchecked for the traceable ones.
 
     Returns:
       `Attack`.
@@ -75,24 +83,21 @@ def get(name: str, **hparams: Any) -> Attack:
       ValueError: unknown name or hyper-parameter (the message lists the allowed ones), or an
         invalid concrete value.
     """
-    builder = _builder(name)
-    allowed = tuple(inspect.signature(builder).parameters)
-    unknown = sorted(set(hparams) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"Unknown hyper-parameter(s) {unknown} for attack {name!r}; allowed: {list(allowed) or 'none'}."
-        )
-    return builder(**hparams)
+    return as_attack(registry.build("attack", name, backend=ops.resolve(backend), **hparams))
 
 
 __all__ = [
     "Attack",
     "EmptyState",
     "MimicState",
+    "agr_tailored",
     "bitflip",
+    "fang",
     "flip_labels",
+    "gaussian",
     "get",
     "hparam_names",
+    "hparam_spec",
     "ipm",
     "labelflip",
     "lie",
@@ -102,7 +107,9 @@ __all__ = [
     "names",
     "nonfinite",
     "reference_mask",
+    "signflip",
     "strike",
+    "strike_attack",
     "strike_stages",
     "strike_vector",
 ]

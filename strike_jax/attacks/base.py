@@ -1,111 +1,101 @@
-"""The attack interface and helpers shared by every attack (SPEC §6, ARCHITECTURE "Contracts").
+"""Attacks as stages, the helpers they share, and the adapter of `attacks.get` (SPEC §6).
 
-An attack is a NamedTuple of pure functions (optax style):
+An attack is a `strike_jax.stages.Stage` of kind "attack":
 
-    state = attack.init(updates)                        # updates: [n, d]
-    updates, state = attack.apply(updates, byzantine_mask, state, key=key)
+    out, state, ctx = stage.update(updates, state, RoundContext(byzantine_mask, f, key))
 
 `updates` holds the round's honestly computed updates of all `n` sampled clients (a Byzantine
-client's row is what it would have sent honestly); `byzantine_mask` is `[n]` bool; the result has the
-Byzantine rows replaced and the honest rows untouched (bit-exact). `f = byzantine_mask.sum()` may be
-traced: nothing branches on it in Python.
+client's row is what it would have sent honestly); `ctx.byzantine_mask` is `[n]` bool; `out` has
+the Byzantine rows replaced and the honest rows untouched (bit-exact). `f = byzantine_mask.sum()`
+may be traced: nothing branches on it in Python. `attacks.get` wraps a stage in the adapter
+
+    state = attack.init(updates)                       # updates: [n, d] (or its shape)
+    updates, state = attack.apply(updates, byzantine_mask, state, key=key)
 """
 
 from __future__ import annotations
 
-import math
-import types
-from typing import Any, Callable, Mapping, NamedTuple, Protocol
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from strike_jax.aggregators.distance import krum_limit, krum_scores
+from strike_jax.stages import (
+    EmptyState,
+    RoundContext,
+    Stage,
+    check_mask,
+    check_updates,
+    empty_init,
+    make_stage,
+)
 
 Array = jax.Array
 
 
-class InitFn(Protocol):
-    def __call__(self, updates: Array) -> Any:
-        """`updates`: `[n, d]` (only shape and dtype are used). Returns the attack state pytree."""
+def attack_stage(name: str, core: Callable, *, init: Callable = empty_init, needs_key: bool = False,
+                 with_ctx: bool = False, **info: Any) -> Stage:
+    """An attack as a Stage from `core(updates, byzantine_mask, state, key) -> (updates', state)`.
 
+    `update` checks the shapes (chex: `[n, d]` updates, `[n]` mask) and, if `needs_key`, that
+    `ctx.key` is given. With `with_ctx`, `core` also receives the round context
+    (`core(updates, byzantine_mask, state, key, ctx)`: white-box attacks read `ctx.downstream`).
+    """
 
-class ApplyFn(Protocol):
-    def __call__(
-        self, updates: Array, byzantine_mask: Array, state: Any, *, key: Array | None = None
-    ) -> tuple[Array, Any]:
-        """`updates` `[n, d]`, `byzantine_mask` `[n]` bool -> (`[n, d]` with Byzantine rows replaced, state)."""
+    def update(x, state, ctx):
+        check_updates(name, x)
+        if ctx.byzantine_mask is None:
+            raise ValueError(f"{name}: the round context has no byzantine_mask (an attack must come first).")
+        mask = jnp.asarray(ctx.byzantine_mask, bool)
+        check_mask(name, mask, x.shape[0])
+        if needs_key and ctx.key is None:
+            raise ValueError(f"{name}.apply needs a PRNG `key` (got key=None).")
+        out, state = core(x, mask, state, ctx.key, ctx) if with_ctx else core(x, mask, state, ctx.key)
+        return out, state, ctx
 
-
-class EmptyState(NamedTuple):
-    """State of a stateless attack (an empty pytree)."""
+    return make_stage(name, "attack", init, update, needs_key=needs_key, **info)
 
 
 class Attack(NamedTuple):
-    """An attack (SPEC §6).
+    """An attack for existing users (SPEC §6).
 
     Attributes:
       name: registry name.
-      init: `init(updates) -> state`.
-      apply: `apply(updates, byzantine_mask, state, *, key) -> (updates, state)`.
+      init: `init(updates or shape) -> state`.
+      apply: `apply(updates, byzantine_mask, state, *, key=None) -> (updates, state)`.
       hparams: read-only mapping of the hyper-parameters it was built with.
       data_level: True when the attack acts on the Byzantine clients' training data (LabelFlip);
         `apply` then leaves the (already poisoned, honestly trained) rows unchanged.
       label_map: for data-level attacks, `label_map(y, num_classes) -> y'`, the map training applies
         to the labels of Byzantine clients (works on NumPy and JAX integer arrays); else None.
       stateful: True when `apply` carries information between rounds in `state` (Mimic).
+      stage: the underlying `Stage`.
     """
 
     name: str
-    init: InitFn
-    apply: ApplyFn
+    init: Callable[[Any], Any]
+    apply: Callable[..., tuple[Array, Any]]
     hparams: Mapping[str, Any]
     data_level: bool = False
     label_map: Callable[[Any, int], Any] | None = None
     stateful: bool = False
+    stage: Stage | None = None
 
 
-def make_attack(name: str, init: InitFn, apply: ApplyFn, hparams: Mapping[str, Any], **kw) -> Attack:
-    return Attack(name, init, apply, types.MappingProxyType(dict(hparams)), **kw)
+def as_attack(stage: Stage) -> Attack:
+    """The adapter of an attack stage (`attacks.get` returns these)."""
+    if stage.kind != "attack":
+        raise ValueError(f"{stage.name!r} is a {stage.kind}, not an attack.")
 
+    def apply(updates, byzantine_mask, state, *, key=None):
+        mask = jnp.asarray(byzantine_mask, bool)
+        out, state, _ = stage.update(updates, state, RoundContext(mask, mask.sum(), key))
+        return out, state
 
-def empty_init(updates: Array) -> EmptyState:
-    del updates
-    return EmptyState()
-
-
-# ---------------------------------------------------------------------------------------------
-# Hyper-parameter validation: concrete numbers are checked, traced values pass through (so that
-# e.g. `jax.vmap(lambda nu: get("strike", nu=nu).apply(...))` compiles once).
-
-
-def is_traced(value: Any) -> bool:
-    return isinstance(value, jax.core.Tracer)
-
-
-def check_real(name: str, value: Any, *, positive: bool = False, nonnegative: bool = False) -> Any:
-    """Validates a concrete real scalar hyper-parameter; traced values are returned unchecked.
-
-    Raises:
-      ValueError: not a real scalar, not finite, or outside the allowed range.
-    """
-    if is_traced(value):
-        return value
-    if isinstance(value, (bool, np.bool_, str, bytes)):
-        raise ValueError(f"{name}={value!r} must be a real number.")
-    try:
-        arr = np.asarray(value)
-    except Exception:  # noqa: BLE001 - anything that is not array-like is a bad value
-        raise ValueError(f"{name}={value!r} must be a real number.") from None
-    if arr.ndim != 0 or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise ValueError(f"{name}={value!r} must be a real scalar.")
-    x = float(arr)
-    if not math.isfinite(x):
-        raise ValueError(f"{name}={value!r} must be finite.")
-    if positive and not x > 0:
-        raise ValueError(f"{name}={value!r} must be > 0.")
-    if nonnegative and not x >= 0:
-        raise ValueError(f"{name}={value!r} must be >= 0.")
-    return value
+    info = stage.info
+    return Attack(stage.name, stage.init, apply, stage.hparams, bool(info.get("data_level", False)),
+                  info.get("label_map"), bool(info.get("stateful", False)), stage)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,12 +108,6 @@ def reference_mask(byzantine_mask: Array) -> Array:
     byzantine_mask = jnp.asarray(byzantine_mask, bool)
     honest = ~byzantine_mask
     return jnp.where(honest.any(), honest, byzantine_mask)
-
-
-def mean_weights(mask: Array, dtype) -> Array:
-    """`[n]` weights `mask / mask.sum()` (zeros for an empty mask, never NaN)."""
-    m = mask.astype(dtype)
-    return m / jnp.maximum(m.sum(), 1.0)
 
 
 def replace_rows(updates: Array, byzantine_mask: Array, row: Array) -> Array:
@@ -141,3 +125,47 @@ def replace_rows(updates: Array, byzantine_mask: Array, row: Array) -> Array:
         return jax.lax.cond(mask[i], lambda a: jax.lax.dynamic_update_slice(a, row, (i, 0)), lambda a: a, acc)
 
     return jax.lax.fori_loop(0, updates.shape[0], write, updates)
+
+
+def krum_scores_with_rows_replaced(d2: Array, byzantine_mask: Array, to_row: Array) -> Array:
+    """Krum scores of every row when all Byzantine rows are replaced by one vector `v` (the
+    white-box searches of Fang's Krum attack and of the AGR-tailored attack).
+
+    Args:
+      d2: `[n, n]` squared distances between the current rows (only honest pairs are read).
+      byzantine_mask: `[n]` bool.
+      to_row: `[n]` `||x_i - v||^2` for every row `i` (only honest rows are read).
+
+    Returns:
+      `[n]` Krum scores with `f' = min(f, (n - 3) // 2)`, `f = byzantine_mask.sum()` (the
+      Byzantine rows are at distance 0 from each other).
+    """
+    n = d2.shape[0]
+    byz = jnp.asarray(byzantine_mask, bool)
+    to_row = jnp.maximum(to_row, 0.0)
+    full = jnp.where(byz[:, None] & byz[None, :], 0.0,
+                     jnp.where(byz[:, None], to_row[None, :], jnp.where(byz[None, :], to_row[:, None], d2)))
+    full = jnp.where(jnp.eye(n, dtype=bool), 0.0, full)
+    return krum_scores(full, jnp.minimum(byz.sum(), krum_limit(n)))
+
+
+def row_attack(name: str, vector: Callable[[Array, Array], Array]) -> Stage:
+    """A stateless attack whose Byzantine clients all send `vector(updates, byzantine_mask)` (`[d]`)."""
+
+    def core(updates, mask, state, key):
+        return replace_rows(updates, mask, vector(updates, mask)), state
+
+    return attack_stage(name, core)
+
+
+__all__ = [
+    "Attack",
+    "EmptyState",
+    "as_attack",
+    "attack_stage",
+    "empty_init",
+    "krum_scores_with_rows_replaced",
+    "reference_mask",
+    "replace_rows",
+    "row_attack",
+]

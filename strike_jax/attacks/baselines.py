@@ -23,16 +23,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from strike_jax import ops
-from strike_jax.attacks import _ops
-from strike_jax.attacks.base import (
-    Attack,
-    check_real,
-    empty_init,
-    make_attack,
-    mean_weights,
-    reference_mask,
-    replace_rows,
-)
+from strike_jax.attacks.base import attack_stage, reference_mask, replace_rows, row_attack
+from strike_jax.registry import choice, real, register
+from strike_jax.stages import Stage
 
 Array = jax.Array
 
@@ -40,40 +33,36 @@ Array = jax.Array
 # ----------------------------------------------------------------------------------------- BitFlip
 
 
-def bitflip() -> Attack:
+@register("attack", "bitflip")
+def bitflip(*, backend: ops.Backend | None = None) -> Stage:
     """BitFlip: each Byzantine client sends minus its own honest update (SPEC §6)."""
+    del backend
 
-    def apply(updates, byzantine_mask, state, *, key=None):
-        del key
-        m = jnp.asarray(byzantine_mask, bool)[:, None]
-        return jnp.where(m, -updates, updates), state
+    def core(updates, mask, state, key):
+        return jnp.where(mask[:, None], -updates, updates), state
 
-    return make_attack("bitflip", empty_init, apply, {})
+    return attack_stage("bitflip", core)
 
 
 # --------------------------------------------------------------------------------------------- LIE
 
 
-def lie_vector(updates: Array, byzantine_mask: Array, z=1.5) -> Array:
+def lie_vector(updates: Array, byzantine_mask: Array, z=1.5, *, backend: ops.Backend | None = None) -> Array:
     """`mu - z * sigma` over H (SPEC §6 LIE). `[n, d]`, `[n]` -> `[d]`."""
     ref = reference_mask(byzantine_mask)
-    st = _ops.column_stats(updates, mean_weights(ref, updates.dtype), gram=False)
+    st = ops.column_stats(updates, ops.mean_weights(ref, updates.dtype), gram=False, backend=backend)
     return st.centre - jnp.asarray(z, updates.dtype) * st.sigma
 
 
-def lie(z=1.5) -> Attack:
-    """A Little Is Enough: Byzantine clients send `mu - z * sigma` (SPEC §6; z = 1.5).
+@register("attack", "lie", z=real())
+def lie(z=1.5, *, backend: ops.Backend | None = None) -> Stage:
+    """A Little Is Enough: Byzantine clients send `mu - z * sigma` (SPEC §6; z = 1.5; `z` traceable).
 
     Raises:
       ValueError: a concrete `z` that is not a finite number > 0.
     """
-    check_real("z", z, positive=True)
-
-    def apply(updates, byzantine_mask, state, *, key=None):
-        del key
-        return replace_rows(updates, byzantine_mask, lie_vector(updates, byzantine_mask, z)), state
-
-    return make_attack("lie", empty_init, apply, {"z": z})
+    backend = ops.resolve(backend)
+    return row_attack("lie", lambda u, m: lie_vector(u, m, z, backend=backend))
 
 
 # --------------------------------------------------------------------------------------------- IPM
@@ -81,24 +70,20 @@ def lie(z=1.5) -> Attack:
 
 def ipm_vector(updates: Array, byzantine_mask: Array, eps=0.1) -> Array:
     """`-eps * mu` over H (SPEC §6 IPM). `[n, d]`, `[n]` -> `[d]`."""
-    ref = reference_mask(byzantine_mask)
-    mu = ops.weighted_rows(mean_weights(ref, updates.dtype), updates)
+    mu = ops.masked_mean(updates, reference_mask(byzantine_mask))
     return -jnp.asarray(eps, updates.dtype) * mu
 
 
-def ipm(eps=0.1) -> Attack:
-    """Inner Product Manipulation: Byzantine clients send `-eps * mu` (SPEC §6; eps = 0.1).
+@register("attack", "ipm", eps=real())
+def ipm(eps=0.1, *, backend: ops.Backend | None = None) -> Stage:
+    """Inner Product Manipulation: Byzantine clients send `-eps * mu` (SPEC §6; eps = 0.1; `eps`
+    traceable).
 
     Raises:
       ValueError: a concrete `eps` that is not a finite number > 0.
     """
-    check_real("eps", eps, positive=True)
-
-    def apply(updates, byzantine_mask, state, *, key=None):
-        del key
-        return replace_rows(updates, byzantine_mask, ipm_vector(updates, byzantine_mask, eps)), state
-
-    return make_attack("ipm", empty_init, apply, {"eps": eps})
+    del backend
+    return row_attack("ipm", lambda u, m: ipm_vector(u, m, eps))
 
 
 # ---------------------------------------------------------------------------------- MinMax, MinSum
@@ -160,16 +145,16 @@ class LambdaAttackResult(NamedTuple):
     sigma: Array
 
 
-def _lambda_attack(updates: Array, byzantine_mask: Array, kind: str) -> LambdaAttackResult:
+def _lambda_attack(updates: Array, byzantine_mask: Array, kind: str, backend: ops.Backend | None) -> LambdaAttackResult:
     ref = reference_mask(byzantine_mask)
     dtype = updates.dtype
     # One pass: mu, sigma, the Gram matrix of the rows centred at mu, q_i = <H_i - mu, sigma>.
     # ||mu - lam sigma - H_i||^2 = A_i + 2 lam q_i + lam^2 ||sigma||^2 with A_i = ||H_i - mu||^2.
-    st = _ops.column_stats(updates, mean_weights(ref, dtype), gram=True)
+    st = ops.column_stats(updates, ops.mean_weights(ref, dtype), gram=True, backend=backend)
     a = jnp.diagonal(st.gram)
-    d2 = _ops.sq_dists_from_gram(st.gram)
+    d2, _ = ops.sq_dists_from_gram(st.gram)
     if kind == "minmax":
-        threshold = _ops.masked_max_pairwise(d2, ref)
+        threshold = ops.masked_max_pairwise(d2, ref)
 
         def feasible(lam):
             vals = a + 2.0 * lam * st.dots + (lam * lam) * st.dev_sq_norm
@@ -189,37 +174,31 @@ def _lambda_attack(updates: Array, byzantine_mask: Array, kind: str) -> LambdaAt
     return LambdaAttackResult(st.centre - lam * st.sigma, lam, st.centre, st.sigma)
 
 
-def minmax_vector(updates: Array, byzantine_mask: Array) -> LambdaAttackResult:
+def minmax_vector(updates: Array, byzantine_mask: Array, *, backend: ops.Backend | None = None) -> LambdaAttackResult:
     """MinMax (SPEC §6): `mu - lam * sigma`, the largest `lam` (NDSS search) with
     `max_i ||mal - H_i|| <= max_{i,j} ||H_i - H_j||`. Distances from one centred Gram pass; each
     search step is O(n) (squared distances are quadratics in `lam`)."""
-    return _lambda_attack(updates, byzantine_mask, "minmax")
+    return _lambda_attack(updates, byzantine_mask, "minmax", backend)
 
 
-def minsum_vector(updates: Array, byzantine_mask: Array) -> LambdaAttackResult:
+def minsum_vector(updates: Array, byzantine_mask: Array, *, backend: ops.Backend | None = None) -> LambdaAttackResult:
     """MinSum (SPEC §6): `mu - lam * sigma`, the largest `lam` (NDSS search) with
     `sum_i ||mal - H_i||^2 <= max_i sum_j ||H_i - H_j||^2`."""
-    return _lambda_attack(updates, byzantine_mask, "minsum")
+    return _lambda_attack(updates, byzantine_mask, "minsum", backend)
 
 
-def minmax() -> Attack:
+@register("attack", "minmax")
+def minmax(*, backend: ops.Backend | None = None) -> Stage:
     """MinMax attack (Shejwalkar & Houmansadr 2021; SPEC §6). See `minmax_vector`, `ndss_search`."""
-
-    def apply(updates, byzantine_mask, state, *, key=None):
-        del key
-        return replace_rows(updates, byzantine_mask, minmax_vector(updates, byzantine_mask).vector), state
-
-    return make_attack("minmax", empty_init, apply, {})
+    backend = ops.resolve(backend)
+    return row_attack("minmax", lambda u, m: minmax_vector(u, m, backend=backend).vector)
 
 
-def minsum() -> Attack:
+@register("attack", "minsum")
+def minsum(*, backend: ops.Backend | None = None) -> Stage:
     """MinSum attack (Shejwalkar & Houmansadr 2021; SPEC §6). See `minsum_vector`, `ndss_search`."""
-
-    def apply(updates, byzantine_mask, state, *, key=None):
-        del key
-        return replace_rows(updates, byzantine_mask, minsum_vector(updates, byzantine_mask).vector), state
-
-    return make_attack("minsum", empty_init, apply, {})
+    backend = ops.resolve(backend)
+    return row_attack("minsum", lambda u, m: minsum_vector(u, m, backend=backend).vector)
 
 
 # ------------------------------------------------------------------------------------------- Mimic
@@ -250,7 +229,8 @@ class MimicResult(NamedTuple):
     state: MimicState
 
 
-def mimic_step(updates: Array, byzantine_mask: Array, state: MimicState, key: Array) -> MimicResult:
+def mimic_step(updates: Array, byzantine_mask: Array, state: MimicState, key: Array, *,
+               backend: ops.Backend | None = None) -> MimicResult:
     """One round of Mimic (SPEC §6; Karimireddy et al. 2022).
 
     First round (`t == 0`): `z0 ~ N(0, I)` from `key`, `w_i = <H_i - mu, z0>`,
@@ -271,11 +251,11 @@ def mimic_step(updates: Array, byzantine_mask: Array, state: MimicState, key: Ar
     dtype = updates.dtype
     d = updates.shape[1]
     ref = reference_mask(byzantine_mask)
-    mu = ops.weighted_rows(mean_weights(ref, dtype), updates)
+    mu = ops.masked_mean(updates, ref)
     t = jnp.asarray(state.t, jnp.int32)
     first = t == 0
     direction = lax.cond(first, lambda: jax.random.normal(key, (d,), dtype), lambda: state.z.astype(dtype))
-    w = jnp.where(ref, _ops.centred_matvec(updates, mu, direction), 0.0)
+    w = jnp.where(ref, ops.centred_matvec(updates, mu, direction, backend=backend), 0.0)
     start = _normalise(direction, jnp.zeros_like(direction))
     z_hat = _normalise(ops.weighted_rows(w, updates), jnp.zeros_like(direction))
     # At t == 0 the previous z does not enter (t * z = 0), so z = z_hat.
@@ -289,21 +269,21 @@ def mimic_step(updates: Array, byzantine_mask: Array, state: MimicState, key: Ar
     return MimicResult(vector, target, MimicState(z, t + 1))
 
 
-def mimic() -> Attack:
+@register("attack", "mimic")
+def mimic(*, backend: ops.Backend | None = None) -> Stage:
     """Mimic (stateful; SPEC §6): Byzantine clients copy the honest update that is most extreme
-    along a slowly averaged top principal direction. `apply` needs a `key` (first round's z0).
+    along a slowly averaged top principal direction. `update` needs a `key` (first round's z0).
     The state advances on every call, also in rounds without Byzantine clients."""
+    backend = ops.resolve(backend)
 
-    def init(updates):
-        return MimicState(jnp.zeros((updates.shape[1],), updates.dtype), jnp.zeros((), jnp.int32))
+    def init(shape):
+        return MimicState(jnp.zeros((shape.shape[1],), shape.dtype), jnp.zeros((), jnp.int32))
 
-    def apply(updates, byzantine_mask, state, *, key=None):
-        if key is None:
-            raise ValueError("mimic.apply needs a PRNG `key` (its first round draws z0 ~ N(0, I)).")
-        res = mimic_step(updates, byzantine_mask, state, key)
-        return replace_rows(updates, byzantine_mask, res.vector), res.state
+    def core(updates, mask, state, key):
+        res = mimic_step(updates, mask, state, key, backend=backend)
+        return replace_rows(updates, mask, res.vector), res.state
 
-    return make_attack("mimic", init, apply, {}, stateful=True)
+    return attack_stage("mimic", core, init=init, needs_key=True, stateful=True)
 
 
 # --------------------------------------------------------------------------------------- NonFinite
@@ -324,26 +304,26 @@ def nonfinite_row(n: int, d: int, value: str, dtype) -> Array:
     return jnp.where(pattern == 0, jnp.nan, jnp.where(pattern == 1, jnp.inf, -jnp.inf)).astype(dtype)
 
 
-def nonfinite(value: str = "nan") -> Attack:
+@register("attack", "nonfinite", value=choice(*NONFINITE_VALUES))
+def nonfinite(value="nan", *, backend: ops.Backend | None = None) -> Stage:
     """Byzantine rows full of NaN / Inf, for testing that defences and the simulation are reliable
     (not in the paper).
 
     Args:
-      value: one of `"nan"`, `"inf"`, `"-inf"`, `"mixed"` (NaN, +Inf, -Inf cycling over the entries).
+      value: one of `"nan"`, `"inf"`, `"-inf"`, `"mixed"` (NaN, +Inf, -Inf cycling over the
+        entries; static: it selects the pattern).
 
     Raises:
       ValueError: an unknown `value`.
     """
-    if value not in NONFINITE_VALUES:
-        raise ValueError(f"nonfinite value={value!r} is not one of {list(NONFINITE_VALUES)}.")
+    del backend
 
-    def apply(updates, byzantine_mask, state, *, key=None):
-        del key
+    def core(updates, mask, state, key):
         n, d = updates.shape
         bad = nonfinite_row(n, d, value, updates.dtype)
-        return jnp.where(jnp.asarray(byzantine_mask, bool)[:, None], bad, updates), state
+        return jnp.where(mask[:, None], bad, updates), state
 
-    return make_attack("nonfinite", empty_init, apply, {"value": value})
+    return attack_stage("nonfinite", core)
 
 
 __all__ = [

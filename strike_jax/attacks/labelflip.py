@@ -7,7 +7,10 @@ the labels of Byzantine clients, and `apply` leaves their (already poisoned) row
 
 from __future__ import annotations
 
-from strike_jax.attacks.base import Attack, empty_init, make_attack
+from strike_jax import ops
+from strike_jax.attacks.base import attack_stage
+from strike_jax.registry import register
+from strike_jax.stages import Stage
 
 
 def flip_labels(y, num_classes):
@@ -25,14 +28,16 @@ def flip_labels(y, num_classes):
     return (num_classes - 1) - y
 
 
-def labelflip() -> Attack:
-    """LabelFlip (SPEC §6): `data_level=True`, `label_map(y, C) = C - 1 - y`; `apply` is the identity."""
+@register("attack", "labelflip")
+def labelflip(*, backend: ops.Backend | None = None) -> Stage:
+    """LabelFlip (SPEC §6): `info["data_level"]`, `info["label_map"](y, C) = C - 1 - y`; `update` is
+    the identity on the matrix."""
+    del backend
 
-    def apply(updates, byzantine_mask, state, *, key=None):
-        del byzantine_mask, key
+    def core(updates, mask, state, key):
         return updates, state
 
-    return make_attack("labelflip", empty_init, apply, {}, data_level=True, label_map=flip_labels)
+    return attack_stage("labelflip", core, data_level=True, label_map=flip_labels)
 
 
 __all__ = ["flip_labels", "labelflip"]

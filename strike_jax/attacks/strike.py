@@ -10,11 +10,12 @@ Stage 2 (`hidden_vector`, `bisect_alpha`): hide the Byzantine update inside S:
 a typo), with `alpha` the largest value such that `max_{i in S} ||g_S + alpha dev - H_i|| <= D`,
 `D = max_{i,j in S} ||H_i - H_j||` (Eq. 13), found by bisection (Appendix C, Algorithm 2).
 
-`strike_vector` chains the stages (plus the `h <= f` fallback) into the Byzantine row; `strike`
-builds the registry attack. Everything is a pure function of arrays: `f` (the mask's count) and
-`nu` may be traced, so `jax.vmap` over masks or over `nu` compiles once.
+`strike_vector` chains the stages (plus the `h <= f` fallback) into the Byzantine row;
+`strike_attack` builds the registry attack (`attacks.get("strike", nu=...)`). Everything is a pure
+function of arrays: `f` (the mask's count) and `nu` may be traced, so `jax.vmap` over masks or over
+`nu` compiles once.
 
-How the distances are computed: one chunked pass over `U` (`_ops.column_stats`) yields `g_S`,
+How the distances are computed: one blocked pass over `U` (`ops.column_stats`) yields `g_S`,
 `sigma_S`, `dev`, the Gram matrix of the rows centred at `g_S`, and `q_i = <H_i - g_S, dev>`. Then
 `D^2 = max_{i,j in S} (G_ii + G_jj - 2 G_ij)` and
 `||g_S + a dev - H_i||^2 = G_ii - 2 a q_i + a^2 ||dev||^2` come from the same centred Gram
@@ -37,17 +38,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from strike_jax import ops
-from strike_jax.attacks import _ops
-from strike_jax.attacks.base import (
-    Attack,
-    EmptyState,
-    check_real,
-    empty_init,
-    make_attack,
-    mean_weights,
-    reference_mask,
-    replace_rows,
-)
+from strike_jax.attacks.base import reference_mask, row_attack
+from strike_jax.registry import real, register
+from strike_jax.stages import Stage
 
 Array = jax.Array
 
@@ -129,19 +122,20 @@ class StrikeResult(NamedTuple):
     hidden: HiddenVector
 
 
-def search_direction(updates: Array, honest_mask: Array) -> SearchDirection:
+def search_direction(updates: Array, honest_mask: Array, *, backend: ops.Backend | None = None) -> SearchDirection:
     """Stage 1a: the honest mean, lower median and `u_search = med - mu` (paper Eq. 6).
 
     Args:
       updates: `[n, d]`.
       honest_mask: `[n]` bool, the rows of H (may be traced).
+      backend: `ops.Backend` for the median (static; default the platform's).
 
     Returns:
       `SearchDirection` of `[d]` vectors.
     """
     honest_mask = jnp.asarray(honest_mask, bool)
-    mean = ops.weighted_rows(mean_weights(honest_mask, updates.dtype), updates)
-    median = ops.masked_lower_median(updates, honest_mask)
+    mean = ops.masked_mean(updates, honest_mask)
+    median = ops.masked_lower_median(updates, honest_mask, backend=backend)
     return SearchDirection(mean, median, median - mean)
 
 
@@ -169,22 +163,25 @@ def select_skewed(updates: Array, honest_mask: Array, direction: Array, num_sele
     return Selection(projections, skewed)
 
 
-def hidden_vector(updates: Array, skewed_mask: Array, mean: Array, *, chunk: int | None = None) -> HiddenVector:
+def hidden_vector(updates: Array, skewed_mask: Array, mean: Array, *, chunk: int | None = None,
+                  backend: ops.Backend | None = None) -> HiddenVector:
     """Stage 2a: `g_S`, `sigma_S`, `dev = sign(g_S - mu) * sigma_S` and the constraint's coefficients.
 
     Args:
       updates: `[n, d]`.
       skewed_mask: `[n]` bool, the set S (may be traced; empty gives zeros).
       mean: `[d]` the honest mean `mu`.
-      chunk: columns per pass chunk (static; default chosen per backend).
+      chunk: columns per pass block (static; default per `backend`).
+      backend: `ops.Backend` (static; default the platform's).
 
     Returns:
       `HiddenVector`.
     """
     skewed_mask = jnp.asarray(skewed_mask, bool)
-    st = _ops.column_stats(updates, mean_weights(skewed_mask, updates.dtype), mean, gram=True, chunk=chunk)
-    d2 = _ops.sq_dists_from_gram(st.gram)
-    diameter_sq = _ops.masked_max_pairwise(d2, skewed_mask)
+    st = ops.column_stats(updates, ops.mean_weights(skewed_mask, updates.dtype), mean, gram=True, chunk=chunk,
+                          backend=backend)
+    d2, _ = ops.sq_dists_from_gram(st.gram)
+    diameter_sq = ops.masked_max_pairwise(d2, skewed_mask)
     return HiddenVector(
         centre=st.centre,
         sigma=st.sigma,
@@ -263,9 +260,9 @@ def fallback_vector(mean: Array, median: Array, num_honest) -> Array:
     return jnp.where(num_honest == 1, -10.0 * mean, mean + 10.0 * (median - mean))
 
 
-@functools.partial(jax.jit, static_argnames=("tol", "chunk"))
+@functools.partial(jax.jit, static_argnames=("tol", "chunk", "backend"))
 def strike_vector(updates: Array, byzantine_mask: Array, nu=1.0, *, tol: float = TOL,
-                  chunk: int | None = None) -> StrikeResult:
+                  chunk: int | None = None, backend: ops.Backend | None = None) -> StrikeResult:
     """The STRIKE Byzantine update for one round (SPEC §6 items 1-7; Algorithm 1).
 
     One jitted function of `(updates, byzantine_mask, nu)` (SPEC §6): `f` and `nu` are traced, so
@@ -276,7 +273,8 @@ def strike_vector(updates: Array, byzantine_mask: Array, nu=1.0, *, tol: float =
       byzantine_mask: `[n]` bool (`f = sum`, `h = n - f`; may be traced).
       nu: attack strength factor (> 0; may be traced).
       tol: bisection tolerance on alpha (static).
-      chunk: columns per pass chunk (static; default per backend).
+      chunk: columns per pass block (static; default per `backend`).
+      backend: `ops.Backend` (static; default the platform's).
 
     Returns:
       `StrikeResult`; `vector` is `g_S + nu * alpha * dev` when `h > f`, else the fallback.
@@ -286,9 +284,9 @@ def strike_vector(updates: Array, byzantine_mask: Array, nu=1.0, *, tol: float =
     num_byz = byzantine_mask.sum()
     num_honest = (~byzantine_mask).sum()
     ref = reference_mask(byzantine_mask)
-    search = search_direction(updates, ref)
+    search = search_direction(updates, ref, backend=backend)
     selection = select_skewed(updates, ref, search.direction, num_honest - num_byz)
-    hidden = hidden_vector(updates, selection.skewed_mask, search.mean, chunk=chunk)
+    hidden = hidden_vector(updates, selection.skewed_mask, search.mean, chunk=chunk, backend=backend)
     fallback = num_honest <= num_byz
     alpha = bisect_alpha(hidden.sq_dists, hidden.dots, hidden.dev_sq_norm, hidden.diameter_sq,
                          selection.skewed_mask, tol=tol)
@@ -299,32 +297,26 @@ def strike_vector(updates: Array, byzantine_mask: Array, nu=1.0, *, tol: float =
     return StrikeResult(vector, alpha, fallback, search, selection, hidden)
 
 
-def strike(nu=1.0) -> Attack:
+@register("attack", "strike", nu=real())
+def strike_attack(nu=1.0, *, backend: ops.Backend | None = None) -> Stage:
     """STRIKE (SPEC §6): every Byzantine client sends `g_S + nu * alpha * dev`.
 
     Args:
-      nu: attack strength factor, `> 0` (default 1; the paper sweeps `{0.25, 0.5, ..., 2.0}`).
-        A traced `nu` is accepted unchecked, so `jax.vmap(lambda nu: strike(nu).apply(...))`
-        compiles once.
+      nu: attack strength factor, `> 0` (default 1; the paper sweeps `{0.25, 0.5, ..., 2.0}`;
+        traceable: `jax.vmap(lambda nu: attacks.get("strike", nu=nu).apply(...))` compiles once).
+      backend: `ops.Backend` (resolved now).
 
     Returns:
-      `Attack` (stateless).
+      An attack `Stage` (stateless).
 
     Raises:
       ValueError: a concrete `nu` that is not a finite number > 0.
     """
-    check_real("nu", nu, positive=True)
-
-    def apply(updates, byzantine_mask, state, *, key=None):
-        del key
-        res = strike_vector(updates, byzantine_mask, nu)
-        return replace_rows(updates, byzantine_mask, res.vector), state
-
-    return make_attack("strike", empty_init, apply, {"nu": nu})
+    backend = ops.resolve(backend)
+    return row_attack("strike", lambda u, m: strike_vector(u, m, nu, backend=backend).vector)
 
 
 __all__ = [
-    "EmptyState",
     "HiddenVector",
     "SearchDirection",
     "Selection",
@@ -334,6 +326,6 @@ __all__ = [
     "hidden_vector",
     "search_direction",
     "select_skewed",
-    "strike",
+    "strike_attack",
     "strike_vector",
 ]

@@ -29,6 +29,8 @@ batches through `Dataset.normalize`.
 
 from __future__ import annotations
 
+import inspect
+
 from typing import Callable
 
 from strike_jax.data.base import DataNotFoundError, Dataset, Preprocessing, make_dataset
@@ -49,6 +51,7 @@ from strike_jax.data.synthetic import load_synthetic
 from strike_jax.data.tfds_source import load_cifar10, load_emnist, load_tfds
 
 __all__ = [
+    "check_load_args",
     "ClientData",
     "DataNotFoundError",
     "Dataset",
@@ -98,17 +101,34 @@ def names() -> tuple[str, ...]:
     return tuple(sorted(_LOADERS))
 
 
-def load(name: str, **kwargs) -> Dataset:
-    """Load a data set by name; `kwargs` go to its loader (e.g. `data_dir=`, `dtype=`).
+def check_load_args(name: str, **kwargs) -> None:
+    """Checks, without loading anything, that `load(name, **kwargs)` names a data set and only
+    arguments its loader takes (e.g. `digits` ships with scikit-learn: it takes no `data_dir`).
 
     Raises:
-      ValueError: unknown name (the message lists `names()`), or the loader's own errors.
+      ValueError: one line naming the bad name or argument and what is allowed.
     """
     try:
         loader = _LOADERS[name]
     except KeyError:
         raise ValueError(f"unknown data set {name!r}; choose one of {names()}.") from None
-    return loader(**kwargs)
+    params = inspect.signature(loader).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise ValueError(f"data set {name!r} takes no {', '.join(unknown)}; its loader's arguments are: "
+                         f"{', '.join(params) or 'none'}.")
+
+
+def load(name: str, **kwargs) -> Dataset:
+    """Load a data set by name; `kwargs` go to its loader (e.g. `data_dir=`, `dtype=`).
+
+    Raises:
+      ValueError: unknown name or argument (`check_load_args`), or the loader's own errors.
+    """
+    check_load_args(name, **kwargs)
+    return _LOADERS[name](**kwargs)
 
 
 def make_partition(

@@ -5,7 +5,10 @@ Public API:
 - `LocalConfig`, `LocalStats`, `make_local_train(model, cfg)`: one client's epoch with PyTorch SGD
   semantics over a padded batch schedule; `make_local_step`: the single step it is made of.
 - `make_client_updates(model, cfg, strategy="auto")`: all sampled clients -> `U [n, d]`
-  (strategies "vmap", "loop", "steps", "map"; `choose_strategy` documents "auto").
+  (strategies "packed", "vmap", "map", "steps", "loop"; "auto" measures: `measure_strategies`,
+  `choose_strategy`); `choose_lanes`: the packed layout's lanes.
+- `schedule`: the round's plan drawn on the device (clients, batches, lanes); `packed`: lanes of
+  clients trained back to back; `round`: a round of a batch of runs as pure functions.
 - `flatten_variables(variables) -> (flat, unflatten)`, `unflatten(flat, like)`: the update layout
   (parameters, then BatchNorm statistics).
 - `make_evaluate(model)`: test accuracy and loss.
@@ -14,6 +17,7 @@ Public API:
 from strike_jax.training.evaluate import make_evaluate
 from strike_jax.training.local import (
     LocalConfig,
+    LocalHparams,
     LocalStats,
     LocalStep,
     clip_by_global_norm_torch,
@@ -27,11 +31,24 @@ from strike_jax.training.local import (
     unflatten,
     write_delta_row,
 )
-from strike_jax.training.strategies import STRATEGIES, choose_strategy, make_client_updates
+from strike_jax.training.strategies import (
+    DEVICE_STRATEGIES,
+    MAX_PADDED_FRACTION,
+    STRATEGIES,
+    choose_lanes,
+    choose_strategy,
+    default_lanes,
+    make_client_updates,
+    makespans,
+    measure_strategies,
+    strategy_lanes,
+)
 
 __all__ = [
     "LocalConfig", "LocalStats", "LocalStep", "make_local_train", "make_local_step", "default_skip",
     "make_optimizer", "clip_by_global_norm_torch",
     "flatten_variables", "unflatten", "flat_delta", "write_delta_row", "num_params",
-    "make_client_updates", "choose_strategy", "STRATEGIES", "make_evaluate",
+    "make_client_updates", "choose_strategy", "STRATEGIES", "DEVICE_STRATEGIES", "MAX_PADDED_FRACTION",
+    "choose_lanes", "default_lanes", "makespans", "measure_strategies", "strategy_lanes", "make_evaluate",
+    "LocalHparams",
 ]

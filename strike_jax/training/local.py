@@ -46,9 +46,16 @@ class LocalConfig(NamedTuple):
       momentum: heavy-ball momentum in [0, 1).
       weight_decay: L2 coefficient added to the clipped gradient (>= 0).
       clip_norm: global L2 norm the gradient is clipped to every step, or None for no clipping.
-      num_classes: classes, for label flipping `y -> num_classes - 1 - y`.
+      num_classes: classes, for label flipping.
       clip_eps: PyTorch's `clip_grad_norm_` divides by `norm + 1e-6` (the default); 0 gives optax's
         `clip_by_global_norm` up to rounding.
+      label_map: `label_map(y, num_classes) -> y'`, the labels a flipped (LabelFlip) client trains on
+        (`strike_jax.attacks` gives it as `Attack.label_map`); None: SPEC §6's `C - 1 - y`.
+
+    The numbers `lr`, `momentum`, `weight_decay` and `clip_norm` fix only defaults: the step also
+    takes them as (traced) arrays (`LocalHparams`), so runs that differ in them share one compiled
+    program. What they fix statically is the optimizer's structure: clipping on/off, weight decay
+    on/off, momentum on/off (`structure()`).
     """
 
     lr: float
@@ -57,6 +64,25 @@ class LocalConfig(NamedTuple):
     clip_norm: float | None
     num_classes: int
     clip_eps: float = 1e-6
+    label_map: Callable[[Any, int], Any] | None = None
+
+    def hparams(self) -> "LocalHparams":
+        """The numbers as a `LocalHparams` of float32 scalars (clip_norm 0 when clipping is off)."""
+        return LocalHparams(*(jnp.float32(0.0 if v is None else v)
+                              for v in (self.lr, self.momentum, self.weight_decay, self.clip_norm)))
+
+    def structure(self) -> tuple[bool, bool, bool]:
+        """`(clip, decay, momentum)`: which parts of the optimizer exist (static)."""
+        return self.clip_norm is not None, self.weight_decay > 0, self.momentum > 0
+
+
+class LocalHparams(NamedTuple):
+    """The local optimizer's numbers as (possibly traced, possibly batched) float32 arrays."""
+
+    lr: Array
+    momentum: Array
+    weight_decay: Array
+    clip_norm: Array
 
 
 class LocalStats(NamedTuple):
@@ -100,22 +126,30 @@ def clip_by_global_norm_torch(max_norm: float, eps: float = 1e-6) -> optax.Gradi
     def update_fn(updates, state, params=None):
         del params
         norm = optax.tree.norm(updates)
-        coef = jnp.minimum(1.0, max_norm / (norm + eps))
+        coef = jnp.minimum(1.0, jnp.asarray(max_norm, jnp.float32) / (norm + eps))
         return jax.tree_util.tree_map(lambda g: g * coef.astype(g.dtype), updates), state
 
     return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
-def make_optimizer(cfg: LocalConfig) -> optax.GradientTransformation:
+def make_optimizer(cfg: LocalConfig, hp: LocalHparams | None = None) -> optax.GradientTransformation:
     """clip -> add weight decay -> heavy-ball SGD, i.e. PyTorch's `SGD(lr, momentum, weight_decay)` after
-    `clip_grad_norm_` (SPEC §3)."""
+    `clip_grad_norm_` (SPEC §3).
+
+    Args:
+      cfg: the structure (which parts exist) and the default numbers.
+      hp: the numbers as (traced) arrays instead of `cfg`'s; the state's structure depends on `cfg`
+        only, so one compiled step serves every `hp`.
+    """
     _check_config(cfg)
+    clip, decay, momentum = cfg.structure()
+    hp = LocalHparams(cfg.lr, cfg.momentum, cfg.weight_decay, cfg.clip_norm) if hp is None else hp
     parts = []
-    if cfg.clip_norm is not None:
-        parts.append(clip_by_global_norm_torch(float(cfg.clip_norm), float(cfg.clip_eps)))
-    if cfg.weight_decay > 0:
-        parts.append(optax.add_decayed_weights(float(cfg.weight_decay)))
-    parts.append(optax.sgd(float(cfg.lr), momentum=float(cfg.momentum) if cfg.momentum > 0 else None))
+    if clip:
+        parts.append(clip_by_global_norm_torch(hp.clip_norm, float(cfg.clip_eps)))
+    if decay:
+        parts.append(optax.add_decayed_weights(hp.weight_decay))
+    parts.append(optax.sgd(hp.lr, momentum=hp.momentum if momentum else None))
     return optax.chain(*parts)
 
 
@@ -127,8 +161,9 @@ def _split(variables: Variables) -> tuple[Any, Any]:
     return variables["params"], variables.get("batch_stats", {})
 
 
-def _ravel_leaves(leaves: list[Array]) -> Array:
-    """`concatenate([a.ravel() for a in leaves])`, the layout of `ravel_pytree`.
+def _ravel_leaves(leaves: list[Array], lead: tuple[int, ...] = ()) -> Array:
+    """`concatenate([a.reshape(*lead, -1) for a in leaves], axis=-1)`, the layout of `ravel_pytree`
+    (for each index of the leading axes `lead`, shared by every leaf).
 
     Written as in-place `dynamic_update_slice`s into a zero buffer: XLA:CPU's concatenate of a few
     large operands (what `ravel_pytree` emits) ran at well under 1 GB/s (e.g. ~80 ms for one 6.6M
@@ -136,16 +171,16 @@ def _ravel_leaves(leaves: list[Array]) -> Array:
     memory speed (~3 ms).
     """
     dtype = jnp.result_type(*leaves) if leaves else jnp.float32
-    total = sum(math.prod(a.shape) for a in leaves)
-    out = jnp.zeros((total,), dtype)
+    sizes = [math.prod(a.shape[len(lead):]) for a in leaves]
+    out = jnp.zeros((*lead, sum(sizes)), dtype)
     off = 0
-    for a in leaves:
-        out = jax.lax.dynamic_update_slice(out, a.reshape(-1).astype(dtype), (off,))
-        off += math.prod(a.shape)
+    for a, size in zip(leaves, sizes):
+        out = jax.lax.dynamic_update_slice(out, a.reshape(*lead, size).astype(dtype), (0,) * len(lead) + (off,))
+        off += size
     return out
 
 
-_ravel_jit = jax.jit(_ravel_leaves)
+_ravel_jit = jax.jit(_ravel_leaves, static_argnums=(1,))
 
 
 def flatten_variables(variables: Variables) -> tuple[Array, Callable[[Array], Variables]]:
@@ -225,14 +260,16 @@ def make_local_step(model, cfg: LocalConfig) -> LocalStep:
     Returns:
       `LocalStep(init_opt, step, min_examples)`:
       `init_opt(params) -> opt_state` (zero momentum: a fresh optimizer every round);
-      `step(params, batch_stats, opt_state, x_train, y_train, idx [B], mask [B], flip) ->
-      (params, batch_stats, opt_state, loss)` always updates (callers skip steps with fewer than
+      `step(params, batch_stats, opt_state, x_train, y_train, idx [B], mask [B], flip, hp=None) ->
+      (params, batch_stats, opt_state, loss)` (`hp`: a `LocalHparams` of traced numbers replacing
+      `cfg`'s; `flip`: train on `cfg.label_map(y)`) always updates (callers skip steps with fewer than
       `min_examples` real examples: 1, or 2 for BatchNorm models); `batch_stats` is `{}` for models
       without BatchNorm; `loss` is the mean cross-entropy over the real examples before the update.
     """
     _check_config(cfg)
     tx = make_optimizer(cfg)
     num_classes = cfg.num_classes
+    label_map = cfg.label_map or (lambda y, c: c - 1 - y)
     has_bs = model.has_batch_stats
 
     def loss_fn(params, batch_stats, x, y, mask):
@@ -246,12 +283,12 @@ def make_local_step(model, cfg: LocalConfig) -> LocalStep:
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def step(params, batch_stats, opt_state, x_train, y_train, idx, mask, flip):
+    def step(params, batch_stats, opt_state, x_train, y_train, idx, mask, flip, hp=None):
         x = jnp.take(x_train, idx, axis=0)
         y = jnp.take(y_train, idx, axis=0).astype(jnp.int32)
-        y = jnp.where(jnp.asarray(flip, bool), num_classes - 1 - y, y)
+        y = jnp.where(jnp.asarray(flip, bool), jnp.asarray(label_map(y, num_classes), jnp.int32), y)
         (loss, new_bs), grads = grad_fn(params, batch_stats, x, y, mask)
-        updates, new_opt = tx.update(grads, opt_state, params)
+        updates, new_opt = (tx if hp is None else make_optimizer(cfg, hp)).update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         if not has_bs:
             new_bs = batch_stats
@@ -286,8 +323,9 @@ def make_local_train(model, cfg: LocalConfig, *, unroll_steps: bool = True, skip
         (skips the work; `vmap` turns it into a select). None: `default_skip()`.
 
     Returns:
-      `local_train(variables, x_train, y_train, batch_idx, batch_mask, flip_labels) ->
-      (new_variables, LocalStats)`, to be wrapped in `jax.jit` / `jax.vmap`:
+      `local_train(variables, x_train, y_train, batch_idx, batch_mask, flip_labels, hp=None) ->
+      (new_variables, LocalStats)`, to be wrapped in `jax.jit` / `jax.vmap` (`hp`: a `LocalHparams`
+      of traced numbers replacing `cfg`'s):
 
       - `variables`: the global model (`{"params", ["batch_stats"]}`);
       - `x_train` `[N, H, W, C]` float32, `y_train` `[N]` int: the shared training set;
@@ -304,7 +342,7 @@ def make_local_train(model, cfg: LocalConfig, *, unroll_steps: bool = True, skip
     has_bs = model.has_batch_stats
     min_examples = local_step.min_examples
 
-    def local_train(variables, x_train, y_train, batch_idx, batch_mask, flip_labels):
+    def local_train(variables, x_train, y_train, batch_idx, batch_mask, flip_labels, hp=None):
         if batch_idx.ndim != 2 or batch_idx.shape != batch_mask.shape:
             raise ValueError(
                 f"batch_idx {batch_idx.shape} and batch_mask {batch_mask.shape} must both be [S, B].")
@@ -314,7 +352,7 @@ def make_local_train(model, cfg: LocalConfig, *, unroll_steps: bool = True, skip
 
         def do(state, idx, mask):
             p, bs, o = state
-            p, bs, o, loss = local_step.step(p, bs, o, x_train, y_train, idx, mask, flip_labels)
+            p, bs, o, loss = local_step.step(p, bs, o, x_train, y_train, idx, mask, flip_labels, hp)
             return (p, bs, o), loss
 
         def step(carry, inputs):

@@ -1,0 +1,463 @@
+"""The stage protocol of the server pipeline (in the spirit of optax's `GradientTransformation`).
+
+Every attack, pre-aggregator and aggregation rule is a `Stage`: a pair of pure functions over the
+round's `[n, d]` update matrix and a small `RoundContext`:
+
+    state = stage.init(jax.ShapeDtypeStruct((n, d), jnp.float32))     # an [n, d] array also works
+    out, state, ctx = stage.update(U, state, RoundContext(byzantine_mask, f, key))
+
+* an attack returns `[n, d]` with the Byzantine rows replaced (honest rows bit-exact);
+* a pre-aggregator returns `[n', d]` and a context with the `f` the next stage must tolerate;
+* a rule returns the `[d]` aggregate.
+
+`chain(attack, nnm, bucketing, rule)` composes any such sequence into one Stage: the whole server
+pipeline is one `update`. `f` may be a Python int (checked against each stage's limit) or a traced
+integer (clamped), so a vectorised simulation never recompiles when `f` changes.
+`inject_hyperparams` builds a stage whose traceable hyper-parameters live in its state (optax's
+`inject_hyperparams`), so that runs differing only in them (`nu`, `tau`, `z`, ...) share one
+compiled program under `vmap` over a leading run axis of states.
+
+Keys (`chain`): when the first stage is an attack it receives `fold_in(key, 0)` and the rest of
+the chain `fold_in(key, 1)`; several aggregation stages split their key
+(`jax.random.split(key, m)`, stage `i` gets `keys[i]`), a single one receives it whole. This is
+what `strike_jax.training.round` does with `attack_key` / `aggregator_key`.
+"""
+
+from __future__ import annotations
+
+import numbers
+import types
+from typing import Any, Callable, Mapping, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from strike_jax import ops, registry
+
+Array = jax.Array
+
+KINDS = registry.KINDS
+
+_ORDER = {"attack": 0, "preaggregator": 1, "rule": 2}
+# SPEC §7: NNM is applied before bucketing when both are on.
+_PREAGG_ORDER = {"nnm": 0, "bucketing": 1}
+#: `info` flags a chain has when any of its stages has them.
+_ANY_FLAGS = ("stateful", "needs_key", "needs_clients", "needs_root_update")
+
+
+class RoundContext(NamedTuple):
+    """What a stage needs beyond the matrix.
+
+    Attributes:
+      byzantine_mask: `[n]` bool, the rows of the current matrix that are Byzantine (None after a
+        pre-aggregator that mixes rows into buckets).
+      f: the Byzantine count the stage must tolerate (Python int or traced int scalar).
+      key: this stage's PRNG key (None: a randomised stage raises).
+      clients: `[n]` int32 sampled client ids (per-client state across rounds, e.g. FoolsGold).
+      root_update: `[d]` the server's own update on a clean root set (FLTrust).
+      downstream: for white-box attacks, the `Stage` made of the stages after the attack (set by
+        `chain`).
+      downstream_state: the current state of `downstream` (set with it), so that a white-box attack
+        simulates the defence as it really is this round (its state and, for injected stages, this
+        run's hyper-parameters) rather than a freshly initialised copy.
+    """
+
+    byzantine_mask: Array | None
+    f: Any
+    key: Array | None
+    clients: Array | None = None
+    root_update: Array | None = None
+    downstream: Any = None
+    downstream_state: Any = None
+
+
+class EmptyState(NamedTuple):
+    """The state of a stateless stage (an empty pytree)."""
+
+
+def empty_init(shape: Any) -> EmptyState:
+    """`init` of a stateless stage: `shape` (a `jax.ShapeDtypeStruct` or an array) is unused."""
+    del shape
+    return EmptyState()
+
+
+def no_limit(n: int) -> None:
+    """`max_f` of a stage that tolerates any number of Byzantine rows (or claims nothing)."""
+    del n
+    return None
+
+
+def same_rows(n: int) -> int:
+    return n
+
+
+def one_row(n: int) -> int:
+    del n
+    return 1
+
+
+def same_f(f: Any) -> Any:
+    return f
+
+
+class Stage(NamedTuple):
+    """One stage of the server pipeline (see the module docstring).
+
+    Attributes:
+      name: registry name (a chain: the names joined by "+").
+      kind: "attack", "preaggregator" or "rule" (a chain: the kind of its last stage).
+      init: `init(shape) -> state`; `shape` is the `[n, d]` input's `jax.ShapeDtypeStruct` (an
+        array also works).
+      update: `update(x, state, ctx) -> (x', state', ctx')` (see the module docstring).
+      max_f: `max_f(n) -> int | None`, the most Byzantine rows tolerated among `n` input rows
+        (None: no limit is claimed).
+      output_rows: `n -> n'` (attacks: `n`; rules: 1).
+      hparams: read-only mapping of the hyper-parameters it was built with.
+      output_f: `f -> f'` for a concrete `f` (bucketing: `ceil(f / s)`; others: `f`).
+      parts: for a chain, its stages (flattened); else `()`.
+      info: read-only flags: `data_level` (the attack acts on the Byzantine clients' training data:
+        LabelFlip), `label_map` (its label map), `stateful` (state carries information between
+        rounds), `needs_key` (update needs `ctx.key`), `needs_clients` (update needs
+        `ctx.clients`: FoolsGold), `needs_root_update` (update needs `ctx.root_update`: FLTrust).
+    """
+
+    name: str
+    kind: str
+    init: Callable[[Any], Any]
+    update: Callable[[Array, Any, RoundContext], tuple[Array, Any, RoundContext]]
+    max_f: Callable[[int], int | None]
+    output_rows: Callable[[int], int]
+    hparams: Mapping[str, Any]
+    output_f: Callable[[Any], Any] = same_f
+    parts: tuple = ()
+    info: Mapping[str, Any] = types.MappingProxyType({})
+
+
+def make_stage(name: str, kind: str, init: Callable, update: Callable, *, max_f: Callable = no_limit,
+               output_rows: Callable | None = None, hparams: Mapping[str, Any] | None = None,
+               output_f: Callable = same_f, **info: Any) -> Stage:
+    """A `Stage` with read-only `hparams`/`info`; `output_rows` defaults to `n` (1 for a rule)."""
+    if kind not in _ORDER:
+        raise ValueError(f"make_stage: kind={kind!r} is not allowed; allowed: {', '.join(KINDS)}.")
+    rows = output_rows or (one_row if kind == "rule" else same_rows)
+    return Stage(name, kind, init, update, max_f, rows, types.MappingProxyType(dict(hparams or {})), output_f,
+                 (), types.MappingProxyType(info))
+
+
+def as_stage(obj: Any) -> Stage:
+    """`obj` as a `Stage`: a Stage, or an object with a `.stage` (the adapters of `aggregators.get`
+    and `attacks.get`)."""
+    if isinstance(obj, Stage):
+        return obj
+    stage = getattr(obj, "stage", None)
+    if isinstance(stage, Stage):
+        return stage
+    raise ValueError(f"{getattr(obj, 'name', obj)!r} is not a stage (from strike_jax.stages.get, "
+                     "aggregators.get or attacks.get).")
+
+
+def shape_of(x: Any) -> jax.ShapeDtypeStruct:
+    """The `jax.ShapeDtypeStruct` of an array or of a shape struct."""
+    return jax.ShapeDtypeStruct(tuple(x.shape), x.dtype)
+
+
+# ------------------------------------------------------------------------------- shape checks
+
+
+def check_updates(owner: str, x: Any) -> None:
+    """chex checks at a stage's boundary: `x` is an `[n, d]` matrix with `n >= 1`."""
+    chex.assert_rank(x, 2, custom_message=f"{owner}: the updates must be an [n, d] matrix")
+    chex.assert_axis_dimension_gt(x, 0, 0, custom_message=f"{owner}: the updates need at least one row")
+
+
+def check_mask(owner: str, mask: Any, n: int) -> None:
+    """chex check: `mask` is an `[n]` vector."""
+    chex.assert_shape(mask, (n,), custom_message=f"{owner}: byzantine_mask must be [n] with n={n}")
+
+
+# ------------------------------------------------------------------------------------ chaining
+
+
+def _key_split(key: Array | None, m: int) -> list:
+    if key is None:
+        return [None] * m
+    if m == 1:
+        return [key]
+    return list(jax.random.split(key, m))
+
+
+def chain(*stages: Any) -> Stage:
+    """Composes stages into one: `chain(attack, nnm, bucketing, rule)` (any part optional).
+
+    The order must be: at most one attack, first; pre-aggregators (NNM before bucketing, SPEC
+    §7); at most one rule, last. Chains inside are flattened. The state is the tuple of the
+    stages' states; `f` is rescaled by each stage (`ctx.f`), and each stage checks (concrete) or
+    clamps (traced) it against its own limit for its input rows. Keys: see the module docstring.
+    A white-box attack receives `ctx.downstream`, the chain of the stages after it.
+
+    `max_f(n)` is the composed limit: the largest `f` that every stage accepts after the rows and
+    `f` have been rescaled by the stages before it (bucketing: `n -> ceil(n/s)`,
+    `f -> ceil(f/s)`); None when no stage claims a limit.
+
+    Returns:
+      `Stage` named like `"strike+nnm+bucketing+median"`, of the kind of its last stage.
+
+    Raises:
+      ValueError: an empty chain, or stages out of order.
+    """
+    flat: list[Stage] = []
+    for s in stages:
+        s = as_stage(s)
+        flat.extend(s.parts or (s,))
+    if not flat:
+        raise ValueError("chain needs at least one stage.")
+    names = [s.name for s in flat]
+    kinds = [_ORDER[s.kind] for s in flat]
+    if kinds != sorted(kinds) or kinds.count(0) > 1 or kinds.count(2) > 1:
+        raise ValueError(f"chain: stages must be an attack (at most one, first), pre-aggregators, then a rule "
+                         f"(at most one, last); got {names} of kinds {[s.kind for s in flat]}.")
+    pre = [s.name for s in flat if s.kind == "preaggregator"]
+    order = [_PREAGG_ORDER.get(p, 0) for p in pre]
+    if order != sorted(order):
+        raise ValueError(f"chain: pre-aggregators must run NNM before bucketing (bucketing last); got {pre}.")
+    if len(flat) == 1:
+        return flat[0]
+    has_attack = flat[0].kind == "attack"
+    agg = flat[1:] if has_attack else flat
+    downstream = chain(*agg) if has_attack and agg else None
+
+    def init(shape):
+        cur = shape_of(shape)
+        states = []
+        for s in flat:
+            states.append(s.init(cur))
+            cur = jax.ShapeDtypeStruct((s.output_rows(cur.shape[0]), cur.shape[1]), cur.dtype)
+        return tuple(states)
+
+    def update(x, state, ctx):
+        key = ctx.key
+        new_states = []
+        cur = ctx
+        if has_attack:
+            k_attack = None if key is None else jax.random.fold_in(key, 0)
+            key = None if key is None else jax.random.fold_in(key, 1)
+            ds_state = state[1] if len(agg) == 1 else tuple(state[1:])
+            x, st, cur = flat[0].update(x, state[0], cur._replace(key=k_attack, downstream=downstream,
+                                                                   downstream_state=ds_state))
+            new_states.append(st)
+        keys = _key_split(key, len(agg))
+        for i, s in enumerate(agg):
+            x, st, cur = s.update(x, state[len(new_states)],
+                                  cur._replace(key=keys[i], downstream=None, downstream_state=None))
+            new_states.append(st)
+        return x, tuple(new_states), cur._replace(key=ctx.key, downstream=ctx.downstream,
+                                                  downstream_state=ctx.downstream_state)
+
+    def feasible(n, f):
+        limited = False
+        for s in flat:
+            lim = s.max_f(n)
+            if lim is not None:
+                limited = True
+                if f > lim:
+                    return False, True
+            f, n = s.output_f(f), s.output_rows(n)
+        return True, limited
+
+    def max_f(n):
+        _, limited = feasible(n, 0)
+        if not limited:
+            return None
+        best = -1
+        for f in range(n + 1):
+            if not feasible(n, f)[0]:
+                break
+            best = f
+        return best
+
+    def output_rows(n):
+        for s in flat:
+            n = s.output_rows(n)
+        return n
+
+    def output_f(f):
+        for s in flat:
+            f = s.output_f(f)
+        return f
+
+    info = {
+        "data_level": any(s.info.get("data_level", False) for s in flat),
+        "label_map": next((s.info["label_map"] for s in flat if s.info.get("label_map") is not None), None),
+        **{flag: any(s.info.get(flag, False) for s in flat) for flag in _ANY_FLAGS},
+    }
+    hparams = {"stages": names}
+    return Stage("+".join(names), flat[-1].kind, init, update, max_f, output_rows,
+                 types.MappingProxyType(hparams), output_f, tuple(flat), types.MappingProxyType(info))
+
+
+def check_f(stage: Any, n: int, f: int, *, allow_beyond_breakdown: bool = False) -> int | None:
+    """Checks a run's Byzantine count against a stage's (or a whole pipeline's) limit, before any work.
+
+    Args:
+      stage: a `Stage` (e.g. `chain(attack, nnm, bucketing, rule)`) or an adapter from
+        `aggregators.get`/`chain` or `attacks.get`.
+      n: rows entering the stage (clients per round).
+      f: Byzantine rows among them (a concrete int, Python or NumPy).
+      allow_beyond_breakdown: accept `f` above the limit (for studies beyond the breakdown point;
+        traced `f` is then clamped by the rules).
+
+    Returns:
+      The limit `stage.max_f(n)` (None: no limit).
+
+    Raises:
+      ValueError: `f` not an integer in `[0, n]`, or above the limit without the opt-in.
+    """
+    stage = as_stage(stage)
+    if isinstance(f, bool) or not isinstance(f, numbers.Integral) or not 0 <= f <= n:
+        raise ValueError(f"f={f!r} is not allowed; allowed: an integer in [0, n={n}].")
+    f = int(f)
+    limit = stage.max_f(n)
+    if limit is not None and f > limit and not allow_beyond_breakdown:
+        raise ValueError(f"{stage.name} tolerates at most f={limit} Byzantine rows among n={n}; got f={f} "
+                         "(pass allow_beyond_breakdown=True to run beyond the rule's breakdown point).")
+    return limit
+
+
+# ------------------------------------------------------------------------ injected hyper-parameters
+
+
+class InjectState(NamedTuple):
+    """State of a stage built by `inject_hyperparams`.
+
+    Attributes:
+      hparams: `{name: float32 scalar}`, the traceable hyper-parameters (a leading run axis under
+        a vectorised simulation).
+      inner: the wrapped stage's state.
+    """
+
+    hparams: Mapping[str, Array]
+    inner: Any
+
+
+def inject_hyperparams(kind: str, name: str, *, backend: ops.Backend | None = None, **hparams: Any) -> Stage:
+    """A stage whose TRACEABLE hyper-parameters live in its state (optax's `inject_hyperparams`).
+
+    `init` returns `InjectState(hparams={name: float32 scalar}, inner=...)` holding the values
+    given here; `update` rebuilds the stage with the values read from the state (traced under
+    jit/vmap) and the static ones given here. So `jax.vmap(stage.update, in_axes=(None, 0, None))`
+    over states with different `nu` (or `tau`, `z`, ...) runs every value in one compiled program,
+    and a stage built here with other values has the same `update`. `max_f` and `hparams` are
+    those of the values given here.
+
+    Args:
+      kind: "attack", "preaggregator" or "rule".
+      name: a registered name.
+      backend: `ops.Backend`, resolved now (None: the platform's default).
+      **hparams: the hyper-parameters (validated now).
+
+    Returns:
+      `Stage`.
+    """
+    backend = ops.resolve(backend)
+    spec = registry.hparam_spec(kind, name)
+    values = registry.validate(kind, name, hparams)
+    template = registry.build(kind, name, backend=backend, **values)
+    injected = tuple(k for k, p in spec.items() if p.traceable)
+    static = {k: v for k, v in values.items() if k not in injected}
+
+    def init(shape):
+        return InjectState({k: jnp.asarray(values[k], jnp.float32) for k in injected}, template.init(shape))
+
+    def update(x, state, ctx):
+        inner = registry.build(kind, name, backend=backend, **static, **state.hparams)
+        out, inner_state, ctx = inner.update(x, state.inner, ctx)
+        return out, InjectState(state.hparams, inner_state), ctx
+
+    return template._replace(init=init, update=update,
+                             info=types.MappingProxyType({**template.info, "injected": injected}))
+
+
+def get(kind: str, name: str, *, inject: bool = False, backend: ops.Backend | None = None, **hparams: Any) -> Stage:
+    """Builds a registered stage by kind and name.
+
+    Args:
+      kind: "attack", "preaggregator" or "rule".
+      name: one of `registry.names(kind)`.
+      inject: keep the traceable hyper-parameters in the state (`inject_hyperparams`).
+      backend: `ops.Backend`, resolved now (None: the platform's default).
+      **hparams: the stage's hyper-parameters (`registry.hparam_spec(kind, name)`).
+
+    Raises:
+      ValueError: unknown name or hyper-parameter, or a bad value.
+    """
+    if inject:
+        return inject_hyperparams(kind, name, backend=backend, **hparams)
+    return registry.build(kind, name, backend=ops.resolve(backend), **hparams)
+
+
+def identity_attack() -> Stage:
+    """The attack stage "none": returns the matrix unchanged (keeps the chain's key layout)."""
+
+    def update(x, state, ctx):
+        return x, state, ctx
+
+    return make_stage("none", "attack", empty_init, update)
+
+
+def server_pipeline(defence: str, *, attack: str | None = None, preaggregation: tuple[str, ...] = (),
+                    attack_params: Mapping[str, Any] | None = None,
+                    defence_params: Mapping[str, Any] | None = None,
+                    preaggregation_params: Mapping[str, Mapping[str, Any]] | None = None,
+                    inject: bool = False, backend: ops.Backend | None = None) -> Stage:
+    """The whole server pipeline `chain(attack, nnm, bucketing, rule)` from names.
+
+    Args:
+      defence: a rule name.
+      attack: an attack name; None or "none" for the identity (the chain keeps the key layout of
+        an attacked run, so the defence's randomness does not depend on the attack).
+      preaggregation: pre-aggregator names (applied NNM first, then bucketing, SPEC §7).
+      attack_params, defence_params: hyper-parameters; `preaggregation_params`: `{name: {...}}`.
+      inject: build every stage with `inject_hyperparams`.
+      backend: `ops.Backend`, resolved now.
+
+    Returns:
+      `Stage` of kind "rule": `update(U, state, RoundContext(mask, f, key)) -> (g [d], state, ctx)`.
+    """
+    backend = ops.resolve(backend)
+    if attack in (None, "none"):
+        if attack_params:
+            raise ValueError(f"attack_params={dict(attack_params)!r} given without an attack.")
+        att = identity_attack()
+    else:
+        att = get("attack", attack, inject=inject, backend=backend, **dict(attack_params or {}))
+    pp = dict(preaggregation_params or {})
+    unknown = sorted(set(pp) - set(preaggregation))
+    if unknown:
+        raise ValueError(f"preaggregation_params for {unknown} not in preaggregation={tuple(preaggregation)}.")
+    pres = [get("preaggregator", p, inject=inject, backend=backend, **dict(pp.get(p, {})))
+            for p in sorted(preaggregation, key=lambda p: _PREAGG_ORDER.get(p, 0))]
+    rule = get("rule", defence, inject=inject, backend=backend, **dict(defence_params or {}))
+    return chain(att, *pres, rule)
+
+
+__all__ = [
+    "EmptyState",
+    "InjectState",
+    "KINDS",
+    "RoundContext",
+    "Stage",
+    "as_stage",
+    "chain",
+    "check_f",
+    "check_mask",
+    "check_updates",
+    "empty_init",
+    "get",
+    "identity_attack",
+    "inject_hyperparams",
+    "make_stage",
+    "no_limit",
+    "server_pipeline",
+    "shape_of",
+]

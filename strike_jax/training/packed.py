@@ -1,0 +1,114 @@
+"""Packed local training: `L` lanes, each training a list of clients one after another (SPEC §3).
+
+The classic vmapped layout gives every client a lane and pads it to the longest client's steps: on a
+Dirichlet(0.5) split about half of the work is masked no-ops (a `lax.cond` that skips a padded step
+becomes a select under `vmap`). Here the round's real steps are packed into `L` lanes of `T` steps
+(`strike_jax.training.schedule.pack_lanes`): at a client's first step its lane restarts from the
+global model with a fresh optimizer state, and after its last step the lane's
+`w_client - w_global` is written into the client's row of `U`.
+
+The training of a batch of `R` runs is one loop over steps whose body is a `vmap` over runs of a
+`vmap` over lanes of one SGD step: the program holds one copy of the step whatever `S` (fast
+compiles), device memory holds `R * L` models in flight, not `R * n`. The loop is not itself under
+a `vmap` (a batched loop would select its whole carry, `U` included, at every step): it runs the
+longest makespan of the batch, each run idling (masked no-op steps) past its own. Rows are written
+leaf by leaf (no per-step flattening), and only in steps where some lane finishes a client (a
+`lax.cond` outside every `vmap`, so a real branch). `U` is flattened to `[R, n, d]` once at the end.
+
+The results equal per-client training (`make_local_train`, the "steps" strategy) up to float
+rounding: the same batches in the same order, the same step (`make_local_step`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from strike_jax.training.local import LocalConfig, LocalHparams, LocalStats, make_local_step
+from strike_jax.training.local import _ravel_leaves as ravel_leaves
+from strike_jax.training.schedule import LanePlan
+
+Array = jax.Array
+
+
+def _where(c, a, b):
+    return jax.tree_util.tree_map(lambda x, y: jnp.where(c, x, y), a, b)
+
+
+def make_packed_train(model, cfg: LocalConfig) -> Callable:
+    """Builds the packed local training of a batch of runs (pure, unjitted).
+
+    Args:
+      model: a `strike_jax.models.ModelSpec`.
+      cfg: `LocalConfig` (the optimizer's structure; numbers come as `hp`).
+
+    Returns:
+      `train(variables, x_train, y_train, plan, batch_idx, batch_mask, flip, hp, num_steps=None) ->
+      (U, LocalStats)`, every argument but the shared `x_train`, `y_train` and `num_steps` with a
+      leading run axis `R`: `variables` the runs' global models; `plan` a `LanePlan` of `[R, T, L]`;
+      `batch_idx` / `batch_mask` `[R, T, L, B]` (`schedule.lane_batches`); `flip` `[R, n]` bool
+      (clients training on mapped labels); `hp` a `LocalHparams` of `[R]`; `num_steps` the steps to
+      run (a traced scalar: the batch's longest makespan; None: all `T`). `U` is `[R, n, d]`
+      float32 (rows of clients without a step stay zero); the stats are `[R, n]`.
+    """
+    ls = make_local_step(model, cfg)
+    has_bs = model.has_batch_stats
+
+    def train(variables, x_train, y_train, plan: LanePlan, batch_idx, batch_mask, flip, hp: LocalHparams,
+              num_steps=None):
+        R, T, L = plan.slot.shape
+        n = flip.shape[1]
+        params0 = variables["params"]
+        bs0 = variables.get("batch_stats", {}) if has_bs else {}
+        opt0 = jax.vmap(ls.init_opt)(params0)
+        start = (params0, bs0, opt0)                                    # [R, ...]
+        flip_ext = jnp.concatenate([flip.astype(bool), jnp.zeros((R, 1), bool)], axis=1)
+        run_ids = jnp.broadcast_to(jnp.arange(R)[:, None], (R, L))
+
+        def lane(state, start_r, hp_r, first, idx, mask, flip_l):
+            state = _where(first, start_r, state)
+            p, bs, o = state
+            p2, bs2, o2, loss = ls.step(p, bs, o, x_train, y_train, idx, mask, flip_l, hp_r)
+            count = mask.sum().astype(jnp.int32)
+            active = count >= ls.min_examples
+            return _where(active, (p2, bs2, o2), state), jnp.where(active, loss, 0.0), jnp.where(active, count, 0)
+
+        lanes_of_run = jax.vmap(lane, in_axes=(0, None, None, 0, 0, 0, 0))
+        step_all = jax.vmap(lanes_of_run)
+
+        def write(U, state, rows):
+            # Leaf by leaf: U[r, rows[r, l]] = lane (r, l)'s model - run r's global model; rows of
+            # lanes that did not finish a client are n, out of bounds: dropped.
+            new = jax.tree_util.tree_leaves((state[0], state[1]))
+            old = jax.tree_util.tree_leaves((params0, bs0))
+            return [u.at[run_ids, rows].set(a - jnp.expand_dims(b, 1), mode="drop") for u, a, b in zip(U, new, old)]
+
+        def body(t, carry):
+            state, U, loss_sum, examples, steps = carry
+            slot, first, last, idx, mask = (plan.slot[:, t], plan.first[:, t], plan.last[:, t],
+                                            batch_idx[:, t], batch_mask[:, t])
+            flip_l = jnp.take_along_axis(flip_ext, slot, axis=1)
+            state, loss, count = step_all(state, start, hp, first, idx, mask, flip_l)
+            rows = jnp.where(last, slot, n)
+            U = jax.lax.cond(last.any(), write, lambda U, s, r: U, U, state, rows)
+            loss_sum = loss_sum.at[run_ids, slot].add(loss * count.astype(jnp.float32))
+            examples = examples.at[run_ids, slot].add(count)
+            steps = steps.at[run_ids, slot].add((count > 0).astype(jnp.int32))
+            return state, U, loss_sum, examples, steps
+
+        lanes = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x[:, None], (R, L, *x.shape[1:])), start)
+        leaves = jax.tree_util.tree_leaves((params0, bs0))
+        U = [jnp.zeros((R, n, *a.shape[1:]), jnp.float32) for a in leaves]
+        carry = (lanes, U, jnp.zeros((R, n + 1), jnp.float32), jnp.zeros((R, n + 1), jnp.int32),
+                 jnp.zeros((R, n + 1), jnp.int32))
+        _, U, loss_sum, examples, steps = jax.lax.fori_loop(0, T if num_steps is None else num_steps, body, carry)
+        # The update layout of `flatten_variables` (parameters, then BatchNorm statistics, each in
+        # jax's tree order), built once per round.
+        U = ravel_leaves(U, (R, n))
+        stats = LocalStats(loss=loss_sum[:, :n] / jnp.maximum(examples[:, :n], 1).astype(jnp.float32),
+                           num_steps=steps[:, :n], num_examples=examples[:, :n])
+        return U, stats
+
+    return train

@@ -1,0 +1,299 @@
+"""A round's plan drawn on the device from `(seed, round)`: sampled clients, batches, lanes (SPEC §2-3).
+
+Everything random in a round is a pure function of the run's seed and the round index, computed by
+jitted code (so a round can be one device program, and a resumed run draws exactly the same):
+
+* **Clients** (SPEC §2.1): `n` of the `N` clients uniformly without replacement (the first `n` of a
+  random permutation of `0..N-1`, sorted), from `key(seed, SAMPLING_TAG, round)`; all `N` in order
+  when `n == N`.
+* **Batches** (SPEC §3): client `c`'s local epoch `e` in round `t` visits its `m_c` samples in the
+  order of a uniformly random permutation drawn from `fold_in(key(seed, SCHEDULE_TAG, t), c * E + e)` (independent
+  of which other clients were sampled); real step `k` of the client is epoch `k // S_c`, batch
+  `k % S_c` (`S_c = ceil(m_c / B)`), i.e. permuted positions `b*B .. b*B+B-1`, the last one partial.
+* **Lanes**: the `n` clients' `sum_j s_j` real steps (`s_j = E * S_{c_j}`) are packed into `L` lanes
+  of `T` steps; each lane trains a list of clients one after another (LPT: longest client first, to
+  the least-loaded lane), so no lane pads a short client to the longest one. `T` is static (fixed for
+  a run); `plan_lanes` reports the padded fraction `1 - sum_j s_j / (L * T)`.
+
+Permutations are sorts of random keys. A single-array sort is ~6x faster than a key/value sort on
+XLA:CPU (measured: 50 x 2376 keys, 4.9 ms vs 32 ms for `argsort`), so each pass sorts one uint32
+word packing random high bits with the position in the low bits; passes are repeated until a pair of
+positions ties in every pass with probability below 2**-40 (two passes up to 4,096 samples per
+client, three up to 65,536), as `jax.random.permutation` does with its repeated rounds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+# Stream tags: every random draw of a run is derived from (seed, tag, round, ...), so that a resumed
+# run, or the same run with another attack, samples exactly the same clients and batches.
+SAMPLING_TAG = 1
+SERVER_TAG = 2
+INIT_TAG = 3
+SCHEDULE_TAG = 4
+
+_TIE_BITS = 40  # repeat sort passes until ties in every pass have probability < 2**-40 per pair
+
+
+def run_key(seed) -> Array:
+    """The root key of a run (`seed` may be traced)."""
+    return jax.random.PRNGKey(jnp.asarray(seed, jnp.uint32))
+
+
+def stream_key(seed, tag: int, round_index) -> Array:
+    """`key(seed, tag, round)`: the key of one random stream of one round."""
+    return jax.random.fold_in(jax.random.fold_in(run_key(seed), tag), round_index)
+
+
+def round_key(seed, round_index) -> Array:
+    """The server's key of a round (attack and defence randomness)."""
+    return stream_key(seed, SERVER_TAG, round_index)
+
+
+def sample_clients(seed, round_index, num_clients: int, per_round: int) -> Array:
+    """The sorted ids of the `per_round` clients of a round (SPEC §2.1), jit-able.
+
+    Args:
+      seed, round_index: int scalars (may be traced).
+      num_clients: N (static).
+      per_round: n (static), `1 <= n <= N`.
+
+    Returns:
+      `[n]` int32, strictly increasing.
+    """
+    if not 1 <= per_round <= num_clients:
+        raise ValueError(f"per_round={per_round} must be in [1, num_clients={num_clients}].")
+    if per_round == num_clients:
+        return jnp.arange(num_clients, dtype=jnp.int32)
+    idx_bits = position_bits(num_clients)
+    bits = random_words(stream_key(seed, SAMPLING_TAG, round_index)[None], num_clients, idx_bits)
+    perm = permutation_rows(bits, jnp.full((1,), num_clients, jnp.int32), idx_bits)[0]
+    return jnp.sort(perm[:per_round]).astype(jnp.int32)
+
+
+def position_bits(width: int) -> int:
+    """Bits that hold a position `< width` in the packed sort keys."""
+    bits = max(1, math.ceil(math.log2(max(width, 2))))
+    if bits > 24:
+        raise ValueError(f"a client with {width} samples is beyond the packed sort (at most 2**24).")
+    return bits
+
+
+def _passes(idx_bits: int) -> int:
+    return max(2, math.ceil(_TIE_BITS / (32 - idx_bits)))
+
+
+def random_words(keys: Array, width: int, idx_bits: int) -> Array:
+    """`[k, passes, width]` uint32 random words for `permutation_rows`. Word `(p, i)` of a key does not
+    depend on `width` (counter `i * passes + p`), so a row's order is the same whatever padding."""
+    passes = _passes(idx_bits)
+    return jax.vmap(lambda k: jax.random.bits(k, (width, passes), jnp.uint32).T)(keys)
+
+
+def permutation_rows(words: Array, sizes: Array, idx_bits: int) -> Array:
+    """One uniformly random permutation of `0..sizes[i]-1` per row, padded to the row width.
+
+    Args:
+      words: `[k, passes, width]` uint32 random words (`random_words`).
+      sizes: `[k]` int, `0 <= sizes[i] <= width` (may be traced).
+      idx_bits: `position_bits(bound)` for a bound on the width; fixed for a data set, so that the
+        order of a row does not depend on how far it is padded.
+
+    Returns:
+      `[k, width]` int32: row `i` holds a random order of `0..sizes[i]-1` in its first `sizes[i]`
+      slots, then `sizes[i]..width-1` in order.
+    """
+    k, passes, width = words.shape
+    if width > (1 << idx_bits):
+        raise ValueError(f"rows of width {width} need idx_bits >= {position_bits(width)}, got {idx_bits}.")
+    pos = jnp.arange(width, dtype=jnp.uint32)
+    real = pos[None, :] < sizes.astype(jnp.uint32)[:, None]
+    top = jnp.uint32((1 << (32 - idx_bits)) - 1)
+    low = jnp.uint32((1 << idx_bits) - 1)
+    perm = jnp.broadcast_to(pos, (k, width))
+    for p in range(passes):
+        # Padding slots get the largest key, so real positions always occupy the first sizes[i] slots.
+        hi = jnp.where(real, words[:, p] >> idx_bits, top)
+        order = jax.lax.sort((hi << idx_bits) | pos[None, :], dimension=1) & low
+        perm = jnp.take_along_axis(perm, order.astype(jnp.int32), axis=1)
+    return perm.astype(jnp.int32)
+
+
+class ClientBatches(NamedTuple):
+    """The sampled clients of a round and the sample order of each local epoch.
+
+    Attributes:
+      clients: `[n]` int32 sorted client ids.
+      counts: `[n]` int32 samples `m_j` of each.
+      steps: `[n]` int32 real local steps `s_j = E * ceil(m_j / B)`.
+      order: `[n, E, W]` int32 global sample indices in visiting order (`W = ceil(max_m / B) * B`;
+        slots past `m_j` hold the client's first sample, masked).
+    """
+
+    clients: Array
+    counts: Array
+    steps: Array
+    order: Array
+
+
+def client_batches(index: Array, counts: Array, seed, round_index, *, per_round: int, batch_size: int,
+                   local_epochs: int, max_samples: int | None = None, include_last: bool = False) -> ClientBatches:
+    """Samples the round's clients and draws every local epoch's sample order (jit-able, one run).
+
+    Args:
+      index: `[N, max_m]` int32 client index table (`strike_jax.data.ClientData.index`).
+      counts: `[N]` int32 sample counts.
+      seed, round_index: int scalars (may be traced).
+      per_round: n (static).
+      batch_size: B (static).
+      local_epochs: E (static).
+      max_samples: a bound on any client's sample count that does not depend on the partition (the
+        training set's size): it fixes the sort's key layout, so that a client's order is the same
+        whatever the index table's padding (runs batched together pad to the widest). None: the
+        table's width.
+      include_last: the table's last row is not a client that can be sampled (the server's root
+        set): the `per_round` clients are sampled among the others and the last row is appended
+        (then `n = per_round + 1` rows below).
+    """
+    num_rows, max_m = index.shape
+    num_clients = num_rows - 1 if include_last else num_rows
+    width = -(-max_m // batch_size) * batch_size
+    idx_bits = position_bits(max(width, -(-(max_samples or 0) // batch_size) * batch_size))
+    clients = sample_clients(seed, round_index, num_clients, per_round)
+    if include_last:
+        clients = jnp.concatenate([clients, jnp.full((1,), num_clients, jnp.int32)])
+    m = counts[clients].astype(jnp.int32)
+    key = stream_key(seed, SCHEDULE_TAG, round_index)
+    # Row (client c, epoch e) has the key fold_in(key, c * E + e): independent of the other clients.
+    rows = (clients[:, None] * local_epochs + jnp.arange(local_epochs)[None, :]).reshape(-1)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(rows)
+    perm = permutation_rows(random_words(keys, width, idx_bits), jnp.repeat(m, local_epochs), idx_bits)
+    perm = perm.reshape(clients.shape[0], local_epochs, width)
+    table = jnp.pad(index[clients], ((0, 0), (0, width - max_m)))             # [n, W]
+    first = table[:, :1]
+    order = jnp.where(perm < m[:, None, None],
+                      jnp.take_along_axis(table[:, None, :], jnp.minimum(perm, max_m - 1), axis=2),
+                      first[:, None, :])
+    steps = local_epochs * (-(-m // batch_size))
+    return ClientBatches(clients, m, steps.astype(jnp.int32), order.astype(jnp.int32))
+
+
+def padded_schedule(cb: ClientBatches, *, batch_size: int, num_steps: int) -> tuple[Array, Array]:
+    """The classic per-client layout: `(batch_idx [n, S, B], batch_mask [n, S, B])`, client `j`'s real
+    steps first (`S >= max_j s_j`), then fully masked padding steps (for the per-client strategies)."""
+    k = jnp.arange(num_steps)
+    idx, mask = jax.vmap(lambda o, m, s: _step_batch(o, m, s, k, batch_size))(cb.order, cb.counts, cb.steps)
+    return idx, mask
+
+
+def _step_batch(order: Array, m: Array, s: Array, k: Array, batch_size: int) -> tuple[Array, Array]:
+    """Batches of real steps `k` (any shape) of one client: `order [E, W]`, `m` samples, `s` steps.
+    Returns `(idx [..., B], mask [..., B])`; steps `k >= s` are fully masked."""
+    per_epoch = jnp.maximum(-(-m // batch_size), 1)
+    e = jnp.clip(k // per_epoch, 0, order.shape[0] - 1)
+    pos = (k % per_epoch)[..., None] * batch_size + jnp.arange(batch_size)
+    idx = order[e[..., None], jnp.minimum(pos, order.shape[1] - 1)]
+    mask = (pos < m) & (k < s)[..., None]
+    return idx, mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Lanes
+
+
+class LanePlan(NamedTuple):
+    """Which client each lane trains at each of its `T` steps (`n` = idle).
+
+    Attributes:
+      slot: `[T, L]` int32 row of `U` (position in the sampled list) the lane works for, `n` if idle.
+      step: `[T, L]` int32 the client's real step index at that time.
+      first: `[T, L]` bool, the client's first step (the lane restarts from the global model).
+      last: `[T, L]` bool, the client's last step (its update is written to `U[slot]`).
+    """
+
+    slot: Array
+    step: Array
+    first: Array
+    last: Array
+
+
+def pack_lanes(steps: Array, num_lanes: int, num_steps: int) -> tuple[LanePlan, Array]:
+    """Packs clients' step counts into `L` lanes of `T` steps, longest first to the least-loaded lane.
+
+    Args:
+      steps: `[n]` int real steps per client (may be traced).
+      num_lanes: L (static).
+      num_steps: T (static); must be at least the packing's makespan (see `lane_makespan`).
+
+    Returns:
+      `(LanePlan, makespan)`; `makespan` (int32 scalar) is the longest lane's load. Clients that do
+      not fit in `T` are silently cut: callers size `T` with `lane_makespan` on the same inputs.
+    """
+    n = steps.shape[0]
+    lane, start, makespan = _lpt(steps, num_lanes)
+    t = jnp.arange(num_steps)
+    # Mark each client's start on its lane's timeline, then forward-fill: at time t a lane works for
+    # the client that started most recently on it.
+    marker = jnp.full((num_lanes, num_steps + 1), -1, jnp.int32)
+    owner = jnp.full((num_lanes, num_steps + 1), n, jnp.int32)
+    live = steps > 0
+    at = jnp.where(live, start, num_steps)  # empty clients write to the spare column
+    marker = marker.at[lane, at].set(jnp.where(live, start, -1), mode="drop")
+    owner = owner.at[lane, at].set(jnp.where(live, jnp.arange(n, dtype=jnp.int32), n), mode="drop")
+    began = jax.lax.cummax(marker[:, :num_steps], axis=1)                       # [L, T]
+    slot = jnp.take_along_axis(owner, jnp.maximum(began, 0), axis=1)
+    k = t[None, :] - began
+    s_of = jnp.where(slot < n, steps[jnp.minimum(slot, n - 1)], 0)
+    busy = (began >= 0) & (k < s_of)
+    slot = jnp.where(busy, slot, n)
+    k = jnp.where(busy, k, 0)
+    plan = LanePlan(slot=slot.T, step=k.T.astype(jnp.int32), first=(busy & (k == 0)).T,
+                    last=(busy & (k == s_of - 1)).T)
+    return plan, makespan
+
+
+def _lpt(steps: Array, num_lanes: int) -> tuple[Array, Array, Array]:
+    """Longest-processing-time-first assignment: `(lane [n], start [n], makespan)`."""
+    n = steps.shape[0]
+    order = jnp.argsort(-steps.astype(jnp.int32), stable=True)
+
+    def put(i, carry):
+        lane, start, load = carry
+        j = order[i]
+        l = jnp.argmin(load)
+        return lane.at[j].set(l), start.at[j].set(load[l]), load.at[l].add(steps[j])
+
+    lane, start, load = jax.lax.fori_loop(
+        0, n, put, (jnp.zeros((n,), jnp.int32), jnp.zeros((n,), jnp.int32), jnp.zeros((num_lanes,), jnp.int32)))
+    return lane, start, load.max()
+
+
+def lpt_makespan(steps: Array, num_lanes: int) -> Array:
+    """The longest lane's load when `pack_lanes` packs `steps` (`[n]`, may be traced) into `num_lanes`."""
+    return _lpt(steps, num_lanes)[2]
+
+
+def lane_makespan(steps: np.ndarray, num_lanes: int) -> int:
+    """Host version of the packing's longest lane (same LPT rule as `pack_lanes`), for sizing `T`."""
+    steps = np.asarray(steps, np.int64)
+    load = np.zeros(num_lanes, np.int64)
+    for j in np.argsort(-steps, kind="stable"):
+        load[int(np.argmin(load))] += steps[j]
+    return int(load.max()) if steps.size else 0
+
+
+def lane_batches(cb: ClientBatches, plan: LanePlan, *, batch_size: int) -> tuple[Array, Array]:
+    """`(idx [T, L, B], mask [T, L, B])`: the batch each lane trains on at each step (idle: masked)."""
+    n = cb.clients.shape[0]
+    j = jnp.minimum(plan.slot, n - 1)
+    idx, mask = jax.vmap(jax.vmap(lambda jj, kk: _step_batch(cb.order[jj], cb.counts[jj], cb.steps[jj], kk,
+                                                            batch_size)))(j, plan.step)
+    return idx, mask & (plan.slot < n)[..., None]
