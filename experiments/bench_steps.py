@@ -1,9 +1,9 @@
 """One local training step of every model, strike_jax against PyTorch; vmapped lanes; the CIFAR round.
 
-    python experiments/bench_steps.py                       # all sections, CPU sizes of the paper
-    python experiments/bench_steps.py --sections steps,lanes --reps 10
-    python experiments/bench_steps.py --include-resnet      # + ResNet-18 at 224x224, batch 128 (slow)
-    python experiments/bench_steps.py --quick --results-dir /tmp/x   # shrunk sizes (rehearsal)
+    python -m experiments.bench_steps                       # all sections, CPU sizes of the paper
+    python -m experiments.bench_steps --sections steps,lanes --reps 10
+    python -m experiments.bench_steps --include-resnet      # + ResNet-18 at 224x224, batch 128 (slow)
+    python -m experiments.bench_steps --quick --results-dir /tmp/x   # shrunk sizes (rehearsal)
 
 PyTorch is an optional extra (`pip install 'strike_jax[bench]'`, CPU wheel): never a core or test
 dependency. Without it the PyTorch columns are skipped (the script says so). PyTorch runs with
@@ -54,8 +54,6 @@ import time
 import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
