@@ -189,3 +189,109 @@ def test_masked_batchnorm_gradient_ignores_padded_slots():
         np.testing.assert_allclose(gp_m[k], gp_s[k], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(gx_m[mask], gx_s, rtol=1e-5, atol=1e-6)
     assert float(jnp.abs(gx_m[~mask]).max()) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Convolution forms (strike_jax.models.conv): every model, the "cpu" policy against plain lax.
+
+# (name, classes, input shape) of every distinct module; ResNet-18 at 16x16 keeps the test short
+# (its last stages then run at 2x2 and 1x1, where the "cpu" policy switches forms).
+FORM_MODELS = [("femnist_cnn", 62, (28, 28, 1)), ("leaf_cnn", 62, (28, 28, 1)), ("alexnet_cifar", 10, (32, 32, 3)),
+               ("resnet18", 12, (16, 16, 3)), ("small_cnn", 10, (28, 28, 1)), ("small_cnn_bn", 10, (8, 8, 1)),
+               ("mlp", 10, (8, 8, 1))]
+
+
+def _loss_and_grads(m, variables, x, y, train=True):
+    def loss(params, x):
+        v = dict(variables, params=params)
+        logits, _ = m.apply(v, x, train)
+        return jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(x.shape[0]), y]), logits
+
+    (val, logits), (gp, gx) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(variables["params"], x)
+    return logits, gp, gx
+
+
+def _assert_trees_close(a, b, rel=2e-5):
+    """Leaf by leaf, within `rel` of the leaf's largest magnitude; a leaf whose true value is 0 up to
+    rounding (a convolution bias followed by BatchNorm) is measured against 1e-2 of the largest."""
+    leaves_b = jax.tree_util.tree_leaves(b)
+    top = max(float(jnp.abs(v).max()) for v in leaves_b)
+    for u, v in zip(jax.tree_util.tree_leaves(a), leaves_b):
+        scale = max(float(jnp.abs(v).max()), 1e-2 * top)
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=0, atol=rel * scale)
+
+
+@pytest.mark.parametrize("name,c,shape", FORM_MODELS, ids=[m[0] for m in FORM_MODELS])
+def test_cpu_conv_forms_match_lax(name, c, shape):
+    """Same parameters (pytree and values) and, within float32 rounding, the same logits and
+    gradients (parameters and input) under the "cpu" policy as with plain lax convolutions."""
+    lax_m = models.get(name, c, shape, conv_impl="lax")
+    cpu_m = models.get(name, c, shape, conv_impl="cpu")
+    assert (lax_m.conv_impl, cpu_m.conv_impl) == ("lax", "cpu")
+    v_lax = jax.jit(lax_m.init)(jax.random.PRNGKey(3))
+    v_cpu = jax.jit(cpu_m.init)(jax.random.PRNGKey(3))
+    assert jax.tree_util.tree_structure(v_lax) == jax.tree_util.tree_structure(v_cpu)
+    for a, b in zip(jax.tree_util.tree_leaves(v_lax), jax.tree_util.tree_leaves(v_cpu)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, *shape)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, c, 3))
+    # ResNet-18 in evaluation mode: in training mode its last stages normalise 3 values per channel
+    # (1x1 maps), so ill-conditioned that a 1e-7 relative change of the input moves gradients by 4%
+    # under lax itself; the convolutions run the same forms in both modes.
+    train = name != "resnet18"
+    ref = _loss_and_grads(lax_m, v_lax, x, y, train)
+    got = _loss_and_grads(cpu_m, v_cpu, x, y, train)
+    _assert_trees_close(got, ref)
+
+
+@pytest.mark.parametrize("impl", ["dense/patches/taps"])
+def test_forced_conv_forms_match_lax_alexnet(impl):
+    """AlexNet-CIFAR with every convolution in forms the "cpu" policy does not pick there (the
+    unfolded kernel of conv1 is 32*32*3 x 8*8*64, still small); tests/test_conv.py covers every
+    form layer by layer."""
+    shape = (32, 32, 3)
+    ref_m, m = models.get("alexnet_cifar", 10, shape, conv_impl="lax"), models.get("alexnet_cifar", 10, shape, conv_impl=impl)
+    v = jax.jit(ref_m.init)(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(2, *shape)).astype(np.float32))
+    y = jnp.asarray([1, 7])
+    _assert_trees_close(_loss_and_grads(m, v, x, y), _loss_and_grads(ref_m, v, x, y))
+
+
+@pytest.mark.parametrize("name,c,shape", [("alexnet_cifar", 10, (32, 32, 3))])
+def test_cpu_conv_forms_under_vmap_over_lanes(name, c, shape):
+    """Per-lane parameters and inputs (the vectorised clients): the "cpu" policy vmapped (conv1 one
+    lax convolution per lane, conv2-5 "region" products batched) equals plain lax vmapped (grouped
+    convolutions), gradients included."""
+    lanes = 2
+    lax_m = models.get(name, c, shape, conv_impl="lax")
+    cpu_m = models.get(name, c, shape, conv_impl="cpu")
+    v = jax.jit(jax.vmap(lax_m.init))(jax.random.split(jax.random.PRNGKey(0), lanes))
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(lanes, 2, *shape)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, c, (lanes, 2)))
+
+    def grads(m):
+        def one(v, x, y):
+            return jax.grad(lambda p: jnp.sum(jax.nn.log_softmax(m.apply(dict(v, params=p), x, True)[0])
+                                              [jnp.arange(2), y]))(v["params"])
+        return jax.jit(jax.vmap(one))(v, x, y)
+
+    _assert_trees_close(grads(cpu_m), grads(lax_m))
+
+
+def test_conv_plans_and_auto():
+    m = models.get("alexnet_cifar", 10, (32, 32, 3), conv_impl="cpu")
+    plans = models.conv_plans(m, batch=128)
+    assert list(plans) == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    assert plans["conv2"].shape == models.conv.ConvShape(128, 4, 4, 64, 192, (5, 5), (1, 1), (2, 2))
+    assert all(layer.plan is not None and layer.lane_plan is not None for layer in plans.values())
+    assert all(layer.plan is None and layer.lane_plan is None
+               for layer in models.conv_plans(models.get("small_cnn", 10, (28, 28, 1), conv_impl="lax")).values())
+    assert models.get("small_cnn", 10, (8, 8, 1), backend="cpu").conv_impl == "cpu"
+    assert models.get("small_cnn", 10, (8, 8, 1), backend="gpu").conv_impl == "lax"
+    assert models.get("small_cnn", 10, (8, 8, 1)).conv_impl == models.conv.resolve_conv_impl("auto")
+    assert models.conv_plans(models.get("mlp", 10, (8, 8, 1))) == {}
+    with pytest.raises(ValueError, match="conv_impl"):
+        models.get("small_cnn", 10, (8, 8, 1), conv_impl="cudnn")

@@ -280,3 +280,20 @@ def test_sort_method_choice():
         assert ops.sort_method(1000, jnp.float16) == "sort"
     with pytest.raises(ValueError, match="allowed"):
         ops.sort_method(5, jnp.float32, ops.Backend(sort="bogus"))
+
+
+def test_network_masked_lower_median_matches_reference():
+    # Every mask size (the rank (k-1)//2 is traced), NaN counted as +inf, an empty mask -> +inf.
+    X = _data(11, 7, 4, nonfinite=0.1)
+    rng = np.random.default_rng(3)
+    fn = jax.jit(ops.network_masked_lower_median)
+    for k in range(12):
+        mask = np.zeros(11, bool)
+        mask[rng.permutation(11)[:k]] = True
+        got = np.asarray(fn(jnp.asarray(X), jnp.asarray(mask)))
+        if k == 0:
+            assert np.all(got == np.inf)
+            continue
+        r = (k - 1) // 2
+        want = _ref_band_mean(X.astype(np.float64), r, r, mask)
+        np.testing.assert_array_equal(got, want.astype(np.float32))

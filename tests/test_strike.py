@@ -257,3 +257,27 @@ def test_invalid_nu():
             attacks.get("strike", nu=bad)
     attacks.get("strike", nu=np.float32(0.5))
     attacks.get("strike", nu=jnp.asarray(2.0))
+
+
+@pytest.mark.parametrize("n,byz,grad", [(20, [0, 7], True), (12, [4], False)])
+def test_fused_passes_equal_unfused(n, byz, grad):
+    """`fused=True` (stage 1 in one blocked pass, the Gram matrix of S alone: |S| = 16 and 10 take
+    the buckets 16 and 12 = n; the other tests' n = 10 cases take 8) equals the unfused stages and
+    the float64 reference, gradients included."""
+    u = jnp.asarray(skewed_updates(n + 1, n, D))
+    m = jnp.asarray(mask_of(n, byz))
+    a = st.strike_vector(u, m, fused=False)
+    b = st.strike_vector(u, m, fused=True)
+    np.testing.assert_array_equal(np.asarray(a.selection.skewed_mask), np.asarray(b.selection.skewed_mask))
+    np.testing.assert_array_equal(np.asarray(a.search.median), np.asarray(b.search.median))
+    for x, y in [(a.search.mean, b.search.mean), (a.selection.projections, b.selection.projections),
+                 (a.hidden.sq_dists, b.hidden.sq_dists), (a.hidden.dots, b.hidden.dots),
+                 (a.hidden.diameter_sq, b.hidden.diameter_sq), (a.alpha, b.alpha), (a.vector, b.vector)]:
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-5)
+    expect = ref.strike(np.asarray(u), np.asarray(m))
+    np.testing.assert_allclose(np.asarray(b.vector), expect["vector"], rtol=2e-4, atol=2e-4)
+    if not grad:
+        return
+    g = jax.grad(lambda x: st.strike_vector(x, m, fused=True).vector.sum())(u)
+    g0 = jax.grad(lambda x: st.strike_vector(x, m, fused=False).vector.sum())(u)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g0), rtol=1e-5, atol=1e-6)

@@ -22,6 +22,13 @@ How the distances are computed: one blocked pass over `U` (`ops.column_stats`) y
 quantities (the same method for both sides of the constraint, SPEC §6.4), and each bisection
 step is O(n).
 
+On CPU (`fused`, the default where the median is a sorting network) STRIKE makes two passes over
+`U`: stage 1 (mean, median, scores) as one blocked pass (`_search_and_scores`), and stage 2 with
+the Gram matrix of the rows of S alone (`hidden_vector(compact=True)`). Measured at n = 50,
+f = 10 (`experiments/bench_strike.py`, shared 2-core machine, process CPU time): 0.94 -> 0.73 s at
+d = 2.47M. What is left is arithmetic, not memory traffic: the median's network (358
+comparators per column, ~8 passes' worth of time) and the Gram product (`|S|^2 d` multiply-adds).
+
 References:
   Liu, Y., Chen, C., Lyu, L., Jin, Y., Chen, G. "Exploit Gradient Skewness to Circumvent Byzantine
   Defenses for Federated Learning", AAAI 2025 (`paper/strike_aaai2025.md`: Section 5, Algorithm 1,
@@ -154,8 +161,11 @@ def select_skewed(updates: Array, honest_mask: Array, direction: Array, num_sele
     Returns:
       `Selection`.
     """
-    honest_mask = jnp.asarray(honest_mask, bool)
-    raw = updates @ direction
+    return _selection(updates @ direction, direction, jnp.asarray(honest_mask, bool), num_selected)
+
+
+def _selection(raw: Array, direction: Array, honest_mask: Array, num_selected) -> Selection:
+    """`select_skewed` from the raw scores `raw = updates @ direction` (`[n]`)."""
     norm = jnp.sqrt(jnp.vdot(direction, direction))
     projections = jnp.where(norm > 0, raw / jnp.where(norm > 0, norm, 1.0), 0.0)
     scores = jnp.where(honest_mask, raw, -jnp.inf)
@@ -163,8 +173,45 @@ def select_skewed(updates: Array, honest_mask: Array, direction: Array, num_sele
     return Selection(projections, skewed)
 
 
+def _search_and_scores_unfused(updates: Array, honest_mask: Array, backend: ops.Backend | None):
+    sd = search_direction(updates, honest_mask, backend=backend)
+    return sd.mean, sd.median, updates @ sd.direction
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _search_and_scores(updates: Array, honest_mask: Array, chunk: int | None, backend: ops.Backend | None):
+    """Stage 1 in one blocked pass over `U` (CPU, sorting-network median): per column block the
+    honest mean, the masked lower median, `u = med - mu` and the partial scores `U_b @ u_b`.
+
+    Returns `(mean [d], median [d], raw [n])`, equal to `search_direction` and `updates @ u` up to
+    float32 summation order. One pass over `U` instead of three (mean, median, scores); the
+    sorting network dominates its cost either way (`experiments/bench_strike.py` times both).
+    Derivatives follow the unfused stages (`_search_and_scores_unfused`), so gradients are the
+    same as without fusion.
+    """
+    n = updates.shape[0]
+    weights = ops.mean_weights(honest_mask, updates.dtype)
+
+    def piece(xb, _):
+        mean_b = weights @ xb
+        median_b = ops.network_masked_lower_median(xb, honest_mask)
+        return (mean_b, median_b), (xb @ (median_b - mean_b),)
+
+    (mean, median), (raw,) = ops.scan_columns(updates, piece, (), (jnp.zeros((n,), updates.dtype),),
+                                              chunk=chunk, compensated=True, backend=backend)
+    return mean, median, raw
+
+
+@_search_and_scores.defjvp
+def _search_and_scores_jvp(chunk, backend, primals, tangents):
+    updates, honest_mask = primals
+    out = _search_and_scores(updates, honest_mask, chunk, backend)
+    _, t_out = jax.jvp(lambda x: _search_and_scores_unfused(x, honest_mask, backend), (updates,), (tangents[0],))
+    return out, t_out
+
+
 def hidden_vector(updates: Array, skewed_mask: Array, mean: Array, *, chunk: int | None = None,
-                  backend: ops.Backend | None = None) -> HiddenVector:
+                  backend: ops.Backend | None = None, compact: bool = False) -> HiddenVector:
     """Stage 2a: `g_S`, `sigma_S`, `dev = sign(g_S - mu) * sigma_S` and the constraint's coefficients.
 
     Args:
@@ -173,11 +220,15 @@ def hidden_vector(updates: Array, skewed_mask: Array, mean: Array, *, chunk: int
       mean: `[d]` the honest mean `mu`.
       chunk: columns per pass block (static; default per `backend`).
       backend: `ops.Backend` (static; default the platform's).
+      compact: the Gram matrix of the rows of S only (`_hidden_compact`) instead of all `n` rows
+        (static; same values up to float32 summation order).
 
     Returns:
       `HiddenVector`.
     """
     skewed_mask = jnp.asarray(skewed_mask, bool)
+    if compact:
+        return _hidden_compact(updates, skewed_mask, mean, chunk, backend)
     st = ops.column_stats(updates, ops.mean_weights(skewed_mask, updates.dtype), mean, gram=True, chunk=chunk,
                           backend=backend)
     d2, _ = ops.sq_dists_from_gram(st.gram)
@@ -191,6 +242,55 @@ def hidden_vector(updates: Array, skewed_mask: Array, mean: Array, *, chunk: int
         dev_sq_norm=st.dev_sq_norm,
         diameter_sq=diameter_sq,
     )
+
+
+def _gram_buckets(n: int) -> tuple[int, ...]:
+    """Static row counts of the compact Gram matrix: powers of two from 8, then `n`."""
+    sizes, r = [], 8
+    while r < n:
+        sizes.append(r)
+        r *= 2
+    return tuple(sizes) + (n,)
+
+
+def _hidden_compact(updates: Array, skewed_mask: Array, mean: Array, chunk: int | None,
+                    backend: ops.Backend | None) -> HiddenVector:
+    """`hidden_vector` with the Gram matrix of the rows of S alone.
+
+    Only `D^2` needs pairwise products, and only between rows of S (`|S| = h - f`); `A_i` and
+    `B_i` are per-row sums. So each column block gathers the rows of S (in cache) and multiplies
+    `[m, c] @ [c, m]` with `m` the smallest of `_gram_buckets(n)` holding `|S|` (`lax.switch`
+    over the static sizes, as `|S|` is traced): at n = 50, f = 10, `m = 32` does 0.41 of the
+    all-rows product's work (`experiments/bench_strike.py`).
+    """
+    n = updates.shape[0]
+    dtype = updates.dtype
+    count = skewed_mask.sum()
+    w = ops.mean_weights(skewed_mask, dtype)
+    # S rows first, in row order (a stable sort of the complement).
+    order = jnp.argsort(~skewed_mask, stable=True)
+    sizes = _gram_buckets(n)
+
+    def pass_with(m):
+        sel = order[:m]
+
+        def piece(xb, sb):
+            centre_b = w @ xb
+            y = xb - centre_b
+            sigma_b = jnp.sqrt(w @ (y * y))
+            dev_b = sigma_b * jnp.sign(centre_b - sb[0])
+            ys = jnp.take(y, sel, axis=0)
+            return (centre_b, sigma_b, dev_b), (ys @ ys.T, y @ dev_b, jnp.sum(y * y, axis=1), dev_b @ dev_b)
+
+        acc0 = (jnp.zeros((m, m), dtype), jnp.zeros((n,), dtype), jnp.zeros((n,), dtype), jnp.zeros((), dtype))
+        (centre, sigma, dev), (g, q, a, dd) = ops.scan_columns(
+            updates, piece, (jnp.asarray(mean, dtype),), acc0, chunk=chunk, compensated=True, backend=backend)
+        d2, _ = ops.sq_dists_from_gram(0.5 * (g + g.T))
+        diameter_sq = ops.masked_max_pairwise(d2, jnp.arange(m) < count)
+        return HiddenVector(centre, sigma, dev, a, q, dd, diameter_sq)
+
+    index = jnp.searchsorted(jnp.asarray(sizes), count)  # first size >= |S|
+    return lax.switch(jnp.minimum(index, len(sizes) - 1), [functools.partial(pass_with, m) for m in sizes])
 
 
 @functools.partial(jax.jit, static_argnames=("tol", "max_doublings", "max_halvings"))
@@ -260,9 +360,10 @@ def fallback_vector(mean: Array, median: Array, num_honest) -> Array:
     return jnp.where(num_honest == 1, -10.0 * mean, mean + 10.0 * (median - mean))
 
 
-@functools.partial(jax.jit, static_argnames=("tol", "chunk", "backend"))
+@functools.partial(jax.jit, static_argnames=("tol", "chunk", "backend", "fused"))
 def strike_vector(updates: Array, byzantine_mask: Array, nu=1.0, *, tol: float = TOL,
-                  chunk: int | None = None, backend: ops.Backend | None = None) -> StrikeResult:
+                  chunk: int | None = None, backend: ops.Backend | None = None,
+                  fused: bool | None = None) -> StrikeResult:
     """The STRIKE Byzantine update for one round (SPEC §6 items 1-7; Algorithm 1).
 
     One jitted function of `(updates, byzantine_mask, nu)` (SPEC §6): `f` and `nu` are traced, so
@@ -275,6 +376,10 @@ def strike_vector(updates: Array, byzantine_mask: Array, nu=1.0, *, tol: float =
       tol: bisection tolerance on alpha (static).
       chunk: columns per pass block (static; default per `backend`).
       backend: `ops.Backend` (static; default the platform's).
+      fused: stage 1 as one blocked pass (`_search_and_scores`) instead of the separate
+        `search_direction` and `select_skewed`, and stage 2 with the Gram matrix of S alone
+        (`hidden_vector(..., compact=True)`) (static; default: where the median is a sorting
+        network, i.e. on CPU for `n <= backend.network_max_rows`; False is the code before issue 9).
 
     Returns:
       `StrikeResult`; `vector` is `g_S + nu * alpha * dev` when `h > f`, else the fallback.
@@ -284,9 +389,18 @@ def strike_vector(updates: Array, byzantine_mask: Array, nu=1.0, *, tol: float =
     num_byz = byzantine_mask.sum()
     num_honest = (~byzantine_mask).sum()
     ref = reference_mask(byzantine_mask)
-    search = search_direction(updates, ref, backend=backend)
-    selection = select_skewed(updates, ref, search.direction, num_honest - num_byz)
-    hidden = hidden_vector(updates, selection.skewed_mask, search.mean, chunk=chunk, backend=backend)
+    backend = ops.resolve(backend)
+    if fused is None:
+        fused = backend.sort_method(updates.shape[0], updates.dtype) == "network"
+    if fused:
+        mean, median, raw = _search_and_scores(updates, ref, chunk, backend)
+        search = SearchDirection(mean, median, median - mean)
+        selection = _selection(raw, search.direction, ref, num_honest - num_byz)
+    else:
+        search = search_direction(updates, ref, backend=backend)
+        selection = select_skewed(updates, ref, search.direction, num_honest - num_byz)
+    hidden = hidden_vector(updates, selection.skewed_mask, search.mean, chunk=chunk, backend=backend,
+                           compact=fused)
     fallback = num_honest <= num_byz
     alpha = bisect_alpha(hidden.sq_dists, hidden.dots, hidden.dev_sq_norm, hidden.diameter_sq,
                          selection.skewed_mask, tol=tol)

@@ -11,6 +11,13 @@ A `ModelSpec` wraps a flax linen module behind two pure functions:
 
 All models start from PyTorch's default initialisation (SPEC §5; `strike_jax.models.layers`).
 
+Convolutions and max pooling run in the forms `conv_impl` picks (`strike_jax.models.conv`):
+`get(..., conv_impl="auto")` resolves, once and outside traced code, to "cpu" on the CPU backend
+(per layer and pass the measured fastest form; patches, unfolded-kernel and lax forms mixed by a
+custom VJP, and fast under `jax.vmap` over per-lane parameters) and to "lax" elsewhere (XLA's
+convolution: cuDNN on GPU). All choices give the same parameters (same pytree, same init) and the
+same function within float32 rounding. `conv_plans(model)` says which form each layer uses.
+
 | name | module | default use |
 |---|---|---|
 | `femnist_cnn` | `FemnistCNN` (848,382 params at 28x28x1, 62 classes) | FEMNIST (paper) |
@@ -33,6 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from strike_jax.models import conv as conv_lib
 from strike_jax.models.cnn import MLP, AlexNetCifar, FemnistCNN, LeafCNN, SmallCNN, SmallCNNBN
 from strike_jax.models.layers import Conv, Dense, MaskedBatchNorm, max_pool
 from strike_jax.models.resnet import BasicBlock, ResNet18
@@ -41,7 +49,7 @@ Array = jax.Array
 Variables = dict[str, Any]
 
 __all__ = [
-    "ModelSpec", "get", "names", "num_params", "num_batch_stats",
+    "ModelSpec", "get", "names", "num_params", "num_batch_stats", "conv_plans", "ConvLayer",
     "FemnistCNN", "LeafCNN", "AlexNetCifar", "ResNet18", "BasicBlock", "SmallCNN", "SmallCNNBN", "MLP",
     "Conv", "Dense", "MaskedBatchNorm", "max_pool",
 ]
@@ -60,6 +68,7 @@ class ModelSpec(NamedTuple):
       input_shape: one example's shape `(H, W, C)`.
       is_conv: the model has convolutions (local-training strategies pick by it on CPU).
       module: the flax module.
+      conv_impl: the resolved convolution policy ("lax", "cpu", ...; `strike_jax.models.conv`).
     """
 
     name: str
@@ -70,6 +79,7 @@ class ModelSpec(NamedTuple):
     input_shape: tuple[int, int, int]
     is_conv: bool
     module: nn.Module
+    conv_impl: str = "lax"
 
 
 # name -> (builder(num_classes, **kwargs) -> module, has_batch_stats, is_conv)
@@ -93,13 +103,18 @@ def names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def get(name: str, num_classes: int, input_shape: tuple[int, ...], **kwargs: Any) -> ModelSpec:
+def get(name: str, num_classes: int, input_shape: tuple[int, ...], *, conv_impl: str = "auto",
+        backend: str | None = None, **kwargs: Any) -> ModelSpec:
     """Builds a registered model.
 
     Args:
       name: one of `names()`.
       num_classes: number of output classes (>= 1).
       input_shape: one example's shape `(H, W, C)` (NHWC without the batch axis).
+      conv_impl: how convolutions and max pooling run: "auto" (default: "cpu" on the CPU backend,
+        "lax" elsewhere, resolved here from `backend`), "lax", "cpu", or a forced form for tests
+        (`strike_jax.models.conv.plans_for`). Ignored by models without convolutions.
+      backend: the backend "auto" resolves for; `jax.default_backend()` when None.
       **kwargs: module attributes, e.g. `hidden=(256, 128)` for `mlp`, `conv_init="torch"` for `resnet18`.
 
     Returns:
@@ -113,7 +128,8 @@ def get(name: str, num_classes: int, input_shape: tuple[int, ...], **kwargs: Any
     if len(input_shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in input_shape):
         raise ValueError(f"input_shape={input_shape!r} must be (H, W, C) of positive ints.")
     build, has_bs, is_conv = _REGISTRY[name]
-    module = build(num_classes, **kwargs)
+    conv_impl = conv_lib.resolve_conv_impl(conv_impl, backend)
+    module = build(num_classes, conv_impl=conv_impl, **kwargs) if is_conv else build(num_classes, **kwargs)
 
     def init(key: Array) -> Variables:
         variables = module.init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
@@ -135,7 +151,35 @@ def get(name: str, num_classes: int, input_shape: tuple[int, ...], **kwargs: Any
         return logits, variables["batch_stats"]
 
     return ModelSpec(name=name, init=init, apply=apply, has_batch_stats=has_bs, num_classes=num_classes,
-                     input_shape=input_shape, is_conv=is_conv, module=module)
+                     input_shape=input_shape, is_conv=is_conv, module=module, conv_impl=conv_impl)
+
+
+class ConvLayer(NamedTuple):
+    """One convolution of a model as `conv_plans` reports it.
+
+    Attributes:
+      shape: the `ConvShape` (batch included).
+      plan: the `ConvPlan` of its passes, or None for JAX's own `lax.conv_general_dilated`.
+      lane_plan: the forms its lax passes switch to under `jax.vmap` over per-lane parameters, or
+        None (JAX's batching: a grouped convolution).
+    """
+
+    shape: conv_lib.ConvShape
+    plan: conv_lib.ConvPlan | None
+    lane_plan: conv_lib.ConvPlan | None
+
+
+def conv_plans(model: ModelSpec, batch: int = 1, train: bool = True) -> dict[str, ConvLayer]:
+    """Which form every convolution of `model` runs in, for inputs of `batch` examples.
+
+    Shape-only (`jax.eval_shape`): no FLOPs. Keys are the module paths ("conv1",
+    "layer2_0/conv1", ...), in call order.
+    """
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    x = jax.ShapeDtypeStruct((batch, *model.input_shape), jnp.float32)
+    with conv_lib.recording() as rec:
+        jax.eval_shape(lambda v, x: model.apply(v, x, train), variables, x)
+    return {"/".join(path): ConvLayer(shape, plan, lanes) for path, shape, plan, lanes in rec}
 
 
 def _count(tree) -> int:

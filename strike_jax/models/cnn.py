@@ -25,9 +25,14 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
-from strike_jax.models.layers import Conv, Dense, MaskedBatchNorm, max_pool
+from strike_jax.models.layers import Conv, Dense, MaskedBatchNorm, max_pool, pool_impl
 
 Array = jax.Array
+
+
+def _pool(module: nn.Module, x: Array) -> Array:
+    """2x2 max pooling in the form `module.conv_impl` implies ("lax": reduce_window; else slices)."""
+    return max_pool(x, 2, impl=pool_impl(module.conv_impl))
 
 
 def _flatten(x: Array) -> Array:
@@ -39,11 +44,12 @@ class FemnistCNN(nn.Module):
     maxpool 2; dense 1568->512, ReLU; dense 512->classes (SPEC §5)."""
 
     num_classes: int = 62
+    conv_impl: str = "lax"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False, mask: Array | None = None) -> Array:
-        x = max_pool(nn.relu(Conv(16, (5, 5), padding=2, name="conv1")(x)), 2)
-        x = max_pool(nn.relu(Conv(32, (5, 5), padding=2, name="conv2")(x)), 2)
+        x = _pool(self, nn.relu(Conv(16, (5, 5), padding=2, conv_impl=self.conv_impl, name="conv1")(x)))
+        x = _pool(self, nn.relu(Conv(32, (5, 5), padding=2, conv_impl=self.conv_impl, name="conv2")(x)))
         x = nn.relu(Dense(512, name="fc1")(_flatten(x)))
         return Dense(self.num_classes, name="fc2")(x)
 
@@ -53,11 +59,12 @@ class LeafCNN(nn.Module):
     maxpool 2; dense 3136->2048, ReLU; dense 2048->classes."""
 
     num_classes: int = 62
+    conv_impl: str = "lax"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False, mask: Array | None = None) -> Array:
-        x = max_pool(nn.relu(Conv(32, (5, 5), padding=2, name="conv1")(x)), 2)
-        x = max_pool(nn.relu(Conv(64, (5, 5), padding=2, name="conv2")(x)), 2)
+        x = _pool(self, nn.relu(Conv(32, (5, 5), padding=2, conv_impl=self.conv_impl, name="conv1")(x)))
+        x = _pool(self, nn.relu(Conv(64, (5, 5), padding=2, conv_impl=self.conv_impl, name="conv2")(x)))
         x = nn.relu(Dense(2048, name="fc1")(_flatten(x)))
         return Dense(self.num_classes, name="fc2")(x)
 
@@ -68,14 +75,15 @@ class AlexNetCifar(nn.Module):
     pad 1, ReLU; maxpool 2; dense 256->classes. No BatchNorm, no dropout."""
 
     num_classes: int = 10
+    conv_impl: str = "lax"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False, mask: Array | None = None) -> Array:
-        x = max_pool(nn.relu(Conv(64, (11, 11), strides=(4, 4), padding=5, name="conv1")(x)), 2)
-        x = max_pool(nn.relu(Conv(192, (5, 5), padding=2, name="conv2")(x)), 2)
-        x = nn.relu(Conv(384, (3, 3), padding=1, name="conv3")(x))
-        x = nn.relu(Conv(256, (3, 3), padding=1, name="conv4")(x))
-        x = max_pool(nn.relu(Conv(256, (3, 3), padding=1, name="conv5")(x)), 2)
+        x = _pool(self, nn.relu(Conv(64, (11, 11), strides=(4, 4), padding=5, conv_impl=self.conv_impl, name="conv1")(x)))
+        x = _pool(self, nn.relu(Conv(192, (5, 5), padding=2, conv_impl=self.conv_impl, name="conv2")(x)))
+        x = nn.relu(Conv(384, (3, 3), padding=1, conv_impl=self.conv_impl, name="conv3")(x))
+        x = nn.relu(Conv(256, (3, 3), padding=1, conv_impl=self.conv_impl, name="conv4")(x))
+        x = _pool(self, nn.relu(Conv(256, (3, 3), padding=1, conv_impl=self.conv_impl, name="conv5")(x)))
         return Dense(self.num_classes, name="fc")(_flatten(x))
 
 
@@ -84,11 +92,12 @@ class SmallCNN(nn.Module):
     conv 3x3 16->32 pad 1, ReLU, maxpool 2; dense ->64, ReLU; dense 64->classes."""
 
     num_classes: int = 10
+    conv_impl: str = "lax"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False, mask: Array | None = None) -> Array:
-        x = max_pool(nn.relu(Conv(16, (3, 3), padding=1, name="conv1")(x)), 2)
-        x = max_pool(nn.relu(Conv(32, (3, 3), padding=1, name="conv2")(x)), 2)
+        x = _pool(self, nn.relu(Conv(16, (3, 3), padding=1, conv_impl=self.conv_impl, name="conv1")(x)))
+        x = _pool(self, nn.relu(Conv(32, (3, 3), padding=1, conv_impl=self.conv_impl, name="conv2")(x)))
         x = nn.relu(Dense(64, name="fc1")(_flatten(x)))
         return Dense(self.num_classes, name="fc2")(x)
 
@@ -98,13 +107,14 @@ class SmallCNNBN(nn.Module):
     smallest model with batch statistics, to exercise the BatchNorm path of local training cheaply."""
 
     num_classes: int = 10
+    conv_impl: str = "lax"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False, mask: Array | None = None) -> Array:
-        x = Conv(16, (3, 3), padding=1, name="conv1")(x)
-        x = max_pool(nn.relu(MaskedBatchNorm(name="bn1")(x, train, mask)), 2)
-        x = Conv(32, (3, 3), padding=1, name="conv2")(x)
-        x = max_pool(nn.relu(MaskedBatchNorm(name="bn2")(x, train, mask)), 2)
+        x = Conv(16, (3, 3), padding=1, conv_impl=self.conv_impl, name="conv1")(x)
+        x = _pool(self, nn.relu(MaskedBatchNorm(name="bn1")(x, train, mask)))
+        x = Conv(32, (3, 3), padding=1, conv_impl=self.conv_impl, name="conv2")(x)
+        x = _pool(self, nn.relu(MaskedBatchNorm(name="bn2")(x, train, mask)))
         x = nn.relu(Dense(64, name="fc1")(_flatten(x)))
         return Dense(self.num_classes, name="fc2")(x)
 

@@ -29,6 +29,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from strike_jax.models import conv as _conv
+from strike_jax.models.pool import max_pool
+
 Array = jax.Array
 
 
@@ -87,6 +90,7 @@ class Conv(nn.Module):
     padding: int = 0
     use_bias: bool = True
     conv_init: str = "torch"
+    conv_impl: str = "lax"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -101,20 +105,14 @@ class Conv(nn.Module):
             raise ValueError(f"conv_init={self.conv_init!r}; allowed: 'torch', 'kaiming_fan_out'.")
         kernel = self.param("kernel", k_init, (kh, kw, cin, self.features))
         p = self.padding
-        y = jax.lax.conv_general_dilated(
-            x, kernel, window_strides=tuple(self.strides), padding=((p, p), (p, p)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        shape = _conv.ConvShape(x.shape[0], x.shape[1], x.shape[2], cin, self.features, (kh, kw),
+                                tuple(self.strides), (p, p))
+        plan, lanes = _conv.plans_for(shape, self.conv_impl)
+        _conv.record(self.scope.path if self.scope is not None else (), shape, plan, lanes)
+        y = _conv.conv2d(x, kernel, self.strides, (p, p), plan, lanes)
         if self.use_bias:
             y = y + self.param("bias", torch_uniform(fan_in), (self.features,))
         return y
-
-
-def max_pool(x: Array, window: int, stride: int | None = None, padding: int = 0) -> Array:
-    """PyTorch `MaxPool2d(window, stride, padding)` (floor mode; padding counts as -inf). NHWC."""
-    stride = window if stride is None else stride
-    return nn.max_pool(x, (window, window), strides=(stride, stride),
-                       padding=((padding, padding), (padding, padding)))
 
 
 class MaskedBatchNorm(nn.Module):
@@ -172,3 +170,8 @@ class MaskedBatchNorm(nn.Module):
             mean, var = ra_mean.value, ra_var.value
             centred = x - mean
         return centred * (jax.lax.rsqrt(var + self.eps) * scale) + bias
+
+
+def pool_impl(conv_impl: str) -> str:
+    """The max-pooling form that goes with a model's `conv_impl`: "lax" with "lax", else "slices"."""
+    return "lax" if conv_impl == "lax" else "slices"

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from strike_jax.models.layers import Conv, Dense, MaskedBatchNorm, max_pool
+from strike_jax.models.layers import Conv, Dense, MaskedBatchNorm, max_pool, pool_impl
 
 Array = jax.Array
 
@@ -43,18 +43,20 @@ class BasicBlock(nn.Module):
     features: int
     stride: int = 1
     conv_init: str = "torchvision"
+    conv_impl: str = "lax"
 
     @nn.compact
     def __call__(self, x: Array, train: bool, mask: Array | None) -> Array:
         ci = _conv_init(self.conv_init)
         out = Conv(self.features, (3, 3), (self.stride, self.stride), padding=1, use_bias=False,
-                   conv_init=ci, name="conv1")(x)
+                   conv_init=ci, conv_impl=self.conv_impl, name="conv1")(x)
         out = nn.relu(MaskedBatchNorm(name="bn1")(out, train, mask))
-        out = Conv(self.features, (3, 3), padding=1, use_bias=False, conv_init=ci, name="conv2")(out)
+        out = Conv(self.features, (3, 3), padding=1, use_bias=False, conv_init=ci, conv_impl=self.conv_impl,
+                   name="conv2")(out)
         out = MaskedBatchNorm(name="bn2")(out, train, mask)
         if self.stride != 1 or x.shape[-1] != self.features:
             x = Conv(self.features, (1, 1), (self.stride, self.stride), use_bias=False, conv_init=ci,
-                     name="downsample_conv")(x)
+                     conv_impl=self.conv_impl, name="downsample_conv")(x)
             x = MaskedBatchNorm(name="downsample_bn")(x, train, mask)
         return nn.relu(out + x)
 
@@ -66,22 +68,25 @@ class ResNet18(nn.Module):
       num_classes: output classes (12 for ImageNet-12).
       stage_sizes: blocks per stage, `(2, 2, 2, 2)`.
       conv_init: "torchvision" (default) or "torch"; see the module docstring.
+      conv_impl: convolution / pooling forms (`strike_jax.models.conv.plans_for`), "lax" by default.
     """
 
     num_classes: int = 12
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
     conv_init: str = "torchvision"
+    conv_impl: str = "lax"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False, mask: Array | None = None) -> Array:
         ci = _conv_init(self.conv_init)
-        x = Conv(64, (7, 7), (2, 2), padding=3, use_bias=False, conv_init=ci, name="conv1")(x)
+        x = Conv(64, (7, 7), (2, 2), padding=3, use_bias=False, conv_init=ci, conv_impl=self.conv_impl,
+                 name="conv1")(x)
         x = nn.relu(MaskedBatchNorm(name="bn1")(x, train, mask))
-        x = max_pool(x, 3, 2, padding=1)
+        x = max_pool(x, 3, 2, padding=1, impl=pool_impl(self.conv_impl))
         for stage, blocks in enumerate(self.stage_sizes):
             features = 64 * 2**stage
             for b in range(blocks):
                 stride = 2 if (stage > 0 and b == 0) else 1
-                x = BasicBlock(features, stride, self.conv_init, name=f"layer{stage + 1}_{b}")(x, train, mask)
+                x = BasicBlock(features, stride, self.conv_init, self.conv_impl, name=f"layer{stage + 1}_{b}")(x, train, mask)
         x = jnp.mean(x, axis=(1, 2))
         return Dense(self.num_classes, name="fc")(x)

@@ -386,6 +386,34 @@ def masked_lower_median(x: Array, mask: Array, *, backend: Backend | None = None
     return order_statistic(x, jnp.maximum(k - 1, 0) // 2, mask, backend=backend)
 
 
+def network_masked_lower_median(xb: Array, mask: Array) -> Array:
+    """`masked_lower_median` of a block by the sorting network alone, for use inside a
+    `scan_columns` piece that also does other work on the block (STRIKE's first pass).
+
+    Same value as `masked_lower_median(xb, mask, backend=Backend(sort="network"))`, computed
+    without its derivative rule (differentiating the network compiles for minutes): a caller that
+    needs derivatives supplies its own rule. The rank `(k-1)//2` is traced but never above
+    `(n-1)//2`, so the network is pruned to the sorted positions `0..(n-1)//2`.
+
+    Args:
+      xb: `[n, c]` block (NaN counts as `+inf`).
+      mask: `[n]` bool, the rows that count (others are `+inf`).
+
+    Returns:
+      `[c]` per column, sorted position `(k-1)//2` of the selected values (`+inf` for an empty mask).
+    """
+    n = xb.shape[0]
+    rank = jnp.maximum(mask.sum() - 1, 0) // 2
+    top = (n - 1) // 2
+    rows = _network_sorted(_rows(_masked_values, xb, (mask,), ()), tuple(range(top + 1)))
+    zero = jnp.zeros((), xb.dtype)
+    acc = None
+    for j in range(top + 1):
+        term = jnp.where(j == rank, rows[j], zero)
+        acc = term if acc is None else acc + term
+    return acc[0]
+
+
 def _column_sums(fn: Callable, x: Array, row_args: Sequence[Array], col_args: Sequence[Array],
                  plan: tuple[str, int]) -> tuple:
     """`sum_i fn(x_i, ...)` for an element-wise `fn` returning a tuple of terms: `[d]` each.
@@ -474,6 +502,7 @@ __all__ = [
     "largest_k_mask",
     "lower_median",
     "masked_lower_median",
+    "network_masked_lower_median",
     "median_window_mean",
     "order_statistic",
     "rank_band_mean",
