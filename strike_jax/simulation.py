@@ -223,6 +223,11 @@ def check_config(config: Config):
     data_lib.check_load_args(config.dataset, **kwargs)
     if config.model not in model_lib.names():
         raise ValueError(f"model {config.model!r} is not allowed; allowed: {', '.join(model_lib.names())}.")
+    if config.num_devices > jax.device_count():
+        raise ValueError(
+            f"num_devices={config.num_devices} is not allowed; allowed: 1 .. {jax.device_count()} (the "
+            f"{jax.default_backend()} devices jax sees; on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=N "
+            "before jax is imported; across hosts call strike_jax.distributed.initialize first).")
     pipe = make_pipeline(config)
     stages.check_f(pipe, config.clients_per_round, round_f_to_check(config),
                    allow_beyond_breakdown=config.allow_beyond_breakdown)
