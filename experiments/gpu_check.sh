@@ -74,6 +74,17 @@ if [ -f experiments/bench_steps.py ] && [ -z "${SKIP_STEPS:-}" ]; then
     --results-dir "$RESULTS" --tag "$TAG"
 fi
 
+# --- issue 13: round time and peak memory against n on one device (bench_scale_<tag>.md; the
+# server's share of the round). Peak memory there is the host process's RSS; the device's own
+# peak comes from jax's memory stats where the backend has them.
+if [ -n "$QUICK" ]; then
+  SCALE_N="10,100"; SCALE_ROUNDS=2
+else
+  SCALE_N="10,100,1000,10000"; SCALE_ROUNDS=3
+fi
+section "bench_scale" 240 "$PY" -m experiments.bench_scale --n "$SCALE_N" --devices 1 --rounds "$SCALE_ROUNDS" \
+  --backend "$([ -n "$QUICK" ] && echo cpu || echo gpu)" --tag "$TAG" --no-plot --results-dir "$RESULTS"
+
 # --- (other issues append their sections here)
 
 echo "=== done in $(( $(date +%s) - START ))s; results in $RESULTS" | tee -a "$LOG"

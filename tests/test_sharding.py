@@ -21,7 +21,7 @@ from strike_jax.config import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "sharding_worker.py")
-TINY = dict(dataset="digits", model="mlp", rounds=2, strategy="packed", eval_every=1, max_test_samples=200)
+TINY = dict(dataset="digits", model="mlp", rounds=2, strategy="packed", eval_every=1, max_test_samples=50)
 # Partial participation with 10 clients over 4 devices (uneven blocks: 3, 3, 3, 1 padded), STRIKE
 # against a coordinate-wise rule in the server's row layout and in the column layout.
 PARTIAL = dict(TINY, num_clients=20, clients_per_round=10, attack="strike", defence="median", byzantine_ratio=0.2,
@@ -60,10 +60,16 @@ def _close(a: list[dict], b: list[dict]):
             np.testing.assert_allclose(rb[k], ra[k], rtol=2e-4, atol=2e-5, err_msg=k)
 
 
-def test_four_host_devices_equal_one_device():
+@pytest.fixture(scope="module")
+def four_devices():
+    """One interpreter with 4 host devices runs every one-device and four-device case."""
     configs = {"partial": PARTIAL, "partial_columns": dict(PARTIAL, layout="columns", devices=[4]),
                "root": ROOT_SET}
-    res = _result(_worker(configs, "1,4", env=_env(4)))
+    return _result(_worker(configs, "1,4", env=_env(4)))
+
+
+def test_four_host_devices_equal_one_device(four_devices):
+    res = four_devices
     assert len(res) == 5
     _close(res["partial/1/rows"], res["partial/4/rows"])
     _close(res["root/1/rows"], res["root/4/rows"])
@@ -71,17 +77,14 @@ def test_four_host_devices_equal_one_device():
     _close(res["partial/1/rows"], res["partial_columns/4/columns"])
 
 
-def test_two_processes_equal_one_process():
+def test_two_processes_equal_one_process(four_devices):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    configs = {"partial": PARTIAL}
-    env = _env(1)
-    procs = [_worker(configs, "2", f"127.0.0.1:{port}", "2", str(i), env=env) for i in range(2)]
-    single = _worker(configs, "1", env=env)
+    procs = [_worker({"partial": PARTIAL}, "2", f"127.0.0.1:{port}", "2", str(i), env=_env(1)) for i in range(2)]
     results = [_result(p) for p in procs]
     assert results[1] == {}  # only process 0 reports
-    _close(_result(single)["partial/1/rows"], results[0]["partial/2/rows"])
+    _close(four_devices["partial/1/rows"], results[0]["partial/2/rows"])
 
 
 def test_num_devices_above_device_count_is_refused_before_data_loads():
