@@ -20,6 +20,7 @@ Usage:
   python -m experiments.bench_scale                                   # n in 10..10000, 1 and 4 devices
   python -m experiments.bench_scale --n 10,100 --devices 1 --rounds 3 --tag quick
   python -m experiments.bench_scale --dataset fashion_mnist --n 10000 --devices 1   # d = 101,770
+  python -m experiments.bench_scale --rules --rules-n 10000 --rules-d 1000          # every rule alone
 """
 
 from __future__ import annotations
@@ -103,6 +104,55 @@ def child(args) -> None:
            "final_accuracy": r["final_accuracy"], "backend": jax.default_backend(),
            "device_kind": jax.devices()[0].device_kind}
     print("RESULT " + json.dumps(out), flush=True)
+
+
+def rules(args) -> None:
+    """Every rule and pre-aggregator (then the mean) alone on a random `[n, d]` matrix, `f = n / 10`
+    traced, in this process: compile and run time, peak RSS. Bulyan (cubic in n) is skipped above
+    `--bulyan-max-rows`; rules with a row limit report its error."""
+    import resource
+
+    import jax
+    import jax.numpy as jnp
+
+    from strike_jax import aggregators
+
+    n, d = args.rules_n, args.rules_d
+    U = jax.random.normal(jax.random.PRNGKey(0), (n, d))
+    lines = [f"# Every rule at n = {n:,}, d = {d:,} (f = n/10, traced), {jax.default_backend()}", "",
+             f"One process, rules one after another; {os.cpu_count()} cores shared with other jobs (noisy). Peak RSS "
+             "is the process's so far (monotone).", "", "| rule | compile (s) | run (s) | peak RSS (GiB) | note |",
+             "|---|---|---|---|---|"]
+    for name in aggregators.names() + aggregators.PREAGGREGATORS:
+        if name == "bulyan" and n > args.bulyan_max_rows:
+            lines.append(f"| {name} | - | - | - | not run: O(n^3) (n - 2f Krum selections over [n, n]) |")
+            continue
+        try:
+            agg = aggregators.get(name, **({"num_clients": n} if name == "foolsgold" else {}))
+            if name in aggregators.PREAGGREGATORS:
+                agg = aggregators.chain(agg, aggregators.get("mean"))
+            st = agg.init(U)
+
+            def run(U, st, f, key, agg=agg):
+                return agg.aggregate(U, st, f=f, key=key, clients=jnp.arange(n), root_update=U[0])[0]
+
+            t0 = time.perf_counter()
+            c = jax.jit(run).lower(U, st, jnp.int32(n // 10), jax.random.PRNGKey(1)).compile()
+            tc = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            g = jax.block_until_ready(c(U, st, jnp.int32(n // 10), jax.random.PRNGKey(1)))
+            tr = time.perf_counter() - t0
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
+            note = "" if bool(jnp.isfinite(g).all()) else "non-finite output"
+            lines.append(f"| {name} | {tc:.2f} | {tr:.3f} | {rss:.2f} | {note} |")
+        except ValueError as e:
+            lines.append(f"| {name} | - | - | - | refused: {str(e).splitlines()[0]} |")
+        print(lines[-1], flush=True)
+    os.makedirs(args.results_dir, exist_ok=True)
+    path = os.path.join(args.results_dir, f"bench_scale_rules_{jax.default_backend()}.md")
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print(f"wrote {path}")
 
 
 def _point(args, n: int, devices: int, layout: str) -> dict:
@@ -192,6 +242,10 @@ def main(argv=None) -> None:
     p.add_argument("--tag", default=None, help="suffix of the result files")
     p.add_argument("--results-dir", dest="results_dir", default=os.path.join(HERE, "results"))
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--rules", action="store_true", help="instead: time every rule alone at --rules-n x --rules-d")
+    p.add_argument("--rules-n", dest="rules_n", type=int, default=10000)
+    p.add_argument("--rules-d", dest="rules_d", type=int, default=1000)
+    p.add_argument("--bulyan-max-rows", dest="bulyan_max_rows", type=int, default=2000)
     # child mode (one point per fresh process)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--num-devices", dest="num_devices", type=int, default=1, help=argparse.SUPPRESS)
@@ -200,6 +254,8 @@ def main(argv=None) -> None:
     if args.child:
         args.n = int(args.n)
         return child(args)
+    if args.rules:
+        return rules(args)
     if args.backend is None:
         import jax
 
