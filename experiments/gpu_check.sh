@@ -35,9 +35,19 @@ FAILED=()
 START=$(date +%s)
 
 # section NAME SECONDS COMMAND...: runs COMMAND under a time limit, output to the terminal and the log.
+# The whole script keeps to BUDGET seconds (default 470, under the 8-minute device slot): a section
+# gets min(its own limit, what is left), and is skipped once less than 20 s is left.
+BUDGET=${GPU_CHECK_BUDGET:-470}
 section() {
   local name=$1 secs=$2
   shift 2
+  local left=$(( BUDGET - ($(date +%s) - START) ))
+  if [ "$left" -lt 20 ]; then
+    echo "=== $name: SKIPPED (budget of ${BUDGET}s spent)" | tee -a "$LOG"
+    FAILED+=("$name(skipped)")
+    return
+  fi
+  [ "$secs" -gt "$left" ] && secs=$left
   echo "=== $name (limit ${secs}s) $(date +%T)" | tee -a "$LOG"
   timeout --kill-after=10 "$secs" "$@" 2>&1 | tee -a "$LOG"
   local rc=${PIPESTATUS[0]}
@@ -54,33 +64,45 @@ else
   TAG=gpu
 fi
 
-# --- issue 8: the vectorised path's tests, strategies (padded fraction, auto), sweeps as batches
-if [ -n "$QUICK" ]; then
-  SWEEP_CASES="digits_mlp"; STRAT_CASES="digits_mlp"; SUFFIX="_quick"
-else
-  SWEEP_CASES="digits_mlp synthetic_cifar_alexnet"; STRAT_CASES="fmnist_mlp cifar_alexnet"; SUFFIX=""
-fi
-section "tests_vectorised" 100 "$PY" -m pytest -x -q -p no:cacheprovider tests/test_schedule.py \
-  "tests/test_simulate_many.py::test_batch_equals_each_run_alone"
-section "bench_strategies" 150 "$PY" -m experiments.bench_strategies --cases $STRAT_CASES \
-  --strategies packed vmap steps auto --rounds 3 --max-rounds 5 --out "$RESULTS" --suffix "$SUFFIX"
-section "bench_sweep" 180 "$PY" -m experiments.bench_sweep --cases $SWEEP_CASES --sweeps nu8 \
-  --out "$RESULTS" --suffix "$SUFFIX"
-
-# --- issue 9: one training step per model, vmapped lanes, the CIFAR-10 round (bench_steps_<tag>.md)
-if [ -f experiments/bench_steps.py ] && [ -z "${SKIP_STEPS:-}" ]; then
-  section "bench_steps" 420 "$PY" experiments/bench_steps.py $QUICK --sections steps,lanes,round \
-    --include-resnet --round-strategies vmap,steps --round-reps 3 --reps 20 \
-    --results-dir "$RESULTS" --tag "$TAG"
-fi
-
+# Order: the sections without GPU tables yet come first (a spent budget skips the last ones).
 # --- issue 10: empirical (f, kappa) at the paper's size (50 x 2.47M synthetic; bench_kappa_<tag>.md)
 if [ -n "$QUICK" ]; then
   KAPPA_ARGS="--quick --rules median,multikrum"
 else
   KAPPA_ARGS=""
 fi
-section "bench_kappa" 240 "$PY" -m experiments.bench_kappa $KAPPA_ARGS --results-dir "$RESULTS" --tag "$TAG"
+section "bench_kappa" 90 "$PY" -m experiments.bench_kappa $KAPPA_ARGS --results-dir "$RESULTS" --tag "$TAG"
+
+# --- issue 13: round time and peak memory against n on one device (bench_scale_<tag>.md; the
+# server's share of the round). Peak memory there is the host process's RSS; the device's own
+# peak comes from jax's memory stats where the backend has them.
+if [ -n "$QUICK" ]; then
+  SCALE_N="10,100"; SCALE_ROUNDS=2
+else
+  SCALE_N="10,100,1000,10000"; SCALE_ROUNDS=3
+fi
+section "bench_scale" 100 "$PY" -m experiments.bench_scale --n "$SCALE_N" --devices 1 --rounds "$SCALE_ROUNDS" \
+  --backend "$([ -n "$QUICK" ] && echo cpu || echo gpu)" --tag "$TAG" --no-plot --results-dir "$RESULTS"
+
+# --- issue 9: one training step per model, vmapped lanes, the CIFAR-10 round (bench_steps_<tag>.md)
+if [ -f experiments/bench_steps.py ] && [ -z "${SKIP_STEPS:-}" ]; then
+  section "bench_steps" 150 "$PY" -m experiments.bench_steps $QUICK --sections steps,lanes,round \
+    --include-resnet --round-strategies vmap,steps --round-reps 3 --reps 20 \
+    --results-dir "$RESULTS" --tag "$TAG"
+fi
+
+# --- issue 8: the vectorised path's tests, strategies (padded fraction, auto), sweeps as batches
+if [ -n "$QUICK" ]; then
+  SWEEP_CASES="digits_mlp"; STRAT_CASES="digits_mlp"; SUFFIX="_quick"
+else
+  SWEEP_CASES="digits_mlp synthetic_cifar_alexnet"; STRAT_CASES="fmnist_mlp cifar_alexnet"; SUFFIX=""
+fi
+section "tests_vectorised" 80 "$PY" -m pytest -x -q -p no:cacheprovider tests/test_schedule.py \
+  "tests/test_simulate_many.py::test_batch_equals_each_run_alone"
+section "bench_strategies" 90 "$PY" -m experiments.bench_strategies --cases $STRAT_CASES \
+  --strategies packed vmap steps auto --rounds 3 --max-rounds 5 --out "$RESULTS" --suffix "$SUFFIX"
+section "bench_sweep" 120 "$PY" -m experiments.bench_sweep --cases $SWEEP_CASES --sweeps nu8 \
+  --out "$RESULTS" --suffix "$SUFFIX"
 
 # --- (other issues append their sections here)
 

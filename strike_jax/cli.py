@@ -73,7 +73,7 @@ def _preaggs(text: str) -> tuple[str, ...]:
 
 _RUN_FIELDS = ("dataset", "data_dir", "model", "num_clients", "clients_per_round", "partition", "beta",
                "byzantine_ratio", "rounds", "batch_size", "lr", "momentum", "weight_decay", "eval_every",
-               "seed", "strategy", "attack", "defence", "local_epochs", "max_test_samples", "lanes")
+               "seed", "strategy", "attack", "defence", "local_epochs", "max_test_samples", "lanes", "num_devices")
 
 
 def _config_from_args(args):
@@ -99,7 +99,16 @@ def _config_from_args(args):
 
 
 def cmd_run(args) -> int:
+    if args.coordinator is not None or args.num_processes is not None or args.process_id is not None:
+        from strike_jax import distributed
+
+        if None in (args.coordinator, args.num_processes, args.process_id):
+            raise ValueError("--coordinator, --num-processes and --process-id go together (every process of a "
+                             "multi-process run passes all three).")
+        # Before anything else touches jax: the devices of every process form one list.
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id, cpu_devices=args.cpu_devices)
     from strike_jax.simulation import check_config, check_run_dir, simulate, write_json
+    import jax
 
     config = _config_from_args(args)
     check_config(config)  # before any data loads
@@ -107,6 +116,8 @@ def cmd_run(args) -> int:
     t0 = time.perf_counter()
     result = simulate(config, run_dir=args.run_dir, progress=not args.quiet, checkpoint_every=args.checkpoint_every,
                       checkpoint_seconds=args.checkpoint_seconds or None)
+    if jax.process_index() != 0:  # under jax.distributed only process 0 writes and reports
+        return 0
     out = args.out
     if out:
         write_json(out, result)
@@ -293,6 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rounds between checkpoints (default 10)")
     r.add_argument("--checkpoint-seconds", dest="checkpoint_seconds", type=float, default=300.0,
                    help="also checkpoint after this many seconds; 0: off (default 300)")
+    opt("--num-devices", "num_devices", type=int)
+    r.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="run across processes (jax.distributed): process 0's address, the same in every process")
+    r.add_argument("--num-processes", dest="num_processes", type=int, help="processes taking part (with --coordinator)")
+    r.add_argument("--process-id", dest="process_id", type=int, help="this process, 0 .. K-1 (with --coordinator)")
+    r.add_argument("--cpu-devices", dest="cpu_devices", type=int,
+                   help="CPU only: devices this process exposes (default 1; with --coordinator)")
     r.add_argument("--out", help="also write the result JSON here")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)

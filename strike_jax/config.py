@@ -83,6 +83,11 @@ class Config:
       root_samples: size of the server's clean root set, for rules that need one (FLTrust: 100
         in its paper): drawn from the training set from the seed and excluded from the clients; the
         server trains on it like a client every round. Unused by other rules.
+      num_devices: devices the run is spread over (a `jax.sharding.Mesh` over the first
+        `num_devices` of `jax.devices()`, all processes' under `jax.distributed`): each device
+        trains its own block of the round's clients, and the server step runs on the sharded
+        update matrix (`strike_jax.training.round`). 1: one device, as before. Results equal the
+        one-device run up to float rounding. `lanes` is then per device; device strategies only.
     """
 
     dataset: str = "digits"
@@ -115,6 +120,7 @@ class Config:
     skew_metrics: bool = False
     allow_beyond_breakdown: bool = False
     root_samples: int = 100
+    num_devices: int = 1
 
     def __post_init__(self):
         # Normalise containers so configs compare, hash and serialise the same whatever the caller
@@ -173,6 +179,12 @@ class Config:
         if not (isinstance(self.root_samples, int) and not isinstance(self.root_samples, bool)
                 and self.root_samples >= 1):
             bad("root_samples", self.root_samples, "need an int >= 1")
+        if not (isinstance(self.num_devices, int) and not isinstance(self.num_devices, bool)
+                and self.num_devices >= 1):
+            bad("num_devices", self.num_devices, "need an int >= 1")
+        if self.num_devices > 1 and self.strategy in ("steps", "loop"):
+            bad("strategy", self.strategy, f"num_devices={self.num_devices} runs on the device path: allowed "
+                "'auto', 'packed', 'vmap' or 'map'")
         for flag in ("skew_metrics", "allow_beyond_breakdown"):
             if not isinstance(getattr(self, flag), bool):
                 bad(flag, getattr(self, flag), "need True or False")

@@ -89,8 +89,12 @@ class _InterruptGuard:
 # else is structure: it shapes the compiled round).
 RUN_NUMBERS = ("seed", "beta", "byzantine_ratio", "lr", "momentum", "weight_decay", "clip_norm",
                "attack_params", "defence_params", "preaggregation_params", "rounds", "eval_every")
-# Partial participation: lanes are sized for the worst of the first rounds (at least this many).
+# Partial participation: lanes are sized for the worst of the first rounds (at least this many)...
 PLAN_HORIZON = 1000
+# ... while the plan's sampled client-rounds stay below this (the planning is a host-side LPT per
+# round: 1,000 rounds of 10,000 clients took minutes); beyond, fewer rounds choose the lanes and
+# the lanes' capacity is the packing's worst case over any sample (`_lane_capacity_bound`).
+PLAN_BUDGET = 200_000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,6 +223,11 @@ def check_config(config: Config):
     data_lib.check_load_args(config.dataset, **kwargs)
     if config.model not in model_lib.names():
         raise ValueError(f"model {config.model!r} is not allowed; allowed: {', '.join(model_lib.names())}.")
+    if config.num_devices > jax.device_count():
+        raise ValueError(
+            f"num_devices={config.num_devices} is not allowed; allowed: 1 .. {jax.device_count()} (the "
+            f"{jax.default_backend()} devices jax sees; on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=N "
+            "before jax is imported; across hosts call strike_jax.distributed.initialize first).")
     pipe = make_pipeline(config)
     stages.check_f(pipe, config.clients_per_round, round_f_to_check(config),
                    allow_beyond_breakdown=config.allow_beyond_breakdown)
@@ -332,12 +341,25 @@ def write_rounds_csv(path: str, history: list[dict[str, Any]]) -> None:
 # Planning: lanes and strategy.
 
 
+def plan_rounds(config: Config) -> tuple[int, bool]:
+    """`(k, truncated)`: the rounds whose samples size the lanes (`plan_steps`). One under full
+    participation (every round trains the same clients), else `max(rounds, PLAN_HORIZON)` (so the
+    lane length does not depend on the number of rounds), cut to `PLAN_BUDGET // n` for large `n`
+    (`truncated`: the capacity then comes from the worst case, not from the plan)."""
+    n = config.clients_per_round
+    if n == config.num_clients:
+        return 1, False
+    k = max(config.rounds, PLAN_HORIZON)
+    if k * n <= PLAN_BUDGET:
+        return k, False
+    return max(1, PLAN_BUDGET // n), True
+
+
 def plan_steps(table, config: Config) -> np.ndarray:
     """`[k, n]` real local steps of the sampled clients in rounds `0..k-1` of a run (device draw of the
-    sampling): one round under full participation (every round trains the same clients), else
-    `k = max(rounds, PLAN_HORIZON)`, so the lane length does not depend on the number of rounds."""
+    sampling), `k` from `plan_rounds` (the root set's steps appended as a last column)."""
     n = config.clients_per_round
-    k = 1 if n == config.num_clients else max(config.rounds, PLAN_HORIZON)
+    k = plan_rounds(config)[0]
     counts = table.counts[:config.num_clients]  # a root set is the table's extra last row
     out = np.asarray(_round_steps_impl(jnp.asarray(counts), config.seed, jnp.arange(k, dtype=jnp.int32), n,
                                        config.batch_size, config.local_epochs))
@@ -375,6 +397,25 @@ class _Run:
     root: bool = False         # the server trains on a root set every round (FLTrust)
 
 
+def device_blocks(steps: np.ndarray, devices: int) -> np.ndarray:
+    """`[k * D, b]`: each planned round's trained rows (`[k, rows]`) cut into the `D` devices' blocks
+    (`RoundShape.block`; the last block padded with steps 0), as `make_device_train` spreads them."""
+    k, rows = steps.shape
+    b = -(-rows // devices)
+    padded = np.zeros((k, b * devices), steps.dtype)
+    padded[:, :rows] = steps
+    return padded.reshape(k * devices, b)
+
+
+def _lane_capacity_bound(table, config: Config, rows: int, lanes: int) -> int:
+    """An upper bound on any round's longest lane: a device trains at most its block's `b` rows,
+    whose steps sum to at most the `b` largest clients' (the root set's included), and longest-first
+    packing ends within `sum / L + max` (a client starts on the least-loaded lane)."""
+    steps = np.sort(config.local_epochs * -(-np.asarray(table.counts, np.int64) // config.batch_size))[::-1]
+    b = -(-rows // config.num_devices)
+    return int(-(-int(steps[:b].sum()) // lanes) + int(steps[0]))
+
+
 def _prepare(run: _Run) -> None:
     """Plans a run from its own config: its partition, its clients' steps, its lane count. A run's
     lanes never depend on which other runs share its batch, so it computes the same alone or batched."""
@@ -387,12 +428,35 @@ def _prepare(run: _Run) -> None:
     run.steps = plan_steps(run.table, cfg)
     model = make_model(cfg, ds)
     d = model_lib.num_params(model) + model_lib.num_batch_stats(model)
+    check_memory(cfg, d)
     # Memory per lane: ~6 model-sized buffers (parameters, momentum, gradient, update row...) and
     # the batch's activations.
     per_lane = 4 * (6 * d + 16 * cfg.batch_size * int(np.prod(ds.x_train.shape[1:])))
-    max_lanes = max(1, _memory_budget() // _runs_per_program(cfg) // per_lane)
+    D = cfg.num_devices
+    max_lanes = max(1, _memory_budget() // _runs_per_program(cfg) // per_lane // D)
     strategy = "packed" if cfg.strategy in ("auto", "steps", "loop") else cfg.strategy
-    run.lanes = training.strategy_lanes(strategy, run.steps, run.steps.shape[1], cfg.lanes, max_lanes)[0]
+    blocks = device_blocks(run.steps, D)
+    run.lanes = training.strategy_lanes(strategy, blocks, blocks.shape[1], cfg.lanes, max_lanes)[0]
+
+
+def check_memory(config: Config, d: int) -> None:
+    """Refuses, before any training, a round whose `[n, d]` update matrix cannot fit: the matrix and
+    the attack's copy of it (float32) against the device's memory (the host's on CPU, where
+    host devices share it; per device elsewhere, the matrix being spread over `num_devices`).
+
+    Raises:
+      ValueError: one line with the sizes and what to change.
+    """
+    n = config.clients_per_round
+    need = 2 * 4 * n * d
+    total, per_device = _device_memory()
+    have = total if per_device is None else per_device * config.num_devices
+    if need > have:
+        gib = 1 << 30
+        raise ValueError(
+            f"clients_per_round={n} is not allowed with this model (d={d:,}): one round's [n, d] update matrix "
+            f"and the attack's copy need {need / gib:.1f} GiB, the {'host' if per_device is None else 'devices'} "
+            f"{have / gib:.1f} GiB; allowed: n <= {max(1, have // (8 * d)):,} (or more devices, num_devices).")
 
 
 _PROGRAM_CACHE: dict[Any, Any] = {}
@@ -410,9 +474,13 @@ class _Batch:
         ds = load_dataset(cfg)
         self.ds = ds
         self.model = make_model(cfg, ds)
+        # Several devices: one mesh; every array the round reads is placed on all of them.
+        self.mesh = None if cfg.num_devices == 1 else round_lib.make_mesh(cfg.num_devices)
+        put = jnp.asarray if self.mesh is None else functools.partial(_put_replicated, self.mesh)
         tables = [r.table for r in runs]
         # Padded to a power of two: later calls whose partitions differ a little reuse the program too.
         width = _pow2(max(r.table.index.shape[1] for r in self.group))
+        self.width = width
         index = np.stack([np.pad(t.index, ((0, 0), (0, width - t.index.shape[1]))) for t in tables])
         counts = np.stack([t.counts for t in tables])
         pipes = [make_pipeline(r.config, inject=True) for r in runs]
@@ -423,16 +491,16 @@ class _Batch:
             num_classes=ds.num_classes, label_map=self.pipeline.info.get("label_map"))
         local_hp = LocalHparams(*(jnp.asarray([0.0 if v is None else v for v in vals], jnp.float32) for vals in zip(
             *[(r.config.lr, r.config.momentum, r.config.weight_decay, r.config.clip_norm) for r in runs])))
-        self.consts = round_lib.RunConsts(
-            seed=jnp.asarray([r.config.seed for r in runs], jnp.int32),
-            num_byzantine=jnp.asarray([r.config.num_byzantine if cfg.attack != "none" else 0 for r in runs], jnp.int32),
-            index=jnp.asarray(index), counts=jnp.asarray(counts), local=local_hp,
-            end_round=jnp.asarray([r.config.rounds for r in runs], jnp.int32))
-        self.x_train, self.y_train = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
+        self.consts = jax.tree_util.tree_map(put, round_lib.RunConsts(
+            seed=np.asarray([r.config.seed for r in runs], np.int32),
+            num_byzantine=np.asarray([r.config.num_byzantine if cfg.attack != "none" else 0 for r in runs], np.int32),
+            index=np.asarray(index), counts=np.asarray(counts), local=jax.device_get(local_hp),
+            end_round=np.asarray([r.config.rounds for r in runs], np.int32)))
+        self.x_train, self.y_train = put(ds.x_train), put(ds.y_train)
         x_test, y_test = ds.x_test, ds.y_test
         if cfg.max_test_samples is not None:
             x_test, y_test = x_test[: cfg.max_test_samples], y_test[: cfg.max_test_samples]
-        self.x_test, self.y_test = jnp.asarray(x_test), jnp.asarray(y_test)
+        self.x_test, self.y_test = put(x_test), put(y_test)
 
         # Initial state, then each run's checkpoint where it has one.
         flat0 = [training.flatten_variables(init_variables(self.model, r.config.seed)) for r in runs]
@@ -450,12 +518,12 @@ class _Batch:
                 w, stage_state, r.start_round, r.history, r.compile_rounds = _load_checkpoint(ckpt, r.config, stage_state)
                 r.diverged_round = next((h["round"] for h in r.history if not h["finite"]), None)
             states.append((w, stage_state))
-        stack = lambda *xs: jnp.stack([jnp.asarray(x) for x in xs])  # noqa: E731
-        self.state = round_lib.RunState(
+        stack = lambda *xs: np.stack([np.asarray(x) for x in xs])  # noqa: E731
+        self.state = jax.tree_util.tree_map(put, round_lib.RunState(
             w=stack(*[s[0] for s in states]),
             stage_state=jax.tree_util.tree_map(stack, *[s[1] for s in states]),
-            round=jnp.asarray([r.start_round for r in runs], jnp.int32),
-            active=jnp.asarray([r.diverged_round is None and r.start_round < r.config.rounds for r in runs]))
+            round=np.asarray([r.start_round for r in runs], np.int32),
+            active=np.asarray([r.diverged_round is None and r.start_round < r.config.rounds for r in runs])))
         self.flip = bool(self.pipeline.info.get("data_level", False))
         self._build_round(on_updates is not None)
         self.evaluate = _cached(("eval", self.strategy == "packed", cfg.model, cfg.dataset, cfg.data_dir,
@@ -465,17 +533,23 @@ class _Batch:
 
     def _build_round(self, with_updates: bool):
         cfg, n = self.cfg, self.cfg.clients_per_round
-        steps = np.concatenate([r.steps for r in self.runs])
+        D = cfg.num_devices
+        steps = device_blocks(np.concatenate([r.steps for r in self.runs]), D)
         strategy = cfg.strategy
-        trained = steps.shape[1]  # n, plus the root set
-        L, _, padded = training.choose_lanes(steps, trained, self.runs[0].lanes)
-        group_steps = np.concatenate([r.steps for r in self.group])
-        T = training.choose_lanes(group_steps, trained, L)[1]
+        trained = self.runs[0].steps.shape[1]  # n, plus the root set
+        L, _, padded = training.choose_lanes(steps, steps.shape[1], self.runs[0].lanes)
+        group_steps = device_blocks(np.concatenate([r.steps for r in self.group]), D)
+        T = training.choose_lanes(group_steps, steps.shape[1], L)[1]
+        if plan_rounds(cfg)[1]:  # the plan saw a few rounds only: any round fits the worst case
+            T = max(T, max(_lane_capacity_bound(r.table, r.config, trained, L) for r in self.group))
         # Capacities rounded up to a power of two, so that later calls whose partitions differ a
         # little reuse the program (a round runs its own makespan, not the capacity).
         shape = round_lib.RoundShape(n, cfg.batch_size, cfg.local_epochs, L, _pow2(T), _pow2(int(group_steps.max())),
-                                     int(self.ds.x_train.shape[0]), self.runs[0].root)
+                                     int(self.ds.x_train.shape[0]), self.runs[0].root,
+                                     schedule.batch_slots(cfg.batch_size, self.width), D)
         self.calibration = None
+        if strategy == "auto" and D > 1:
+            strategy = "packed"  # several devices: the device path
         if strategy == "auto":
             self.calibration = training.measure_strategies(
                 self.model, self.local_cfg, self.x_train, self.y_train, batch_size=cfg.batch_size, lanes=L,
@@ -493,13 +567,16 @@ class _Batch:
             # The optimizer's numbers are per-run arrays: only its structure shapes the program.
             local = (self.local_cfg.structure(), self.local_cfg.num_classes, self.local_cfg.clip_eps,
                      self.local_cfg.label_map)
+            devices = None if self.mesh is None else tuple(d.id for d in self.mesh.devices.flat)
             train_key = ("train", cfg.model, cfg.dataset, cfg.data_dir, json.dumps(cfg.dataset_params, sort_keys=True),
-                         local, shape, len(self.runs), self.flip, tuple(self.consts.index.shape[1:]))
+                         local, shape, len(self.runs), self.flip, tuple(self.consts.index.shape[1:]), devices)
+            server_key = server_key + (devices,)
             self.new_program = not (_is_cached(train_key) and _is_cached(("server",) + server_key))
             train_round = _cached(train_key, lambda: round_lib.make_device_train(
-                self.model, self.local_cfg, shape, self.unravel, flip_byzantine=self.flip))
+                self.model, self.local_cfg, shape, self.unravel, flip_byzantine=self.flip, mesh=self.mesh))
             server_round = _cached(("server",) + server_key, lambda: round_lib.make_device_server(
-                self.pipeline, with_skew=cfg.skew_metrics, with_updates=with_updates))
+                self.pipeline, with_skew=cfg.skew_metrics, with_updates=with_updates, mesh=self.mesh,
+                layout=SERVER_LAYOUT))
             self.round_step = round_lib.make_device_round(train_round, server_round)
         else:
             client_updates = _cached(("clients", self.cfg.model, self.cfg.dataset, self.local_cfg, strategy,
@@ -512,6 +589,37 @@ class _Batch:
 
 def _pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
+
+
+# How the server step lays out the sharded update matrix with several devices
+# (`round_lib.make_device_server`; see experiments/bench_scale.py for the measurement).
+SERVER_LAYOUT = "rows"
+
+
+def _put_replicated(mesh, x):
+    """A host array placed whole on every device of `mesh` (a global array under jax.distributed:
+    every process passes the same value)."""
+    return jax.device_put(np.asarray(x), round_lib.replicated(mesh))
+
+
+def to_host(tree):
+    """Host (NumPy) copies of device arrays; arrays spread over several processes
+    (`jax.distributed`) are gathered (every process must call this at the same point)."""
+    def one(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            if a.is_fully_replicated:
+                return np.asarray(a.addressable_data(0))
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+        return np.asarray(a)
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+def _writes_files() -> bool:
+    """Only the first process writes run files under `jax.distributed` (they all hold the same values)."""
+    return jax.process_index() == 0
 
 
 def _cached(key, build):
@@ -528,18 +636,25 @@ def _vmapped_eval(evaluate, unravel):
     return lambda w, x, y: jax.vmap(lambda wi: evaluate(unravel(wi), x, y))(w)
 
 
-def _memory_budget() -> int:
-    stats = {}
+def _device_memory() -> tuple[int, int | None]:
+    """`(host bytes, device bytes or None)`: the physical memory, and a device's own memory where
+    the backend reports one (None on CPU, whose devices share the host's)."""
     try:
-        stats = jax.devices()[0].memory_stats() or {}
+        host = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        host = 16 << 30
+    try:
+        stats = jax.local_devices()[0].memory_stats() or {}
     except Exception:  # noqa: BLE001 - backends without memory statistics
         stats = {}
-    if stats.get("bytes_limit"):
-        return int(0.5 * stats["bytes_limit"])
-    try:
-        return int(0.25 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
+    return host, (int(stats["bytes_limit"]) if stats.get("bytes_limit") else None)
+
+
+def _memory_budget() -> int:
+    host, device = _device_memory()
+    if device is not None:
+        return int(0.5 * device)
+    return int(0.25 * host)
 
 
 def _run_batch(batch: _Batch, *, checkpoint_every: int, checkpoint_seconds: float | None, progress: bool,
@@ -548,7 +663,7 @@ def _run_batch(batch: _Batch, *, checkpoint_every: int, checkpoint_seconds: floa
     R = len(runs)
     rounds_left = max(r.config.rounds - r.start_round if r.diverged_round is None else 0 for r in runs)
     done_rounds = [r.start_round for r in runs]
-    bar = _progress_bar(batch) if progress else None
+    bar = _progress_bar(batch) if progress and _writes_files() else None
     first = True
     t_prev = t_checkpoint = time.perf_counter()
     with _InterruptGuard() as interrupt:
@@ -560,8 +675,8 @@ def _run_batch(batch: _Batch, *, checkpoint_every: int, checkpoint_seconds: floa
                 timings = None
             else:
                 batch.state, out, timings = batch.round_step(state, batch.consts, batch.x_train, batch.y_train)
-            ran = np.asarray(out.ran)
-            if np.asarray(out.overflow).any():
+            ran = to_host(out.ran)
+            if to_host(out.overflow).any():
                 raise RuntimeError("internal error: a round's clients did not fit the planned lanes "
                                    f"(L={batch.shape.lanes}, T={batch.shape.lane_steps}); please report it.")
             if not ran.any():
@@ -569,9 +684,9 @@ def _run_batch(batch: _Batch, *, checkpoint_every: int, checkpoint_seconds: floa
             evals = [i for i in range(R) if ran[i] and ((rounds_now[i] + 1) % runs[i].config.eval_every == 0
                                                         or rounds_now[i] + 1 == runs[i].config.rounds)]
             acc = _evaluate(batch, evals)
-            metrics = jax.device_get(out.metrics)
+            metrics = to_host(out.metrics)
             if on_updates is not None:
-                U, byz, sent = jax.device_get((out.updates, out.byzantine_mask, out.sent))
+                U, byz, sent = to_host((out.updates, out.byzantine_mask, out.sent))
             t_now = time.perf_counter()
             for i, r in enumerate(runs):
                 if not ran[i]:
@@ -655,7 +770,7 @@ def _evaluate(batch: _Batch, which: list[int]) -> dict[int, tuple[float, float]]
     if not which:
         return {}
     if batch.strategy == "packed":
-        acc, loss = jax.device_get(batch.evaluate(batch.state.w, batch.x_test, batch.y_test))
+        acc, loss = to_host(batch.evaluate(batch.state.w, batch.x_test, batch.y_test))
         return {i: (float(acc[i]), float(loss[i])) for i in which}
     out = {}
     for i in which:
@@ -668,7 +783,9 @@ def _checkpoint(batch: _Batch, which: list[int], done_rounds: list[int]) -> None
     which = [i for i in which if batch.runs[i].run_dir is not None]
     if not which:
         return
-    w, stage_state = jax.device_get((batch.state.w, batch.state.stage_state))
+    w, stage_state = to_host((batch.state.w, batch.state.stage_state))
+    if not _writes_files():
+        return
     for i in which:
         r = batch.runs[i]
         _save_checkpoint(os.path.join(r.run_dir, CHECKPOINT), r.config, done_rounds[i], w[i],
@@ -763,10 +880,11 @@ def simulate_many(
                 r.result = summarize(r.config, r.history, r.diverged_round, r.compile_rounds)
                 r.result["wall_time_s"] = wall / len(part)
                 r.result["batch"] = {"runs": len(part), "strategy": batch.strategy, "lanes": batch.shape.lanes,
+                                     "devices": batch.shape.devices, "batch_slots": batch.shape.batch_slots,
                                      "lane_steps": batch.shape.lane_steps,
                                      "padded_fraction": round(batch.padded_fraction, 4),
                                      "calibration_s": batch.calibration, "new_program": batch.new_program}
-                if r.run_dir is not None:
+                if r.run_dir is not None and _writes_files():
                     write_json(os.path.join(r.run_dir, RESULT), r.result)
                     write_rounds_csv(os.path.join(r.run_dir, ROUNDS_CSV), r.history)
                 if on_result is not None:

@@ -127,7 +127,7 @@ def test_cclip_matches_reference_and_carries_state(jit):
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
-@pytest.mark.parametrize("n,d,niters", [(10, 50, 1), (13, 200, 2)])
+@pytest.mark.parametrize("n,d,niters", [(10, 50, 1), (13, 200, 2), (60, 100, 1)])  # n > b: the [b, b] side
 def test_dnc_matches_reference(n, d, niters, jit):
     X = _problem(n, d, 3, byz_copies=3)
     b = 40
@@ -136,6 +136,17 @@ def test_dnc_matches_reference(n, d, niters, jit):
         keys = jax.random.split(KEY, niters)
         cols = [np.asarray(jax.random.randint(k, (b,), 0, d)) for k in keys]
         np.testing.assert_allclose(got, ref.dnc(X.astype(np.float64), f, cols), rtol=2e-5, atol=2e-5)
+
+
+def test_krum_scores_above_sort_rows_match_reference():
+    """Above `KRUM_SORT_ROWS` the scores come from the radix band sum (no sort): same selection."""
+    from strike_jax.aggregators import distance
+
+    n = distance.KRUM_SORT_ROWS + 88
+    X = _problem(n, 3, 7, byz_copies=5)
+    for f in (0, 40):
+        got = _aggregate("multikrum", X, f, True)
+        np.testing.assert_allclose(got, ref.multikrum(X.astype(np.float64), f), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])

@@ -297,3 +297,19 @@ def test_network_masked_lower_median_matches_reference():
         r = (k - 1) // 2
         want = _ref_band_mean(X.astype(np.float64), r, r, mask)
         np.testing.assert_array_equal(got, want.astype(np.float32))
+
+
+def test_smallest_k_mask_rows_without_sort_equals_stable_ranks():
+    """Above `ROWS_SORT_LIMIT` columns the mask comes from a radix order statistic and index-ordered
+    ties: equal to the stable ranks, with many ties, infinities and a traced k (jit)."""
+    from strike_jax.ops import order
+
+    n = order.ROWS_SORT_LIMIT + 40
+    rng = np.random.default_rng(3)
+    s = np.round(rng.normal(size=(7, n)) * 2) / 2  # many exact ties per row
+    s[:, :5] = np.inf
+    s[2, :] = 1.0  # a row of ties only
+    s = jnp.asarray(s, jnp.float32)
+    run = jax.jit(order.smallest_k_mask_rows)
+    for k in (0, 1, 37, n - 5, n):
+        np.testing.assert_array_equal(np.asarray(run(s, k)), np.asarray(order.stable_ranks_rows(s) < k), err_msg=str(k))

@@ -79,21 +79,40 @@ def require_key(name: str, key: Array | None) -> Array:
     return key
 
 
+def check_rows(name: str, n: int, max_rows: int | None, cost: str) -> None:
+    """Refuses, before any work, more rows than a rule whose cost is super-quadratic in `n` accepts.
+
+    Raises:
+      ValueError: one line naming `n`, the limit and the rule's cost.
+    """
+    if max_rows is not None and n > max_rows:
+        raise ValueError(f"{name}: n={n} rows is not allowed; allowed: n <= {max_rows} (its cost is {cost}); use "
+                         "fewer clients per round, bucketing first, or another rule.")
+
+
 def rule_stage(name: str, core: Callable, *, limit: Callable[[int], int | None] = no_limit,
                init: Callable = empty_init, needs_key: bool = False, check_f: Callable | None = None,
-               with_ctx: bool = False, **info: Any) -> Stage:
+               with_ctx: bool = False, max_rows: int | None = None, cost: str = "", **info: Any) -> Stage:
     """A rule as a Stage from `core(updates, state, f, key) -> (vector [d], state)`.
 
     `update` checks the input's shape (chex), resolves `ctx.f` against `limit(n)` (`resolve_f`, or
     `check_f(f, n)` for a rule with its own check: what it returns is what `core` receives as `f`)
     and, if `needs_key`, requires `ctx.key`. With `with_ctx`, `core` also receives the round
     context (`core(updates, state, f, key, ctx)`: rules reading `ctx.clients` or
-    `ctx.root_update`).
+    `ctx.root_update`). With `max_rows`, more rows raise ValueError (`check_rows`, naming `cost`)
+    both in `update` and in `max_f` (so a run is refused before any data loads).
     """
+    if max_rows is not None:
+        inner = limit
+
+        def limit(n):
+            check_rows(name, n, max_rows, cost)
+            return inner(n)
 
     def update(x, state, ctx):
         check_updates(name, x)
         n = x.shape[0]
+        check_rows(name, n, max_rows, cost)
         key = require_key(name, ctx.key) if needs_key else ctx.key
         f = check_f(ctx.f, n) if check_f is not None else resolve_f(ctx.f, limit(n), name, n)
         g, state = core(x, state, f, key, ctx) if with_ctx else core(x, state, f, key)
@@ -225,6 +244,7 @@ __all__ = [
     "PreAggregator",
     "as_aggregator",
     "chain",
+    "check_rows",
     "empty_init",
     "majority_limit",
     "require_key",

@@ -82,7 +82,12 @@ def _bulyan(updates: Array, fb: Array, *, backend: ops.Backend) -> Array:
 @register("rule", "bulyan")
 def bulyan(*, backend: ops.Backend | None = None) -> Stage:
     """Builds Bulyan: a rule `Stage` (`update(updates [n, d], state, ctx) -> ([d], state, ctx)`);
-    a concrete `f > (n-3)//4` raises, a traced one is clamped."""
+    a concrete `f > (n-3)//4` raises, a traced one is clamped.
+
+    Cost: cubic in n: `n - 2f` Krum selections, each `O(n^2)` element-wise work on the `[n, n]`
+    distances (`bulyan_selection`), after `O(n^2 d)` for the distances; `O(n^2)` memory. Measured on
+    XLA:CPU (d = 1000): 3.4 s per round at n = 1000, so about an hour at n = 10,000 (an accelerator
+    or bucketing first is the way at that size)."""
     backend = ops.resolve(backend)
 
     def core(updates, state, fb, key):

@@ -40,7 +40,7 @@ def _nnm(updates: Array, fr: Array, *, include_self: bool, backend: ops.Backend)
         d2 = jnp.where(eye, jnp.inf, d2)
         k = jnp.minimum(n - fr, n - 1)
     d2 = jax.lax.stop_gradient(d2)
-    w = ((ops.stable_ranks_rows(d2) < k) & finite[None, :]).astype(updates.dtype)
+    w = (ops.smallest_k_mask_rows(d2, k, backend=backend) & finite[None, :]).astype(updates.dtype)
     w = w / jnp.maximum(w.sum(axis=1, keepdims=True), 1.0)
     return ops.weighted_rows_safe(w, updates, finite)
 

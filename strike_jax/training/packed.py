@@ -12,8 +12,11 @@ The training of a batch of `R` runs is one loop over steps whose body is a `vmap
 compiles), device memory holds `R * L` models in flight, not `R * n`. The loop is not itself under
 a `vmap` (a batched loop would select its whole carry, `U` included, at every step): it runs the
 longest makespan of the batch, each run idling (masked no-op steps) past its own. Rows are written
-leaf by leaf (no per-step flattening), and only in steps where some lane finishes a client (a
-`lax.cond` outside every `vmap`, so a real branch). `U` is flattened to `[R, n, d]` once at the end.
+leaf by leaf, each leaf into its own columns of the one flat `[R, n, d]` buffer (the layout of
+`flatten_variables`: no per-step flattening, and no second `[R, n, d]` copy at the end, which at
+10,000 clients x 100k parameters was 4 GB more peak memory and ~0.5 s of fresh-buffer page faults),
+and only in steps where some lane finishes a client (a `lax.cond` outside every `vmap`, so a real
+branch).
 
 The results equal per-client training (`make_local_train`, the "steps" strategy) up to float
 rounding: the same batches in the same order, the same step (`make_local_step`).
@@ -21,13 +24,13 @@ rounding: the same batches in the same order, the same step (`make_local_step`).
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from strike_jax.training.local import LocalConfig, LocalHparams, LocalStats, make_local_step
-from strike_jax.training.local import _ravel_leaves as ravel_leaves
 from strike_jax.training.schedule import LanePlan
 
 Array = jax.Array
@@ -78,12 +81,19 @@ def make_packed_train(model, cfg: LocalConfig) -> Callable:
         lanes_of_run = jax.vmap(lane, in_axes=(0, None, None, 0, 0, 0, 0))
         step_all = jax.vmap(lanes_of_run)
 
+        leaves0 = jax.tree_util.tree_leaves((params0, bs0))
+        sizes = [math.prod(a.shape[1:]) for a in leaves0]
+
         def write(U, state, rows):
-            # Leaf by leaf: U[r, rows[r, l]] = lane (r, l)'s model - run r's global model; rows of
-            # lanes that did not finish a client are n, out of bounds: dropped.
+            # Leaf by leaf: U[r, rows[r, l], leaf's columns] = lane (r, l)'s model - run r's global
+            # model; rows of lanes that did not finish a client are n, out of bounds: dropped.
             new = jax.tree_util.tree_leaves((state[0], state[1]))
-            old = jax.tree_util.tree_leaves((params0, bs0))
-            return [u.at[run_ids, rows].set(a - jnp.expand_dims(b, 1), mode="drop") for u, a, b in zip(U, new, old)]
+            off = 0
+            for a, b, size in zip(new, leaves0, sizes):
+                delta = (a - jnp.expand_dims(b, 1)).reshape(R, L, size).astype(U.dtype)
+                U = U.at[run_ids, rows, off:off + size].set(delta, mode="drop")
+                off += size
+            return U
 
         def body(t, carry):
             state, U, loss_sum, examples, steps = carry
@@ -99,14 +109,12 @@ def make_packed_train(model, cfg: LocalConfig) -> Callable:
             return state, U, loss_sum, examples, steps
 
         lanes = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x[:, None], (R, L, *x.shape[1:])), start)
-        leaves = jax.tree_util.tree_leaves((params0, bs0))
-        U = [jnp.zeros((R, n, *a.shape[1:]), jnp.float32) for a in leaves]
+        # The update layout of `flatten_variables` (parameters, then BatchNorm statistics, each in
+        # jax's tree order).
+        U = jnp.zeros((R, n, sum(sizes)), jnp.float32)
         carry = (lanes, U, jnp.zeros((R, n + 1), jnp.float32), jnp.zeros((R, n + 1), jnp.int32),
                  jnp.zeros((R, n + 1), jnp.int32))
         _, U, loss_sum, examples, steps = jax.lax.fori_loop(0, T if num_steps is None else num_steps, body, carry)
-        # The update layout of `flatten_variables` (parameters, then BatchNorm statistics, each in
-        # jax's tree order), built once per round.
-        U = ravel_leaves(U, (R, n))
         stats = LocalStats(loss=loss_sum[:, :n] / jnp.maximum(examples[:, :n], 1).astype(jnp.float32),
                            num_steps=steps[:, :n], num_examples=examples[:, :n])
         return U, stats

@@ -214,6 +214,10 @@ class RoundShape(NamedTuple):
         `schedule.client_batches`).
       root: the client table's last row is the server's root set (FLTrust): it is trained every
         round after the `per_round` sampled clients, and its update is the round's root update.
+      batch_slots: slots of a step's batch on the device path (`schedule.batch_slots`: `B`, or
+        fewer when no client holds `B` samples); None: `B`.
+      devices: D, devices the round's clients are spread over (`make_device_train` with a mesh);
+        `lanes` and `lane_steps` are then per device.
     """
 
     per_round: int
@@ -224,6 +228,18 @@ class RoundShape(NamedTuple):
     padded_steps: int
     max_samples: int | None = None
     root: bool = False
+    batch_slots: int | None = None
+    devices: int = 1
+
+    @property
+    def trained(self) -> int:
+        """Rows trained per round: the sampled clients, plus the root set."""
+        return self.per_round + int(self.root)
+
+    @property
+    def block(self) -> int:
+        """Rows each device trains (the trained rows padded to a multiple of `devices`)."""
+        return -(-self.trained // self.devices)
 
 
 class RoundOutput(NamedTuple):
@@ -293,21 +309,30 @@ def _server(pipeline, with_skew: bool, with_updates: bool) -> Callable:
 
 
 def make_device_train(model, local_cfg: LocalConfig, shape: RoundShape, unravel: Callable, *,
-                      flip_byzantine: bool) -> Callable:
+                      flip_byzantine: bool, mesh=None) -> Callable:
     """The local-training half of a packed round for a whole group: plan (sampling, batches, lanes,
     drawn on the device) and packed training. It depends on the model, the data's shapes and the
     round's shape only, not on the attack or the defence, so every group of a sweep that shares them
     reuses one compiled program (a Table 1 sweep has 49 attack x defence groups).
 
+    With a `mesh` (`make_mesh`; `shape.devices` devices on its "clients" axis) the clients are
+    trained data-parallel: under `shard_map`, device `k` trains rows `k * b .. (k + 1) * b - 1` of
+    the round's trained rows (`b = shape.block`, the last block padded with empty rows), packed
+    into its own `shape.lanes` lanes, for its own makespan; the update matrix comes out sharded by
+    rows. Every client's batches are those of the single-device round (`schedule.client_orders`),
+    so the rows equal the single-device ones up to float rounding.
+
     Returns:
       `train_round(w [R, d], round [R], consts, x_train, y_train) -> TrainOutput`, jitted.
     """
+    if mesh is not None:
+        return _make_sharded_train(model, local_cfg, shape, unravel, flip_byzantine=flip_byzantine, mesh=mesh)
     train = make_packed_train(model, local_cfg)
 
     def plan_one(consts_r: RunConsts, r):
         cb, byz = _plan(consts_r, r, shape)
         plan, makespan = schedule.pack_lanes(cb.steps, shape.lanes, shape.lane_steps)
-        idx, mask = schedule.lane_batches(cb, plan, batch_size=shape.batch_size)
+        idx, mask = schedule.lane_batches(cb, plan, batch_size=shape.batch_size, slots=shape.batch_slots)
         return plan, makespan, idx, mask, byz, cb.clients
 
     def train_round(w, rounds, consts: RunConsts, x_train, y_train):
@@ -321,7 +346,96 @@ def make_device_train(model, local_cfg: LocalConfig, shape: RoundShape, unravel:
     return jax.jit(train_round)
 
 
-def make_device_server(pipeline, *, with_skew: bool = False, with_updates: bool = False) -> Callable:
+#: The mesh axis the clients (rows of the update matrix) are spread over.
+CLIENTS_AXIS = "clients"
+#: How the server half lays out the `[R, n, d]` matrix on a mesh (`make_device_server`).
+SERVER_LAYOUTS = ("rows", "columns", "replicated")
+
+
+def make_mesh(num_devices: int, devices=None):
+    """A 1-d `jax.sharding.Mesh` over the first `num_devices` of `devices` (default `jax.devices()`,
+    every process's devices under `jax.distributed`), axis `CLIENTS_AXIS`.
+
+    Raises:
+      ValueError: fewer devices than asked (one line naming how to get more).
+    """
+    from jax.sharding import Mesh
+
+    devices = jax.devices() if devices is None else list(devices)
+    if not (isinstance(num_devices, int) and 1 <= num_devices <= len(devices)):
+        raise ValueError(
+            f"num_devices={num_devices!r} is not allowed; allowed: 1 .. {len(devices)} (the devices jax sees: "
+            f"{len(devices)} {devices[0].platform}; on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=N "
+            "before jax is imported; across hosts call jax.distributed.initialize first).")
+    if jax.process_count() > 1 and num_devices != len(devices):
+        raise ValueError(f"num_devices={num_devices} is not allowed under jax.distributed with "
+                         f"{jax.process_count()} processes; allowed: all {len(devices)} devices (every process "
+                         "must hold part of the mesh).")
+    return Mesh(np.asarray(devices[:num_devices]), (CLIENTS_AXIS,))
+
+
+def replicated(mesh):
+    """The `NamedSharding` of an array held whole by every device of `mesh`."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def _make_sharded_train(model, local_cfg: LocalConfig, shape: RoundShape, unravel: Callable, *,
+                        flip_byzantine: bool, mesh) -> Callable:
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    train = make_packed_train(model, local_cfg)
+    D, b, rows = shape.devices, shape.block, shape.trained
+    if mesh.shape[CLIENTS_AXIS] != D:
+        raise ValueError(f"the mesh has {mesh.shape[CLIENTS_AXIS]} devices on {CLIENTS_AXIS!r}, the round's shape "
+                         f"{D}.")
+
+    def plan_one(consts_r: RunConsts, r, dev):
+        clients = schedule.round_clients(consts_r.index.shape[0], consts_r.seed, r, per_round=shape.per_round,
+                                         include_last=shape.root)
+        clients = jnp.pad(clients, (0, b * D - rows))
+        mine = jax.lax.dynamic_slice_in_dim(clients, dev * b, b)
+        valid = dev * b + jnp.arange(b) < rows
+        cb = schedule.client_orders(consts_r.index, consts_r.counts, mine, consts_r.seed, r,
+                                    batch_size=shape.batch_size, local_epochs=shape.local_epochs,
+                                    max_samples=shape.max_samples, valid=valid)
+        plan, makespan = schedule.pack_lanes(cb.steps, shape.lanes, shape.lane_steps)
+        idx, mask = schedule.lane_batches(cb, plan, batch_size=shape.batch_size, slots=shape.batch_slots)
+        byz = (mine < consts_r.num_byzantine) & valid
+        if shape.root:  # the root set is trained but never Byzantine
+            byz = byz & (dev * b + jnp.arange(b) < shape.per_round)
+        return plan, makespan, idx, mask, byz, mine
+
+    def local(w, rounds, consts: RunConsts, x_train, y_train):
+        dev = jax.lax.axis_index(CLIENTS_AXIS)
+        plan, makespan, idx, mask, byz, clients = jax.vmap(plan_one, in_axes=(0, 0, None))(consts, rounds, dev)
+        # This device's own loop: as long as the longest makespan of its lanes (over the runs).
+        steps = jnp.minimum(makespan.max(), shape.lane_steps)
+        U, stats = train(jax.vmap(unravel)(w), x_train, y_train, plan, idx, mask, byz & flip_byzantine,
+                         consts.local, steps)
+        overflow = jax.lax.pmax((makespan > shape.lane_steps).astype(jnp.int32), CLIENTS_AXIS) > 0
+        return U, byz, stats.loss, clients, overflow
+
+    rows_spec = P(None, CLIENTS_AXIS)
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), P(), P()),
+                            out_specs=(rows_spec, rows_spec, rows_spec, rows_spec, P()), check_vma=False)
+
+    def train_round(w, rounds, consts: RunConsts, x_train, y_train):
+        U, byz, loss, clients, overflow = sharded(w, rounds, consts, x_train, y_train)
+        if b * D != rows:  # drop the padding rows of the last block
+            U, byz, loss, clients = U[:, :rows], byz[:, :rows], loss[:, :rows], clients[:, :rows]
+        return _split_root(U, byz, loss, clients, shape, overflow)
+
+    # Sharded by rows when the sampled clients split evenly; else (a few rows) XLA's choice.
+    rows_sharding = NamedSharding(mesh, P(None, CLIENTS_AXIS)) if shape.per_round % D == 0 else None
+    out = TrainOutput(rows_sharding, rows_sharding, rows_sharding, rows_sharding,
+                      NamedSharding(mesh, P()) if shape.root else None, NamedSharding(mesh, P()))
+    return jax.jit(train_round, out_shardings=out)
+
+
+def make_device_server(pipeline, *, with_skew: bool = False, with_updates: bool = False, mesh=None,
+                       layout: str = "rows") -> Callable:
     """The server half of a round for a whole group (attack, pre-aggregation, rule, `w += g`, metrics).
 
     Args:
@@ -329,19 +443,45 @@ def make_device_server(pipeline, *, with_skew: bool = False, with_updates: bool 
         of a group share its `update`; their numbers are in the stacked state).
       with_skew: compute the gradient-skew diagnostic.
       with_updates: also return the round's matrices (`RoundOutput`).
+      mesh: a `make_mesh` mesh: the matrix comes sharded by rows (`make_device_train` with the
+        mesh) and the program is partitioned by XLA (GSPMD) in the `layout` it is given.
+      layout: "rows" (the training's sharding: reductions over the clients become partial sums
+        reduced across devices, a Gram matrix is computed from row blocks), "columns" (an
+        all-to-all first: coordinate-wise work is local, sums over coordinates are reduced across
+        devices) or "replicated" (gathered: every device runs the whole server step). The new
+        state and the metrics come out replicated.
 
     Returns:
       `server_round(state, consts, train_output) -> (state', RoundOutput)`, `state` donated. Of
       `consts` only the seeds and the end rounds reach the compiled program (its other fields'
       shapes depend on the partitions).
     """
+    if layout not in SERVER_LAYOUTS:
+        raise ValueError(f"layout={layout!r} is not allowed; allowed: {', '.join(map(repr, SERVER_LAYOUTS))}.")
     server_one = _server(pipeline, with_skew, with_updates)
+    constrain = lambda t: t  # noqa: E731
+    if mesh is not None:
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        D = mesh.shape[CLIENTS_AXIS]
+        spec = {"rows": P(None, CLIENTS_AXIS), "columns": P(None, None, CLIENTS_AXIS), "replicated": P()}[layout]
+        axis = {"rows": 1, "columns": 2, "replicated": None}[layout]
+
+        def constrain(t):
+            if axis is not None and t.updates.shape[axis] % D:  # uneven: left to XLA
+                return t
+            return t._replace(updates=jax.lax.with_sharding_constraint(t.updates, NamedSharding(mesh, spec)))
 
     def server_all(state: RunState, seed, end_round, t: TrainOutput):
-        new, (metrics, *extra) = jax.vmap(server_one)(state, seed, end_round, t._replace(overflow=None))
+        new, (metrics, *extra) = jax.vmap(server_one)(state, seed, end_round, constrain(t)._replace(overflow=None))
         return new, RoundOutput(metrics, state.active, t.overflow, *extra)
 
-    compiled = jax.jit(server_all, donate_argnums=(0,))
+    if mesh is None:
+        compiled = jax.jit(server_all, donate_argnums=(0,))
+    else:
+        rep = replicated(mesh)
+        compiled = jax.jit(server_all, donate_argnums=(0,), out_shardings=(rep, RoundOutput(
+            rep, rep, rep, None, None, None)))
 
     def server_round(state: RunState, consts: RunConsts, t: TrainOutput):
         return compiled(state, consts.seed, consts.end_round, t)
