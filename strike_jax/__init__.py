@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("aggregators", "analysis", "atomic", "attacks", "cli", "config", "data", "models", "ops",
+_SUBMODULES = ("aggregators", "analysis", "atomic", "attacks", "cli", "compile_cache", "config", "data", "models", "ops",
                "registry", "report", "simulation", "stages", "sweep", "training")
 _ATTRIBUTES = {
     "simulate": "strike_jax.simulation",
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         atomic,
         attacks,
         cli,
+        compile_cache,
         config,
         data,
         models,

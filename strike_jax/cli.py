@@ -341,6 +341,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from strike_jax.simulation import Interrupted
 
     args = build_parser().parse_args(argv)
+    if args.func in (cmd_run, cmd_demo):
+        from strike_jax import compile_cache
+
+        compile_cache.enable()
     try:
         return args.func(args)
     except ValueError as e:

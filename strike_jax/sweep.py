@@ -142,8 +142,10 @@ def run_sweep(
     Returns:
       The results, in the order of `configs`.
     """
+    from strike_jax import compile_cache
     from strike_jax.simulation import simulate_many
 
+    compile_cache.enable()  # a rerun or resume of the script reads its programs back
     os.makedirs(out_dir, exist_ok=True)
     unique: dict[str, Config] = {}
     for cfg in configs:

@@ -13,3 +13,11 @@ def x64():
         yield
     finally:
         jax.config.update("jax_enable_x64", old)
+
+
+def pytest_configure(config):
+    # The CLI and sweeps turn on JAX's persistent compilation cache (strike_jax.compile_cache); the
+    # tests compile from scratch (no state carried between runs) unless the caller asks for a cache.
+    import os
+
+    os.environ.setdefault("STRIKE_JAX_CACHE_DIR", "off")
