@@ -10,6 +10,9 @@ the registry, each at its registered defaults, with these variants and exclusion
   it is not run twice) and the Krum attack (`target="krum"`).
 * AGR-tailored (`perturbation="std"`): it attacks the round's real defence (the pipeline hands the
   attack its downstream chain), so one column is the defence-specific attack for every row.
+* MoNNA trusts the last row (`idx = n - 1`), not its default `idx=0`: the simulation's Byzantine
+  clients are ids `0 .. f-1` and the rows are in client order, so row 0 is a Byzantine client and
+  MoNNA would trust the attacker (ByzFL's own order puts the honest clients first).
 * FLTrust gets its root set and FoolsGold its client ids from the simulation, like any rule.
 * A rule the setting cannot run is left out, and the table says why: a rule that refuses the
   setting's number of Byzantine clients (at Fashion-MNIST's n = 50, f = 10, MDA and SMEA, whose
@@ -54,6 +57,8 @@ DEGRADED_DROP = 0.20
 SPLIT_ATTACKS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
     "fang": {"fang": ("fang", {"target": "trmean"}), "fang_krum": ("fang", {"target": "krum"})},
 }
+#: Rule hyper-parameters that differ from the registry's defaults in this setting (see the docstring).
+RULE_PARAMS = {"monna": lambda base: {"idx": base.clients_per_round - 1}}
 VARIANT_DISPLAY = {"fang": "Fang (trim)", "fang_krum": "Fang (Krum)"}
 
 
@@ -171,13 +176,16 @@ def main(argv=None) -> int:
     attacks = tuple(args.attacks) if args.attacks else tuple(variants)
     # The columns' configs for one rule and seed (STRIKE once per nu), labelled.
     def configs_for(defence: str, seed: int) -> list[tuple[str, Config]]:
-        out = [("none", sweep.attack_config(base, "none", defence, seed=seed))]
+        rule = {"defence_params": RULE_PARAMS[defence](base)} if defence in RULE_PARAMS else {}
+        out = [("none", sweep.attack_config(base, "none", defence, seed=seed, **rule))]
         for a in attacks:
             name, params = variants[a]
             if name == "strike":
-                out += [(a, sweep.attack_config(base, "strike", defence, nu=nu, seed=seed)) for nu in args.nu_grid]
+                out += [(a, sweep.attack_config(base, "strike", defence, nu=nu, seed=seed, **rule))
+                        for nu in args.nu_grid]
             else:
-                out.append((a, base.replace(attack=name, attack_params=dict(params), defence=defence, seed=seed)))
+                out.append((a, base.replace(attack=name, attack_params=dict(params), defence=defence, seed=seed,
+                                            **rule)))
         return out
 
     excluded: dict[str, str] = {}
@@ -198,7 +206,8 @@ def main(argv=None) -> int:
     stem = report.result_stem(args, "worst_case", suffix)
     spec = {"scale": args.scale, "dataset": args.dataset, "seeds": list(args.seeds), "nu_grid": list(args.nu_grid),
             "attacks": {a: {"attack": variants[a][0], "params": variants[a][1]} for a in attacks},
-            "defences": list(defences), "excluded": excluded, "preaggregation": list(preagg), "base_config": base}
+            "defences": list(defences), "excluded": excluded, "preaggregation": list(preagg), "base_config": base,
+            "rule_params": {d: RULE_PARAMS[d](base) for d in defences if d in RULE_PARAMS}}
     report.check_results(stem, spec, args)
 
     labelled = [lc for d in defences for s in args.seeds for lc in configs_for(d, s)]

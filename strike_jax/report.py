@@ -435,8 +435,7 @@ def heatmap(path: str, title: str, rows: Sequence[Hashable], cols: Sequence[Hash
     marked, labels = marked or {}, labels or {}
     grid = np.array([[values.get(r, {}).get(c, math.nan) for c in cols] for r in rows], dtype=float)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.62 * len(cols) + 2.5), max(3.0, 0.36 * len(rows) + 1.6)))
-    cmap = plt.get_cmap("RdYlGn").copy()
-    cmap.set_bad("lightgrey")
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="lightgrey")
     im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     for i, r in enumerate(rows):
         for j, c in enumerate(cols):

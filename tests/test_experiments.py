@@ -303,6 +303,8 @@ def test_worst_case_columns_exclusions_and_worst():
     why = wc.runnable(preset("fashion_mnist").replace(defence="mda", attack="lie"))
     assert why is not None and "mda tolerates at most f=3" in why
     assert wc.runnable(preset("digits").replace(defence="mda", attack="lie")) is None
+    # MoNNA trusts an honest row: the Byzantine clients are ids 0 .. f-1, the rows in client order.
+    assert wc.RULE_PARAMS["monna"](preset("digits")) == {"idx": 19}
     cell = report.make_cell
     cells = {"lie": cell([(0, 0.5, False)]), "ipm": cell([(0, 0.3, False)]), "nonfinite": cell([(0, math.nan, True)])}
     assert wc.worst_attack(cells) == "nonfinite"  # a diverged run is worse than any accuracy
