@@ -24,10 +24,16 @@ seeds. A defence's worst case is its lowest cell over the attacks; a cell where 
 (the aggregate became non-finite, e.g. Mean under NonFinite) counts as worse than any accuracy.
 Every `--preagg` pre-aggregation goes in front of every rule (e.g. `--preagg arc`, `--preagg nnm`).
 
-  python -m experiments.worst_case                             # digits: 20 rounds, 1 seed (~20-30 min here)
+  python -m experiments.worst_case                             # digits: 20 rounds, 1 seed, 340 runs
   python -m experiments.worst_case --quick                     # 5 rounds, STRIKE at nu = 1; experiments/scratch
   python -m experiments.worst_case --dataset fashion_mnist --rounds 10
   python -m experiments.worst_case --defences median,krum --attacks lie,fang_krum --rounds 2
+
+Cost: one compiled program per cell (attack x rule; seeds and STRIKE's ν share it), so compiling,
+not the rounds, dominates at local scale: the digits default took ~90 min on the shared 2-core
+development machine (load average 9-20), a third of it AGR-tailored against SMEA, whose λ search
+runs SMEA's exact subset search at every step (~80-110 s per round there). `--quick` saves the
+rounds only; to cut the compiles, name fewer `--defences` / `--attacks`.
 
 Outputs: experiments/results/worst_case_<dataset>[_<preagg>].md / .json / .png (the heatmap:
 defences x attacks, accuracy, each defence's worst attack outlined).
@@ -88,7 +94,8 @@ def build_parser():
                    help="pre-aggregators in front of every rule, comma-separated (default: none)")
     p.add_argument("--quick", action="store_true",
                    help=f"{QUICK_ROUNDS} rounds and STRIKE at nu = 1 (unless --rounds / --nu-grid are given), "
-                        "results under experiments/scratch (unless --results-dir is given)")
+                        "results under experiments/scratch (unless --results-dir is given); compiling (one "
+                        "program per cell) still dominates: name fewer --defences / --attacks to cut it")
     return p
 
 
