@@ -37,6 +37,10 @@ DISPLAY = {
     "multikrum": "Multi-Krum", "median": "Median", "rfa": "RFA", "aksel": "Aksel", "cclip": "CClip",
     "dnc": "DnC", "rbtm": "RBTM", "trmean": "TrMean", "mean": "Mean", "krum": "Krum", "bulyan": "Bulyan",
     "gradient": "Gradient", "opt_lie": "Opt-LIE", "opt_ipm": "Opt-IPM",
+    "nonfinite": "NonFinite", "gaussian": "Gaussian", "signflip": "SignFlip", "fang": "Fang",
+    "agr_tailored": "AGR-tailored", "meamed": "MeaMed", "monna": "MoNNA", "mda": "MDA", "smea": "SMEA",
+    "caf": "CAF", "signguard": "SignGuard", "clippedclustering": "ClippedClustering", "fltrust": "FLTrust",
+    "foolsgold": "FoolsGold", "nnm": "NNM", "bucketing": "Bucketing", "clipping": "Clipping", "arc": "ARC",
 }
 
 # Fixed colours so an attack looks the same in every figure; STRIKE stands out.
@@ -407,6 +411,51 @@ def bar_plot(path: str, title: str, attacks: Sequence[str], defences: Sequence[s
     save_figure(fig, path)
 
 
+def heatmap(path: str, title: str, rows: Sequence[Hashable], cols: Sequence[Hashable],
+            values: Mapping[Hashable, Mapping[Hashable, float]], *, marked: Mapping[Hashable, Hashable] | None = None,
+            labels: Mapping[Hashable, Mapping[Hashable, str]] | None = None, row_label: Callable[[Hashable], str] = display,
+            col_label: Callable[[Hashable], str] = display, vmin: float = 0.0, vmax: float = 100.0,
+            cbar_label: str = "best test accuracy (%)") -> None:
+    """A rows x cols heatmap of numbers (`values[row][col]`, e.g. accuracy in %), each cell printed.
+
+    Args:
+      path: the figure file (written atomically).
+      title: the figure's title.
+      rows, cols: keys into `values`; a missing or NaN value is drawn grey.
+      values: the numbers.
+      marked: `{row: col}`: cells outlined (e.g. each defence's worst attack).
+      labels: `labels[row][col]` replaces a cell's printed number (e.g. "div" for a diverged run).
+      row_label, col_label: how keys are printed.
+      vmin, vmax: the colour scale's range.
+    """
+    plt = pyplot()
+    if plt is None:
+        return
+    import numpy as np
+
+    marked, labels = marked or {}, labels or {}
+    grid = np.array([[values.get(r, {}).get(c, math.nan) for c in cols] for r in rows], dtype=float)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.62 * len(cols) + 2.5), max(3.0, 0.36 * len(rows) + 1.6)))
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="lightgrey")
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            text = labels.get(r, {}).get(c)
+            if text is None:
+                text = "" if math.isnan(grid[i, j]) else f"{grid[i, j]:.0f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7)
+        if r in marked and marked[r] in cols:
+            j = list(cols).index(marked[r])
+            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
+    ax.set_xticks(range(len(cols)))
+    ax.set_xticklabels([col_label(c) for c in cols], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([row_label(r) for r in rows], fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02).set_label(cbar_label)
+    save_figure(fig, path)
+
+
 # ---------------------------------------------------------------------------------------------
 # Whole experiments
 
@@ -496,7 +545,7 @@ def vary_experiment(args: argparse.Namespace, base: Config, *, name: str, figure
 
 __all__ = [
     "CELLS_NOTE", "COLORS", "DISPLAY", "attack_cells", "attack_table", "bar_plot", "check_results", "collect",
-    "describe", "display", "format_cell", "jsonable", "line_plot", "lowest", "make_cell", "markdown_table",
+    "describe", "display", "format_cell", "heatmap", "jsonable", "line_plot", "lowest", "make_cell", "markdown_table",
     "mean_std", "pyplot", "result_stem", "run_footer", "save_figure", "strike_nu_note", "vary_experiment",
     "write_results",
 ]

@@ -240,3 +240,68 @@ def test_readme_commands_do_not_replace_committed_results(monkeypatch):
     committed = {os.path.join(EXPERIMENTS, "results", f[:-5]) for f in os.listdir(os.path.join(EXPERIMENTS, "results"))
                  if f.endswith(".json") and not f.startswith("bench_")}
     assert committed <= {os.path.abspath(s) for s in checked}  # each committed result has its command
+
+
+# ---------------------------------------------------------------------------------------------
+# The worst-case table (issue 11)
+
+
+def test_worst_case_runs_and_resumes(tmp_path, capsys):
+    wc = _load("worst_case")
+    out, res = str(tmp_path / "runs"), str(tmp_path / "results")
+    argv = ["--rounds", "1", "--attacks", "signflip,lie", "--defences", "mean,median", "--out-dir", out,
+            "--results-dir", res, "--quiet", "--no-plot"]
+    assert wc.main(argv) == 0
+    with open(os.path.join(res, "worst_case_digits.json")) as fh:
+        payload = json.load(fh)
+    assert payload["seeds"] == [0] and payload["excluded"] == {}
+    assert payload["stats"]["computed"] == 6 and payload["stats"]["reused"] == 0  # + the no-attack column
+    cells = payload["cells"]
+    assert set(cells) == {"none", "signflip", "lie"}
+    for d in ("mean", "median"):
+        vals = {a: cells[a][d]["mean"] for a in ("signflip", "lie")}
+        assert all(0.0 <= v <= 1.0 for v in vals.values())
+        assert payload["worst"][d] == min(vals, key=vals.get)
+    md = open(os.path.join(res, "worst_case_digits.md")).read()
+    for d in ("mean", "median"):
+        a = payload["worst"][d]
+        row = next(line for line in md.splitlines() if line.startswith(f"| {report.display(d)} | "))
+        assert f"{100 * cells[a][d]['mean']:.2f} | {wc.label(a)} |" in row
+    assert "| SignFlip |" in md and "| no attack |" in md
+    before = _mtimes(out)
+    assert len(before) == 6
+    # Second invocation: nothing recomputed, same table.
+    assert wc.main(argv) == 0
+    with open(os.path.join(res, "worst_case_digits.json")) as fh:
+        again = json.load(fh)
+    assert again["stats"]["computed"] == 0 and again["stats"]["reused"] == 6
+    assert again["cells"] == cells and _mtimes(out) == before
+    # Another setting into the same results is refused before anything runs.
+    with pytest.raises(SystemExit) as e:
+        wc.main([*argv, "--attacks", "lie"])
+    assert e.value.code == 2 and "worst_case_digits.json holds a result computed with another setting" in \
+        capsys.readouterr().err
+
+
+def test_worst_case_columns_exclusions_and_worst():
+    wc = _load("worst_case")
+    from strike_jax import registry
+    from strike_jax.config import preset
+
+    variants = wc.attack_variants()
+    assert "none" not in variants and {"strike", "fang", "fang_krum"} <= set(variants)
+    assert variants["fang_krum"] == ("fang", {"target": "krum"})
+    assert {name for name, _ in variants.values()} == set(registry.names("attack"))
+    # Fashion-MNIST's n = 50, f = 10 is beyond MDA's exact search: left out, with the reason.
+    why = wc.runnable(preset("fashion_mnist").replace(defence="mda", attack="lie"))
+    assert why is not None and "mda tolerates at most f=3" in why
+    assert wc.runnable(preset("digits").replace(defence="mda", attack="lie")) is None
+    # MoNNA trusts an honest row: the Byzantine clients are ids 0 .. f-1, the rows in client order.
+    assert wc.RULE_PARAMS["monna"](preset("digits")) == {"idx": 19}
+    cell = report.make_cell
+    cells = {"lie": cell([(0, 0.5, False)]), "ipm": cell([(0, 0.3, False)]), "nonfinite": cell([(0, math.nan, True)])}
+    assert wc.worst_attack(cells) == "nonfinite"  # a diverged run is worse than any accuracy
+    del cells["nonfinite"]
+    assert wc.worst_attack(cells) == "ipm"
+    assert wc.verdicts(cells["ipm"], cell([(0, 0.9, False)]), 0.1) == ["degraded"]
+    assert wc.verdicts(cell([(0, 0.15, False)]), cell([(0, 0.2, False)]), 0.1) == ["broken"]

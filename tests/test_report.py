@@ -218,3 +218,28 @@ def test_parser_errors_are_one_line_exit_2(tmp_path, capsys):
     assert args.seeds == (0,) and args.dataset == "digits" and args.results_dir == str(tmp_path / "exp" / "results")
     assert args.out_dir == str(tmp_path / "exp" / "runs" / "demo") and args.root == str(tmp_path)
     assert sweep.parse_args(p, ["--scale", "paper"]).seeds == (0, 1, 2, 3, 4)
+
+
+def test_heatmap_draws_every_cell(tmp_path):
+    pytest.importorskip("matplotlib")
+    drawn = {}
+    real_save = report.save_figure
+
+    def save(fig, path):
+        ax = fig.axes[0]
+        drawn["texts"] = [t.get_text() for t in ax.texts]
+        drawn["outlined"] = [(p.get_x(), p.get_y()) for p in ax.patches]
+        drawn["rows"] = [t.get_text() for t in ax.get_yticklabels()]
+        real_save(fig, path)
+
+    report.save_figure = save
+    try:
+        path = str(tmp_path / "h.png")
+        report.heatmap(path, "t", ["median", "mean"], ["none", "lie"],
+                       {"median": {"none": 89.6, "lie": 40.2}, "mean": {"none": 90.0, "lie": math.nan}},
+                       marked={"median": "lie", "mean": "lie"}, labels={"mean": {"lie": "div"}})
+    finally:
+        report.save_figure = real_save
+    assert drawn["texts"] == ["90", "40", "90", "div"] and drawn["rows"] == ["Median", "Mean"]
+    assert drawn["outlined"] == [(0.5, -0.5), (0.5, 0.5)]  # the marked cells: column 1 of rows 0 and 1
+    assert os.path.getsize(path) > 0
