@@ -171,11 +171,16 @@ def init_variables(model, seed: int):
 
 
 def defence_params(config: Config) -> dict:
-    """The rule's hyper-parameters, with `num_clients` (a rule keeping per-client state: FoolsGold)
-    filled in from the config when the rule has it and the config leaves it out."""
+    """The rule's hyper-parameters, filled in from the config where the rule has them and the config
+    leaves them out: `num_clients` (a rule keeping per-client state: FoolsGold), and MoNNA's trusted
+    row `idx`, set to the last row: the simulation puts the Byzantine clients in rows `0 .. f-1`, so
+    the rule's own default (row 0) would trust an attacker."""
     params = dict(config.defence_params)
-    if "num_clients" in registry.hparam_spec("rule", config.defence) and params.get("num_clients") is None:
+    spec = registry.hparam_spec("rule", config.defence)
+    if "num_clients" in spec and params.get("num_clients") is None:
         params["num_clients"] = config.num_clients
+    if config.defence == "monna" and params.get("idx") is None:
+        params["idx"] = config.clients_per_round - 1
     return params
 
 

@@ -178,3 +178,11 @@ def test_tiny_end_to_end_per_model_family(model, shape, classes):
     rec = res["rounds"][0]
     assert res["completed_rounds"] == 1 and rec["finite"] and rec["num_byzantine"] == 1
     assert 0.0 <= res["best_accuracy"] <= 1.0
+
+
+def test_monna_trusts_an_honest_row_by_default():
+    from strike_jax.simulation import defence_params
+
+    cfg = preset("digits", attack="lie", defence="monna")
+    assert defence_params(cfg)["idx"] == cfg.clients_per_round - 1 >= cfg.clients_per_round * cfg.byzantine_ratio
+    assert defence_params(cfg.replace(defence_params={"idx": 3}))["idx"] == 3  # an explicit choice stays
