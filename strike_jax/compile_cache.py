@@ -7,6 +7,10 @@ each process of a multi-process sweep compiles the same programs again; with the
 read back instead. The cache is JAX's (`jax_compilation_cache_dir`): entries are keyed by the
 program, the jax/XLA version and the device, so a stale entry is never used.
 
+The strategy measurements of `auto` (`training.strategies.measure_strategies`) are kept beside it
+(`strategies.json`, keyed by the model, shapes, optimizer structure, backend, device and jax
+version), so that a second process on the same machine skips the calibration too.
+
 `strike-jax` and the experiment scripts turn it on (`enable()`); library users call
 `strike_jax.compile_cache.enable()` themselves (importing strike_jax changes no global setting).
 `STRIKE_JAX_CACHE_DIR` picks the directory; `off` (or an empty value) turns it off.
@@ -14,9 +18,12 @@ program, the jax/XLA version and the device, so a stale entry is never used.
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 
 ENV = "STRIKE_JAX_CACHE_DIR"
+MEASUREMENTS = "strategies.json"
 # Programs that compile faster than this are not worth a disk entry.
 MIN_COMPILE_SECONDS = 0.5
 
@@ -54,3 +61,49 @@ def enable(path: str | None = None, *, min_compile_seconds: float = MIN_COMPILE_
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))
     return path
+
+
+def _active_dir() -> str | None:
+    import jax
+
+    return jax.config.jax_compilation_cache_dir or None
+
+
+def _measurement_key(key) -> str:
+    import jax
+
+    device = jax.devices()[0]
+    return repr((key, getattr(device, "device_kind", ""), os.cpu_count(), platform.machine(), jax.__version__))
+
+
+def load_measurement(key) -> dict | None:
+    """A stored strategy measurement for `key` on this machine, or None (none stored, cache off)."""
+    path = _active_dir()
+    if path is None:
+        return None
+    try:
+        with open(os.path.join(path, MEASUREMENTS)) as fh:
+            value = json.load(fh).get(_measurement_key(key))
+    except (OSError, ValueError):
+        return None
+    return dict(value) if isinstance(value, dict) else None
+
+
+def store_measurement(key, value: dict) -> None:
+    """Adds a strategy measurement to the store (atomically; nothing when the cache is off)."""
+    from strike_jax import atomic
+
+    path = _active_dir()
+    if path is None:
+        return
+    file = os.path.join(path, MEASUREMENTS)
+    try:
+        with open(file) as fh:
+            table = json.load(fh)
+    except (OSError, ValueError):
+        table = {}
+    table[_measurement_key(key)] = {k: float(v) for k, v in value.items()}
+    try:
+        atomic.write_text(file, json.dumps(table, indent=1))
+    except OSError:
+        pass

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 from strike_jax import compile_cache
 
 SNIPPET = """
@@ -38,3 +40,29 @@ def test_programs_land_in_the_cache_and_are_read_back(tmp_path):
     second = run()
     assert "cache_hit" in second, second  # the program was read back, not compiled
     assert first.splitlines()[-1] == second.splitlines()[-1]
+
+
+def test_strategy_measurements_are_kept_beside_the_cache(monkeypatch, tmp_path):
+    from strike_jax import models
+    from strike_jax.training import strategies
+    from strike_jax.training.local import LocalConfig
+
+    monkeypatch.setattr(compile_cache, "_active_dir", lambda: str(tmp_path))
+    calls = []
+
+    def fake(*args):
+        calls.append(1)
+        return {"packed": 1e-3, "steps": 2e-4}
+
+    monkeypatch.setattr(strategies, "_per_step_times", fake)
+    monkeypatch.setattr(strategies, "_MEASURED", {})
+    model = models.get("mlp", 10, (8, 8, 1))
+    x, y = np.zeros((16, 8, 8, 1), np.float32), np.zeros((16,), np.int32)
+    kw = dict(batch_size=4, lanes=2, lane_steps=3, total_steps=5)
+    first = strategies.measure_strategies(model, LocalConfig(0.1, 0.9, 0.0, None, 10), x, y, **kw)
+    monkeypatch.setattr(strategies, "_MEASURED", {})  # a new process: only the file remains
+    again = strategies.measure_strategies(model, LocalConfig(0.1, 0.9, 0.0, None, 10), x, y, **kw)
+    assert first == again == {"packed": 3e-3, "steps": 1e-3} and len(calls) == 1
+    assert os.path.exists(tmp_path / compile_cache.MEASUREMENTS)
+    monkeypatch.setattr(compile_cache, "_active_dir", lambda: None)  # cache off: nothing read or written
+    assert compile_cache.load_measurement("k") is None

@@ -143,12 +143,18 @@ def measure_strategies(model, cfg: LocalConfig, x_train, y_train, *, batch_size:
 
     "packed": a loop of 3 steps of the lane-vmapped step (as the packed program runs them) scaled to
     `lane_steps`; "steps": single dispatched steps (as the host loop runs them) scaled to
-    `total_steps`. Cached per (model, shapes, lanes, optimizer structure, backend).
+    `total_steps`. Cached per (model, shapes, lanes, optimizer structure, backend), and on disk
+    beside the compilation cache when that is on (`strike_jax.compile_cache`: the CLI and sweeps).
     """
     key = (model.name, tuple(x_train.shape[1:]), str(x_train.dtype), batch_size, lanes, model.num_classes,
            cfg.structure(), jax.default_backend())
     if key not in _MEASURED:
-        _MEASURED[key] = _per_step_times(model, cfg, x_train, y_train, batch_size, lanes, repeats)
+        from strike_jax import compile_cache
+
+        stored = compile_cache.load_measurement(key)
+        _MEASURED[key] = stored or _per_step_times(model, cfg, x_train, y_train, batch_size, lanes, repeats)
+        if stored is None:
+            compile_cache.store_measurement(key, _MEASURED[key])
     per = _MEASURED[key]
     return {"packed": per["packed"] * lane_steps, "steps": per["steps"] * total_steps}
 
