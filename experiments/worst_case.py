@@ -8,6 +8,8 @@ the registry, each at its registered defaults, with these variants and exclusion
 * STRIKE: its cell is its lowest over a small ν grid (default {0.5, 1, 2}), as in Table 1.
 * Fang: two columns, the trim attack (`target="trmean"`; `target="median"` is the same attack, so
   it is not run twice) and the Krum attack (`target="krum"`).
+* Gradient, Opt-LIE, Opt-IPM (issue 10's white-box optimisers, a search through the defence every
+  round) are columns only when named with `--attacks`.
 * AGR-tailored (`perturbation="std"`): it attacks the round's real defence (the pipeline hands the
   attack its downstream chain), so one column is the defence-specific attack for every row.
 * MoNNA trusts the last row (`idx = n - 1`), not its default `idx=0`: the simulation's Byzantine
@@ -65,6 +67,10 @@ SPLIT_ATTACKS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
 }
 #: Rule hyper-parameters that differ from the registry's defaults in this setting (see the docstring).
 RULE_PARAMS = {"monna": lambda base: {"idx": base.clients_per_round - 1}}
+#: Attacks that run an optimisation through the defence every round (issue 10's white-box attacks):
+#: columns only when named with `--attacks` (each is a search per round, and the committed table
+#: predates them).
+OPT_IN = ("gradient", "opt_lie", "opt_ipm")
 VARIANT_DISPLAY = {"fang": "Fang (trim)", "fang_krum": "Fang (Krum)"}
 
 
@@ -77,6 +83,11 @@ def attack_variants() -> dict[str, tuple[str, dict[str, Any]]]:
     return out
 
 
+def default_attacks() -> tuple[str, ...]:
+    """The columns run when `--attacks` is not given: every variant but `OPT_IN`."""
+    return tuple(k for k, (name, _) in attack_variants().items() if name not in OPT_IN)
+
+
 def label(key: Hashable) -> str:
     return VARIANT_DISPLAY.get(key, report.display(key)) if isinstance(key, str) else str(key)
 
@@ -85,7 +96,7 @@ def build_parser():
     variants = attack_variants()
     p = sweep.make_parser(__file__, __doc__, paper_dataset="cifar10")
     p.add_argument("--attacks", type=sweep.names_type(tuple(variants)),
-                   help=f"comma-separated (default: all: {','.join(variants)})")
+                   help=f"comma-separated (default: all but {','.join(OPT_IN)}: {','.join(default_attacks())})")
     p.add_argument("--defences", "--defenses", dest="defences", type=sweep.names_type("rule"),
                    help="comma-separated (default: every registered rule the setting can run)")
     p.add_argument("--nu-grid", dest="nu_grid", type=sweep.parse_floats,
@@ -180,7 +191,7 @@ def main(argv=None) -> int:
     preagg = tuple(args.preagg)
     base = sweep.base_config(args, preaggregation=preagg)
     variants = attack_variants()
-    attacks = tuple(args.attacks) if args.attacks else tuple(variants)
+    attacks = tuple(args.attacks) if args.attacks else default_attacks()
     # The columns' configs for one rule and seed (STRIKE once per nu), labelled.
     def configs_for(defence: str, seed: int) -> list[tuple[str, Config]]:
         rule = {"defence_params": RULE_PARAMS[defence](base)} if defence in RULE_PARAMS else {}

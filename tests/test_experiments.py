@@ -292,6 +292,7 @@ def test_worst_case_columns_exclusions_and_worst():
     assert "none" not in variants and {"strike", "fang", "fang_krum"} <= set(variants)
     assert variants["fang_krum"] == ("fang", {"target": "krum"})
     assert {name for name, _ in variants.values()} == set(registry.names("attack"))
+    assert set(wc.default_attacks()) == set(variants) - set(wc.OPT_IN) and set(wc.OPT_IN) <= set(variants)
     # Fashion-MNIST's n = 50, f = 10 is beyond MDA's exact search: left out, with the reason.
     why = wc.runnable(preset("fashion_mnist").replace(defence="mda", attack="lie"))
     assert why is not None and "mda tolerates at most f=3" in why

@@ -250,7 +250,10 @@ def test_skew_diagnostic_is_a_switch():
     assert off["rounds"][0]["accuracy"] == on["rounds"][0]["accuracy"]
 
 
-def test_progress_bar_stays_and_shows_the_steady_rate_and_accuracy(capsys):
+def test_progress_bar_stays_and_shows_the_steady_rate_and_accuracy(capsys, monkeypatch):
+    from strike_jax import simulation
+
+    monkeypatch.setattr(simulation, "_PROGRAM_CACHE", {})  # the first round compiles, even after other tests
     res = simulate(tiny(rounds=3), progress=True)
     err = capsys.readouterr().err
     final = err.split("\r")[-1]  # what stays on screen after the run (an erased bar leaves "")
