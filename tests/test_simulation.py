@@ -159,8 +159,9 @@ def test_no_attack_digits_reaches_sensible_accuracy():
 
 @pytest.mark.parametrize(
     "model,shape,classes",
-    [("small_cnn", (8, 8, 1), 10), ("femnist_cnn", (28, 28, 1), 62), ("alexnet_cifar", (32, 32, 3), 10),
-     ("resnet18", (32, 32, 3), 12)],
+    [("small_cnn", (8, 8, 1), 10), ("femnist_cnn", (28, 28, 1), 62),
+     pytest.param("alexnet_cifar", (32, 32, 3), 10, marks=pytest.mark.slow),
+     pytest.param("resnet18", (32, 32, 3), 12, marks=pytest.mark.slow)],
 )
 def test_tiny_end_to_end_per_model_family(model, shape, classes):
     # Natural partition of a synthetic federated dataset (uneven clients), STRIKE vs DnC with
