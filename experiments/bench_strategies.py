@@ -146,6 +146,10 @@ def run_case(name, case, strategies, rounds, seed=0, min_time=2.0, max_rounds=30
     return rows
 
 
+def _pct(x) -> str:
+    return "—" if x is None else f"{x:.1%}"  # rows merged from a run before the padded fraction was recorded
+
+
 def to_markdown(rows, meta):
     lines = [f"# Local-training strategies, one round ({meta['backend']}: {meta['device']})", "",
              "Median wall time of one round (all clients) after compilation; `first` = first call "
@@ -163,7 +167,7 @@ def to_markdown(rows, meta):
             label = r["strategy"] if r["strategy"] != "auto" else f"auto ({r['resolved']})"
             lines.append(
                 f"| {case} | {r['model']} | {r['n']} | {r['S']} | {r['B']} | {r['d']:,} | {r['real_steps']} | "
-                f"{label} | {r['padded_fraction']:.1%} | {r['rounds']} | {r['median_s'] * 1e3:.1f} | "
+                f"{label} | {_pct(r.get('padded_fraction'))} | {r['rounds']} | {r['median_s'] * 1e3:.1f} | "
                 f"{r['first_call_s']:.1f} | {r['median_s'] / fastest:.2f}x |")
     lines += ["", "| case | `auto` picks | its strategy's median / fastest | measured estimates (s per round) |",
               "|---|---|---|---|"]
