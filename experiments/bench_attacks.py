@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import os
 import platform
@@ -37,7 +36,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from strike_jax.atomic import write_text  # noqa: E402
+from strike_jax.atomic import write_json, write_text  # noqa: E402
 from strike_jax import attacks  # noqa: E402
 from strike_jax.attacks import strike as strike_stages  # noqa: E402
 
@@ -247,7 +246,7 @@ def main(argv=None) -> int:
         result["runs"].append(rec)
         print("  " + ", ".join(f"{k} {v['median']:.4f}s" for k, v in rec["times_s"].items()), flush=True)
     base = os.path.join(args.results_dir, f"bench_attacks_{backend}")
-    write_text(base + ".json", json.dumps(result, indent=2) + "\n")
+    write_json(base + ".json", result, indent=2)
     write_text(base + ".md", to_markdown(result))
     print(f"wrote {base}.json and {base}.md")
     return 0

@@ -37,7 +37,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from experiments.bench_attacks import PAPER_DIMS, _parse_dims, skewed_updates  # noqa: E402
 from strike_jax import ops  # noqa: E402
-from strike_jax.atomic import write_text  # noqa: E402
+from strike_jax.atomic import write_json, write_text  # noqa: E402
 from strike_jax.attacks import strike as st  # noqa: E402
 
 
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
                   f"cpu {statistics.median(rec['cpu_s'][name]):7.3f} s", flush=True)
     env["load_end"] = _load()
     base = os.path.join(args.results_dir, f"bench_strike_{args.tag or env['backend']}")
-    write_text(base + ".json", json.dumps(res, indent=2) + "\n")
+    write_json(base + ".json", res, indent=2)
     write_text(base + ".md", to_markdown(res))
     print(f"wrote {base}.json and {base}.md")
     return 0

@@ -104,6 +104,6 @@ def store_measurement(key, value: dict) -> None:
         table = {}
     table[_measurement_key(key)] = {k: float(v) for k, v in value.items()}
     try:
-        atomic.write_text(file, json.dumps(table, indent=1))
+        atomic.write_json(file, table)
     except OSError:
         pass
