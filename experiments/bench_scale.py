@@ -7,7 +7,7 @@ sampled client, an MLP), `--rounds` rounds; the round time is the median of the 
 first (compiling) one, split into local training and the server step (attack + rule + update: the
 aggregators' share of the round). With several devices the clients are sharded over a
 `jax.sharding.Mesh` (`Config.num_devices`), and the server step runs on the row-sharded `[n, d]`
-matrix in each `--layouts` layout (`simulation.SERVER_LAYOUT`: "rows", XLA's partitioner on the
+matrix in each `--layouts` layout (`simulation.Settings.server_layout`: "rows", XLA's partitioner on the
 training's sharding; "columns", re-sharded along the coordinates first; "replicated", gathered):
 the measured comparison of gathered vs sharded for the rule.
 
@@ -70,33 +70,17 @@ def child(args) -> None:
 
     from strike_jax import simulation
 
-    from strike_jax.training import round as round_lib
-
-    simulation.SERVER_LAYOUT = args.layout
     # The two halves of a round are dispatched back to back; here the host waits for each, to time
     # them apart (a few ms of lost overlap, the same for every point).
-    halves = []
-
-    def timed_round(train_round, server_round):
-        def round_step(state, consts, x_train, y_train):
-            t0 = time.perf_counter()
-            t = jax.block_until_ready(train_round(state.w, state.round, consts, x_train, y_train))
-            t1 = time.perf_counter()
-            out = jax.block_until_ready(server_round(state, consts, t))
-            halves.append((t1 - t0, time.perf_counter() - t1))
-            return out
-
-        return round_step
-
-    round_lib.make_device_round = timed_round
+    settings = simulation.Settings(server_layout=args.layout, time_halves=True)
     t0 = time.perf_counter()
-    r = simulation.simulate(_config(args, args.n, args.num_devices))
+    r = simulation.simulate(_config(args, args.n, args.num_devices), settings=settings)
     wall = time.perf_counter() - t0
     steady = r["rounds"][1:]  # the first round compiles
     med = lambda xs: float(np.median(xs)) if len(xs) else None  # noqa: E731
     out = {"n": args.n, "devices": args.num_devices, "layout": args.layout,
            "round_s": med([h["time_round_s"] for h in steady]),
-           "train_s": med([h[0] for h in halves[1:]]), "server_s": med([h[1] for h in halves[1:]]),
+           "train_s": med([h["time_train_s"] for h in steady]), "server_s": med([h["time_server_s"] for h in steady]),
            "first_round_s": r["rounds"][0]["time_round_s"], "wall_s": wall,
            "max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20),
            "lanes": r["batch"]["lanes"], "batch_slots": r["batch"]["batch_slots"],

@@ -65,6 +65,11 @@ else
 fi
 
 # Order: the sections without GPU tables yet come first (a spent budget skips the last ones).
+# --- issue 18: time to a table (a grid's compile and round time, cold vs warm compilation cache;
+# bench_grid_<tag>.md). The generated data: the device has no scikit-learn.
+section "bench_grid" 120 "$PY" -m experiments.bench_grid --cases synthetic_demo --warm \
+  --out "$RESULTS/bench_grid_$TAG"
+
 # --- issue 10: empirical (f, kappa) at the paper's size (50 x 2.47M synthetic; bench_kappa_<tag>.md)
 if [ -n "$QUICK" ]; then
   KAPPA_ARGS="--quick --rules median,multikrum"

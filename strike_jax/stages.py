@@ -61,6 +61,9 @@ class RoundContext(NamedTuple):
       downstream_state: the current state of `downstream` (set with it), so that a white-box attack
         simulates the defence as it really is this round (its state and, for injected stages, this
         run's hyper-parameters) rather than a freshly initialised copy.
+      attacked: set by `chain` in the context it returns: the `[n, d]` matrix its attack produced
+        (what the aggregation received; the input itself when the chain has no attack), so that
+        the server reports it without re-running the chain's parts.
     """
 
     byzantine_mask: Array | None
@@ -70,6 +73,7 @@ class RoundContext(NamedTuple):
     root_update: Array | None = None
     downstream: Any = None
     downstream_state: Any = None
+    attacked: Array | None = None
 
 
 class EmptyState(NamedTuple):
@@ -239,6 +243,7 @@ def chain(*stages: Any) -> Stage:
         key = ctx.key
         new_states = []
         cur = ctx
+        attacked = x
         if has_attack:
             k_attack = None if key is None else jax.random.fold_in(key, 0)
             key = None if key is None else jax.random.fold_in(key, 1)
@@ -246,13 +251,14 @@ def chain(*stages: Any) -> Stage:
             x, st, cur = flat[0].update(x, state[0], cur._replace(key=k_attack, downstream=downstream,
                                                                    downstream_state=ds_state))
             new_states.append(st)
+            attacked = x
         keys = _key_split(key, len(agg))
         for i, s in enumerate(agg):
             x, st, cur = s.update(x, state[len(new_states)],
                                   cur._replace(key=keys[i], downstream=None, downstream_state=None))
             new_states.append(st)
         return x, tuple(new_states), cur._replace(key=ctx.key, downstream=ctx.downstream,
-                                                  downstream_state=ctx.downstream_state)
+                                                  downstream_state=ctx.downstream_state, attacked=attacked)
 
     def feasible(n, f):
         limited = False
@@ -294,6 +300,68 @@ def chain(*stages: Any) -> Stage:
     hparams = {"stages": names}
     return Stage("+".join(names), flat[-1].kind, init, update, max_f, output_rows,
                  types.MappingProxyType(hparams), output_f, tuple(flat), types.MappingProxyType(info))
+
+
+class Selection(NamedTuple):
+    """A choice among stages of one kind made by an index at run time (`lax.switch`).
+
+    A sweep of `A` attacks x `D` rules compiles one server program holding every attack once and
+    every rule once (`A + D` branches), instead of one program per pair (`A x D`). The state is the
+    tuple of the branches' states, so every branch returns the same structure; only the selected
+    branch's entry changes. The index must not be batched under `vmap` (a batched index makes
+    `lax.switch` run every branch and select): runs that differ in their choice run one batch after
+    another through the same executable, each with its own scalar index.
+
+    Attributes:
+      branches: the stages, all of one kind ("attack" or "rule").
+    """
+
+    branches: tuple
+
+    def init(self, shape: Any) -> tuple:
+        """The tuple of every branch's initial state."""
+        return tuple(b.init(shape) for b in self.branches)
+
+    def at(self, index: Any) -> Stage:
+        """The stage that runs branch `index` (a traced int32 scalar, or a Python int)."""
+        branches = self.branches
+
+        def update(x, state, ctx):
+            def make(i):
+                def run(x, state):
+                    out, st, _ = branches[i].update(x, state[i], ctx)
+                    return out, state[:i] + (st,) + state[i + 1:]
+                return run
+
+            out, state = jax.lax.switch(index, [make(i) for i in range(len(branches))], x, state)
+            return out, state, ctx
+
+        def max_f(n):
+            limits = [b.max_f(n) for b in branches]
+            limits = [lim for lim in limits if lim is not None]
+            return min(limits) if limits else None
+
+        first = branches[0]
+        info = {flag: any(b.info.get(flag, False) for b in branches)
+                for flag in _ANY_FLAGS + ("data_level", "white_box")}
+        return Stage("select(" + "|".join(b.name for b in branches) + ")", first.kind, self.init, update, max_f,
+                     first.output_rows, types.MappingProxyType({"branches": [b.name for b in branches]}),
+                     first.output_f, (), types.MappingProxyType(info))
+
+
+def select(branches: Any) -> Selection:
+    """A `Selection` over `branches` (stages of one kind, "attack" or "rule", same output shape).
+
+    Raises:
+      ValueError: no branch, or branches of different or unsupported kinds.
+    """
+    branches = tuple(as_stage(b) for b in branches)
+    if not branches:
+        raise ValueError("select needs at least one stage.")
+    kinds = {b.kind for b in branches}
+    if len(kinds) != 1 or not kinds <= {"attack", "rule"}:
+        raise ValueError(f"select: branches must all be attacks or all rules; got kinds {sorted(kinds)}.")
+    return Selection(branches)
 
 
 def check_f(stage: Any, n: int, f: int, *, allow_beyond_breakdown: bool = False) -> int | None:
@@ -446,6 +514,7 @@ __all__ = [
     "InjectState",
     "KINDS",
     "RoundContext",
+    "Selection",
     "Stage",
     "as_stage",
     "chain",
@@ -458,6 +527,7 @@ __all__ = [
     "inject_hyperparams",
     "make_stage",
     "no_limit",
+    "select",
     "server_pipeline",
     "shape_of",
 ]

@@ -4,7 +4,7 @@ the host device count (`XLA_FLAGS`) and `jax.distributed` are fixed when jax sta
 
     python tests/sharding_worker.py CONFIGS_JSON NUM_DEVICES[,NUM_DEVICES...] [COORD PROCS ID]
 
-CONFIGS_JSON: {name: Config fields, plus optional "layout" (the server's, `simulation.SERVER_LAYOUT`)
+CONFIGS_JSON: {name: Config fields, plus optional "layout" (the server's, `simulation.Settings.server_layout`)
 and "devices" (the device counts to run this one with, instead of NUM_DEVICES)}.
 """
 
@@ -35,10 +35,14 @@ def main(argv):
     out = {}
     for name, kw in configs.items():
         layout = kw.pop("layout", "rows")
-        simulation.SERVER_LAYOUT = layout
+        settings = simulation.Settings(server_layout=layout)
         for D in kw.pop("devices", devices):
-            r = simulation.simulate(Config(**kw, num_devices=D))
+            r = simulation.simulate(Config(**kw, num_devices=D), settings=settings)
             out[f"{name}/{D}/{layout}"] = [{k: h.get(k) for k in KEYS} for h in r["rounds"]]
+    # Which server programs were compiled, by (devices, layout): the column layout must be a program
+    # of its own, not the rows one reused from the cache.
+    out["server_programs"] = sorted({f"{len(k.mesh or (0,))}/{k.layout}" for k in simulation.PROGRAMS.compiled_keys()
+                                     if k.kind == "server"})
     if jax.process_index() == 0:
         print(json.dumps(out))
 

@@ -70,7 +70,9 @@ def four_devices():
 
 def test_four_host_devices_equal_one_device(four_devices):
     res = four_devices
-    assert len(res) == 5
+    assert len(res) == 6
+    # The rows and columns layouts on 4 devices are two programs (the program key holds the layout).
+    assert {"4/rows", "4/columns"} <= set(res["server_programs"])
     _close(res["partial/1/rows"], res["partial/4/rows"])
     _close(res["root/1/rows"], res["root/4/rows"])
     # The server step partitioned along the coordinates (an all-to-all first) computes the same.

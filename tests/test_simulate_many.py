@@ -84,6 +84,40 @@ def test_a_group_compiles_once_for_all_its_batches():
     assert all(r["completed_rounds"] == 3 for r in other_defence)
 
 
+def test_grid_compiles_each_attack_and_rule_once_and_equals_each_run_alone():
+    """An attack x defence grid: one server program holding every attack and rule once (not one
+    per pair), one training program; every run equals the same run alone."""
+    from strike_jax.simulation import ProgramCache
+
+    attacks, defences = ("mimic", "strike"), ("median", "cclip")  # stateful attack and rule among them
+    configs = [tiny(attack=a, defence=d, seed=1) for a in attacks for d in defences]
+    cache = ProgramCache()
+    grid = simulate_many(configs, programs=cache)
+    kinds = [k.kind for k in cache.compiled_keys()]
+    assert kinds.count("server") == 1 and kinds.count("train") == 1 and kinds.count("eval") == 1
+    server_key = next(k for k in cache.compiled_keys() if k.kind == "server")
+    assert [len(b) for b in server_key.branches] == [len(attacks), len(defences)]
+    assert all(r["batch"]["grid"] == [len(attacks), len(defences)] for r in grid)
+    for cfg, res in zip(configs, grid):
+        alone = simulate_many([cfg], programs=ProgramCache())[0]
+        assert_same_history(res, alone)
+    # Different pairs give different runs (the index really selects).
+    norms = {tuple(h["aggregate_norm"] for h in r["rounds"]) for r in grid}
+    assert len(norms) == len(configs)
+
+
+def test_a_run_checkpointed_in_a_grid_resumes_alone(tmp_path):
+    """A checkpoint holds the run's own state (not the grid's), so a run started in a grid resumes
+    alone (and the reverse) exactly."""
+    configs = [tiny(attack=a, defence=d, rounds=4) for a in ("mimic", "lie") for d in ("cclip", "median")][:3]
+    dirs = [str(tmp_path / f"run{i}") for i in range(len(configs))]
+    part = simulate_many(configs, run_dirs=dirs, stop_after=2, checkpoint_every=1)
+    assert all(p["completed_rounds"] == 2 for p in part)
+    resumed = simulate(configs[0], run_dir=dirs[0])
+    assert resumed["finished"] and resumed["completed_rounds"] == 4
+    assert_same_history(resumed, simulate(configs[0]))
+
+
 def test_batch_resumes_exactly(tmp_path):
     configs = [tiny(seed=s, attack="mimic", defence="cclip", defence_params={"tau": tau}, rounds=4)
                for s, tau in ((0, 10.0), (1, 5.0))]  # stateful attack and rule, traced tau
@@ -139,11 +173,11 @@ def test_bad_calls():
 
 def test_fltrust_root_set_and_foolsgold_clients():
     from strike_jax import simulation
-    from strike_jax.simulation import _prepare, _Run
+    from strike_jax.simulation import DEFAULT, Run, prepare
 
     cfg = tiny(defence="fltrust", root_samples=50, rounds=2)
-    run = _Run(cfg, None, [])
-    _prepare(run)
+    run = Run(cfg, None, [])
+    prepare(run, DEFAULT)
     # The root set is the table's extra last client; with the clients it covers the training set once.
     table = run.table
     assert table.num_clients == cfg.num_clients + 1 and table.counts[-1] == 50

@@ -21,6 +21,20 @@ SORT_METHODS = ("auto", "network", "radix", "sort")
 GRAM_MODES = ("auto", "blocks", "triangle", "plain")
 
 
+# Cost model of `Backend.for_run` on a CPU, from `python -m experiments.bench_grid --forms` (the
+# Median of [n, d] by network vs radix, 2-core development CPU under load; results/bench_grid_forms.json):
+#   n = 10, 20:  the network compiles faster than radix (1.0-2.8 s vs 2.7-7.2 s) and runs 4-75x faster;
+#   n = 50:      d = 10^4: same compile (3.7 s), network 7.6 ms vs radix 58 ms a call;
+#                d = 10^5: network 9.7 s vs radix 5.2 s to compile, 62 ms vs 122 ms a call.
+# So the network's extra compile appears from ~32 rows and large d, about
+# NETWORK_EXTRA_COMPILE_S_PER_ROW2 * n^2 seconds, against a saving of at least
+# RADIX_EXTRA_S_PER_ELEMENT * n * d seconds a round.
+NETWORK_EXTRA_COMPILE_MIN_ROWS = 32
+NETWORK_EXTRA_COMPILE_MIN_COLUMNS = 1 << 15
+NETWORK_EXTRA_COMPILE_S_PER_ROW2 = 2e-3
+RADIX_EXTRA_S_PER_ELEMENT = 1.2e-8
+
+
 @dataclasses.dataclass(frozen=True)
 class Backend:
     """Static choices of how `strike_jax.ops` runs (hashable: usable as a jit static argument).
@@ -67,6 +81,26 @@ class Backend:
     @property
     def on_cpu(self) -> bool:
         return self.platform == "cpu"
+
+    @classmethod
+    def for_run(cls, *, n: int, d: int, rounds: int, platform: str | None = None) -> "Backend":
+        """The forms for a whole run of `rounds` server steps on `[n, d]`, chosen by its expected
+        cost (compile + rounds x per-round), deterministically from the shapes and the platform.
+
+        On a CPU the unrolled sorting network is the fastest order statistic per round; from ~32
+        rows and large `d` it is also the slowest to compile (it grows with the `n^2` comparators,
+        unrolled). It is kept unless its extra compile (`NETWORK_EXTRA_COMPILE_S_PER_ROW2 * n^2`)
+        exceeds what it saves over the run (`rounds * RADIX_EXTRA_S_PER_ELEMENT * n * d`); then
+        the radix selection. Elsewhere (and beyond `network_max_rows`) the platform's default.
+        """
+        b = cls(platform=platform)
+        if not b.on_cpu or n > b.network_max_rows:
+            return b
+        if n < NETWORK_EXTRA_COMPILE_MIN_ROWS or d < NETWORK_EXTRA_COMPILE_MIN_COLUMNS:
+            return b
+        extra_compile = NETWORK_EXTRA_COMPILE_S_PER_ROW2 * n * n
+        saving = rounds * RADIX_EXTRA_S_PER_ELEMENT * n * d
+        return b if saving >= extra_compile else cls(platform=platform, sort="radix")
 
     def sort_method(self, n: int, dtype) -> str:
         """The order-statistics strategy for `n` rows of `dtype`: "network", "radix" or "sort"."""

@@ -41,6 +41,7 @@ from strike_jax.training.strategies import (
     make_client_updates,
     makespans,
     measure_strategies,
+    resolve_auto,
     strategy_lanes,
 )
 

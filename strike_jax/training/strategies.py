@@ -198,6 +198,12 @@ def _per_step_times(model, cfg, x_train, y_train, batch_size, lanes, repeats) ->
     return {"packed": timed(lambda: loop(stacked)) / k, "steps": timed(steps_run) / k}
 
 
+def resolve_auto(*, platform: str, model: str, d: int, input_size: int, batch_size: int, lanes: int) -> str:
+    """TEMPORARY (replaced by the repro branch): the deterministic choice of "auto"."""
+    del platform, model, d, input_size, batch_size, lanes
+    return "packed"
+
+
 def choose_strategy(estimates: dict[str, float], *, prefer: str = "packed", slack: float = 1.1) -> str:
     """The strategy "auto" runs: the fastest measured one, except that the one-program `prefer`
     (no per-step dispatch, no schedule transfer, fused with the server step in a simulation) is kept

@@ -1,0 +1,233 @@
+"""From a `Config` to the run's parts: dataset, partition, model, initial weights, server pipeline,
+and every check that can refuse a config before any data loads (SPEC §2, §4, §7).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from strike_jax import data as data_lib
+from strike_jax import models as model_lib
+from strike_jax import ops, registry, stages, training
+from strike_jax.config import Config
+from strike_jax.training import schedule
+
+# Config fields that are per-run numbers inside a batch, or only steer the host loop (everything
+# else is structure: it shapes the compiled programs).
+RUN_NUMBERS = ("seed", "beta", "byzantine_ratio", "lr", "momentum", "weight_decay", "clip_norm",
+               "attack_params", "defence_params", "preaggregation_params", "rounds", "eval_every")
+# Structure that only the server program sees: runs that differ in it share the training program,
+# and one grid server program holds every attack and every rule once (`server.ServerGrid`).
+SERVER_ONLY = ("attack", "defence")
+
+
+class DatasetCache:
+    """Datasets loaded in this process, by `(name, data_dir, params)`: a sweep loads each once."""
+
+    def __init__(self):
+        self._data: dict[Any, Any] = {}
+
+    def get(self, config: Config):
+        key = (config.dataset, config.data_dir, json.dumps(config.dataset_params, sort_keys=True))
+        if key not in self._data:
+            kwargs = dict(config.dataset_params)
+            if config.data_dir:
+                kwargs["data_dir"] = config.data_dir
+            self._data[key] = data_lib.load(config.dataset, **kwargs)
+        return self._data[key]
+
+    def clear(self) -> None:
+        self._data.clear()
+
+
+#: The process's dataset cache (`load_dataset`).
+DATASETS = DatasetCache()
+
+
+def load_dataset(config: Config):
+    """The config's dataset (cached per process in `DATASETS`)."""
+    return DATASETS.get(config)
+
+
+ROOT_TAG = 5
+
+
+def root_set(config: Config, ds) -> np.ndarray:
+    """The server's clean root set (FLTrust): `root_samples` training samples drawn from
+    `(seed, ROOT_TAG)`, sorted; they are excluded from the clients' partition."""
+    n = len(ds.y_train)
+    if config.root_samples >= n:
+        raise ValueError(f"root_samples={config.root_samples} is not allowed; allowed: fewer than the {n} "
+                         f"training samples of {config.dataset!r}.")
+    rng = np.random.default_rng([config.seed, ROOT_TAG])
+    return np.sort(rng.choice(n, size=config.root_samples, replace=False))
+
+
+def make_partition(config: Config, ds, exclude: np.ndarray | None = None):
+    """The run's split of the training set (SPEC §4), from its seed, over the samples not in
+    `exclude` (the root set)."""
+    keep = np.arange(len(ds.y_train)) if exclude is None else np.setdiff1d(np.arange(len(ds.y_train)), exclude)
+    if config.partition == "dirichlet":
+        part = data_lib.dirichlet(ds.y_train[keep], config.num_clients, config.beta, seed=config.seed)
+    elif config.partition == "iid":
+        part = data_lib.iid(len(keep), config.num_clients, seed=config.seed)
+    else:
+        if ds.client_ids is None:
+            raise ValueError(f"partition='natural' needs a dataset with client ids; {config.dataset!r} has none.")
+        part = data_lib.natural(np.asarray(ds.client_ids)[keep])
+        if part.num_clients != config.num_clients:
+            raise ValueError(
+                f"num_clients={config.num_clients} but the natural partition of {config.dataset!r} has "
+                f"{part.num_clients} clients; set num_clients={part.num_clients}."
+            )
+    if exclude is None:
+        return part
+    return part._replace(indices=tuple(keep[a] for a in part.indices))
+
+
+def make_model(config: Config, ds):
+    """The config's model; raw (uint8) stored data is normalised on the device inside `apply`."""
+    model = model_lib.get(config.model, num_classes=ds.num_classes, input_shape=tuple(ds.x_train.shape[1:]))
+    if not ds.preprocessing.applied:
+        raw_apply = model.apply
+
+        def apply(variables, x, train, mask=None):
+            return raw_apply(variables, ds.normalize(x), train, mask)
+
+        model = model._replace(apply=apply)
+    return model
+
+
+def init_variables(model, seed: int, programs=None):
+    """The run's initial model, from `key(seed, INIT_TAG)`: one compiled initialiser per model, kept
+    in `programs` (a `programs.ProgramCache`; default the process's)."""
+    from strike_jax.simulation.programs import PROGRAMS, ProgramKey
+
+    def build():
+        return jax.jit(lambda s: model.init(jax.random.fold_in(jax.random.PRNGKey(s), schedule.INIT_TAG)))
+
+    key = ProgramKey("init", (model.name, model.num_classes, model.input_shape, model.module), None, 1, "")
+    init = (PROGRAMS if programs is None else programs).get(key, build)
+    return init(jnp.asarray(seed, jnp.uint32))
+
+
+def defence_params(config: Config) -> dict:
+    """The rule's hyper-parameters, filled in from the config where the rule has them and the config
+    leaves them out: `num_clients` (a rule keeping per-client state: FoolsGold), and MoNNA's trusted
+    row `idx`, set to the last row: the simulation puts the Byzantine clients in rows `0 .. f-1`, so
+    the rule's own default (row 0) would trust an attacker."""
+    params = dict(config.defence_params)
+    spec = registry.hparam_spec("rule", config.defence)
+    if "num_clients" in spec and params.get("num_clients") is None:
+        params["num_clients"] = config.num_clients
+    if config.defence == "monna" and params.get("idx") is None:
+        params["idx"] = config.clients_per_round - 1
+    return params
+
+
+def server_backend(config: Config, d: int) -> ops.Backend:
+    """The row operations' forms for this run's server step, from its shapes and length
+    (`ops.Backend.for_run`): a short run does not pay seconds of compiling to save milliseconds."""
+    return ops.Backend.for_run(n=config.clients_per_round, d=d, rounds=config.rounds)
+
+
+def make_pipeline(config: Config, *, inject: bool = False, backend: ops.Backend | None = None):
+    """The run's server pipeline `stages.chain(attack, nnm, bucketing, rule)` (`stages.server_pipeline`);
+    with `inject`, the numeric hyper-parameters live in its state (runs of a batch stack them)."""
+    return stages.server_pipeline(
+        config.defence, attack=config.attack, preaggregation=config.preaggregation,
+        attack_params=config.attack_params, defence_params=defence_params(config),
+        preaggregation_params=config.preaggregation_params, inject=inject, backend=backend)
+
+
+def _static_hparams(kind: str, name: str, params) -> tuple:
+    """A stage's hyper-parameters that shape its program (the traceable ones are per-run numbers)."""
+    spec = registry.hparam_spec(kind, name)
+    values = registry.validate(kind, name, params)
+    return (kind, name, tuple(sorted((k, repr(v)) for k, v in values.items() if not spec[k].traceable)))
+
+
+def attack_structure(config: Config) -> tuple:
+    """What of the attack must be equal for runs to share its branch of a server program."""
+    if config.attack in ("none", None):
+        return ("attack", "none", ())
+    return _static_hparams("attack", config.attack, config.attack_params)
+
+
+def rule_structure(config: Config) -> tuple:
+    """What of the rule must be equal for runs to share its branch of a server program."""
+    return _static_hparams("rule", config.defence, defence_params(config))
+
+
+def preaggregation_structure(config: Config) -> tuple:
+    return tuple(_static_hparams("preaggregator", p, config.preaggregation_params.get(p, {}))
+                 for p in config.preaggregation)
+
+
+def pipeline_structure(config: Config) -> tuple:
+    """What of the server pipeline must be equal for runs to share a batch."""
+    return (attack_structure(config),) + preaggregation_structure(config) + (rule_structure(config),)
+
+
+def training_flags(config: Config) -> tuple:
+    """What of the pipeline shapes the training program: a data-level attack (LabelFlip: the
+    Byzantine clients train on flipped labels, `label_map`) and a rule that needs the server's own
+    root update (FLTrust: the root set is trained every round)."""
+    info = make_pipeline(config).info
+    label_map = info.get("label_map")
+    return (bool(info.get("data_level", False)), None if label_map is None else tuple(np.asarray(label_map).tolist()),
+            bool(info.get("needs_root_update", False)))
+
+
+def round_f_to_check(config: Config) -> int:
+    """The Byzantine count checked against the pipeline's limit: the exact `f` under full
+    participation, the expected one under partial participation (a sampled round may hold more;
+    the rules then clamp it, as the reference does, and the round records `f_above_limit`)."""
+    num_byz = config.num_byzantine if config.attack not in ("none", None) else 0
+    if config.clients_per_round == config.num_clients:
+        return num_byz
+    return min(config.clients_per_round, math.ceil(config.clients_per_round * num_byz / config.num_clients))
+
+
+def check_config(config: Config):
+    """Everything about a config that can be refused before any data loads: names, hyper-parameters,
+    the pipeline's limit on `f` (`stages.check_f`). Returns the (non-injected) pipeline."""
+    kwargs = dict(config.dataset_params)
+    if config.data_dir:
+        kwargs["data_dir"] = config.data_dir
+    data_lib.check_load_args(config.dataset, **kwargs)
+    if config.model not in model_lib.names():
+        raise ValueError(f"model {config.model!r} is not allowed; allowed: {', '.join(model_lib.names())}.")
+    if config.num_devices > jax.device_count():
+        raise ValueError(
+            f"num_devices={config.num_devices} is not allowed; allowed: 1 .. {jax.device_count()} (the "
+            f"{jax.default_backend()} devices jax sees; on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=N "
+            "before jax is imported; across hosts call strike_jax.distributed.initialize first).")
+    pipe = make_pipeline(config)
+    stages.check_f(pipe, config.clients_per_round, round_f_to_check(config),
+                   allow_beyond_breakdown=config.allow_beyond_breakdown)
+    return pipe
+
+
+def program_key(config: Config) -> tuple:
+    """Configs with equal keys share their compiled programs (training, evaluation and one grid
+    server program holding each of their attacks and rules once): they differ only in per-run
+    numbers, in the attack or in the rule, and train alike (`training_flags`)."""
+    d = config.to_dict()
+    structure = {k: v for k, v in d.items() if k not in RUN_NUMBERS + SERVER_ONLY}
+    local = training.LocalConfig(config.lr, config.momentum, config.weight_decay, config.clip_norm, 1)
+    return (json.dumps(structure, sort_keys=True, default=str), local.structure(), preaggregation_structure(config),
+            training_flags(config))
+
+
+def group_key(config: Config) -> tuple:
+    """Configs with equal keys can run as one batch (they differ only in per-run numbers)."""
+    return program_key(config) + (attack_structure(config), rule_structure(config))
+
+
