@@ -32,9 +32,13 @@ models, partitions, attacks, pre-aggregators and rules:
 6. Seeds fan out: each setting becomes `nb_training_seeds` runs (`training_seed + i`), each of
    those `nb_data_distribution_seeds` runs (`data_distribution_seed + j`).
 
-One deliberate difference: ByzFL shares (does not copy) a nested dict between runs when no
-list-valued key follows it at the top level, so its step 4 can leave an aggregator with another
-run's `f`; here every run owns its copy (its intended behaviour).
+One deliberate difference: ByzFL does not copy the value of a list axis whose items are lists
+(an axis of pre-aggregator pipelines), nor a nested dict when no list axis follows it at the top
+level, so runs share those objects and its step 4 leaves the *last* run's `tolerated_f` in all of
+them (checked: with `tolerated_f` and pipelines both axes, ByzFL's pre-aggregators get the wrong
+`f`). Here every run owns its copy and gets its own `tolerated_f` (ByzFL's intended behaviour);
+apart from that the settings are identical to ByzFL 0.0.11's own functions' (checked on the
+documented example and two larger grids with ByzFL's functions run from its wheel).
 
 **Mapping** (`RunSpec`): ByzFL's names to ours, with ByzFL's conventions selected through our
 options (strike_jax's defaults differ; see `AGGREGATORS`, `PREAGGREGATORS`, `ATTACKS`). Unsupported
