@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from strike_jax import models
+from strike_jax.models.byzfl import ResNet18Cifar
 
 # (name, classes, input shape, parameters, BatchNorm running statistics); the counts are ByzFL
 # 0.0.11's `sum(p.numel() for p in model.parameters())` worked out by hand from its layer lists.
@@ -102,8 +103,38 @@ def test_pytorch_default_init(name, shape, layers):
 
 
 def test_resnet18_cifar_conv_init_is_pytorch_default():
-    m = models.get("resnet18_cifar", 10, (32, 32, 3), conv_impl="lax")
-    p = jax.jit(m.init)(jax.random.PRNGKey(5))["params"]
-    k = np.asarray(p["layer3_1"]["conv2"]["kernel"])  # 3x3, 256 -> 256: fan_in 2304
-    bound = 1.0 / math.sqrt(3 * 3 * 256)
-    assert np.abs(k).max() <= bound * (1 + 1e-6) and np.abs(k).max() > 0.99 * bound
+    # One block per stage at 8x8 (the same module code as the full network, a smaller program).
+    mod = ResNet18Cifar(num_classes=10, stage_sizes=(1, 1, 1, 1))
+    p = jax.jit(lambda k: mod.init(k, jnp.zeros((1, 8, 8, 3)), False))(jax.random.PRNGKey(5))["params"]
+    for layer, conv, fan_in in (("layer3_0", "conv2", 3 * 3 * 256), ("layer4_0", "downsample_conv", 256)):
+        k = np.asarray(p[layer][conv]["kernel"])
+        bound = 1.0 / math.sqrt(fan_in)
+        assert np.abs(k).max() <= bound * (1 + 1e-6) and np.abs(k).max() > 0.99 * bound
+    k = np.asarray(p["conv1"]["kernel"])
+    assert np.abs(k).max() <= 1.0 / math.sqrt(27) * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("name,shape", [("cnn_mnist", (28, 28, 1)),
+                                        pytest.param("cnn_cifar", (32, 32, 3), marks=pytest.mark.slow)])
+def test_cpu_conv_forms_match_lax(name, shape):
+    """The CPU default ("auto" -> "cpu" forms) gives the same parameters and, within float32
+    rounding, the same logits and gradients as plain lax convolutions (unpadded 5x5 in cnn_mnist)."""
+    lax_m = models.get(name, 10, shape, conv_impl="lax")
+    cpu_m = models.get(name, 10, shape, conv_impl="cpu")
+    v = jax.jit(lax_m.init)(jax.random.PRNGKey(3))
+    for a, b in zip(jax.tree_util.tree_leaves(v), jax.tree_util.tree_leaves(jax.jit(cpu_m.init)(jax.random.PRNGKey(3)))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    x = jax.random.normal(jax.random.PRNGKey(4), (3, *shape))
+    y = jnp.asarray([0, 3, 9])
+
+    def loss(m):
+        def f(p, x):
+            logits, _ = m.apply({"params": p}, x, True)
+            return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(3), y])
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))
+
+    (l1, g1), (l2, g2) = loss(lax_m)(v["params"], x), loss(cpu_m)(v["params"], x)
+    np.testing.assert_allclose(float(l2), float(l1), rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(g2), jax.tree_util.tree_leaves(g1)):
+        scale = float(jnp.abs(b).max()) + 1e-12
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=2e-4 * scale)
