@@ -72,6 +72,7 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from strike_jax.data.idx import find_idx_files
 
@@ -663,6 +664,57 @@ def expand(cfg: Mapping[str, Any]) -> list[RunSpec]:
     return [map_setting(s, i) for i, s in enumerate(settings(cfg))]
 
 
+# ----------------------------------------------------------------------------------- data
+
+
+def load_data(spec: RunSpec):
+    """The run's data set (`strike_jax.data.load`): from `spec.data_dir` when `data_folder` holds it
+    (torchvision's layout or the IDX files directly), else from our loaders' usual places, with
+    ByzFL's preprocessing (`spec.load_kwargs`; augmentation is `spec.augmentation`, applied per
+    batch). CIFAR-10 comes from TFDS (torchvision's pickled `cifar-10-batches-py` is not read)."""
+    from strike_jax import data
+
+    kwargs = dict(spec.load_kwargs)
+    if spec.data_dir is not None:
+        kwargs["data_dir"] = spec.data_dir
+    return data.load(spec.dataset, **kwargs)
+
+
+def _partition_seed(data_seed: int) -> int:
+    # The validation split draws from `data_seed` itself; the partition from an independent stream.
+    return int(np.random.SeedSequence([int(data_seed), 1]).generate_state(1)[0])
+
+
+def split_clients(spec: RunSpec, labels) -> tuple[Any, np.ndarray]:
+    """ByzFL's data preparation for one run: the train/validation hold-out, then the honest
+    clients' partition of the training part.
+
+    Args:
+      spec: the run.
+      labels: `[N_train]` int labels of the whole training set.
+
+    Returns:
+      `(partition, validation)`: a `strike_jax.data.Partition` of `spec.num_honest` clients (indices
+      into the training set; Byzantine clients hold no data, as in ByzFL) and the validation
+      indices (empty when `train_fraction` is 1). Both from `spec.data_seed` only.
+    """
+    from strike_jax.data import partition as P
+
+    labels = np.asarray(labels)
+    train, validation = P.holdout(labels.size, spec.train_fraction, spec.data_seed)
+    seed, n, kind = _partition_seed(spec.data_seed), spec.num_honest, spec.partition["kind"]
+    if kind == "gamma_similarity_niid":
+        part = P.gamma_similarity_niid(labels, n, spec.partition["gamma"], seed, order=train)
+    elif kind == "extreme_niid":
+        part = P.extreme_niid(labels, n, order=train)
+    else:
+        # iid / Dirichlet over the training part: split positions 0..len(train)-1, then map them back.
+        pos = (P.iid(train.size, n, seed) if kind == "iid"
+               else P.dirichlet(labels[train], n, spec.partition["beta"], seed, min_size=spec.partition["min_size"]))
+        part = pos._replace(indices=tuple(train[a] for a in pos.indices))
+    return part, validation
+
+
 # ----------------------------------------------------------------------------- preprocessing
 
 
@@ -700,8 +752,10 @@ __all__ = [
     "find_data_dir",
     "folder_name",
     "load_config",
+    "load_data",
     "map_setting",
     "map_stage",
     "random_hflip",
     "settings",
+    "split_clients",
 ]

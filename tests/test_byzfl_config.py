@@ -274,3 +274,21 @@ def test_random_hflip():
     assert byzfl.random_hflip(jax.random.PRNGKey(2), jnp.zeros((3, 4, 4, 1), jnp.uint8)).dtype == jnp.uint8
     with pytest.raises(ValueError, match=r"images must be \[B, H, W, C\]"):
         byzfl.random_hflip(jax.random.PRNGKey(0), jnp.zeros((4, 4, 1)))
+
+
+@pytest.mark.parametrize("dd,kind", [({"name": "gamma_similarity_niid", "distribution_parameter": 0.5}, "gamma_similarity_niid"),
+                                     ({"name": "extreme_niid"}, "extreme_niid"), ({"name": "iid"}, "iid"),
+                                     ({"name": "dirichlet_niid", "distribution_parameter": 1.0}, "dirichlet")])
+def test_split_clients(dd, kind):
+    labels = np.random.default_rng(0).integers(0, 10, 500)
+    r, = byzfl.expand(_small(data_distribution=dd, nb_honest_clients=6, data_distribution_seed=3))
+    part, val = byzfl.split_clients(r, labels)
+    assert part.kind == kind and part.num_clients == 6 and val.size == 100
+    got = np.concatenate(list(part.indices) + [val])
+    assert np.array_equal(np.sort(got), np.arange(500))  # every sample once: clients + validation
+    again, val2 = byzfl.split_clients(r, labels)
+    assert np.array_equal(val, val2) and all(np.array_equal(a, b) for a, b in zip(part.indices, again.indices))
+    if kind == "extreme_niid":
+        train = np.setdiff1d(np.arange(500), val)
+        assert [a.tolist() for a in part.indices] == [
+            a.tolist() for a in np.array_split(train[np.lexsort((train, labels[train]))], 6)]
