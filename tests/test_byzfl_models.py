@@ -42,8 +42,9 @@ def test_parameter_counts_and_forward_shape(name, c, shape, n_params, n_stats):
     assert logits.shape == (3, c)
 
 
-@pytest.mark.parametrize("name,shape", [("cnn_mnist", (28, 28, 1)), ("fc_mnist", (28, 28, 1)),
-                                        ("logreg_mnist", (28, 28, 1)), ("cnn_cifar", (32, 32, 3))])
+# cnn_mnist runs forward and backward in test_cpu_conv_forms_match_lax.
+@pytest.mark.parametrize("name,shape", [("fc_mnist", (28, 28, 1)), ("logreg_mnist", (28, 28, 1)),
+                                        ("cnn_cifar", (32, 32, 3))])
 def test_forward_runs_finite(name, shape):
     m = models.get(name, 10, shape, conv_impl="lax")
     v = m.init(jax.random.PRNGKey(1))
@@ -103,10 +104,10 @@ def test_pytorch_default_init(name, shape, layers):
 
 
 def test_resnet18_cifar_conv_init_is_pytorch_default():
-    # One block per stage at 8x8 (the same module code as the full network, a smaller program).
-    mod = ResNet18Cifar(num_classes=10, stage_sizes=(1, 1, 1, 1))
-    p = jax.jit(lambda k: mod.init(k, jnp.zeros((1, 8, 8, 3)), False))(jax.random.PRNGKey(5))["params"]
-    for layer, conv, fan_in in (("layer3_0", "conv2", 3 * 3 * 256), ("layer4_0", "downsample_conv", 256)):
+    # Two stages of one block at 4x4 (the same module code as the full network, a smaller program).
+    mod = ResNet18Cifar(num_classes=10, stage_sizes=(1, 1))
+    p = jax.jit(lambda k: mod.init(k, jnp.zeros((1, 4, 4, 3)), False))(jax.random.PRNGKey(5))["params"]
+    for layer, conv, fan_in in (("layer2_0", "conv2", 3 * 3 * 128), ("layer2_0", "downsample_conv", 64)):
         k = np.asarray(p[layer][conv]["kernel"])
         bound = 1.0 / math.sqrt(fan_in)
         assert np.abs(k).max() <= bound * (1 + 1e-6) and np.abs(k).max() > 0.99 * bound
