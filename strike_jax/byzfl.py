@@ -68,7 +68,8 @@ import dataclasses
 import itertools
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import os
 
 import jax
 import jax.numpy as jnp

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import reference_more as ref
+
 from strike_jax import aggregators as A
 from strike_jax import attacks, registry
 from strike_jax.stages import RoundContext
@@ -41,7 +41,7 @@ def test_krum_byzfl_neighbours(name, reference, n, d):
     fn = _agg(name, neighbours="n-f-1")
     for case in range(3):
         X = _rows(n, d, seed=100 * n + case, byz=case)
-        for f in range(0, (n - 1) // 2 + 1):  # ByzFL accepts every f with 2f < n
+        for f in range((n - 1) // 2 + 1):  # ByzFL accepts every f with 2f < n
             np.testing.assert_allclose(np.asarray(fn(jnp.asarray(X), f)), reference(X.astype(np.float64), f),
                                        rtol=2e-5, atol=2e-5, err_msg=f"{name} n={n} f={f} case={case}")
 
@@ -228,7 +228,7 @@ def test_bucketing_keeps_f_as_byzfl():
         st = registry.build("preaggregator", "bucketing", s=2, rescale_f=rescale)
         out, _, ctx = st.update(X, (), RoundContext(None, 3, KEY))
         assert out.shape == (5, 3) and ctx.f == want
-        traced = jax.jit(lambda x, f: st.update(x, (), RoundContext(None, f, KEY))[2].f)(X, 3)
+        traced = jax.jit(lambda x, f, st=st: st.update(x, (), RoundContext(None, f, KEY))[2].f)(X, 3)
         assert int(traced) == want
 
 

@@ -56,7 +56,7 @@ def test_gamma_matches_reference(num, n, gamma, seed):
 
 def test_gamma_with_order_matches_reference():
     labels = _labels(150, 10, 4)
-    train, val = P.holdout(150, 0.8, seed=9)
+    train, _ = P.holdout(150, 0.8, seed=9)
     got = P.gamma_similarity_niid(labels, 5, 0.5, 9, order=train)
     want = ref_gamma(labels, 5, 0.5, 9, order=train)
     assert [g.tolist() for g in got.indices] == want
