@@ -401,3 +401,71 @@ def agr_tailored(U, byz, rule, perturbation, rule_fn=None, lam0=10.0):
             return _norm(rule_fn(rows, f) - mu)
         lam = hill_climb(objective, lam0)
     return mu - lam * dev, lam
+
+
+# ------------------------------------------------------------- ByzFL 0.0.11's conventions (issue 22)
+# Written from ByzFL's formulas (its aggregators/attacks docstrings and update rules), plain loops in
+# float64. H is the list of honest rows in ByzFL's order.
+
+
+def byzfl_krum_scores(X, f):
+    """Mean squared distance of each row to its n - f - 1 nearest other rows (ByzFL: the sorted
+    squared distances at positions 1 .. n - f - 1, position 0 being the row itself)."""
+    n = X.shape[0]
+    out = []
+    for i in range(n):
+        d = sorted(_dist2(X[i], X[j]) for j in range(n) if j != i)
+        kept = d[: n - f - 1]
+        out.append(sum(kept) / len(kept))
+    return out
+
+
+def byzfl_multikrum(X, f):
+    n = X.shape[0]
+    sc = byzfl_krum_scores(X, f)
+    order = sorted(range(n), key=lambda i: (sc[i], i))
+    return _mean_rows(X, order[: n - f])
+
+
+def byzfl_krum(X, f):
+    sc = byzfl_krum_scores(X, f)
+    best = min(range(len(sc)), key=lambda i: (sc[i], i))
+    return np.asarray(X[best], np.float64)
+
+
+def byzfl_geometric_median(X, nu=0.1, T=3):
+    """ByzFL GeometricMedian: z = 0; T times beta_i = max(||x_i - z||, nu), z = sum_i (x_i / beta_i) /
+    sum_i (1 / beta_i) (its alpha = 1/n cancels)."""
+    n, d = X.shape
+    z = [0.0] * d
+    for _ in range(T):
+        inv = [1.0 / max(math.sqrt(_dist2(X[i], z)), nu) for i in range(n)]
+        z = [sum(inv[i] * float(X[i][j]) for i in range(n)) / sum(inv) for j in range(d)]
+    return np.asarray(z)
+
+
+def byzfl_alie(H, tau=1.5):
+    """ByzFL ALittleIsEnough: mean + tau * sqrt(var(H, ddof=1)) per coordinate."""
+    h, d = len(H), len(H[0])
+    out = []
+    for j in range(d):
+        col = [float(H[i][j]) for i in range(h)]
+        m = sum(col) / h
+        var = sum((v - m) ** 2 for v in col) / (h - 1)
+        out.append(m + tau * math.sqrt(var))
+    return np.asarray(out)
+
+
+def byzfl_arc(X, f):
+    """ByzFL ARC: k = int((2 f / n) (n - f)) largest-norm rows clipped to the norm of the
+    (n - k)-th smallest (ties by row order, as Python's stable sort)."""
+    X = [list(map(float, r)) for r in X]
+    n = len(X)
+    mags = sorted(((_norm(r), i) for i, r in enumerate(X)), key=lambda t: t[0])
+    k = int((2 * f / n) * (n - f))
+    cut = n - k
+    thr = mags[cut - 1][0]
+    for nrm, i in mags[cut:]:
+        if nrm > thr:
+            X[i] = [v * thr / nrm for v in X[i]]
+    return np.asarray(X)

@@ -248,7 +248,7 @@ def test_registry_and_errors():
         assert a.name == name
         assert isinstance(attacks.hparam_names(name), tuple)
     assert attacks.hparam_names("strike") == ("nu",)
-    assert dict(attacks.get("lie").hparams) == {"z": 1.5}
+    assert dict(attacks.get("lie").hparams) == {"z": 1.5, "ddof": 0, "sign": "minus"}
     with pytest.raises(ValueError, match="allowed.*strike"):
         attacks.get("krum")
     with pytest.raises(ValueError, match="allowed.*nu"):

@@ -26,10 +26,12 @@ COUNTS = [
 
 
 ALIASES = {"digits_cnn": "small_cnn", "fmnist_cnn": "small_cnn", "digits_mlp": "mlp"}
+#: ByzFL's benchmark models: counts, shapes and init in tests/test_byzfl_models.py.
+BYZFL_MODELS = {"cnn_mnist", "fc_mnist", "logreg_mnist", "cnn_cifar", "resnet18_cifar"}
 
 
 def test_names_cover_counts():
-    assert set(models.names()) == {c[0] for c in COUNTS} | set(ALIASES)
+    assert set(models.names()) == {c[0] for c in COUNTS} | set(ALIASES) | BYZFL_MODELS
 
 
 @pytest.mark.parametrize("alias,target", sorted(ALIASES.items()))

@@ -195,10 +195,11 @@ def test_every_traceable_hparam_accepts_traced_values(kind, name, hp):
 # --- the registry ---------------------------------------------------------------------------------
 
 TRACEABLE = {
-    ("attack", "strike"): {"nu": True}, ("attack", "lie"): {"z": True}, ("attack", "ipm"): {"eps": True},
+    ("attack", "strike"): {"nu": True}, ("attack", "lie"): {"z": True, "ddof": False, "sign": False},
+    ("attack", "ipm"): {"eps": True},
     ("attack", "nonfinite"): {"value": False}, ("rule", "cclip"): {"tau": True, "iters": False},
-    ("rule", "rfa"): {"iters": False, "eps": True}, ("rule", "dnc"): {"c": True, "niters": False, "b": False},
-    ("rule", "median"): {"midpoint": False}, ("preaggregator", "bucketing"): {"s": False},
+    ("rule", "rfa"): {"iters": False, "eps": True, "start": False}, ("rule", "dnc"): {"c": True, "niters": False, "b": False},
+    ("rule", "median"): {"midpoint": False}, ("preaggregator", "bucketing"): {"s": False, "rescale_f": False},
     ("preaggregator", "nnm"): {"include_self": False},
     # issue 11
     ("rule", "monna"): {"idx": False}, ("rule", "mda"): {"max_subsets": False}, ("rule", "smea"): {"max_subsets": False},
@@ -211,6 +212,9 @@ TRACEABLE = {
     ("attack", "gradient"): {"steps": False, "lr": True, "nu": True, "rule": False},
     ("attack", "opt_lie"): {"rule": False},
     ("attack", "opt_ipm"): {"rule": False},
+    # issue 22: ByzFL's conventions as options
+    ("rule", "krum"): {"neighbours": False}, ("rule", "multikrum"): {"neighbours": False},
+    ("attack", "mimic"): {"target": False}, ("attack", "labelflip"): {"mode": False},
 }
 #: Hyper-parameters without a usable default (FoolsGold's history has one row per client).
 REQUIRED = {("rule", "foolsgold"): {"num_clients": 4}}
@@ -239,7 +243,7 @@ def test_validation_errors_are_one_line():
          "nonfinite: value='zero' is not allowed; allowed: one of 'nan', 'inf', '-inf', 'mixed'."),
         (("rule", "median", {"midpoint": 1}), "median: midpoint=1 is not allowed; allowed: True or False."),
         (("rule", "rfa", {"iterations": 3}), "rfa: unknown hyper-parameter(s) ['iterations']; allowed: iters=8, "
-                                             "eps=1e-07."),
+                                             "eps=1e-07, start='mean'."),
         (("attack", "krum", {}), "Unknown attack 'krum'; allowed: " + ", ".join(attacks.names()) + "."),
     ]
     for (kind, name, hp), msg in cases:
@@ -251,7 +255,7 @@ def test_validation_errors_are_one_line():
         jax.jit(lambda s: stages.get("preaggregator", "bucketing", s=s).name)(2)
     with pytest.raises(ValueError, match="tau=0.0 is not allowed"):
         A.cclip(tau=0.0)
-    assert registry.validate("rule", "rfa", {"iters": 4.0}) == {"iters": 4, "eps": 1e-7}
+    assert registry.validate("rule", "rfa", {"iters": 4.0}) == {"iters": 4, "eps": 1e-7, "start": "mean"}
 
 
 def test_attack_stage_shapes_and_adapter():

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from strike_jax import ops
 from strike_jax.aggregators.base import majority_limit, rule_stage, selection_dists, sum_smallest
-from strike_jax.registry import integer, real, register
+from strike_jax.registry import choice, integer, real, register
 from strike_jax.stages import Stage
 
 Array = jax.Array
@@ -35,12 +35,18 @@ def krum_limit(n: int) -> int:
 KRUM_SORT_ROWS = 512
 
 
-def krum_scores(d2: Array, f: Array) -> Array:
-    """Krum score of every row: sum of squared distances to its `n - f - 2` nearest other rows.
+#: Krum's neighbour counts: "n-f-2" (Blanchard et al. 2017, SPEC §7) or "n-f-1" (ByzFL 0.0.11's
+#: `Krum`/`MultiKrum`: the mean over sorted squared distances `[1 : n - f]`, self excluded).
+KRUM_NEIGHBOURS = ("n-f-2", "n-f-1")
+
+
+def krum_scores(d2: Array, f: Array, offset: int = 2) -> Array:
+    """Krum score of every row: sum of squared distances to its `n - f - offset` nearest other rows.
 
     Args:
       d2: `[n, n]` squared distances (+inf for non-finite rows; the diagonal is ignored).
       f: Byzantine count (traced ok).
+      offset: 2 (SPEC §7) or 1 (ByzFL's convention; a mean instead of a sum ranks the same).
 
     Returns:
       `[n]` scores (at least one neighbour is always counted, so a row with no finite neighbour
@@ -48,7 +54,7 @@ def krum_scores(d2: Array, f: Array) -> Array:
     """
     n = d2.shape[0]
     others = jnp.where(jnp.eye(n, dtype=bool), jnp.inf, d2)
-    k = jnp.maximum(n - f - 2, 1)
+    k = jnp.maximum(n - f - offset, 1)
     if n <= KRUM_SORT_ROWS:
         return sum_smallest(others, k)
     # Many rows: row i's sum as column i of the transpose, by the radix band sum of `ops`
@@ -56,37 +62,43 @@ def krum_scores(d2: Array, f: Array) -> Array:
     return ops.rank_band_sum(others.T, 0, k - 1)
 
 
-@functools.partial(jax.jit, static_argnames=("select", "backend"))
-def _multikrum(updates: Array, fp: Array, *, select: int | None, backend: ops.Backend) -> Array:
+@functools.partial(jax.jit, static_argnames=("select", "offset", "backend"))
+def _multikrum(updates: Array, fp: Array, *, select: int | None, offset: int, backend: ops.Backend) -> Array:
     n = updates.shape[0]
     d2, finite = selection_dists(updates, backend)
-    scores = krum_scores(d2, fp)
+    scores = krum_scores(d2, fp, offset)
     m = n - fp if select is None else select
     chosen = ops.smallest_k_mask(scores, m) & finite
     return ops.masked_mean_safe(updates, chosen, finite)
 
 
-def _krum_stage(select: int | None, name: str, backend: ops.Backend | None) -> Stage:
+def _krum_stage(select: int | None, name: str, neighbours: str, backend: ops.Backend | None) -> Stage:
     backend = ops.resolve(backend)
+    # ByzFL scores over n - f - 1 neighbours and accepts any f with 2f < n.
+    offset, limit = (2, krum_limit) if neighbours == "n-f-2" else (1, majority_limit)
 
     def core(updates, state, fp, key):
-        return _multikrum(updates, fp, select=select, backend=backend), state
+        return _multikrum(updates, fp, select=select, offset=offset, backend=backend), state
 
-    return rule_stage(name, core, limit=krum_limit)
+    return rule_stage(name, core, limit=limit)
 
 
-@register("rule", "krum")
-def krum(*, backend: ops.Backend | None = None) -> Stage:
+@register("rule", "krum", neighbours=choice(*KRUM_NEIGHBOURS))
+def krum(neighbours="n-f-2", *, backend: ops.Backend | None = None) -> Stage:
     """Krum (Blanchard et al. 2017): Multi-Krum selecting the single row with the lowest score.
+
+    Args:
+      neighbours: "n-f-2" (default, SPEC §7: limit `(n-3)//2`) or "n-f-1" (ByzFL 0.0.11's `Krum`:
+        limit `(n-1)//2`, i.e. `2f < n`); static.
 
     Cost: quadratic in n, `O(n^2 d)` for the distances and `O(n^2)` memory for the `[n, n]`
     matrix (400 MB at n = 10,000); the scores by a row-wise sort, or a radix band sum above
     `KRUM_SORT_ROWS` rows."""
-    return _krum_stage(1, "krum", backend)
+    return _krum_stage(1, "krum", neighbours, backend)
 
 
-@register("rule", "multikrum")
-def multikrum(*, backend: ops.Backend | None = None) -> Stage:
+@register("rule", "multikrum", neighbours=choice(*KRUM_NEIGHBOURS))
+def multikrum(neighbours="n-f-2", *, backend: ops.Backend | None = None) -> Stage:
     """Multi-Krum (Blanchard et al. 2017; SPEC §7).
 
     `f' = min(f, (n-3)//2)`; score of row `i` = sum of squared distances to its `n - f' - 2`
@@ -94,9 +106,14 @@ def multikrum(*, backend: ops.Backend | None = None) -> Stage:
     Non-finite rows are never selected (if fewer than `n - f'` rows are finite, the finite ones
     are averaged). A concrete `f > (n-3)//2` raises, a traced one is clamped.
 
+    Args:
+      neighbours: "n-f-2" (default, as above) or "n-f-1" (ByzFL 0.0.11's `MultiKrum`: scores over
+        the `n - f - 1` nearest other rows, `f' = min(f, (n-1)//2)`, still averaging `n - f'`
+        rows); static.
+
     Cost: as Krum, quadratic in n (`O(n^2 d)` time, `[n, n]` memory).
     """
-    return _krum_stage(None, "multikrum", backend)
+    return _krum_stage(None, "multikrum", neighbours, backend)
 
 
 def _rfa_weights(dist2: Array, finite: Array, eps: Array) -> Array:
@@ -108,9 +125,23 @@ def _rfa_weights(dist2: Array, finite: Array, eps: Array) -> Array:
     return beta / jnp.maximum(beta.sum(), jnp.finfo(beta.dtype).tiny)
 
 
-@functools.partial(jax.jit, static_argnames=("iters", "backend"))
-def _rfa(updates: Array, eps: Array, *, iters: int, backend: ops.Backend) -> Array:
+#: Where RFA's Weiszfeld iterations start: "mean" (SPEC §7) or "zero" (ByzFL 0.0.11's
+#: `GeometricMedian`).
+RFA_STARTS = ("mean", "zero")
+
+
+@functools.partial(jax.jit, static_argnames=("iters", "start", "backend"))
+def _rfa(updates: Array, eps: Array, *, iters: int, start: str, backend: ops.Backend) -> Array:
     n = updates.shape[0]
+    if start == "zero":
+        # The first iteration from z = 0 weighs rows by their norms (z = 0 is not a convex
+        # combination of the rows, so it cannot be the weights' starting point); every later
+        # iterate is one, as from the mean.
+        finite = ops.finite_rows(updates, backend=backend)
+        a = _rfa_weights(ops.sq_norms(updates, backend=backend), finite, eps)
+        iters -= 1
+    else:
+        a = None
     if backend.few_rows(n):
         g = ops.centred_gram(updates, backend=backend)
         diag = jnp.diagonal(g)
@@ -126,25 +157,30 @@ def _rfa(updates: Array, eps: Array, *, iters: int, backend: ops.Backend) -> Arr
         rel = g[None, :, :] - g[:, :, None] - g[:, None, :] + gd[:, None, None]
         off = ~jnp.eye(n, dtype=bool)
         fin = finite.astype(updates.dtype)
-        a = fin / jnp.maximum(fin.sum(), 1.0)
+        if a is None:
+            a = fin / jnp.maximum(fin.sum(), 1.0)
         for _ in range(iters):
             ap = jnp.where(off, a[None, :], 0.0)
             a = _rfa_weights(jnp.einsum("ij,ijk,ik->i", ap, rel, ap), finite, eps)
         return ops.weighted_rows_safe(a, updates, finite)
     finite = ops.finite_rows(updates, backend=backend)
-    z = ops.masked_mean_safe(updates, finite, finite)
+    z = ops.masked_mean_safe(updates, finite, finite) if a is None else ops.weighted_rows_safe(a, updates, finite)
     for _ in range(iters):
         z = ops.weighted_rows_safe(_rfa_weights(ops.sq_dists_to(updates, z, backend=backend), finite, eps),
                                    updates, finite)
     return z
 
 
-@register("rule", "rfa", iters=integer(low=1), eps=real())
-def rfa(iters=8, eps=1e-7, *, backend: ops.Backend | None = None) -> Stage:
+@register("rule", "rfa", iters=integer(low=1), eps=real(), start=choice(*RFA_STARTS))
+def rfa(iters=8, eps=1e-7, start="mean", *, backend: ops.Backend | None = None) -> Stage:
     """RFA: the geometric median by smoothed Weiszfeld iterations (Pillutla et al. 2019; SPEC §7).
 
     Start at the mean of the finite rows; `iters` times: `beta_i = 1 / max(||X_i - z||, eps)`
     (0 for non-finite rows), `z = sum_i beta_i X_i / sum_i beta_i`.
+
+    ByzFL 0.0.11's `GeometricMedian(nu=0.1, T=3)` is `rfa(iters=T, eps=nu, start="zero")`: the same
+    iteration from `z = 0` (its `alpha = 1/n` factor cancels). It drops rows holding an Inf (a NaN row
+    would poison its result); here every non-finite row gets weight 0.
 
     With few rows (`backend.few_rows(n)`: CPU, `n <= 128`) the iterate is kept as weights,
     `z = a @ X`, and the distances come from the centred Gram matrix `G`:
@@ -156,6 +192,7 @@ def rfa(iters=8, eps=1e-7, *, backend: ops.Backend | None = None) -> Stage:
     Args:
       iters: Weiszfeld iterations (T = 8 in the paper; static).
       eps: smoothing of the distances (traceable).
+      start: "mean" (default, SPEC §7) or "zero" (ByzFL; static).
       backend: `ops.Backend` (resolved now).
 
     Returns:
@@ -164,7 +201,7 @@ def rfa(iters=8, eps=1e-7, *, backend: ops.Backend | None = None) -> Stage:
     backend = ops.resolve(backend)
 
     def core(updates, state, f, key):
-        return _rfa(updates, jnp.asarray(eps, updates.dtype), iters=iters, backend=backend), state
+        return _rfa(updates, jnp.asarray(eps, updates.dtype), iters=iters, start=start, backend=backend), state
 
     return rule_stage("rfa", core, limit=majority_limit)
 
@@ -248,4 +285,4 @@ def cclip(tau=10.0, iters=1, *, backend: ops.Backend | None = None) -> Stage:
     return rule_stage("cclip", core, init=init, stateful=True)
 
 
-__all__ = ["aksel", "cclip", "krum", "krum_limit", "krum_scores", "multikrum", "rfa"]
+__all__ = ["KRUM_NEIGHBOURS", "RFA_STARTS", "aksel", "cclip", "krum", "krum_limit", "krum_scores", "multikrum", "rfa"]

@@ -113,8 +113,8 @@ def _bucketing(updates: Array, key: Array, *, s: int, backend: ops.Backend) -> A
                         lambda u: _bucket_means(u, members, ops.finite_rows(u, backend=backend)), updates)
 
 
-@register("preaggregator", "bucketing", s=integer(low=1))
-def bucketing(s=2, *, backend: ops.Backend | None = None) -> Stage:
+@register("preaggregator", "bucketing", s=integer(low=1), rescale_f=flag())
+def bucketing(s=2, rescale_f=True, *, backend: ops.Backend | None = None) -> Stage:
     """Bucketing (Karimireddy, He & Jaggi, ICLR 2022; SPEC §7).
 
     Shuffle the rows (`jax.random.permutation(key, n)`: row `perm[j]` goes to bucket `j // s`),
@@ -127,6 +127,9 @@ def bucketing(s=2, *, backend: ops.Backend | None = None) -> Stage:
 
     Args:
       s: bucket size (>= 1; static).
+      rescale_f: True (default, SPEC §7): hand the next stage `ceil(f/s)`. False: hand it `f`
+        unchanged, as ByzFL 0.0.11 does (its `Bucketing(s)` has no `f`; every stage is built with
+        the declared `f`; its default `s` is 1). Static.
       backend: `ops.Backend` (resolved now).
 
     Returns:
@@ -138,7 +141,7 @@ def bucketing(s=2, *, backend: ops.Backend | None = None) -> Stage:
         return -(-n // s)
 
     def output_f(f):
-        return -(-f // s)
+        return -(-f // s) if rescale_f else f
 
     def update(x, state, ctx):
         check_updates("bucketing", x)
@@ -146,8 +149,11 @@ def bucketing(s=2, *, backend: ops.Backend | None = None) -> Stage:
         key = require_key("bucketing", ctx.key)
         fr = resolve_f(ctx.f, n, "bucketing", n + 1)
         out = _bucketing(x, key, s=s, backend=backend)
-        f_new = (fr + s - 1) // s
-        if not is_traced(ctx.f):
+        if not rescale_f:
+            f_new = ctx.f
+        elif is_traced(ctx.f):
+            f_new = (fr + s - 1) // s
+        else:
             f_new = int(math.ceil(int(ctx.f) / s))
         return out, state, ctx._replace(f=f_new, byzantine_mask=None)
 

@@ -24,7 +24,7 @@ from jax import lax
 
 from strike_jax import ops
 from strike_jax.attacks.base import attack_stage, reference_mask, replace_rows, row_attack
-from strike_jax.registry import choice, real, register
+from strike_jax.registry import choice, integer, optional, real, register
 from strike_jax.stages import Stage
 
 Array = jax.Array
@@ -47,22 +47,52 @@ def bitflip(*, backend: ops.Backend | None = None) -> Stage:
 # --------------------------------------------------------------------------------------------- LIE
 
 
-def lie_vector(updates: Array, byzantine_mask: Array, z=1.5, *, backend: ops.Backend | None = None) -> Array:
-    """`mu - z * sigma` over H (SPEC §6 LIE). `[n, d]`, `[n]` -> `[d]`."""
+#: LIE's direction: "minus" sends `mu - z * sigma` (SPEC §6, update space); "plus" sends
+#: `mu + z * sigma` (ByzFL 0.0.11's `ALittleIsEnough`, written for gradient-space rows).
+LIE_SIGNS = ("minus", "plus")
+
+
+def lie_vector(updates: Array, byzantine_mask: Array, z=1.5, *, ddof: int = 0, sign: str = "minus",
+               backend: ops.Backend | None = None) -> Array:
+    """`mu - z * sigma` over H (SPEC §6 LIE), or `mu + z * sigma` with `sign="plus"`. `[n, d]`, `[n]`
+    -> `[d]`.
+
+    `sigma` is the coordinate-wise std with `ddof` delta degrees of freedom: 0 (SPEC §1, biased) or
+    1 (ByzFL: `sqrt(var(H, ddof=1))`), i.e. the biased std times `sqrt(h / (h - ddof))` for the `h`
+    rows of H. Where `h <= ddof` (one honest row and `ddof = 1`: ByzFL gives NaN) the std is
+    undefined and taken as 0, so the rows are `mu`.
+    """
+    if sign not in LIE_SIGNS:
+        raise ValueError(f"lie: sign={sign!r} is not allowed; allowed: {', '.join(map(repr, LIE_SIGNS))}.")
     ref = reference_mask(byzantine_mask)
     st = ops.column_stats(updates, ops.mean_weights(ref, updates.dtype), gram=False, backend=backend)
-    return st.centre - jnp.asarray(z, updates.dtype) * st.sigma
+    sigma = st.sigma
+    if ddof:
+        h = ref.sum().astype(updates.dtype)
+        dof = h - ddof
+        sigma = sigma * jnp.where(dof > 0, jnp.sqrt(h / jnp.where(dof > 0, dof, 1.0)), 0.0)
+    step = jnp.asarray(z, updates.dtype) * sigma
+    return st.centre - step if sign == "minus" else st.centre + step
 
 
-@register("attack", "lie", z=real())
-def lie(z=1.5, *, backend: ops.Backend | None = None) -> Stage:
+@register("attack", "lie", z=real(), ddof=integer(low=0), sign=choice(*LIE_SIGNS))
+def lie(z=1.5, ddof=0, sign="minus", *, backend: ops.Backend | None = None) -> Stage:
     """A Little Is Enough: Byzantine clients send `mu - z * sigma` (SPEC §6; z = 1.5; `z` traceable).
 
+    ByzFL 0.0.11's `ALittleIsEnough(tau)` is `lie(z=tau, ddof=1, sign="plus")` on gradient-space
+    rows (ByzFL's DSGD sends momenta); on update-space rows (`-lr` times them) the same attack is
+    `lie(z=tau, ddof=1)` (the mean flips sign, the std does not).
+
+    Args:
+      z: the factor (> 0; traceable).
+      ddof: 0 (default: biased std, SPEC §1) or more (1: ByzFL's sample std); static.
+      sign: "minus" (default) or "plus"; static.
+
     Raises:
-      ValueError: a concrete `z` that is not a finite number > 0.
+      ValueError: a concrete `z` that is not a finite number > 0, or a bad `ddof`/`sign`.
     """
     backend = ops.resolve(backend)
-    return row_attack("lie", lambda u, m: lie_vector(u, m, z, backend=backend))
+    return row_attack("lie", lambda u, m: lie_vector(u, m, z, ddof=ddof, sign=sign, backend=backend))
 
 
 # --------------------------------------------------------------------------------------------- IPM
@@ -269,12 +299,34 @@ def mimic_step(updates: Array, byzantine_mask: Array, state: MimicState, key: Ar
     return MimicResult(vector, target, MimicState(z, t + 1))
 
 
-@register("attack", "mimic")
-def mimic(*, backend: ops.Backend | None = None) -> Stage:
+def mimic_fixed_vector(updates: Array, byzantine_mask: Array, target) -> Array:
+    """ByzFL 0.0.11's `Mimic(epsilon=target)`: the row of the `target`-th honest client (0-based, in
+    row order among the rows of H). `[n, d]`, `[n]` -> `[d]`.
+
+    `target` may be traced. ByzFL raises when `target >= h`; a traced count cannot, so here the last
+    row of H is copied then (the same clamping as a traced `f` above a rule's limit, SPEC §7).
+    """
+    ref = reference_mask(byzantine_mask)
+    rank = jnp.cumsum(ref) - 1
+    t = jnp.minimum(jnp.asarray(target, jnp.int32), ref.sum() - 1)
+    pick = (ref & (rank == t)).astype(updates.dtype)
+    return ops.weighted_rows(pick, updates)
+
+
+@register("attack", "mimic", target=optional(integer(low=0)))
+def mimic(target=None, *, backend: ops.Backend | None = None) -> Stage:
     """Mimic (stateful; SPEC §6): Byzantine clients copy the honest update that is most extreme
     along a slowly averaged top principal direction. `update` needs a `key` (first round's z0).
-    The state advances on every call, also in rounds without Byzantine clients."""
+    The state advances on every call, also in rounds without Byzantine clients.
+
+    Args:
+      target: None (default: the adaptive choice above), or an int `i >= 0`: always copy the `i`-th
+        honest row (ByzFL's `Mimic(epsilon=i)`, which copies `honest_vectors[i]`; its default is
+        0); static. See `mimic_fixed_vector`. With a target the stage is stateless and needs no key.
+    """
     backend = ops.resolve(backend)
+    if target is not None:
+        return row_attack("mimic", lambda u, m: mimic_fixed_vector(u, m, target))
 
     def init(shape):
         return MimicState(jnp.zeros((shape.shape[1],), shape.dtype), jnp.zeros((), jnp.int32))
@@ -327,6 +379,7 @@ def nonfinite(value="nan", *, backend: ops.Backend | None = None) -> Stage:
 
 
 __all__ = [
+    "LIE_SIGNS",
     "LambdaAttackResult",
     "MimicResult",
     "MimicState",
@@ -337,6 +390,7 @@ __all__ = [
     "lie",
     "lie_vector",
     "mimic",
+    "mimic_fixed_vector",
     "mimic_step",
     "minmax",
     "minmax_vector",

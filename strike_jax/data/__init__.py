@@ -46,7 +46,17 @@ from strike_jax.data.digits import load_digits
 from strike_jax.data.idx import load_fashion_mnist, load_mnist, read_idx
 from strike_jax.data.image_folder import load_image_folder, load_imagenet12
 from strike_jax.data.leaf import load_femnist
-from strike_jax.data.partition import Partition, dirichlet, dirichlet_cut_points, dirichlet_split, iid, natural
+from strike_jax.data.partition import (
+    Partition,
+    dirichlet,
+    dirichlet_cut_points,
+    dirichlet_split,
+    extreme_niid,
+    gamma_similarity_niid,
+    holdout,
+    iid,
+    natural,
+)
 from strike_jax.data.synthetic import load_synthetic
 from strike_jax.data.tfds_source import load_cifar10, load_emnist, load_tfds
 
@@ -63,6 +73,9 @@ __all__ = [
     "dirichlet_cut_points",
     "dirichlet_split",
     "epoch_permutation",
+    "extreme_niid",
+    "gamma_similarity_niid",
+    "holdout",
     "iid",
     "load",
     "load_cifar10",

@@ -1,7 +1,9 @@
-"""Splitting a training set over clients: Dirichlet label skew, IID, natural (SPEC §4).
+"""Splitting a training set over clients: Dirichlet label skew, IID, natural (SPEC §4), and
+ByzFL's gamma-similarity and extreme non-IID splits (ByzFL 0.0.11 `DataDistributor`), with
+ByzFL's train/validation hold-out.
 
 Every partition assigns each sample to exactly one client and is a pure function of its
-arguments (randomness from `np.random.default_rng(seed)`).
+arguments (randomness from `np.random.default_rng(seed)`; for ByzFL's splits, the "data seed").
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ __all__ = [
     "dirichlet",
     "dirichlet_cut_points",
     "dirichlet_split",
+    "extreme_niid",
+    "gamma_similarity_niid",
+    "holdout",
     "iid",
     "natural",
 ]
@@ -265,3 +270,126 @@ def natural(client_ids: np.ndarray) -> Partition:
     order = np.argsort(ids, kind="stable")
     bounds = np.cumsum(counts)[:-1]
     return Partition(indices=tuple(a.astype(np.int64) for a in np.split(order, bounds)), kind="natural")
+
+
+# ------------------------------------------------------------------------------ ByzFL's splits
+
+
+def _check_order(order, num_samples: int | None) -> np.ndarray:
+    """The candidate sample indices as int64 (distinct, non-negative)."""
+    idx = np.asarray(order)
+    if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
+        raise ValueError(f"order must be a 1-d int array of sample indices, got {idx.dtype} {idx.shape}.")
+    idx = idx.astype(np.int64)
+    if idx.size and (idx.min() < 0 or (num_samples is not None and idx.max() >= num_samples)):
+        raise ValueError(f"order holds indices outside 0..{num_samples - 1 if num_samples else '?'}.")
+    if np.unique(idx).size != idx.size:
+        raise ValueError("order must not repeat a sample index.")
+    return idx
+
+
+def _sorted_by_label(labels: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    # ByzFL sorts the pairs (label, index): by label, then by sample index.
+    return idx[np.lexsort((idx, labels[idx]))]
+
+
+def extreme_niid(labels: np.ndarray, num_clients: int, order: np.ndarray | None = None) -> Partition:
+    """ByzFL's `extreme_niid`: the samples sorted by (label, index), cut into `num_clients`
+    nearly equal consecutive chunks (`np.array_split`: the first `m % N` get one more).
+
+    Deterministic: no seed. With 10 classes and 10 clients of equal class sizes every client holds
+    one class.
+
+    Args:
+      labels: `[N_train]` int labels of the whole training set.
+      num_clients: `N` (ByzFL gives data to the honest clients only: pass their number).
+      order: the sample indices to split (default all, `0..N_train-1`); e.g. `holdout`'s training
+        part. Their order does not matter (they are sorted).
+
+    Returns:
+      `Partition(kind="extreme_niid")` covering exactly the samples of `order`.
+
+    Raises:
+      ValueError: bad labels, `num_clients` < 1 or above the number of samples.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be a non-empty 1-d int array, got {labels.dtype} {labels.shape}.")
+    idx = np.arange(labels.size, dtype=np.int64) if order is None else _check_order(order, labels.size)
+    n = _check_num_clients(num_clients, idx.size)
+    return Partition(indices=tuple(np.array_split(_sorted_by_label(labels, idx), n)), kind="extreme_niid")
+
+
+def gamma_similarity_niid(labels: np.ndarray, num_clients: int, gamma: float, seed: int,
+                          order: np.ndarray | None = None) -> Partition:
+    """ByzFL's `gamma_similarity_niid` (Allouah et al. 2023): a fraction `gamma` of the data spread
+    IID, the rest split extremely non-IID.
+
+    With `idx` = `order` (default: `np.random.default_rng(seed).permutation(N_train)`, standing for
+    the random order of ByzFL's `random_split` subset) and `k = int(len(idx) * gamma)` (Python's
+    truncation of the float product, as ByzFL):
+
+    1. the first `k` indices of `idx`, shuffled (`rng.permutation`; ByzFL's `random.shuffle`), cut
+       into `num_clients` nearly equal chunks (`np.array_split`);
+    2. the other `len(idx) - k` indices sorted by (label, index) and cut the same way
+       (`extreme_niid`);
+    3. client `i` holds chunk `i` of step 1 followed by chunk `i` of step 2.
+
+    `gamma = 1` is an IID split, `gamma = 0` `extreme_niid`. Which samples land in the IID part
+    depends on `idx`'s order: with `order` in dataset order ByzFL's rule takes the *first* `k`
+    samples of the dataset (what ByzFL does when given a whole dataset rather than a subset).
+
+    Args:
+      labels: `[N_train]` int labels.
+      num_clients: `N` (the honest clients).
+      gamma: the IID fraction, a float in `[0, 1]` (ByzFL's `distribution_parameter`).
+      seed: the data seed (non-negative int).
+      order: the sample indices to split, in ByzFL's `idx` order (e.g. `holdout`'s training part).
+
+    Returns:
+      `Partition(kind="gamma_similarity_niid")`; clients may be empty only if there are fewer
+      samples than clients in a part (ByzFL's rule; refused here: see Raises).
+
+    Raises:
+      ValueError: `gamma` outside `[0, 1]`, bad labels/seed, or fewer samples than clients.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be a non-empty 1-d int array, got {labels.dtype} {labels.shape}.")
+    if isinstance(gamma, (bool, np.bool_)) or not isinstance(gamma, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= float(gamma) <= 1.0:
+        raise ValueError(f"gamma={gamma!r} is not allowed; allowed: a number in [0, 1].")
+    rng = np.random.default_rng(_check_seed(seed))
+    idx = rng.permutation(labels.size).astype(np.int64) if order is None else _check_order(order, labels.size)
+    n = _check_num_clients(num_clients, idx.size)
+    k = int(idx.size * float(gamma))
+    iid_part = np.array_split(rng.permutation(idx[:k]), n)
+    niid_part = np.array_split(_sorted_by_label(labels, idx[k:]), n)
+    return Partition(indices=tuple(np.concatenate([a, b]).astype(np.int64) for a, b in zip(iid_part, niid_part)),
+                     kind="gamma_similarity_niid")
+
+
+def holdout(num_samples: int, train_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """ByzFL's train/validation split (`torch.utils.data.random_split(dataset, [t, N - t])` with
+    `t = int(train_fraction * N)`): a random permutation of `0..N-1`, its first `t` entries for
+    training and the rest for validation, both in permuted order (pass the first as `order` to
+    `gamma_similarity_niid` / `extreme_niid` to split it as ByzFL does).
+
+    Args:
+      num_samples: `N` (>= 1).
+      train_fraction: in `(0, 1]` (ByzFL's `size_train_set`, default 0.8; 1 = no validation set).
+      seed: the data seed.
+
+    Returns:
+      `(train, validation)` int64 index arrays, disjoint, together `0..N-1`.
+    """
+    if isinstance(num_samples, (bool, np.bool_)) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}.")
+    if isinstance(train_fraction, (bool, np.bool_)) or not isinstance(train_fraction, (int, float, np.floating)) \
+            or not 0.0 < float(train_fraction) <= 1.0:
+        raise ValueError(f"train_fraction={train_fraction!r} is not allowed; allowed: a number in (0, 1].")
+    perm = np.random.default_rng(_check_seed(seed)).permutation(int(num_samples)).astype(np.int64)
+    t = int(float(train_fraction) * int(num_samples))
+    if t < 1:
+        raise ValueError(f"train_fraction={train_fraction!r} leaves no training sample out of {num_samples}.")
+    return perm[:t], perm[t:]

@@ -29,6 +29,8 @@ same function within float32 rounding. `conv_plans(model)` says which form each 
 | `mlp` | `MLP` (hidden 128) | digits, Fashion-MNIST |
 | `digits_cnn`, `fmnist_cnn` | `SmallCNN` (aliases used by the local presets) | digits / Fashion-MNIST |
 | `digits_mlp` | `MLP` (alias) | digits |
+| `cnn_mnist`, `fc_mnist`, `logreg_mnist` | ByzFL's MNIST models (431,080 / 79,510 / 7,850 params) | ByzFL benchmarks |
+| `cnn_cifar`, `resnet18_cifar` | ByzFL's CIFAR models (2,324,630 / 11,173,962; the ResNet has a 3x3 stem, no max-pool, BatchNorm) | ByzFL benchmarks |
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from strike_jax.models import conv as conv_lib
+from strike_jax.models.byzfl import CnnCifar, CnnMnist, FcMnist, LogRegMnist, ResNet18Cifar
 from strike_jax.models.cnn import MLP, AlexNetCifar, FemnistCNN, LeafCNN, SmallCNN, SmallCNNBN
 from strike_jax.models.layers import Conv, Dense, MaskedBatchNorm, max_pool
 from strike_jax.models.resnet import BasicBlock, ResNet18
@@ -52,6 +55,7 @@ __all__ = [
     "ModelSpec", "get", "names", "num_params", "num_batch_stats", "conv_plans", "ConvLayer",
     "FemnistCNN", "LeafCNN", "AlexNetCifar", "ResNet18", "BasicBlock", "SmallCNN", "SmallCNNBN", "MLP",
     "Conv", "Dense", "MaskedBatchNorm", "max_pool",
+    "CnnMnist", "FcMnist", "LogRegMnist", "CnnCifar", "ResNet18Cifar",
 ]
 
 
@@ -95,6 +99,12 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], bool, bool]] = {
     "digits_cnn": (lambda c, **kw: SmallCNN(num_classes=c, **kw), False, True),
     "fmnist_cnn": (lambda c, **kw: SmallCNN(num_classes=c, **kw), False, True),
     "digits_mlp": (lambda c, **kw: MLP(num_classes=c, **kw), False, False),
+    # ByzFL 0.0.11's benchmark models (strike_jax.models.byzfl; strike_jax.byzfl maps its names).
+    "cnn_mnist": (lambda c, **kw: CnnMnist(num_classes=c, **kw), False, True),
+    "fc_mnist": (lambda c, **kw: FcMnist(num_classes=c, **kw), False, False),
+    "logreg_mnist": (lambda c, **kw: LogRegMnist(num_classes=c, **kw), False, False),
+    "cnn_cifar": (lambda c, **kw: CnnCifar(num_classes=c, **kw), False, True),
+    "resnet18_cifar": (lambda c, **kw: ResNet18Cifar(num_classes=c, **kw), True, True),
 }
 
 
