@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sys
 
-from strike_jax import report, sweep
+from strike_jax import studies, sweep
 
 
 def build_parser():
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     base = sweep.base_config(args, preaggregation=preagg)
     what = "Figure 4 (bucketing, s=2)" if preagg == ("bucketing",) else (
         f"Table 1 with {'+'.join(preagg)}" if preagg else "Table 1")
-    return report.attack_table(args, base, name="table1",
+    return studies.attack_table(args, base, name="table1",
                                suffix="".join("_" + p for p in preagg) + (f"_{args.tag}" if args.tag else ""), what=what,
                                attacks=tuple(args.attacks) + (("none",) if args.with_none else ()),
                                defences=args.defences, nu_grid=args.nu_grid,
