@@ -360,16 +360,21 @@ def check_configs(configs: Iterable[Config], prog: str = "sweep") -> None:
             usage_error(prog, str(e))
 
 
-def run_line(config: Config, result: dict) -> str:
-    """One line describing a finished run (its setting and best accuracy), for logs."""
+def run_setting(config: Config) -> str:
+    """A run's setting in a few words (data set, seed, attack, defence, n, f, split), for logs."""
     nu = nu_of(config)
-    b = result.get("best_accuracy")
-    acc = "n/a" if b is None else f"{100 * b:.2f}%"
     pre = "+".join(config.preaggregation)
     split = config.beta if config.partition == "dirichlet" else config.partition
-    return (f"  {config.dataset} seed={config.seed} {config.attack}{'' if nu is None else f'(nu={nu:g})'} vs "
+    return (f"{config.dataset} seed={config.seed} {config.attack}{'' if nu is None else f'(nu={nu:g})'} vs "
             f"{pre + '+' if pre else ''}{config.defence} n={config.clients_per_round} f~{config.num_byzantine} "
-            f"beta={split}: best {acc}{' (diverged)' if result.get('diverged') else ''}")
+            f"beta={split}")
+
+
+def run_line(config: Config, result: dict) -> str:
+    """One line describing a finished run (its setting and best accuracy), for logs."""
+    b = result.get("best_accuracy")
+    acc = "n/a" if b is None else f"{100 * b:.2f}%"
+    return f"  {run_setting(config)}: best {acc}{' (diverged)' if result.get('diverged') else ''}"
 
 
 def run_configs(configs: Sequence[Config], args: argparse.Namespace) -> tuple[list[dict], dict[str, Any]]:
@@ -643,5 +648,5 @@ __all__ = [
     "ATTACKS", "BASELINE_ATTACKS", "DEFENCES", "NU_GRID", "ArgumentParser", "Axis", "GRID_ALIASES", "DataMissing", "allowed_names",
     "attack_config", "base_config", "check_configs", "display_path", "finish_args", "finished",
     "grid", "grid_configs", "ignore_runs", "make_parser", "names_type", "nu_of", "parse_args", "parse_floats", "parse_grid", "parse_ints",
-    "parse_seeds", "require_data", "run_configs", "run_id", "run_line", "run_sweep", "usage_error",
+    "parse_seeds", "require_data", "run_configs", "run_id", "run_line", "run_setting", "run_sweep", "usage_error",
 ]
