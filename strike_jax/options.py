@@ -32,6 +32,9 @@ from strike_jax.errors import InputError
 
 #: Fields with their own spelling on the command line (others: `--field-name`).
 FLAGS = {"preaggregation": "--preagg", "defence": "--defence"}
+#: The default of every field's option: an option not given is absent from the parsed namespace, so
+#: that `--clip-norm None` (set to None) differs from no `--clip-norm` (the preset's value).
+UNSET = argparse.SUPPRESS
 #: String fields offered as argparse choices (the others' names are checked by their type).
 CHOICE_FIELDS = ("dataset", "model", "partition", "strategy")
 #: Mapping fields and their KEY=VALUE option.
@@ -175,7 +178,8 @@ def add_config_options(parser: argparse.ArgumentParser, fields: Iterable[str] | 
                        helps: Mapping[str, str] | None = None) -> None:
     """Adds an option for each `Config` field in `fields` (default: all) to `parser`.
 
-    Unset options are None (or absent from `overrides(args)`), so a preset's values apply. Bool
+    Options not given are absent from the namespace (`UNSET`) and from `overrides(args)`, so a
+    preset's values apply. Bool
     fields are switches; mapping fields take repeatable KEY=VALUE (`PARAM_FLAGS`); `nu`: also
     `--nu` (STRIKE's strength, a shortcut for `--attack-param nu=...`) when `attack_params` is in.
 
@@ -192,23 +196,24 @@ def add_config_options(parser: argparse.ArgumentParser, fields: Iterable[str] | 
         dflt = getattr(default, name)
         if name in PARAM_FLAGS:
             if name == "preaggregation_params":
-                parser.add_argument(PARAM_FLAGS[name], dest=name, action="append", type=parse_preagg_param,
+                parser.add_argument(PARAM_FLAGS[name], dest=name, action="append", type=parse_preagg_param, default=UNSET,
                                     metavar="NAME.KEY=VALUE", help="pre-aggregator hyper-parameter (repeatable)")
             else:
                 what = {"attack_params": "attack", "defence_params": "defence", "dataset_params": "data set loader"}
-                parser.add_argument(PARAM_FLAGS[name], dest=name, action="append", type=parse_param,
+                parser.add_argument(PARAM_FLAGS[name], dest=name, action="append", type=parse_param, default=UNSET,
                                     metavar="KEY=VALUE", help=f"{what[name]} hyper-parameter (repeatable)")
             if name == "attack_params" and nu:
                 parser.add_argument("--nu", type=_nu, help="STRIKE's strength (shortcut for --attack-param nu=...)")
             continue
         custom = (helps or {}).get(name)
         if ft.base is bool:
-            parser.add_argument(flag(name), dest=name, action="store_true", default=None,
+            parser.add_argument(flag(name), dest=name, action="store_true", default=UNSET,
                                 help=custom or f"Config.{name} (default {dflt!r})")
             continue
         allowed = allowed_names(name)
         if name in CHOICE_FIELDS:  # a short fixed list: argparse shows it as {a,b,...}
-            parser.add_argument(flag(name), dest=name, choices=allowed, help=custom or f"Config.{name} (default {dflt!r})")
+            parser.add_argument(flag(name), dest=name, choices=allowed, default=UNSET,
+                                help=custom or f"Config.{name} (default {dflt!r})")
             continue
         if name == "preaggregation":
             text = "comma-separated pre-aggregators, from: " + ", ".join(allowed) + " (default: none)"
@@ -217,9 +222,11 @@ def add_config_options(parser: argparse.ArgumentParser, fields: Iterable[str] | 
         else:
             text = f"Config.{name}: {field_need(name)} (default {dflt!r})"
         metavar = name.upper() if allowed is None else {"defence": "RULE"}.get(name, name.upper())
-        parser.add_argument(flag(name), dest=name, type=field_type(name), metavar=metavar, help=custom or text)
+        parser.add_argument(flag(name), dest=name, type=field_type(name), metavar=metavar, default=UNSET,
+                            help=custom or text)
         if name == "defence":
-            parser.add_argument("--defense", dest="defence", type=field_type(name), help=argparse.SUPPRESS)
+            parser.add_argument("--defense", dest="defence", type=field_type(name), default=UNSET,
+                                help=argparse.SUPPRESS)
 
 
 def _nu(text: str) -> float:
@@ -238,10 +245,11 @@ def overrides(args: argparse.Namespace, fields: Iterable[str] | None = None) -> 
       fields: the fields `add_config_options` was given (default: all).
     """
     out: dict[str, Any] = {}
+    given = vars(args)
     for name in (fields or field_types()):
-        value = getattr(args, name, None)
-        if value is None:
+        if name not in given:  # not on the command line (`UNSET`): the preset's or default value
             continue
+        value = given[name]
         if name == "preaggregation_params":
             pp: dict[str, dict[str, Any]] = {}
             for pre, hp, v in value:
@@ -258,6 +266,6 @@ def overrides(args: argparse.Namespace, fields: Iterable[str] | None = None) -> 
 
 
 __all__ = [
-    "CHOICE_FIELDS", "FLAGS", "PARAM_FLAGS", "add_config_options", "allowed_names", "coerce_field", "field_type", "flag",
+    "CHOICE_FIELDS", "FLAGS", "PARAM_FLAGS", "UNSET", "add_config_options", "allowed_names", "coerce_field", "field_type", "flag",
     "overrides", "parse_param", "parse_preagg_param", "parse_set", "parse_value",
 ]
