@@ -20,6 +20,7 @@ Outputs: experiments/results/table1_<dataset>[_bucketing][_<tag>].md / .json / .
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from strike_jax import studies, sweep
@@ -45,7 +46,7 @@ def build_parser():
 
 def _tag(value: str) -> str:
     if value and not value.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"--tag {value!r}: letters, digits, '-' and '_' only")
+        raise argparse.ArgumentTypeError(f"{value!r}: letters, digits, '-' and '_' only")
     return value
 
 

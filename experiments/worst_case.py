@@ -50,6 +50,7 @@ from typing import Any, Hashable, Mapping, Sequence
 
 from strike_jax import registry, report, sweep
 from strike_jax.config import Config
+from strike_jax.errors import InputError
 
 #: STRIKE's default ν grid here (its cell is the lowest); `--nu-grid` changes it.
 NU_GRID = (0.5, 1.0, 2.0)
@@ -133,7 +134,7 @@ def runnable(config: Config) -> str | None:
 
     try:
         check_config(config)
-    except (TypeError, ValueError) as e:
+    except InputError as e:
         return str(e).splitlines()[0]
     return None
 
