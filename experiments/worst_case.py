@@ -115,7 +115,7 @@ def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.quick:
-        if args.rounds is None:
+        if "rounds" not in vars(args):  # not given (Config options are absent unless given)
             args.rounds = QUICK_ROUNDS
         if args.nu_grid is None:
             args.nu_grid = QUICK_NU_GRID

@@ -221,7 +221,7 @@ def add_config_options(parser: argparse.ArgumentParser, fields: Iterable[str] | 
             text = f"one of: {', '.join(allowed)} (default {dflt!r})"
         else:
             text = f"Config.{name}: {field_need(name)} (default {dflt!r})"
-        metavar = name.upper() if allowed is None else {"defence": "RULE"}.get(name, name.upper())
+        metavar = {"defence": "RULE", "preaggregation": "NAMES", "data_dir": "DIR"}.get(name, name.upper())
         parser.add_argument(flag(name), dest=name, type=field_type(name), metavar=metavar, default=UNSET,
                             help=custom or text)
         if name == "defence":
