@@ -124,10 +124,10 @@ def cmd_demo(args) -> int:
 
 def cmd_sweep(args) -> int:
     """A grid of runs (`--grid KEY=V1,V2`) from one base config; resumable; tables as the scripts'."""
-    from strike_jax import studies, sweep
+    from strike_jax import studies
 
     base = _config_from_args(args)
-    configs = sweep.grid_configs(base, args.grid or [])
+    configs = options.grid_configs(base, args.grid or [])
     args.script = "strike-jax sweep"
     args.out_dir = os.path.join(args.results_dir, "runs")
     args.root = None
@@ -260,7 +260,7 @@ STRIKE once per nu). Each run gets a directory RESULTS_DIR/runs/<run id>: a seco
 what is missing. Tables (rows: attacks, columns: defences, cells: best accuracy mean ± std over
 seeds, one table per value of the other varied fields) go to RESULTS_DIR/<name>.md and .json.""")
     _config_options(sw)
-    sw.add_argument("--grid", action="append", type=sweep.parse_grid, metavar="KEY=V1,V2,...",
+    sw.add_argument("--grid", action="append", type=options.parse_grid, metavar="KEY=V1,V2,...",
                     help="one axis of the grid (repeatable)")
     sw.add_argument("--results-dir", dest="results_dir", default="sweep_results",
                     help="tables here, run directories in RESULTS_DIR/runs (default sweep_results)")

@@ -14,7 +14,7 @@ import argparse
 import os
 from typing import Any, Callable, Hashable, Mapping, Sequence
 
-from strike_jax import report, sweep
+from strike_jax import options, report, sweep
 from strike_jax.config import Config
 
 
@@ -129,7 +129,7 @@ _TABLE_FIELDS = ("attack", "attack_params", "defence", "defence_params", "preagg
                  "seed")
 
 
-def grid_study(args: argparse.Namespace, base: Config, configs: Sequence[Config], axes: Sequence[sweep.Axis], *,
+def grid_study(args: argparse.Namespace, base: Config, configs: Sequence[Config], axes: Sequence[options.Axis], *,
                name: str = "sweep") -> int:
     """Any grid of configs (`strike-jax sweep`): tables of attacks (rows) x defences (columns), a
     cell per (attack, defence) over seeds (`report.make_cell`), one table per value of every other
@@ -141,7 +141,7 @@ def grid_study(args: argparse.Namespace, base: Config, configs: Sequence[Config]
         `overwrite`.
       base: the config the grid starts from (recorded: a later call with another base or grid is
         refused unless `--overwrite`).
-      configs: the runs (`sweep.grid_configs(base, axes)`).
+      configs: the runs (`options.grid_configs(base, axes)`).
       axes: the grid, recorded in the result.
       name: the result files' stem.
 

@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
 import json
 import os
-import re
 import sys
 import time
-from typing import Any, Callable, Iterable, NamedTuple, NoReturn, Sequence
+from typing import Any, Callable, Iterable, NoReturn, Sequence
 
 from strike_jax import atomic, options
 from strike_jax.config import Config, preset
@@ -104,189 +102,6 @@ def grid(base: Config, attacks: Iterable[str], defences: Iterable[str], seeds: I
 def nu_of(config: Config) -> float | None:
     """STRIKE's `nu` of a config (None for every other attack)."""
     return config.attack_params.get("nu") if config.attack == "strike" else None
-
-
-# ---------------------------------------------------------------------------------------------
-# Grids of any field (`strike-jax sweep --grid KEY=V1,V2`)
-
-#: Other spellings of grid keys.
-GRID_ALIASES = {"preagg": "preaggregation", "defense": "defence"}
-
-
-class Axis(NamedTuple):
-    """One `--grid` axis.
-
-    Attributes:
-      key: as written (`nu`, `seed`, `defence.tau`).
-      kind: "field" (a `Config` field), "attack" / "defence" (a hyper-parameter of the config's
-        attack / defence), "param" (of whichever of the two declares it) or "preagg" (of the
-        pre-aggregator `stage`).
-      name: the field or hyper-parameter.
-      values: the values, parsed (`Config` fields to their types).
-      stage: the pre-aggregator of a "preagg" axis, else "".
-    """
-
-    key: str
-    kind: str
-    name: str
-    values: tuple
-    stage: str = ""
-
-
-def _declares(kind: str, stage: str, hparam: str) -> bool:
-    from strike_jax import registry
-
-    if kind == "attack" and stage == "none":
-        return False
-    try:
-        return hparam in registry.hparam_spec(kind, stage)
-    except InputError:
-        return False
-
-
-def _declared_anywhere(hparam: str) -> list[str]:
-    from strike_jax import registry
-
-    return [f"{k} {n}" for k in ("attack", "rule") for n in registry.names(k) if _declares(k, n, hparam)]
-
-
-_RANGE = re.compile(r"^(\d+)-(\d+)$")
-
-
-def _items(text: str, *, ranges: bool) -> list[str]:
-    out: list[str] = []
-    for item in (v.strip() for v in text.split(",")):
-        if not item:
-            continue
-        m = _RANGE.match(item) if ranges else None
-        if m:
-            lo, hi = int(m.group(1)), int(m.group(2))
-            if hi < lo:
-                raise argparse.ArgumentTypeError(f"{item!r}: a range a-b needs a <= b")
-            out.extend(str(i) for i in range(lo, hi + 1))
-        else:
-            out.append(item)
-    return out
-
-
-def parse_grid(text: str) -> Axis:
-    """An argparse type for `--grid KEY=V1,V2,...`: one axis of a sweep.
-
-    KEY is a `Config` field (`seed`, `attack`, `defence`, `beta`, `num_clients`, `preaggregation`
-    or `preagg`, ...), a hyper-parameter of an attack or defence (`nu`, `tau`; `attack.nu` or
-    `defence.tau` when both could mean it) or of a pre-aggregator (`bucketing.s`). Values are
-    comma-separated; `a-b` is the integers a..b for numbers (`seed=0-2`); a pre-aggregation value
-    joins names with `+` (`preagg=none,nnm,nnm+bucketing`). Each value is checked like the option
-    of its field (`strike_jax.options`).
-    """
-    from strike_jax.config import field_types
-
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=V1,V2,... (e.g. defence=median,dnc or seed=0-2)")
-    key, raw = (t.strip() for t in text.split("=", 1))
-    name = GRID_ALIASES.get(key, key.replace("-", "_"))
-    types = field_types()
-    if name in types:
-        ft = types[name]
-        if ft.base is dict:
-            raise argparse.ArgumentTypeError(f"grid key {key!r}: vary one hyper-parameter at a time "
-                                             "(e.g. nu=0.5,1 or defence.tau=5,10)")
-        if ft.base is tuple:
-            parts = [v.strip() for v in raw.split(",") if v.strip()]
-            values = tuple(options.coerce_field(name, () if p == "none" else tuple(p.split("+"))) for p in parts)
-        else:
-            parse = options.field_type(name)
-            values = tuple(parse(v) for v in _items(raw, ranges=ft.base is int))
-        axis = Axis(key, "field", name, values)
-    else:
-        stage, dot, hparam = name.rpartition(".")
-        if dot and stage in ("attack", "defence"):
-            kind = stage
-            if not _declared_anywhere(hparam):
-                raise argparse.ArgumentTypeError(f"grid key {key!r}: no attack or defence has a hyper-parameter "
-                                                 f"{hparam!r}")
-        elif dot:
-            options.parse_preagg_param(f"{name}=0")  # checks the pre-aggregator's name
-            if not _declares("preaggregator", stage, hparam):
-                raise argparse.ArgumentTypeError(f"grid key {key!r}: the pre-aggregator {stage} has no "
-                                                 f"hyper-parameter {hparam!r}")
-            kind = "preagg"
-        else:
-            hparam, stage, kind = name, "", "param"
-            if not _declared_anywhere(hparam):
-                raise argparse.ArgumentTypeError(
-                    f"unknown grid key {key!r}; allowed: a Config field ({', '.join(types)}), a hyper-parameter of "
-                    "an attack or defence (e.g. nu, tau, or attack.KEY / defence.KEY) or of a pre-aggregator "
-                    "(e.g. bucketing.s)")
-        values = tuple(options.parse_value(v) for v in _items(raw, ranges=True))
-        axis = Axis(key, kind, hparam, values, stage if kind == "preagg" else "")
-    if not axis.values:
-        raise argparse.ArgumentTypeError(f"{text!r}: need at least one value")
-    if len(set(map(repr, axis.values))) != len(axis.values):
-        raise argparse.ArgumentTypeError(f"{text!r}: a value is repeated")
-    return axis
-
-
-def grid_configs(base: Config, axes: Sequence[Axis]) -> list[Config]:
-    """Every combination of the axes' values applied to `base`, in the axes' order (the last
-    varies fastest), without duplicates (by `run_id`).
-
-    A hyper-parameter applies to the configs whose attack (or defence, or pre-aggregator) declares
-    it, so `attack=lie,strike` x `nu=0.5,1` is LIE once and STRIKE twice; `base`'s own attack /
-    defence hyper-parameters (`--nu`, `--attack-param`) likewise follow a grid of attacks or
-    defences.
-
-    Raises:
-      InputError: a hyper-parameter that no config of the grid declares (or both its attack and
-        its defence do, without `attack.` / `defence.`), or a combination `Config` refuses.
-    """
-    keys = {"attack": "attack_params", "defence": "defence_params"}
-    used: dict[str, bool] = {a.key: False for a in axes}
-    base_used = {(kind, k): False for kind in keys for k in getattr(base, keys[kind])}
-    out: dict[str, Config] = {}
-    for combo in itertools.product(*(a.values for a in axes)):
-        fields = {a.name: v for a, v in zip(axes, combo) if a.kind == "field"}
-        stages = {"attack": fields.get("attack", base.attack), "defence": fields.get("defence", base.defence)}
-        preaggs = fields.get("preaggregation", base.preaggregation)
-        params: dict[str, dict[str, Any]] = {}
-        for kind, field in keys.items():
-            kept = {}
-            for k, v in getattr(base, field).items():
-                if stages[kind] == getattr(base, kind) or _declares(_KIND[kind], stages[kind], k):
-                    kept[k] = v
-                    base_used[(kind, k)] = True
-            params[field] = kept
-        pre_params = {p: dict(v) for p, v in base.preaggregation_params.items() if p in preaggs}
-        for a, v in zip(axes, combo):
-            if a.kind == "preagg":
-                if a.stage in preaggs:
-                    pre_params.setdefault(a.stage, {})[a.name] = v
-                    used[a.key] = True
-            elif a.kind in ("attack", "defence", "param"):
-                hits = [kind for kind in keys if a.kind in (kind, "param")
-                        and _declares(_KIND[kind], stages[kind], a.name)]
-                if len(hits) > 1:
-                    raise InputError(f"grid key {a.key!r} is a hyper-parameter of both the attack "
-                                     f"{stages['attack']} and the defence {stages['defence']}; write "
-                                     f"attack.{a.name} or defence.{a.name}.")
-                if hits:
-                    params[keys[hits[0]]][a.name] = v
-                    used[a.key] = True
-            else:
-                used[a.key] = True
-        cfg = base.replace(**fields, **params, preaggregation_params=pre_params)
-        out.setdefault(run_id(cfg), cfg)
-    for (kind, k), u in base_used.items():
-        if not u:
-            raise InputError(f"{kind} hyper-parameter {k!r} applies to no run: no {kind} of the grid has it.")
-    for k, u in used.items():
-        if not u:
-            raise InputError(f"grid key {k!r} applies to no run: no attack, defence or pre-aggregator of the grid "
-                             "has that hyper-parameter (strike-jax list shows the stages).")
-    return list(out.values())
-
-
-_KIND = {"attack": "attack", "defence": "rule"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -645,8 +460,8 @@ def base_config(args: argparse.Namespace, *, load_data: bool = True, **overrides
 
 
 __all__ = [
-    "ATTACKS", "BASELINE_ATTACKS", "DEFENCES", "NU_GRID", "ArgumentParser", "Axis", "GRID_ALIASES", "DataMissing", "allowed_names",
+    "ATTACKS", "BASELINE_ATTACKS", "DEFENCES", "NU_GRID", "ArgumentParser", "DataMissing", "allowed_names",
     "attack_config", "base_config", "check_configs", "display_path", "finish_args", "finished",
-    "grid", "grid_configs", "ignore_runs", "make_parser", "names_type", "nu_of", "parse_args", "parse_floats", "parse_grid", "parse_ints",
+    "grid", "ignore_runs", "make_parser", "names_type", "nu_of", "parse_args", "parse_floats", "parse_ints",
     "parse_seeds", "require_data", "run_configs", "run_id", "run_line", "run_setting", "run_sweep", "usage_error",
 ]

@@ -128,17 +128,17 @@ def test_sweep_bad_grids_are_one_line(tmp_path, capsys):
 
 def test_grid_configs_semantics():
     base = Config(dataset="digits", model="mlp", num_clients=4, clients_per_round=4, defence="median")
-    axes = [sweep.parse_grid(t) for t in ("attack=lie,strike", "defence=median,dnc", "seed=0-2", "nu=0.5,1,2")]
-    configs = sweep.grid_configs(base, axes)
+    axes = [options.parse_grid(t) for t in ("attack=lie,strike", "defence=median,dnc", "seed=0-2", "nu=0.5,1,2")]
+    configs = options.grid_configs(base, axes)
     assert len(configs) == 2 * 3 * (1 + 3) and len({sweep.run_id(c) for c in configs}) == len(configs)
     assert all(c.attack_params == {} for c in configs if c.attack == "lie")
     assert sorted({c.attack_params["nu"] for c in configs if c.attack == "strike"}) == [0.5, 1.0, 2.0]
     # Explicit stages, pre-aggregator hyper-parameters, tuple fields.
-    cfgs = sweep.grid_configs(base, [sweep.parse_grid("preagg=none,nnm+bucketing"),
-                                     sweep.parse_grid("bucketing.s=2,3")])
+    cfgs = options.grid_configs(base, [options.parse_grid("preagg=none,nnm+bucketing"),
+                                     options.parse_grid("bucketing.s=2,3")])
     assert [(c.preaggregation, dict(c.preaggregation_params)) for c in cfgs] == [
         ((), {}), (("nnm", "bucketing"), {"bucketing": {"s": 2}}), (("nnm", "bucketing"), {"bucketing": {"s": 3}})]
-    cfgs = sweep.grid_configs(base.replace(defence="cclip"), [sweep.parse_grid("defence.tau=1,2")])
+    cfgs = options.grid_configs(base.replace(defence="cclip"), [options.parse_grid("defence.tau=1,2")])
     assert [c.defence_params["tau"] for c in cfgs] == [1.0, 2.0]
 
 
