@@ -267,3 +267,35 @@ def test_parse_set_checks_fields_and_types():
                       ("attack=foo", "unknown attack 'foo'"), ("preaggregation=median", "unknown pre-aggregator")]:
         with pytest.raises(argparse.ArgumentTypeError, match=need):
             options.parse_set(bad)
+
+
+def test_grid_study_splits_tables_by_other_varied_fields(tmp_path, monkeypatch, capsys):
+    """No runs: `simulate_many` is replaced by a table of numbers; the tables must put attacks in
+    rows, defences in columns, seeds in cells, and every other varied field in its own table."""
+    from strike_jax import studies
+
+    acc = {("lie", 0.1): 0.3, ("lie", 0.5): 0.5, ("strike", 0.1): 0.2, ("strike", 0.5): 0.4}
+
+    def fake(configs, run_dirs, **kw):
+        return [{"config": c.to_dict(), "finished": True, "diverged": False,
+                 "best_accuracy": acc[(c.attack, c.beta)] + 0.01 * c.seed} for c in configs]
+
+    monkeypatch.setattr(simulation, "simulate_many", fake)
+    base = Config(dataset="digits", model="mlp", num_clients=4, clients_per_round=4, rounds=1, defence="median")
+    axes = [options.parse_grid(t) for t in ("beta=0.1,0.5", "attack=lie,strike", "seed=0-1")]
+    args = argparse.Namespace(results_dir=str(tmp_path), out_dir=str(tmp_path / "runs"), script="t", root=None,
+                              dry_run=False, quiet=True, overwrite=False)
+    assert studies.grid_study(args, base, options.grid_configs(base, axes), axes) == 0
+    payload = json.load(open(tmp_path / "sweep.json"))
+    assert payload["split_by"] == ["beta"] and list(payload["tables"]) == ["beta=0.1", "beta=0.5"]
+    for beta in (0.1, 0.5):
+        t = payload["tables"][f"beta={beta}"]
+        assert t["rows"] == ["LIE", "STRIKE"] and t["cols"] == ["Median"]
+        for a, row in (("lie", "LIE"), ("strike", "STRIKE")):
+            cell = t["cells"][row]["Median"]
+            assert cell["seeds"] == [0, 1] and cell["mean"] == pytest.approx(acc[(a, beta)] + 0.005)
+            assert cell["std"] == pytest.approx(0.005)
+    md = open(tmp_path / "sweep.md").read()
+    assert md.count("### strike-jax sweep") == 2 and "; beta=0.5" in md and "**20.50 ± 0.50**" in md
+    assert len(payload["runs"]) == 8 and payload["grid"] == {"beta": [0.1, 0.5], "attack": ["lie", "strike"],
+                                                              "seed": [0, 1]}
