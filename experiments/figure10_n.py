@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from strike_jax import report, sweep
+from strike_jax import report, studies, sweep
 
 PAPER_N = (10, 30, 50, 70, 90)
 LOCAL_N = {"digits": (10, 20, 30, 40, 50)}
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     def make(b, n):
         return b.replace(num_clients=n, clients_per_round=n)
 
-    return report.vary_experiment(args, base, name="figure10_n", figure="Figure 10", xlabel="n (clients, f = 0.2n)",
+    return studies.vary_experiment(args, base, name="figure10_n", figure="Figure 10", xlabel="n (clients, f = 0.2n)",
                                   values=list(n_values), make=make, label=lambda n: str(n),
                                   attacks=args.attacks, defence=args.defence, nu=args.nu,
                                   setting=report.describe(base, args, clients="N = n clients (varied), all per round"))

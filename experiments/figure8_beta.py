@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from strike_jax import report, sweep
+from strike_jax import report, studies, sweep
 
 BETAS = (0.1, 0.2, 0.5, 0.7, 0.9)
 
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
         sweep.usage_error(args.script, f"{args.dataset} is split by writer; "
                           f"Figure 8 needs a Dirichlet-split data set.")
     values = list(args.betas) + (["iid"] if args.iid else [])
-    return report.vary_experiment(args, base, name="figure8_beta", figure="Figure 8", xlabel="Dirichlet β",
+    return studies.vary_experiment(args, base, name="figure8_beta", figure="Figure 8", xlabel="Dirichlet β",
                                   values=values, make=make, label=lambda v: "IID" if v == "iid" else f"{v:g}",
                                   attacks=args.attacks, defence=args.defence, nu=args.nu,
                                   setting=report.describe(base, args, split="split varied"))

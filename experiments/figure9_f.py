@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from strike_jax import report, sweep
+from strike_jax import studies, sweep
 
 RATIOS = (0.1, 0.2, 0.3, 0.4)
 
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     def make(b, f):
         return b.replace(byzantine_ratio=f / n)
 
-    return report.vary_experiment(args, base, name="figure9_f", figure="Figure 9", xlabel=f"f (of n={n})",
+    return studies.vary_experiment(args, base, name="figure9_f", figure="Figure 9", xlabel=f"f (of n={n})",
                                   values=list(f_values), make=make, label=lambda f: str(f),
                                   attacks=args.attacks, defence=args.defence, nu=args.nu)
 

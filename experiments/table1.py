@@ -20,9 +20,10 @@ Outputs: experiments/results/table1_<dataset>[_bucketing][_<tag>].md / .json / .
 
 from __future__ import annotations
 
+import argparse
 import sys
 
-from strike_jax import report, sweep
+from strike_jax import studies, sweep
 
 
 def build_parser():
@@ -45,7 +46,7 @@ def build_parser():
 
 def _tag(value: str) -> str:
     if value and not value.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"--tag {value!r}: letters, digits, '-' and '_' only")
+        raise argparse.ArgumentTypeError(f"{value!r}: letters, digits, '-' and '_' only")
     return value
 
 
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     base = sweep.base_config(args, preaggregation=preagg)
     what = "Figure 4 (bucketing, s=2)" if preagg == ("bucketing",) else (
         f"Table 1 with {'+'.join(preagg)}" if preagg else "Table 1")
-    return report.attack_table(args, base, name="table1",
+    return studies.attack_table(args, base, name="table1",
                                suffix="".join("_" + p for p in preagg) + (f"_{args.tag}" if args.tag else ""), what=what,
                                attacks=tuple(args.attacks) + (("none",) if args.with_none else ()),
                                defences=args.defences, nu_grid=args.nu_grid,

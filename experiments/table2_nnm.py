@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from strike_jax import report, sweep
+from strike_jax import report, studies, sweep
 
 TABLE2_ATTACKS = ("bitflip", "lie", "mimic", "strike")
 TABLE2_DEFENCES = ("median", "rfa", "dnc")
@@ -37,7 +37,7 @@ def build_parser():
 def main(argv=None) -> int:
     args = sweep.parse_args(build_parser(), argv)
     base = sweep.base_config(args, preaggregation=("nnm",))
-    return report.attack_table(args, base, name="table2_nnm", what="Table 2 (NNM + rule)",
+    return studies.attack_table(args, base, name="table2_nnm", what="Table 2 (NNM + rule)",
                                attacks=tuple(args.attacks) + (("none",) if args.with_none else ()),
                                defences=args.defences, nu_grid=args.nu_grid,
                                col_label=lambda d: "NNM + " + report.display(d))

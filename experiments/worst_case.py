@@ -50,6 +50,7 @@ from typing import Any, Hashable, Mapping, Sequence
 
 from strike_jax import registry, report, sweep
 from strike_jax.config import Config
+from strike_jax.errors import InputError
 
 #: STRIKE's default ν grid here (its cell is the lowest); `--nu-grid` changes it.
 NU_GRID = (0.5, 1.0, 2.0)
@@ -114,7 +115,7 @@ def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.quick:
-        if args.rounds is None:
+        if "rounds" not in vars(args):  # not given (Config options are absent unless given)
             args.rounds = QUICK_ROUNDS
         if args.nu_grid is None:
             args.nu_grid = QUICK_NU_GRID
@@ -133,7 +134,7 @@ def runnable(config: Config) -> str | None:
 
     try:
         check_config(config)
-    except (TypeError, ValueError) as e:
+    except InputError as e:
         return str(e).splitlines()[0]
     return None
 

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("aggregators", "analysis", "atomic", "attacks", "cli", "compile_cache", "config", "data", "models", "ops",
-               "registry", "report", "simulation", "stages", "sweep", "training")
+_SUBMODULES = ("aggregators", "analysis", "atomic", "attacks", "cli", "compile_cache", "config", "data", "errors",
+               "models", "ops", "options", "registry", "report", "simulation", "stages", "studies", "sweep", "training")
 _ATTRIBUTES = {
     "simulate": "strike_jax.simulation",
     "simulate_many": "strike_jax.simulation",
@@ -38,12 +38,15 @@ if TYPE_CHECKING:
         compile_cache,
         config,
         data,
+        errors,
         models,
         ops,
+        options,
         registry,
         report,
         simulation,
         stages,
+        studies,
         sweep,
         training,
     )

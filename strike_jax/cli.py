@@ -1,98 +1,39 @@
 """`strike-jax`: the command-line entry point (a thin layer over `strike_jax.simulate`).
 
   strike-jax run --preset digits --attack strike --defence median [--nu 1.0] [--rounds 30] [--seed 0]
+  strike-jax sweep --preset digits --grid attack=lie,strike --grid defence=median,dnc --grid seed=0-2
   strike-jax demo            # the README's main job: attacks x defences on the embedded digits data
   strike-jax plot RUN_DIR... # accuracy curves of finished or running runs (PNG)
   strike-jax list            # what each registry accepts
 
 Bad input (an unknown name, a value a field does not allow, more Byzantine clients than the defence
-tolerates, a run directory that cannot be written) is one line on stderr and exit code 2, before
-any data loads. Ctrl-C finishes the current round, checkpoints, says how to resume and exits 130.
+tolerates, a run directory that cannot be written or holds another config's run) is one line on
+stderr and exit code 2, before any data loads (`strike_jax.errors.InputError`). Any other error is a
+bug: its traceback and exit code 1. Ctrl-C finishes the current round, checkpoints, says how to
+resume and exits 130.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import sys
 import time
-from typing import Any, Sequence
+import traceback
+from typing import Sequence
 
+from strike_jax import options
+from strike_jax.errors import InputError
+
+EXIT_BUG = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def _parse_params(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
-    out = {}
-    for item in items or ():
-        if "=" not in item:
-            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}.")
-        k, v = item.split("=", 1)
-        out[k.strip()] = _parse_value(v.strip())
-    return out
-
-
-def _names(kind: str) -> tuple[str, ...]:
-    from strike_jax import registry
-
-    return registry.names(kind)
-
-
-def _choice(kind: str, *, extra: tuple[str, ...] = ()):
-    """An argparse type accepting a registered name of `kind` (one line naming the allowed ones)."""
-
-    def parse(text: str) -> str:
-        allowed = extra + _names(kind)
-        if text in allowed:
-            return text
-        hint = ""
-        if kind == "rule" and text in _names("preaggregator"):
-            hint = f" ({text} is a pre-aggregator: use --preagg {text})"
-        raise argparse.ArgumentTypeError(f"unknown {kind} {text!r}{hint}; allowed: {', '.join(allowed)}")
-
-    parse.__name__ = kind
-    return parse
-
-
-def _preaggs(text: str) -> tuple[str, ...]:
-    names = tuple(p for p in text.split(",") if p)
-    allowed = _names("preaggregator")
-    bad = [p for p in names if p not in allowed]
-    if bad:
-        raise argparse.ArgumentTypeError(f"unknown pre-aggregator(s) {bad}; allowed: {', '.join(allowed)}")
-    return names
-
-
-_RUN_FIELDS = ("dataset", "data_dir", "model", "num_clients", "clients_per_round", "partition", "beta",
-               "byzantine_ratio", "rounds", "batch_size", "lr", "momentum", "weight_decay", "eval_every",
-               "seed", "strategy", "attack", "defence", "local_epochs", "max_test_samples", "lanes", "num_devices")
 
 
 def _config_from_args(args):
     from strike_jax.config import Config, preset
 
-    overrides: dict[str, Any] = {f: getattr(args, f) for f in _RUN_FIELDS if getattr(args, f, None) is not None}
-    for flag in ("skew_metrics", "allow_beyond_breakdown"):
-        if getattr(args, flag):
-            overrides[flag] = True
-    attack_params = _parse_params(args.attack_param, "--attack-param")
-    if args.nu is not None:
-        attack_params["nu"] = args.nu
-    if attack_params:
-        overrides["attack_params"] = attack_params
-    defence_params = _parse_params(args.defence_param, "--defence-param")
-    if defence_params:
-        overrides["defence_params"] = defence_params
-    if args.preagg:
-        overrides["preaggregation"] = args.preagg
+    overrides = options.overrides(args)
     if args.preset:
         return preset(args.preset, **overrides)
     return Config(**overrides)
@@ -103,7 +44,7 @@ def cmd_run(args) -> int:
         from strike_jax import distributed
 
         if None in (args.coordinator, args.num_processes, args.process_id):
-            raise ValueError("--coordinator, --num-processes and --process-id go together (every process of a "
+            raise InputError("--coordinator, --num-processes and --process-id go together (every process of a "
                              "multi-process run passes all three).")
         # Before anything else touches jax: the devices of every process form one list.
         distributed.initialize(args.coordinator, args.num_processes, args.process_id, cpu_devices=args.cpu_devices)
@@ -181,6 +122,21 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    """A grid of runs (`--grid KEY=V1,V2`) from one base config; resumable; tables as the scripts'."""
+    from strike_jax import studies
+
+    base = _config_from_args(args)
+    configs = options.grid_configs(base, args.grid or [])
+    args.script = "strike-jax sweep"
+    args.out_dir = os.path.join(args.results_dir, "runs")
+    args.root = None
+    try:
+        return studies.grid_study(args, base, configs, args.grid or [], name=args.name)
+    except SystemExit as e:  # sweep.usage_error (its line is printed) or the end of --dry-run
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+
+
 def cmd_plot(args) -> int:
     """Accuracy (or another per-round metric) against rounds for one or several run directories."""
     import json
@@ -197,12 +153,12 @@ def cmd_plot(args) -> int:
 
             meta = read_checkpoint_meta(os.path.join(run_dir, "checkpoint.npz"))
             if meta is None:
-                raise ValueError(f"{run_dir!r} holds no result.json or checkpoint.npz; allowed: run directories "
+                raise InputError(f"{run_dir!r} holds no result.json or checkpoint.npz; allowed: run directories "
                                  "written by `strike-jax run --run-dir` or the experiment scripts.")
             history, config = meta["history"], meta["config"]
         pts = [(h["round"] + 1, h[args.metric]) for h in history if h.get(args.metric) is not None]
         if not pts:
-            raise ValueError(f"{run_dir!r} has no {args.metric!r} values; allowed metrics: "
+            raise InputError(f"{run_dir!r} has no {args.metric!r} values; allowed metrics: "
                              f"{', '.join(sorted({k for h in history for k in h}))}.")
         label = f"{config.get('attack')} vs {config.get('defence')} (seed {config.get('seed')})"
         curves.append((label, pts))
@@ -212,7 +168,7 @@ def cmd_plot(args) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ValueError("plotting needs matplotlib: pip install 'strike_jax[plots]'.") from None
+        raise InputError("plotting needs matplotlib: pip install 'strike_jax[plots]'.") from None
     from strike_jax.atomic import atomic_write
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -227,6 +183,12 @@ def cmd_plot(args) -> int:
     plt.close(fig)
     print(f"wrote {out}")
     return 0
+
+
+def _name(text: str) -> str:
+    if not text or not text.replace("_", "").replace("-", "").isalnum():
+        raise argparse.ArgumentTypeError(f"{text!r}: letters, digits, '-' and '_' only")
+    return text
 
 
 def cmd_list(args) -> int:
@@ -246,11 +208,18 @@ def cmd_list(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from strike_jax import data, models
-    from strike_jax.config import PARTITIONS, PRESETS, STRATEGIES, Config
+def _config_options(p: argparse.ArgumentParser) -> None:
+    from strike_jax.config import PRESETS
 
-    default = Config()
+    p.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset")
+    options.add_config_options(p)
+    p.add_argument("--set", action="append", type=options.parse_set, metavar="FIELD=VALUE", default=[],
+                   help="any Config field as a Python literal, e.g. --set clip_norm=None (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from strike_jax import sweep
+
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="strike-jax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -258,45 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="one federated run under attack", formatter_class=fmt,
                        description="One federated run. Unset options take the preset's value, else the "
                                    "Config default shown in brackets.")
-    r.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset")
 
-    def opt(flag, field, **kw):
-        kw.setdefault("help", f"Config.{field} (default {getattr(default, field)!r})")
-        r.add_argument(flag, dest=field, **kw)
-
-    opt("--dataset", "dataset", choices=data.names())
-    opt("--data-dir", "data_dir", help="where the data set lives (loaders that read files)")
-    opt("--model", "model", choices=models.names())
-    opt("--num-clients", "num_clients", type=int)
-    opt("--clients-per-round", "clients_per_round", type=int)
-    opt("--partition", "partition", choices=PARTITIONS)
-    opt("--beta", "beta", type=float)
-    opt("--byzantine-ratio", "byzantine_ratio", type=float)
-    opt("--rounds", "rounds", type=int)
-    opt("--local-epochs", "local_epochs", type=int)
-    opt("--batch-size", "batch_size", type=int)
-    opt("--lr", "lr", type=float)
-    opt("--momentum", "momentum", type=float)
-    opt("--weight-decay", "weight_decay", type=float)
-    opt("--eval-every", "eval_every", type=int)
-    opt("--max-test-samples", "max_test_samples", type=int)
-    opt("--seed", "seed", type=int)
-    opt("--strategy", "strategy", choices=STRATEGIES)
-    opt("--lanes", "lanes", type=int)
-    opt("--attack", "attack", type=_choice("attack", extra=("none",)), metavar="ATTACK",
-        help="one of: none, " + ", ".join(_names("attack")) + f" (default {default.attack!r})")
-    r.add_argument("--attack-param", action="append", metavar="KEY=VALUE", help="attack hyper-parameter (repeatable)")
-    r.add_argument("--nu", type=float, help="STRIKE's strength (shortcut for --attack-param nu=...)")
-    opt("--defence", "defence", type=_choice("rule"), metavar="RULE",
-        help="one of: " + ", ".join(_names("rule")) + f" (default {default.defence!r})")
-    r.add_argument("--defense", dest="defence", type=_choice("rule"), help=argparse.SUPPRESS)
-    r.add_argument("--defence-param", action="append", metavar="KEY=VALUE", help="defence hyper-parameter (repeatable)")
-    r.add_argument("--preagg", type=_preaggs, help="comma-separated pre-aggregators, from: "
-                   + ", ".join(_names("preaggregator")) + " (default: none)")
-    r.add_argument("--skew-metrics", dest="skew_metrics", action="store_true",
-                   help="log the gradient-skew diagnostic every round")
-    r.add_argument("--allow-beyond-breakdown", dest="allow_beyond_breakdown", action="store_true",
-                   help="run with more Byzantine clients than the defence tolerates (recorded in the result)")
+    _config_options(r)
     r.add_argument("--run-dir", dest="run_dir",
                    help="checkpoint here (result.json, rounds.csv); an interrupted run resumes, a finished one "
                         "is extended by a larger --rounds")
@@ -304,7 +236,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rounds between checkpoints (default 10)")
     r.add_argument("--checkpoint-seconds", dest="checkpoint_seconds", type=float, default=300.0,
                    help="also checkpoint after this many seconds; 0: off (default 300)")
-    opt("--num-devices", "num_devices", type=int)
     r.add_argument("--coordinator", metavar="HOST:PORT",
                    help="run across processes (jax.distributed): process 0's address, the same in every process")
     r.add_argument("--num-processes", dest="num_processes", type=int, help="processes taking part (with --coordinator)")
@@ -315,13 +246,38 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 
+    sw = sub.add_parser("sweep", help="a grid of runs (resumable), tables as the experiment scripts'",
+                        formatter_class=fmt, description="""A grid of runs from one base config (--preset and the
+options of `run`), each combination of the --grid values: e.g.
+
+  strike-jax sweep --preset digits --rounds 5 --grid attack=lie,strike --grid defence=median,dnc \\
+      --grid seed=0-2 --grid nu=0.5,1,2 --results-dir results/my_sweep
+
+KEY is a Config field (attack, defence, seed, beta, num_clients, preagg, ...) or a hyper-parameter
+of an attack or defence (nu, tau; attack.KEY / defence.KEY) or of a pre-aggregator (bucketing.s);
+`a-b` is the integers a..b. A hyper-parameter applies to the runs whose stage has it (LIE runs once,
+STRIKE once per nu). Each run gets a directory RESULTS_DIR/runs/<run id>: a second call runs only
+what is missing. Tables (rows: attacks, columns: defences, cells: best accuracy mean ± std over
+seeds, one table per value of the other varied fields) go to RESULTS_DIR/<name>.md and .json.""")
+    _config_options(sw)
+    sw.add_argument("--grid", action="append", type=options.parse_grid, metavar="KEY=V1,V2,...",
+                    help="one axis of the grid (repeatable)")
+    sw.add_argument("--results-dir", dest="results_dir", default="sweep_results",
+                    help="tables here, run directories in RESULTS_DIR/runs (default sweep_results)")
+    sw.add_argument("--name", default="sweep", type=_name, help="the tables' file name (default sweep)")
+    sw.add_argument("--overwrite", action="store_true",
+                    help="replace tables computed with another grid or base config")
+    sw.add_argument("--dry-run", dest="dry_run", action="store_true", help="list the runs (done or to run) and exit")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
+    sw.set_defaults(func=cmd_sweep)
+
     d = sub.add_parser("demo", help="attacks x defences on the embedded digits data (the README's main job)",
                        formatter_class=fmt)
     d.add_argument("--rounds", type=int, default=20, help="rounds per run (default 20)")
     d.add_argument("--seed", type=int, default=0, help="(default 0)")
-    d.add_argument("--attacks", type=lambda t: [_choice("attack", extra=("none",))(a) for a in t.split(",") if a],
+    d.add_argument("--attacks", type=sweep.names_type("attack"),
                    help=f"comma-separated (default: {','.join(DEMO_ATTACKS)})")
-    d.add_argument("--defences", type=lambda t: [_choice("rule")(a) for a in t.split(",") if a],
+    d.add_argument("--defences", type=sweep.names_type("rule"),
                    help=f"comma-separated (default: {','.join(DEMO_DEFENCES)})")
     d.add_argument("--out-dir", dest="out_dir", help="keep each run's result (and resume) here")
     d.set_defaults(func=cmd_demo)
@@ -347,8 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         compile_cache.enable()
     try:
         return args.func(args)
-    except ValueError as e:
-        msg = str(e).replace("pass allow_beyond_breakdown=True", "pass --allow-beyond-breakdown")
+    except InputError as e:  # bad input: one line, whenever it is found
+        msg = " ".join(str(e).replace("pass allow_beyond_breakdown=True", "pass --allow-beyond-breakdown").split())
         print(f"strike-jax: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
     except Interrupted as e:
@@ -357,6 +313,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("strike-jax: interrupted; rounds since the last checkpoint are lost.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception:  # a bug, not the user's input: show where
+        traceback.print_exc()
+        print("strike-jax: internal error (a bug, not a problem with the options): the traceback above shows "
+              "where.", file=sys.stderr)
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

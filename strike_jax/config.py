@@ -1,16 +1,38 @@
 """Experiment configuration: one frozen dataclass and the paper's / local presets (SPEC §2).
 
-A `Config` fully determines a run: same config (seed included) -> same history.
+A `Config` fully determines a run: same config (seed included) -> same history. Equal configs are
+one run: every field is checked against its type when the config is made (an integer field refuses
+2.5 and True, a float field stores 1 as 1.0, an unknown pre-aggregator is refused, each with one
+line naming the value and what is allowed: `strike_jax.errors.InputError`), and numbers inside the
+hyper-parameter mappings are stored in the type the registry (or the data set's loader) declares,
+so that `Config(attack_params={"nu": 1}) == Config(attack_params={"nu": 1.0})` also hash alike and
+get one run directory (`strike_jax.sweep.run_id`).
 """
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import functools
 import json
-from typing import Any, Mapping
+import numbers
+import os
+import types
+import typing
+from typing import Any, Mapping, NamedTuple
+
+from strike_jax.errors import InputError
 
 PARTITIONS = ("dirichlet", "iid", "natural")
 MAPPING_FIELDS = ("dataset_params", "attack_params", "defence_params", "preaggregation_params")
+
+
+def _hash_value(v: Any) -> Any:
+    try:
+        hash(v)
+    except TypeError:
+        return json.dumps(v, sort_keys=True, default=str)
+    return v
 
 
 class FrozenDict(dict):
@@ -22,16 +44,19 @@ class FrozenDict(dict):
     __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _read_only
 
     def __hash__(self):
-        return hash(json.dumps(self, sort_keys=True, default=str))
+        # Python's own hash agrees with `==` (hash(1) == hash(1.0)), unlike a JSON text.
+        return hash(frozenset((k, _hash_value(v)) for k, v in self.items()))
 
 
 def _freeze(x: Any) -> Any:
-    """Mappings to `FrozenDict`, sequences to tuples (recursively), so that a config is immutable,
-    hashable, and equal to itself after a JSON round trip."""
+    """Mappings to `FrozenDict`, sequences to tuples, NumPy scalars to Python numbers (recursively),
+    so that a config is immutable, hashable, and equal to itself after a JSON round trip."""
     if isinstance(x, Mapping):
         return FrozenDict({k: _freeze(v) for k, v in x.items()})
     if isinstance(x, (list, tuple)):
         return tuple(_freeze(v) for v in x)
+    if type(x).__module__ == "numpy" and hasattr(x, "item") and getattr(x, "ndim", None) == 0:
+        return x.item()
     return x
 
 
@@ -42,6 +67,123 @@ def _plain(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
     return x
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and type(v).__name__ != "bool_"
+
+
+_SEQUENCES = (tuple, list, collections.abc.Sequence)
+
+
+def _by_hint(value: Any, hint: Any) -> Any:
+    """`value` with its numbers in the type `hint` declares (`float`: 1 -> 1.0; `int`: 2.0 -> 2;
+    unions and sequences of those); anything else unchanged (the loader or rule checks it)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is float and _is_number(value):
+        return float(value)
+    if hint is int and _is_number(value) and float(value).is_integer():
+        return int(value)
+    if origin in (typing.Union, types.UnionType):
+        kinds = [a for a in args if a is not type(None)]
+        if _is_number(value):
+            nums = [a for a in kinds if a in (int, float)]
+            return _by_hint(value, nums[0]) if len(nums) == 1 else value
+        if isinstance(value, tuple):
+            seqs = [a for a in kinds if typing.get_origin(a) in _SEQUENCES]
+            return _by_hint(value, seqs[0]) if len(seqs) == 1 else value
+        return value
+    if isinstance(value, tuple) and args and origin in _SEQUENCES:
+        inner = args[0] if (origin is not tuple or len(args) == 2 and args[1] is Ellipsis) else None
+        if inner is not None:
+            return tuple(_by_hint(v, inner) for v in value)
+    return value
+
+
+def _normalize_dataset_params(dataset: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The dataset's loader arguments with numbers in the types its signature declares."""
+    from strike_jax import data
+
+    hints = data.load_arg_types(dataset)
+    return {k: _by_hint(v, hints[k]) if k in hints else v for k, v in params.items()}
+
+
+class FieldType(NamedTuple):
+    """The type of a `Config` field: `base` is int, float, bool, str, tuple (of names) or dict (a
+    mapping); `optional` when None is allowed."""
+
+    base: type
+    optional: bool
+
+
+@functools.lru_cache(maxsize=None)
+def _field_types() -> dict[str, FieldType]:
+    out = {}
+    for name, hint in typing.get_type_hints(Config).items():
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        inner = [a for a in args if a is not type(None)] if optional else [hint]
+        base = typing.get_origin(inner[0]) or inner[0]
+        if base in (Mapping, collections.abc.Mapping):
+            base = dict
+        out[name] = FieldType(base, optional)
+    return out
+
+
+def field_types() -> dict[str, FieldType]:
+    """`{field: FieldType}` of every `Config` field, read from the dataclass's type hints (the one
+    definition the command-line options are built from: `strike_jax.options`)."""
+    return dict(_field_types())
+
+
+_NEEDS = {int: "an integer", float: "a number", bool: "True or False", str: "a string",
+          tuple: "a comma-separated list of names", dict: "a dict, e.g. {'nu': 1.0}"}
+
+
+def field_need(name: str) -> str:
+    """What a field needs, in words ("an integer or None")."""
+    ft = _field_types()[name]
+    return _NEEDS[ft.base] + (" or None" if ft.optional else "")
+
+
+def check_field(name: str, value: Any) -> Any:
+    """`value` checked against the type of the field `name` and normalised: a float field stores
+    a Python float (`1` -> `1.0`), an integer field a Python int (NumPy ints too; `2.5`, `2.0` and
+    booleans are refused), a tuple field a tuple of names, a path a string.
+
+    Raises:
+      InputError: an unknown field, or a value of the wrong type (one line naming it).
+    """
+    types_ = _field_types()
+    if name not in types_:
+        raise InputError(f"unknown Config field {name!r}; allowed: {', '.join(types_)}.")
+    ft = types_[name]
+    if value is None and ft.optional:
+        return None
+    ok = False
+    if ft.base is bool:
+        ok = isinstance(value, bool) or type(value).__name__ == "bool_"
+        value = bool(value) if ok else value
+    elif ft.base is int:
+        ok = isinstance(value, numbers.Integral) and _is_number(value)
+        value = int(value) if ok else value
+    elif ft.base is float:
+        ok = _is_number(value)
+        value = float(value) if ok else value
+    elif ft.base is str:
+        if name == "data_dir" and isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        ok = isinstance(value, str)
+    elif ft.base is tuple:
+        ok = isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
+    elif ft.base is dict:
+        ok = isinstance(value, Mapping)
+    if not ok:
+        raise InputError(f"Config.{name}={value!r} is invalid: need {field_need(name)}.")
+    return value
+
+
 STRATEGIES = ("auto", "packed", "vmap", "map", "steps", "loop")
 
 
@@ -67,8 +209,11 @@ class Config:
       attack_params: its hyper-parameters (e.g. {"nu": 1.0} for STRIKE).
       defence: a rule from `strike_jax.aggregators.names()`.
       defence_params: its hyper-parameters.
-      preaggregation: pre-aggregators applied before the rule, e.g. ("nnm",), ("bucketing",),
-        ("nnm", "bucketing"); always run in the order NNM then bucketing (SPEC §7).
+      preaggregation: pre-aggregators applied before the rule (`strike_jax.registry.names
+        ("preaggregator")`: nnm, bucketing, clipping, arc), each at most once, e.g. ("nnm",),
+        ("nnm", "bucketing"); they run in the given order except that bucketing runs last (SPEC
+        §7: NNM before bucketing), and the config stores them in that order
+        (`preaggregation_order`).
       preaggregation_params: {name: {hparam: value}}.
       eval_every: evaluate the global model every k rounds (and always after the last round).
       seed: the run's seed (partition, init, sampling, schedules, attack and defence keys).
@@ -123,15 +268,41 @@ class Config:
     num_devices: int = 1
 
     def __post_init__(self):
-        # Normalise containers so configs compare, hash and serialise the same whatever the caller
-        # passed (lists or tuples, dicts), also after a JSON round trip; mappings are read-only.
+        # Normalise every field so that configs compare, hash and serialise the same whatever the
+        # caller passed (ints or floats, lists or tuples, dicts), also after a JSON round trip;
+        # mappings are read-only.
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, check_field(f.name, getattr(self, f.name)))
         for name in MAPPING_FIELDS:
-            value = getattr(self, name)
-            if not isinstance(value, Mapping):
-                raise ValueError(f"Config.{name}={value!r} is invalid: need a mapping of hyper-parameters.")
-            object.__setattr__(self, name, _freeze(value))
-        object.__setattr__(self, "preaggregation", tuple(self.preaggregation))
+            object.__setattr__(self, name, _freeze(getattr(self, name)))
+        self._normalize_hparams()
         self.validate()
+
+    def _normalize_hparams(self) -> None:
+        """Numbers of the hyper-parameter mappings in their declared types (the registry's
+        `Param.type`, the loader's signature), preaggregation in the order it runs."""
+        from strike_jax import registry
+
+        def put(name, value):
+            object.__setattr__(self, name, _freeze(value))
+
+        if self.attack_params and self.attack != "none":
+            put("attack_params", registry.normalize("attack", self.attack, self.attack_params))
+        if self.defence_params:
+            put("defence_params", registry.normalize("rule", self.defence, self.defence_params))
+        if self.preaggregation_params:
+            put("preaggregation_params", {
+                p: registry.normalize("preaggregator", p, v) if isinstance(v, Mapping) else v
+                for p, v in self.preaggregation_params.items()})
+        if self.dataset_params:
+            put("dataset_params", _normalize_dataset_params(self.dataset, self.dataset_params))
+        if self.preaggregation:
+            allowed = registry.names("preaggregator")
+            unknown = [p for p in self.preaggregation if p not in allowed]
+            if unknown or len(set(self.preaggregation)) != len(self.preaggregation):
+                raise InputError(f"Config.preaggregation={self.preaggregation!r} is invalid: allowed: a subset "
+                                 f"of ({', '.join(allowed)}), each once.")
+            object.__setattr__(self, "preaggregation", preaggregation_order(self.preaggregation))
 
     @property
     def num_byzantine(self) -> int:
@@ -142,8 +313,13 @@ class Config:
         return int(math.ceil(round(self.byzantine_ratio * self.num_clients, 9)))
 
     def validate(self) -> None:
+        """Checks the values of the fields (their types are checked when the config is made).
+
+        Raises:
+          InputError: one line naming the field, its value and what is allowed.
+        """
         def bad(field: str, value: Any, allowed: str):
-            raise ValueError(f"Config.{field}={value!r} is invalid: {allowed}.")
+            raise InputError(f"Config.{field}={value!r} is invalid: {allowed}.")
 
         if self.num_clients < 1:
             bad("num_clients", self.num_clients, "need at least 1 client")
@@ -173,24 +349,19 @@ class Config:
             bad("eval_every", self.eval_every, "need eval_every >= 1")
         if self.strategy not in STRATEGIES:
             bad("strategy", self.strategy, f"allowed: {', '.join(STRATEGIES)}")
-        if self.lanes is not None and not (isinstance(self.lanes, int) and not isinstance(self.lanes, bool)
-                                           and self.lanes >= 1):
+        if self.max_test_samples is not None and self.max_test_samples < 1:
+            bad("max_test_samples", self.max_test_samples, "need an int >= 1 or None (all)")
+        if self.lanes is not None and self.lanes < 1:
             bad("lanes", self.lanes, "need an int >= 1 or None (automatic)")
-        if not (isinstance(self.root_samples, int) and not isinstance(self.root_samples, bool)
-                and self.root_samples >= 1):
+        if self.seed < 0:
+            bad("seed", self.seed, "need an int >= 0")
+        if self.root_samples < 1:
             bad("root_samples", self.root_samples, "need an int >= 1")
-        if not (isinstance(self.num_devices, int) and not isinstance(self.num_devices, bool)
-                and self.num_devices >= 1):
+        if self.num_devices < 1:
             bad("num_devices", self.num_devices, "need an int >= 1")
         if self.num_devices > 1 and self.strategy in ("steps", "loop"):
             bad("strategy", self.strategy, f"num_devices={self.num_devices} runs on the device path: allowed "
                 "'auto', 'packed', 'vmap' or 'map'")
-        for flag in ("skew_metrics", "allow_beyond_breakdown"):
-            if not isinstance(getattr(self, flag), bool):
-                bad(flag, getattr(self, flag), "need True or False")
-        unknown = [p for p in self.preaggregation if p not in ("nnm", "bucketing")]
-        if unknown or len(set(self.preaggregation)) != len(self.preaggregation):
-            bad("preaggregation", self.preaggregation, "allowed: a subset of ('nnm', 'bucketing'), each once")
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -204,7 +375,7 @@ class Config:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"Unknown config fields {unknown}; allowed: {sorted(names)}.")
+            raise InputError(f"Unknown config fields {unknown}; allowed: {sorted(names)}.")
         d = dict(d)
         if "preaggregation" in d:
             d["preaggregation"] = tuple(d["preaggregation"])
@@ -264,5 +435,14 @@ def preset(name: str, **overrides: Any) -> Config:
     partition with another count raises an error naming the right one); 3597 is the paper's.
     """
     if name not in PRESETS:
-        raise ValueError(f"Unknown preset {name!r}; allowed: {', '.join(sorted(PRESETS))}.")
+        raise InputError(f"Unknown preset {name!r}; allowed: {', '.join(sorted(PRESETS))}.")
     return Config(**{**PRESETS[name], **overrides})
+
+
+def preaggregation_order(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Pre-aggregator names in the order the server pipeline applies them
+    (`strike_jax.stages.server_pipeline`: stable by SPEC §7's rank, NNM before bucketing, bucketing
+    last; others keep their given order), so that two configs naming the same pipeline are equal."""
+    from strike_jax.stages import _PREAGG_ORDER  # the pipeline's rule, defined once there
+
+    return tuple(sorted(names, key=lambda p: _PREAGG_ORDER.get(p, 0)))

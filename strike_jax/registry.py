@@ -34,6 +34,8 @@ from typing import Any, Callable, Mapping, NamedTuple
 import jax
 import numpy as np
 
+from strike_jax.errors import InputError
+
 #: The kinds of stage, in pipeline order.
 KINDS = ("attack", "preaggregator", "rule")
 
@@ -49,12 +51,15 @@ class Param(NamedTuple):
       allowed: what values are allowed, in words (for messages).
       check: `check(value) -> value'` for a concrete value (normalising it, e.g. `2.0 -> 2` for an
         int); raises `ValueError` or `TypeError` when the value is not allowed.
+      type: the value's type for a config's identity (`normalize`): "real", "integer", "flag",
+        "choice"; an `optional` one has its inner param's type.
     """
 
     default: Any
     traceable: bool
     allowed: str
     check: Callable[[Any], Any]
+    type: str = "any"
 
 
 class Entry(NamedTuple):
@@ -104,7 +109,7 @@ def real(*, low: float | None = 0.0, strict: bool = True, high: float | None = N
             raise ValueError("out of range")
         return value
 
-    return Param(_NO_DEFAULT, traceable, f"a finite real number{bound}", check)
+    return Param(_NO_DEFAULT, traceable, f"a finite real number{bound}", check, "real")
 
 
 def integer(*, low: int = 1) -> Param:
@@ -116,7 +121,7 @@ def integer(*, low: int = 1) -> Param:
             raise ValueError("out of range")
         return int(x)
 
-    return Param(_NO_DEFAULT, False, f"an integer >= {low}", check)
+    return Param(_NO_DEFAULT, False, f"an integer >= {low}", check, "integer")
 
 
 def flag() -> Param:
@@ -127,7 +132,7 @@ def flag() -> Param:
             raise TypeError("not a bool")
         return bool(value)
 
-    return Param(_NO_DEFAULT, False, "True or False", check)
+    return Param(_NO_DEFAULT, False, "True or False", check, "flag")
 
 
 def choice(*options: str) -> Param:
@@ -138,7 +143,7 @@ def choice(*options: str) -> Param:
             raise ValueError("not an option")
         return value
 
-    return Param(_NO_DEFAULT, False, "one of " + ", ".join(map(repr, options)), check)
+    return Param(_NO_DEFAULT, False, "one of " + ", ".join(map(repr, options)), check, "choice")
 
 
 def optional(param: Param) -> Param:
@@ -149,25 +154,25 @@ def optional(param: Param) -> Param:
     def check(value):
         return None if value is None else param.check(value)
 
-    return Param(_NO_DEFAULT, False, f"None or {param.allowed}", check)
+    return Param(_NO_DEFAULT, False, f"None or {param.allowed}", check, param.type)
 
 
 def check_value(owner: str, name: str, value: Any, param: Param) -> Any:
     """Validates one hyper-parameter value (normalised on success).
 
     Raises:
-      ValueError: one line naming `owner`, the value and what is allowed.
+      InputError: one line naming `owner`, the value and what is allowed.
     """
     if is_traced(value):
         if param.traceable:
             return value
-        raise ValueError(f"{owner}: {name} is static (it sets shapes or loops) and cannot be a traced value; "
+        raise InputError(f"{owner}: {name} is static (it sets shapes or loops) and cannot be a traced value; "
                          f"allowed: {param.allowed}.")
     try:
         return param.check(value)
     except (TypeError, ValueError, OverflowError):
         pass
-    raise ValueError(f"{owner}: {name}={value!r} is not allowed; allowed: {param.allowed}.")
+    raise InputError(f"{owner}: {name}={value!r} is not allowed; allowed: {param.allowed}.")
 
 
 # ----------------------------------------------------------------------------------- registering
@@ -217,7 +222,7 @@ def names(kind: str) -> tuple[str, ...]:
     """The registered names of `kind` ("attack", "preaggregator" or "rule"), in registration order."""
     _load()
     if kind not in KINDS:
-        raise ValueError(f"kind={kind!r} is not allowed; allowed: {', '.join(KINDS)}.")
+        raise InputError(f"kind={kind!r} is not allowed; allowed: {', '.join(KINDS)}.")
     return tuple(n for k, n in _ENTRIES if k == kind)
 
 
@@ -225,7 +230,7 @@ def find(name: str, kinds: tuple[str, ...] = KINDS, label: str | None = None) ->
     """The entry called `name` among `kinds`.
 
     Raises:
-      ValueError: an unknown name, listing the allowed ones (`label` names the kind in the message).
+      InputError: an unknown name, listing the allowed ones (`label` names the kind in the message).
     """
     _load()
     for k in kinds:
@@ -233,7 +238,7 @@ def find(name: str, kinds: tuple[str, ...] = KINDS, label: str | None = None) ->
             return _ENTRIES[(k, name)]
     allowed = [n for k in kinds for n in names(k)]
     label = label or "/".join(kinds)
-    raise ValueError(f"Unknown {label} {name!r}; allowed: {', '.join(allowed)}.")
+    raise InputError(f"Unknown {label} {name!r}; allowed: {', '.join(allowed)}.")
 
 
 def hparam_spec(kind: str, name: str) -> dict[str, Param]:
@@ -245,15 +250,43 @@ def validate(kind: str, name: str, hparams: Mapping[str, Any]) -> dict[str, Any]
     """The full hyper-parameters of `(kind, name)`: `hparams` checked and merged with the defaults.
 
     Raises:
-      ValueError: an unknown name or hyper-parameter, or a bad value (one line naming it and what is
+      InputError: an unknown name or hyper-parameter, or a bad value (one line naming it and what is
         allowed).
     """
     entry = find(name, (kind,), kind)
     unknown = sorted(set(hparams) - set(entry.params))
     if unknown:
         listing = ", ".join(f"{k}={p.default!r}" for k, p in entry.params.items()) or "none"
-        raise ValueError(f"{name}: unknown hyper-parameter(s) {unknown}; allowed: {listing}.")
+        raise InputError(f"{name}: unknown hyper-parameter(s) {unknown}; allowed: {listing}.")
     return {k: check_value(name, k, hparams.get(k, p.default), p) for k, p in entry.params.items()}
+
+
+def normalize(kind: str, name: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """`hparams` with each number in its declared type, so that equal values are equal in every
+    form (`{"nu": 1}` and `{"nu": 1.0}` hash and serialise alike: `strike_jax.config.Config`).
+
+    A real hyper-parameter given as a Python or NumPy int or float becomes a Python float; an
+    integer one given as an integral number becomes a Python int. Nothing is checked here (bad
+    values, unknown names and unknown hyper-parameters pass through unchanged, for `validate`
+    to refuse); traced values pass through.
+    """
+    entry = _ENTRIES.get((kind, name))
+    if entry is None:
+        _load()
+        entry = _ENTRIES.get((kind, name))
+    if entry is None:
+        return dict(hparams)
+    out = {}
+    for k, v in hparams.items():
+        p = entry.params.get(k)
+        if p is not None and isinstance(v, (int, float, np.integer, np.floating)) \
+                and not isinstance(v, (bool, np.bool_)):
+            if p.type == "real":
+                v = float(v)
+            elif p.type == "integer" and math.isfinite(v) and v == int(v):
+                v = int(v)
+        out[k] = v
+    return out
 
 
 def build(kind: str, name: str, *, backend: Any = None, **hparams: Any) -> Any:
@@ -285,6 +318,7 @@ __all__ = [
     "integer",
     "is_traced",
     "names",
+    "normalize",
     "optional",
     "real",
     "register",

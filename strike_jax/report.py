@@ -15,8 +15,7 @@ written atomically; `check_results` refuses, before anything runs, to replace a 
 with another setting unless `--overwrite`. Figures need matplotlib (the `plots` extra): without it
 they are skipped with a message.
 
-`attack_table` (Tables 1 and 2) and `vary_experiment` (Figures 8-10) are whole experiments: configs
--> runs (`strike_jax.sweep.run_configs`) -> cells -> table, JSON and figure.
+Whole experiments (configs -> runs -> cells -> table, JSON and figure) are in `strike_jax.studies`.
 """
 
 from __future__ import annotations
@@ -456,96 +455,8 @@ def heatmap(path: str, title: str, rows: Sequence[Hashable], cols: Sequence[Hash
     save_figure(fig, path)
 
 
-# ---------------------------------------------------------------------------------------------
-# Whole experiments
-
-
-def attack_table(args: argparse.Namespace, base: Config, *, name: str, what: str, attacks: Sequence[str],
-                 defences: Sequence[str], nu_grid: Sequence[float], suffix: str = "",
-                 col_label: Callable[[Hashable], str] = display, spec: Mapping[str, Any] | None = None) -> int:
-    """Attacks x defences (Tables 1 and 2): every (attack, defence, seed), STRIKE for each `nu`; a
-    table (rows: attacks, "none" a reference row; columns: defences), its JSON and a bar plot.
-
-    Args:
-      args: the parsed options (`strike_jax.sweep.make_parser`).
-      base: the starting config.
-      name, suffix: the result files' stem (`<results-dir>/<name>_<dataset><suffix>.*`).
-      what: the paper's table, for captions ("Table 1").
-      attacks, defences, nu_grid: the grid.
-      col_label: a column header for a defence.
-      spec: more identifying entries of the result JSON (e.g. the pre-aggregation).
-
-    Returns:
-      0 (the process's exit code).
-    """
-    stem = result_stem(args, name, suffix)
-    setting = describe(base, args)
-    spec = {"scale": args.scale, "dataset": args.dataset, "seeds": list(args.seeds), "nu_grid": list(nu_grid),
-            "attacks": list(attacks), "defences": list(defences), "base_config": base, **(spec or {})}
-    check_results(stem, spec, args)
-    configs = sweep.grid(base, attacks, defences, args.seeds, nu_grid=nu_grid)
-    results, stats = sweep.run_configs(configs, args)
-    cells = attack_cells(configs, results)
-    md = markdown_table(f"{what}: {setting}", "attack", list(attacks), list(defences), cells,
-                        col_label=col_label, reference_rows=("none",))
-    md += strike_nu_note(cells, defences, nu_grid) + run_footer(stats)
-    write_results(stem, md, {**spec, "experiment": what, "setting": setting, "cells": cells, "stats": stats})
-    if args.plot:
-        bar_plot(stem + ".png", f"{what}: {args.dataset} ({args.scale} scale)",
-                 [a for a in attacks if a != "none"], list(defences), cells)
-    return 0
-
-
-def vary_experiment(args: argparse.Namespace, base: Config, *, name: str, figure: str, xlabel: str,
-                    values: Sequence[Any], make: Callable[[Config, Any], Config], label: Callable[[Any], str] = str,
-                    attacks: Sequence[str] = sweep.ATTACKS, defence: str = "dnc", nu: float = 1.0,
-                    setting: str | None = None) -> int:
-    """Every attack (STRIKE at one `nu`) against one defence for each value of a setting (Figures
-    8-10): a table (rows: attacks, columns: values), its JSON and a line plot (one line per attack).
-
-    Args:
-      args: the parsed options (`strike_jax.sweep.make_parser`).
-      base: the starting config.
-      name: the result files' stem (`<results-dir>/<name>_<dataset>.*`).
-      figure: the paper's figure, for captions.
-      xlabel: the varied setting, in words.
-      values: its values; `make(base, value)` returns the config for one value (before the attack,
-        defence and seed are set).
-      label: a column / tick label for a value.
-      setting: the caption's description of the setting (default: `describe(base, args)`).
-
-    Returns:
-      0 (the process's exit code).
-    """
-    setting = setting or describe(base, args)
-    cols = [label(v) for v in values]
-    stem = result_stem(args, name)
-    spec = {"scale": args.scale, "dataset": args.dataset, "seeds": list(args.seeds), "attacks": list(attacks),
-            "defence": defence, "nu": nu, "values": cols, "configs": {label(v): make(base, v) for v in values}}
-    check_results(stem, spec, args)
-    configs, column = [], []
-    for v in values:
-        for c in sweep.grid(make(base, v), attacks, (defence,), args.seeds, nu_grid=(nu,)):
-            configs.append(c)
-            column.append(label(v))
-    results, stats = sweep.run_configs(configs, args)
-    col_of = {id(c): col for c, col in zip(configs, column)}
-    cells: dict[str, dict[str, dict]] = {}
-    for (a, col), runs in collect(configs, results, lambda c: (c.attack, col_of[id(c)])).items():
-        cells.setdefault(a, {})[col] = make_cell(runs)
-    title = f"{figure}: all attacks vs {display(defence)} (STRIKE ν={nu:g}) as {xlabel} varies; {setting}"
-    md = markdown_table(title, "attack", list(attacks), cols, cells) + run_footer(stats)
-    write_results(stem, md, {**spec, "experiment": figure, "setting": setting, "varied": xlabel, "cells": cells,
-                             "stats": stats})
-    if args.plot:
-        line_plot(stem + ".png", f"{figure}: vs {display(defence)}, {args.dataset} ({args.scale} scale)",
-                  xlabel, cols, {a: cells.get(a, {}) for a in attacks}, xticklabels=cols)
-    return 0
-
-
 __all__ = [
-    "CELLS_NOTE", "COLORS", "DISPLAY", "attack_cells", "attack_table", "bar_plot", "check_results", "collect",
-    "describe", "display", "format_cell", "heatmap", "jsonable", "line_plot", "lowest", "make_cell", "markdown_table",
-    "mean_std", "pyplot", "result_stem", "run_footer", "save_figure", "strike_nu_note", "vary_experiment",
-    "write_results",
+    "CELLS_NOTE", "COLORS", "DISPLAY", "attack_cells", "bar_plot", "check_results", "collect", "describe",
+    "display", "format_cell", "heatmap", "jsonable", "line_plot", "lowest", "make_cell", "markdown_table", "mean_std",
+    "pyplot", "result_stem", "run_footer", "save_figure", "strike_nu_note", "write_results",
 ]

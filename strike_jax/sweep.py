@@ -23,8 +23,6 @@ code 2, before any data loads or run starts.
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
 import hashlib
 import json
 import os
@@ -32,8 +30,9 @@ import sys
 import time
 from typing import Any, Callable, Iterable, NoReturn, Sequence
 
-from strike_jax import atomic
+from strike_jax import atomic, options
 from strike_jax.config import Config, preset
+from strike_jax.errors import InputError
 
 #: STRIKE's `nu` grid of the paper (App. D.1): its table cell is the lowest over these.
 NU_GRID = tuple(0.25 * i for i in range(1, 9))
@@ -63,6 +62,8 @@ DATA_HELP = {
     "fashion_mnist": "Fashion-MNIST in IDX format (Debian's dataset-fashion-mnist package, or the "
                      "four *-ubyte.gz files); pass --data-dir <folder>.",
 }
+#: The `Config` fields every sweep script takes as options (the others through `--set`).
+SCRIPT_FIELDS = ("data_dir", "rounds", "eval_every", "max_test_samples")
 # Loaders without a default location.
 NEEDS_DATA_DIR = ("imagenet12", "femnist")
 
@@ -170,20 +171,25 @@ def check_configs(configs: Iterable[Config], prog: str = "sweep") -> None:
         seen.add(key)
         try:
             check_config(c)
-        except (TypeError, ValueError) as e:
+        except InputError as e:
             usage_error(prog, str(e))
+
+
+def run_setting(config: Config) -> str:
+    """A run's setting in a few words (data set, seed, attack, defence, n, f, split), for logs."""
+    nu = nu_of(config)
+    pre = "+".join(config.preaggregation)
+    split = config.beta if config.partition == "dirichlet" else config.partition
+    return (f"{config.dataset} seed={config.seed} {config.attack}{'' if nu is None else f'(nu={nu:g})'} vs "
+            f"{pre + '+' if pre else ''}{config.defence} n={config.clients_per_round} f~{config.num_byzantine} "
+            f"beta={split}")
 
 
 def run_line(config: Config, result: dict) -> str:
     """One line describing a finished run (its setting and best accuracy), for logs."""
-    nu = nu_of(config)
     b = result.get("best_accuracy")
     acc = "n/a" if b is None else f"{100 * b:.2f}%"
-    pre = "+".join(config.preaggregation)
-    split = config.beta if config.partition == "dirichlet" else config.partition
-    return (f"  {config.dataset} seed={config.seed} {config.attack}{'' if nu is None else f'(nu={nu:g})'} vs "
-            f"{pre + '+' if pre else ''}{config.defence} n={config.clients_per_round} f~{config.num_byzantine} "
-            f"beta={split}: best {acc}{' (diverged)' if result.get('diverged') else ''}")
+    return f"  {run_setting(config)}: best {acc}{' (diverged)' if result.get('diverged') else ''}"
 
 
 def run_configs(configs: Sequence[Config], args: argparse.Namespace) -> tuple[list[dict], dict[str, Any]]:
@@ -328,66 +334,6 @@ def names_type(allowed: str | Sequence[str] | None = None, *, single: bool = Fal
     return parse
 
 
-def _field_error(name: str, value: Any, need: str) -> argparse.ArgumentTypeError:
-    return argparse.ArgumentTypeError(f"{name}={value!r}: Config.{name} needs {need}")
-
-
-def coerce_field(name: str, value: Any) -> Any:
-    """`value` for the `Config` field `name`, checked against the field's type (ints, floats,
-    strings, booleans, dicts, tuples of names, each optionally None); a string for a tuple field is
-    split at commas (`preaggregation=nnm,bucketing`).
-
-    Raises:
-      argparse.ArgumentTypeError: an unknown field (listing the allowed ones) or a value of the
-        wrong type (one line naming it and what the field needs).
-    """
-    fields = {f.name: str(f.type) for f in dataclasses.fields(Config)}
-    if name not in fields:
-        raise argparse.ArgumentTypeError(f"unknown Config field {name!r}; allowed: {', '.join(fields)}")
-    ann = fields[name]
-    if value is None:
-        if "None" in ann:
-            return None
-        raise _field_error(name, value, f"a value ({ann}), not None")
-    if ann.startswith("tuple"):
-        if isinstance(value, str):
-            value = tuple(v.strip() for v in value.split(",") if v.strip())
-        if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
-            raise _field_error(name, value, "a comma-separated list of names")
-        return tuple(value)
-    if ann.startswith("Mapping"):
-        if not isinstance(value, dict):
-            raise _field_error(name, value, "a dict, e.g. {'nu': 1.0}")
-        return value
-    base = ann.split("|")[0].strip()
-    if base == "bool":
-        if not isinstance(value, bool):
-            raise _field_error(name, value, "True or False")
-    elif base == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _field_error(name, value, "an integer" + (" or None" if "None" in ann else ""))
-    elif base == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _field_error(name, value, "a number" + (" or None" if "None" in ann else ""))
-        value = float(value)
-    elif base == "str" and not isinstance(value, str):
-        raise _field_error(name, value, "a string")
-    return value
-
-
-def parse_set(text: str) -> tuple[str, Any]:
-    """An argparse type for `--set FIELD=VALUE`: the value is a Python literal (`3`, `0.5`, `None`,
-    `True`, `{'nu': 2.0}`) or else a plain string, checked by `coerce_field`."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected FIELD=VALUE, e.g. strategy=loop")
-    name, raw = (s.strip() for s in text.split("=", 1))
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    return name, coerce_field(name, value)
-
-
 def make_parser(script_file: str, description: str | None, *, paper_dataset: str = "cifar10",
                 local_dataset: str = "digits") -> ArgumentParser:
     """The options every sweep script shares.
@@ -412,15 +358,15 @@ def make_parser(script_file: str, description: str | None, *, paper_dataset: str
                         "presets (cifar10, imagenet12, femnist), which need the data on disk")
     p.add_argument("--dataset", help=f"a preset name (default: {local_dataset} at local scale, "
                                      f"{paper_dataset} at paper scale)")
-    p.add_argument("--data-dir", dest="data_dir", help="where the data set lives (passed to the data layer)")
+    options.add_config_options(p, ("data_dir",), helps={"data_dir": "where the data set lives (passed to the data layer)"})
     p.add_argument("--seeds", type=parse_seeds,
                    help="a count (3 -> 0,1,2), a list (0,4,7) or a range (2-4); default 2 at local "
                         "scale, 5 at paper scale")
-    p.add_argument("--rounds", type=int, help="communication rounds (default: 20 for digits, else the preset's)")
-    p.add_argument("--eval-every", dest="eval_every", type=int, help="evaluate every k rounds (default 1)")
-    p.add_argument("--max-test-samples", dest="max_test_samples", type=int,
-                   help="evaluate on at most this many test samples")
-    p.add_argument("--set", action="append", type=parse_set, metavar="FIELD=VALUE", default=[],
+    options.add_config_options(p, ("rounds", "eval_every", "max_test_samples"), helps={
+        "rounds": "communication rounds (default: 20 for digits, else the preset's)",
+        "eval_every": "evaluate every k rounds (default 1)",
+        "max_test_samples": "evaluate on at most this many test samples (default: all)"})
+    p.add_argument("--set", action="append", type=options.parse_set, metavar="FIELD=VALUE", default=[],
                    help="any other Config field, e.g. --set strategy=loop --set num_clients=30 (repeatable)")
     p.add_argument("--out-dir", dest="out_dir",
                    help=f"run directories (default: experiments/runs/{script}); resumable")
@@ -481,7 +427,7 @@ def require_data(config: Config, prog: str = "sweep") -> Config:
                f"disk; at --scale local use --dataset digits (embedded) or fashion_mnist.")
         print(msg, file=sys.stderr)
         raise DataMissing(2) from e
-    except (TypeError, ValueError) as e:  # e.g. --data-dir for a data set that has none
+    except InputError as e:  # e.g. --data-dir for a data set that has none
         usage_error(prog, f"data set {config.dataset!r}: {e}")
     if config.partition == "natural":
         k = ds.num_natural_clients
@@ -503,14 +449,10 @@ def base_config(args: argparse.Namespace, *, load_data: bool = True, **overrides
     if args.scale == "local" and args.dataset in LOCAL_ROUNDS:
         fields["rounds"] = LOCAL_ROUNDS[args.dataset]
     fields.update(overrides)
-    for name in ("data_dir", "rounds", "eval_every", "max_test_samples"):
-        v = getattr(args, name, None)
-        if v is not None:
-            fields[name] = v
-    fields.update(dict(getattr(args, "set", None) or ()))
+    fields.update(options.overrides(args, SCRIPT_FIELDS))
     try:
         config = preset(args.dataset, **fields)
-    except (TypeError, ValueError) as e:
+    except InputError as e:
         usage_error(args.script, str(e))
     if load_data and not getattr(args, "dry_run", False):
         config = require_data(config, args.script)
@@ -519,7 +461,7 @@ def base_config(args: argparse.Namespace, *, load_data: bool = True, **overrides
 
 __all__ = [
     "ATTACKS", "BASELINE_ATTACKS", "DEFENCES", "NU_GRID", "ArgumentParser", "DataMissing", "allowed_names",
-    "attack_config", "base_config", "check_configs", "coerce_field", "display_path", "finish_args", "finished",
+    "attack_config", "base_config", "check_configs", "display_path", "finish_args", "finished",
     "grid", "ignore_runs", "make_parser", "names_type", "nu_of", "parse_args", "parse_floats", "parse_ints",
-    "parse_seeds", "parse_set", "require_data", "run_configs", "run_id", "run_line", "run_sweep", "usage_error",
+    "parse_seeds", "require_data", "run_configs", "run_id", "run_line", "run_setting", "run_sweep", "usage_error",
 ]

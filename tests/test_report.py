@@ -1,5 +1,6 @@
 """Unit tests of the sweep scripts' library: `strike_jax.report` (cells, tables, result files) and
-the command-line helpers of `strike_jax.sweep` (no simulation runs here).
+the command-line helpers of `strike_jax.sweep` (no simulation runs here; `--set` and the other
+`Config` options are tested with the options layer in test_cli.py).
 
 Cells are checked against plain Python/NumPy references; the option types and the result guard
 against the messages and exit codes a user sees.
@@ -184,27 +185,6 @@ def test_names_type_checks_registry_names():
     assert sweep.names_type(("a", "b"))("b,a") == ("b", "a")
     with pytest.raises(argparse.ArgumentTypeError, match="unknown name 'c'; allowed: a, b"):
         sweep.names_type(("a", "b"))("c")
-
-
-def test_parse_set_checks_fields_and_types():
-    assert sweep.parse_set("strategy=loop") == ("strategy", "loop")
-    assert sweep.parse_set("num_clients=30") == ("num_clients", 30)
-    assert sweep.parse_set("beta=1") == ("beta", 1.0)
-    assert sweep.parse_set("clip_norm=None") == ("clip_norm", None)
-    assert sweep.parse_set("skew_metrics=True") == ("skew_metrics", True)
-    assert sweep.parse_set("preaggregation=nnm,bucketing") == ("preaggregation", ("nnm", "bucketing"))
-    assert sweep.parse_set("defence_params={'tau': 5.0}") == ("defence_params", {"tau": 5.0})
-    assert sweep.parse_set("data_dir=/data/x") == ("data_dir", "/data/x")
-    with pytest.raises(argparse.ArgumentTypeError) as e:
-        sweep.parse_set("foo=1")
-    fields = [f for f in Config.__dataclass_fields__]
-    assert str(e.value).startswith("unknown Config field 'foo'; allowed: " + ", ".join(fields[:3]))
-    assert all(f in str(e.value) for f in fields)
-    for bad, need in [("rounds=abc", "an integer"), ("rounds=2.5", "an integer"), ("beta=x", "a number"),
-                      ("skew_metrics=1", "True or False"), ("attack_params=3", "a dict"),
-                      ("rounds=None", "not None"), ("seed=True", "an integer"), ("rounds", "FIELD=VALUE")]:
-        with pytest.raises(argparse.ArgumentTypeError, match=need):
-            sweep.parse_set(bad)
 
 
 def test_parser_errors_are_one_line_exit_2(tmp_path, capsys):

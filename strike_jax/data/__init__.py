@@ -30,9 +30,11 @@ batches through `Dataset.normalize`.
 from __future__ import annotations
 
 import inspect
+import typing
 
 from typing import Callable
 
+from strike_jax.errors import InputError
 from strike_jax.data.base import DataNotFoundError, Dataset, Preprocessing, make_dataset
 from strike_jax.data.clients import (
     ClientData,
@@ -78,6 +80,7 @@ __all__ = [
     "holdout",
     "iid",
     "load",
+    "load_arg_types",
     "load_cifar10",
     "load_digits",
     "load_emnist",
@@ -124,14 +127,28 @@ def check_load_args(name: str, **kwargs) -> None:
     try:
         loader = _LOADERS[name]
     except KeyError:
-        raise ValueError(f"unknown data set {name!r}; choose one of {names()}.") from None
+        raise InputError(f"unknown data set {name!r}; choose one of {names()}.") from None
     params = inspect.signature(loader).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
-        raise ValueError(f"data set {name!r} takes no {', '.join(unknown)}; its loader's arguments are: "
+        raise InputError(f"data set {name!r} takes no {', '.join(unknown)}; its loader's arguments are: "
                          f"{', '.join(params) or 'none'}.")
+
+
+def load_arg_types(name: str) -> dict[str, object]:
+    """`{argument: type hint}` of a data set's loader (resolved, e.g. `float | None`); {} for an
+    unknown name. `strike_jax.config.Config` stores `dataset_params` numbers in these types."""
+    loader = _LOADERS.get(name)
+    if loader is None:
+        return {}
+    try:
+        hints = typing.get_type_hints(loader)
+    except (NameError, TypeError):  # an annotation that does not resolve: no declared types
+        return {}
+    hints.pop("return", None)
+    return hints
 
 
 def load(name: str, **kwargs) -> Dataset:
@@ -159,20 +176,20 @@ def make_partition(
     """
     if split == "dirichlet":
         if num_clients is None:
-            raise ValueError("make_partition: split='dirichlet' needs num_clients.")
+            raise InputError("make_partition: split='dirichlet' needs num_clients.")
         return dirichlet(dataset.y_train, num_clients, beta, seed, min_size=min_size)
     if split == "iid":
         if num_clients is None:
-            raise ValueError("make_partition: split='iid' needs num_clients.")
+            raise InputError("make_partition: split='iid' needs num_clients.")
         return iid(dataset.num_train, num_clients, seed)
     if split == "natural":
         if dataset.client_ids is None:
-            raise ValueError(f"make_partition: {dataset.name!r} has no natural clients; use 'dirichlet' or 'iid'.")
+            raise InputError(f"make_partition: {dataset.name!r} has no natural clients; use 'dirichlet' or 'iid'.")
         part = natural(dataset.client_ids)
         if num_clients is not None and num_clients != part.num_clients:
-            raise ValueError(
+            raise InputError(
                 f"make_partition: {dataset.name!r} has {part.num_clients} natural clients, "
                 f"got num_clients={num_clients}."
             )
         return part
-    raise ValueError(f"make_partition: split must be 'dirichlet', 'iid' or 'natural', got {split!r}.")
+    raise InputError(f"make_partition: split must be 'dirichlet', 'iid' or 'natural', got {split!r}.")

@@ -24,6 +24,8 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from strike_jax.errors import InputError
+
 __all__ = [
     "Dataset",
     "Preprocessing",
@@ -195,18 +197,18 @@ class Dataset(NamedTuple):
 
 def _check_images(name: str, x: np.ndarray, what: str) -> None:
     if x.ndim != 4:
-        raise ValueError(f"{name}: {what} must be NHWC (4-d), got shape {x.shape}.")
+        raise InputError(f"{name}: {what} must be NHWC (4-d), got shape {x.shape}.")
     if x.dtype not in (np.float32, np.uint8):
-        raise ValueError(f"{name}: {what} must be float32 or uint8, got {x.dtype}.")
+        raise InputError(f"{name}: {what} must be float32 or uint8, got {x.dtype}.")
 
 
 def _check_labels(name: str, y: np.ndarray, n: int, num_classes: int, what: str) -> None:
     if y.shape != (n,):
-        raise ValueError(f"{name}: {what} must have shape ({n},), got {y.shape}.")
+        raise InputError(f"{name}: {what} must have shape ({n},), got {y.shape}.")
     if y.dtype != np.int32:
-        raise ValueError(f"{name}: {what} must be int32, got {y.dtype}.")
+        raise InputError(f"{name}: {what} must be int32, got {y.dtype}.")
     if n and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(
+        raise InputError(
             f"{name}: {what} must lie in [0, {num_classes}), got range [{y.min()}, {y.max()}]."
         )
 
@@ -229,36 +231,36 @@ def make_dataset(
     """
     num_classes = int(num_classes)
     if num_classes < 1:
-        raise ValueError(f"{name}: num_classes must be >= 1, got {num_classes}.")
+        raise InputError(f"{name}: num_classes must be >= 1, got {num_classes}.")
     _check_images(name, x_train, "x_train")
     _check_images(name, x_test, "x_test")
     if x_train.shape[1:] != x_test.shape[1:] or x_train.dtype != x_test.dtype:
-        raise ValueError(
+        raise InputError(
             f"{name}: train/test images differ: {x_train.shape[1:]} {x_train.dtype} vs "
             f"{x_test.shape[1:]} {x_test.dtype}."
         )
     if x_train.shape[0] == 0:
-        raise ValueError(f"{name}: the training set is empty.")
+        raise InputError(f"{name}: the training set is empty.")
     _check_labels(name, y_train, x_train.shape[0], num_classes, "y_train")
     _check_labels(name, y_test, x_test.shape[0], num_classes, "y_test")
     if preprocessing.applied != (x_train.dtype == np.float32):
-        raise ValueError(
+        raise InputError(
             f"{name}: preprocessing.applied={preprocessing.applied} but images are {x_train.dtype}."
         )
     if preprocessing.mean is not None:
         c = x_train.shape[-1]
         if len(preprocessing.mean) != c or len(preprocessing.std or ()) != c:
-            raise ValueError(f"{name}: mean/std need {c} channel values, got {preprocessing}.")
+            raise InputError(f"{name}: mean/std need {c} channel values, got {preprocessing}.")
     if client_ids is not None:
         client_ids = np.asarray(client_ids)
         if client_ids.shape != (x_train.shape[0],) or client_ids.dtype != np.int32:
-            raise ValueError(
+            raise InputError(
                 f"{name}: client_ids must be int32 of shape ({x_train.shape[0]},), "
                 f"got {client_ids.dtype} {client_ids.shape}."
             )
         present = np.bincount(client_ids, minlength=1) if client_ids.min() >= 0 else None
         if present is None or not np.all(present > 0):
-            raise ValueError(f"{name}: client_ids must cover 0..K-1 with every id present.")
+            raise InputError(f"{name}: client_ids must cover 0..K-1 with every id present.")
     return Dataset(
         name=name,
         x_train=x_train,
@@ -285,7 +287,7 @@ def check_dtype(dtype: str, allowed: Sequence[str] = ("float32", "uint8")) -> st
     """Validate a storage dtype name (`"float32"` or `"uint8"`)."""
     name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
     if name not in allowed:
-        raise ValueError(f"dtype must be one of {tuple(allowed)}, got {dtype!r}.")
+        raise InputError(f"dtype must be one of {tuple(allowed)}, got {dtype!r}.")
     return name
 
 

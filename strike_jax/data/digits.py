@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from strike_jax.errors import InputError
 from strike_jax.data.base import Dataset, check_dtype, describe, finish_images, make_dataset
 
 __all__ = ["load_digits", "stratified_split"]
@@ -28,7 +29,7 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
       `(train_idx, test_idx)`, int64, disjoint, covering `0..N-1`.
     """
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}.")
+        raise InputError(f"test_fraction must lie in (0, 1), got {test_fraction}.")
     rng = np.random.default_rng(seed)
     train, test = [], []
     for c in np.unique(labels):

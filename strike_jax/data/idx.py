@@ -16,6 +16,7 @@ import struct
 
 import numpy as np
 
+from strike_jax.errors import InputError
 from strike_jax.data.base import (
     DataNotFoundError,
     Dataset,
@@ -87,20 +88,20 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         with opener(path, "rb") as fh:
             data = fh.read()
     except (OSError, EOFError) as err:
-        raise ValueError(f"{path!r} is not a readable (gzipped) IDX file: {err}") from err
+        raise InputError(f"{path!r} is not a readable (gzipped) IDX file: {err}") from err
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
-        raise ValueError(
+        raise InputError(
             f"{path!r} is not an IDX file: magic bytes {data[:4].hex() or '(empty)'} "
             "(expected 0000 then a type code 08/09/0b/0c/0d/0e and the number of dimensions)."
         )
     dtype, ndim = _IDX_TYPES[data[2]], data[3]
     if ndim < 1 or len(data) < 4 + 4 * ndim:
-        raise ValueError(f"{path!r}: truncated IDX header (ndim={ndim}).")
+        raise InputError(f"{path!r}: truncated IDX header (ndim={ndim}).")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     body = memoryview(data)[4 + 4 * ndim :]
     if len(body) != expected:
-        raise ValueError(
+        raise InputError(
             f"{path!r}: IDX header says shape {shape} ({expected} bytes of {dtype}) but the file "
             f"holds {len(body)} bytes."
         )
@@ -178,12 +179,12 @@ def load_idx_dataset(
     for split in ("train", "test"):
         xi, yi = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if xi.ndim != 3 or yi.ndim != 1 or xi.shape[0] != yi.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"{name}: {split} images {xi.shape} and labels {yi.shape} in {directory!r} do not "
                 "match (expected [N, H, W] and [N])."
             )
         if xi.dtype != np.uint8:
-            raise ValueError(f"{name}: {paths[f'{split}_images']!r} holds {xi.dtype}, expected ubyte.")
+            raise InputError(f"{name}: {paths[f'{split}_images']!r} holds {xi.dtype}, expected ubyte.")
 
     def images(a):
         a = a[..., None]
@@ -229,14 +230,14 @@ def _load_mnist_like(
     from strike_jax.data import tfds_source
 
     if source not in ("auto", "idx", "tfds"):
-        raise ValueError(f"{name}: source must be 'auto', 'idx' or 'tfds', got {source!r}.")
+        raise InputError(f"{name}: source must be 'auto', 'idx' or 'tfds', got {source!r}.")
     if source == "tfds":
         return tfds_source.load_tfds(
             tfds_name, name=name, data_dir=data_dir, download=download, mean=mean, std=std, dtype=dtype
         )
     if source == "idx":
         if data_dir is None and not default_dirs:
-            raise ValueError(f"{name}: source='idx' needs data_dir= (a folder of IDX files).")
+            raise InputError(f"{name}: source='idx' needs data_dir= (a folder of IDX files).")
         return load_idx_dataset(name, data_dir or default_dirs[0], 10, mean=mean, std=std, dtype=dtype)
     # auto: IDX in the named directory (or the default ones), then TFDS.
     looked = []

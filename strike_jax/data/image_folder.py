@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from strike_jax.errors import InputError
 from strike_jax.data.base import (
     DataNotFoundError,
     Dataset,
@@ -52,7 +53,7 @@ def preprocess_image(path: str, image_size: int, resize: int) -> np.ndarray:
             img = img.crop((left, top, left + image_size, top + image_size))
             return np.asarray(img, dtype=np.uint8)
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path!r} could not be read as an image: {err}") from err
+        raise InputError(f"{path!r} could not be read as an image: {err}") from err
 
 
 def _list_split(split_dir: str, classes: list[str] | None) -> tuple[list[str], list[str], list[int]]:
@@ -67,7 +68,7 @@ def _list_split(split_dir: str, classes: list[str] | None) -> tuple[list[str], l
     else:
         unknown = sorted(set(found) - set(classes))
         if unknown:
-            raise ValueError(f"{split_dir!r} has classes not in train/: {unknown}.")
+            raise InputError(f"{split_dir!r} has classes not in train/: {unknown}.")
     index = {c: i for i, c in enumerate(classes)}
     paths, labels = [], []
     for c in found:
@@ -114,11 +115,11 @@ def load_image_folder(
     """
     dtype = check_dtype(dtype)
     if int(image_size) < 1:
-        raise ValueError(f"{name}: image_size must be >= 1, got {image_size}.")
+        raise InputError(f"{name}: image_size must be >= 1, got {image_size}.")
     image_size = int(image_size)
     resize = int(round(image_size * 256 / 224)) if resize is None else int(resize)
     if resize < image_size:
-        raise ValueError(f"{name}: resize ({resize}) must be >= image_size ({image_size}).")
+        raise InputError(f"{name}: resize ({resize}) must be >= image_size ({image_size}).")
     root = check_dir(data_dir, name, "Expected a folder with train/ and val/, one sub-folder per class.")
     train_path = check_dir(os.path.join(root, train_dir), name, f"{root!r} needs a {train_dir}/ folder.")
     test_path = next((os.path.join(root, d) for d in test_dirs if os.path.isdir(os.path.join(root, d))), None)

@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from strike_jax.errors import InputError
 from strike_jax.data.base import (
     DataNotFoundError,
     Dataset,
@@ -28,22 +29,22 @@ __all__ = ["load_femnist", "read_leaf_split"]
 
 def _user_arrays(path: str, user: str, entry, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(entry, dict) or "x" not in entry or "y" not in entry:
-        raise ValueError(f"{path!r}: user_data[{user!r}] must have 'x' and 'y'.")
+        raise InputError(f"{path!r}: user_data[{user!r}] must have 'x' and 'y'.")
     if len(entry["x"]) == 0 and len(entry["y"]) == 0:
         return np.zeros((0, 28, 28, 1), np.float32 if dtype == "float32" else np.uint8), np.zeros(0, np.int32)
     x = np.asarray(entry["x"], dtype=np.float32)
     y = np.asarray(entry["y"])
     if x.ndim != 2 or x.shape[1] != 784 or y.shape != (x.shape[0],):
-        raise ValueError(
+        raise InputError(
             f"{path!r}: user {user!r} has x of shape {x.shape} and y of shape {y.shape} "
             "(expected [m, 784] and [m])."
         )
     if x.size and (x.min() < 0.0 or x.max() > 1.0):
-        raise ValueError(f"{path!r}: user {user!r} has pixel values outside [0, 1].")
+        raise InputError(f"{path!r}: user {user!r} has pixel values outside [0, 1].")
     if not np.issubdtype(y.dtype, np.integer) and not (
         np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y))
     ):
-        raise ValueError(f"{path!r}: user {user!r} has non-integer labels.")
+        raise InputError(f"{path!r}: user {user!r} has non-integer labels.")
     x = x.reshape(-1, 28, 28, 1)
     if dtype == "uint8":
         # LEAF writes k/255 (8-bit grey / 255): rounding recovers k exactly.
@@ -81,13 +82,13 @@ def read_leaf_split(directory: str, dtype: str = "float32") -> tuple[list[str], 
             with open(path, "r", encoding="utf-8") as fh:
                 blob = json.load(fh)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path!r} is not valid JSON: {err}") from err
+            raise InputError(f"{path!r} is not valid JSON: {err}") from err
         if not isinstance(blob, dict) or "users" not in blob or "user_data" not in blob:
             keys = sorted(blob) if isinstance(blob, dict) else type(blob).__name__
-            raise ValueError(f"{path!r} is not LEAF JSON: expected keys 'users' and 'user_data', got {keys}.")
+            raise InputError(f"{path!r} is not LEAF JSON: expected keys 'users' and 'user_data', got {keys}.")
         for user in blob["users"]:
             if user not in blob["user_data"]:
-                raise ValueError(f"{path!r}: user {user!r} is listed in 'users' but has no 'user_data'.")
+                raise InputError(f"{path!r}: user {user!r} is listed in 'users' but has no 'user_data'.")
             x, y = _user_arrays(path, user, blob["user_data"][user], dtype)
             if user not in order:
                 order[user] = len(order)

@@ -12,6 +12,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from strike_jax.errors import InputError
+
 __all__ = [
     "Partition",
     "dirichlet",
@@ -89,15 +91,15 @@ class Partition(NamedTuple):
 
 def _check_seed(seed) -> int:
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
+        raise InputError(f"seed must be a non-negative int, got {seed!r}.")
     return int(seed)
 
 
 def _check_num_clients(num_clients, num_samples: int) -> int:
     if isinstance(num_clients, (bool, np.bool_)) or not isinstance(num_clients, (int, np.integer)) or num_clients < 1:
-        raise ValueError(f"num_clients must be an int >= 1, got {num_clients!r}.")
+        raise InputError(f"num_clients must be an int >= 1, got {num_clients!r}.")
     if num_clients > num_samples:
-        raise ValueError(
+        raise InputError(
             f"num_clients={num_clients} exceeds the number of samples ({num_samples}): some client "
             "would be empty. Use at most as many clients as samples."
         )
@@ -142,7 +144,7 @@ def dirichlet_split(labels: np.ndarray, proportions: np.ndarray, rng: np.random.
     classes = np.unique(labels)
     p = np.asarray(proportions)
     if p.ndim != 2 or p.shape[0] != classes.size:
-        raise ValueError(f"proportions must be [num_classes={classes.size}, num_clients], got {p.shape}.")
+        raise InputError(f"proportions must be [num_classes={classes.size}, num_clients], got {p.shape}.")
     per_class = [np.flatnonzero(labels == c) for c in classes]
     bounds = dirichlet_cut_points(p, np.array([a.size for a in per_class]))
     pieces: list[list[np.ndarray]] = [[] for _ in range(p.shape[1])]
@@ -193,15 +195,15 @@ def dirichlet(
     """
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be a non-empty 1-d int array, got {labels.dtype} {labels.shape}.")
+        raise InputError(f"labels must be a non-empty 1-d int array, got {labels.dtype} {labels.shape}.")
     seed = _check_seed(seed)
     n = _check_num_clients(num_clients, labels.size)
     if not (np.isfinite(beta) and beta > 0):
-        raise ValueError(f"beta must be a finite number > 0, got {beta!r}.")
+        raise InputError(f"beta must be a finite number > 0, got {beta!r}.")
     if int(min_size) < 0 or int(max_tries) < 1:
-        raise ValueError(f"need min_size >= 0 and max_tries >= 1, got {min_size}, {max_tries}.")
+        raise InputError(f"need min_size >= 0 and max_tries >= 1, got {min_size}, {max_tries}.")
     if n * int(min_size) > labels.size:
-        raise ValueError(
+        raise InputError(
             f"{n} clients x min_size {min_size} exceeds the {labels.size} samples: no split can "
             "satisfy it. Lower num_clients or min_size."
         )
@@ -211,13 +213,13 @@ def dirichlet(
     for tries in range(1, int(max_tries) + 1):
         p = rng.dirichlet(np.full(n, float(beta)), size=classes.size)
         if not np.all(np.isfinite(p)):
-            raise ValueError(f"Dirichlet draw with beta={beta} gave non-finite proportions; raise beta.")
+            raise InputError(f"Dirichlet draw with beta={beta} gave non-finite proportions; raise beta.")
         sizes = np.diff(dirichlet_cut_points(p, class_sizes), axis=1).sum(0)
         smallest = max(smallest, int(sizes.min()))
         if sizes.min() >= min_size:
             break
     else:
-        raise ValueError(
+        raise InputError(
             f"dirichlet: no draw in max_tries={max_tries} gave every one of {n} clients at least "
             f"{min_size} samples (best smallest client: {smallest}) with beta={beta}. Lower "
             "num_clients, raise beta, or raise max_tries."
@@ -235,7 +237,7 @@ def iid(num_samples: int, num_clients: int, seed: int) -> Partition:
       ValueError: more clients than samples (a client would be empty), bad seed.
     """
     if isinstance(num_samples, (bool, np.bool_)) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-        raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}.")
+        raise InputError(f"num_samples must be an int >= 1, got {num_samples!r}.")
     seed = _check_seed(seed)
     n = _check_num_clients(num_clients, int(num_samples))
     perm = np.random.default_rng(seed).permutation(int(num_samples)).astype(np.int64)
@@ -256,13 +258,13 @@ def natural(client_ids: np.ndarray) -> Partition:
     """
     ids = np.asarray(client_ids)
     if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"client_ids must be a non-empty 1-d int array, got {ids.dtype} {ids.shape}.")
+        raise InputError(f"client_ids must be a non-empty 1-d int array, got {ids.dtype} {ids.shape}.")
     if ids.min() < 0:
-        raise ValueError(f"client_ids must be >= 0, got min {ids.min()}.")
+        raise InputError(f"client_ids must be >= 0, got min {ids.min()}.")
     counts = np.bincount(ids)
     empty = np.flatnonzero(counts == 0)
     if empty.size:
-        raise ValueError(
+        raise InputError(
             f"natural: client ids {empty[:10].tolist()}{'...' if empty.size > 10 else ''} have no "
             "samples (ids must be 0..K-1, all present). Renumber them, e.g. "
             "np.unique(client_ids, return_inverse=True)[1]."

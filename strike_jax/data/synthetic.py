@@ -6,6 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
+from strike_jax.errors import InputError
 from strike_jax.data.base import Dataset, describe, make_dataset
 
 __all__ = ["load_synthetic"]
@@ -48,20 +49,20 @@ def load_synthetic(
     """
     num_clients = int(num_clients)
     if num_clients < 1:
-        raise ValueError(f"synthetic: num_clients must be >= 1, got {num_clients}.")
+        raise InputError(f"synthetic: num_clients must be >= 1, got {num_clients}.")
     counts = np.broadcast_to(np.asarray(samples_per_client, dtype=np.int64), (num_clients,)).copy()
     if np.ndim(samples_per_client) not in (0, 1) or counts.min() < 1:
-        raise ValueError(
+        raise InputError(
             f"synthetic: samples_per_client must be an int >= 1 or {num_clients} ints >= 1, "
             f"got {samples_per_client!r}."
         )
     shape = tuple(int(s) for s in image_shape)
     if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"synthetic: image_shape must be (H, W, C) with positive sizes, got {image_shape!r}.")
+        raise InputError(f"synthetic: image_shape must be (H, W, C) with positive sizes, got {image_shape!r}.")
     if int(num_classes) < 2 or int(num_test) < 1:
-        raise ValueError(f"synthetic: need num_classes >= 2 and num_test >= 1, got {num_classes}, {num_test}.")
+        raise InputError(f"synthetic: need num_classes >= 2 and num_test >= 1, got {num_classes}, {num_test}.")
     if label_alpha is not None and not label_alpha > 0:
-        raise ValueError(f"synthetic: label_alpha must be > 0 or None, got {label_alpha}.")
+        raise InputError(f"synthetic: label_alpha must be > 0 or None, got {label_alpha}.")
     c = int(num_classes)
     rng = np.random.default_rng(seed)
     means = (separation * rng.standard_normal((c,) + shape)).astype(np.float32)

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from strike_jax.errors import InputError
 from strike_jax.data.base import (
     DataNotFoundError,
     Dataset,
@@ -83,16 +84,16 @@ def records_to_arrays(
       ValueError: empty input, a missing key, non-uint8 or ragged images.
     """
     if len(records) == 0:
-        raise ValueError("records_to_arrays: no records.")
+        raise InputError("records_to_arrays: no records.")
     first = records[0]
     for key in (image_key, label_key):
         if key not in first:
-            raise ValueError(f"records_to_arrays: record has no {key!r} (keys: {sorted(first)}).")
+            raise InputError(f"records_to_arrays: record has no {key!r} (keys: {sorted(first)}).")
     img0 = np.asarray(first[image_key])
     if img0.ndim == 2:
         img0 = img0[..., None]
     if img0.dtype != np.uint8 or img0.ndim != 3:
-        raise ValueError(f"records_to_arrays: expected [H, W, C] uint8 images, got {img0.dtype} {img0.shape}.")
+        raise InputError(f"records_to_arrays: expected [H, W, C] uint8 images, got {img0.dtype} {img0.shape}.")
     x = np.empty((len(records),) + img0.shape, np.uint8)
     y = np.empty((len(records),), np.int32)
     for i, rec in enumerate(records):
@@ -100,7 +101,7 @@ def records_to_arrays(
         if img.ndim == 2:
             img = img[..., None]
         if img.shape != img0.shape:
-            raise ValueError(f"records_to_arrays: record {i} has image shape {img.shape}, expected {img0.shape}.")
+            raise InputError(f"records_to_arrays: record {i} has image shape {img.shape}, expected {img0.shape}.")
         x[i] = img
         y[i] = int(rec[label_key])
     return x, y
@@ -166,14 +167,14 @@ def load_tfds(
         try:
             sources[split] = tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=download)
         except tfds.core.registered.DatasetNotFoundError as err:
-            raise ValueError(f"{name}: TFDS has no data set called {tfds_name!r}.") from err
+            raise InputError(f"{name}: TFDS has no data set called {tfds_name!r}.") from err
         except Exception as err:  # noqa: BLE001 - TFDS raises several types for "not prepared"
             raise DataNotFoundError(f"{name}: " + _not_prepared_message(tfds, tfds_name, data_dir)) from err
     info = sources[train_split].dataset_info
     try:
         num_classes = int(info.features[label_key].num_classes)
     except (KeyError, AttributeError) as err:
-        raise ValueError(f"{name}: TFDS feature {label_key!r} is not a ClassLabel.") from err
+        raise InputError(f"{name}: TFDS feature {label_key!r} is not a ClassLabel.") from err
 
     def convert(split):
         x, y = records_to_arrays(_read_all(sources[split], chunk_size), image_key, label_key)
@@ -224,6 +225,6 @@ def load_emnist(
       variant: one of `EMNIST_VARIANTS`.
     """
     if variant not in EMNIST_VARIANTS:
-        raise ValueError(f"emnist: variant must be one of {EMNIST_VARIANTS}, got {variant!r}.")
+        raise InputError(f"emnist: variant must be one of {EMNIST_VARIANTS}, got {variant!r}.")
     return load_tfds(f"emnist/{variant}", name="emnist", data_dir=data_dir, download=download,
                      dtype=dtype, transpose=transpose)

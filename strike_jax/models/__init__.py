@@ -42,6 +42,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from strike_jax.errors import InputError
 from strike_jax.models import conv as conv_lib
 from strike_jax.models.byzfl import CnnCifar, CnnMnist, FcMnist, LogRegMnist, ResNet18Cifar
 from strike_jax.models.cnn import MLP, AlexNetCifar, FemnistCNN, LeafCNN, SmallCNN, SmallCNNBN
@@ -131,12 +132,12 @@ def get(name: str, num_classes: int, input_shape: tuple[int, ...], *, conv_impl:
       A `ModelSpec`.
     """
     if name not in _REGISTRY:
-        raise ValueError(f"Unknown model {name!r}; allowed: {', '.join(names())}.")
+        raise InputError(f"Unknown model {name!r}; allowed: {', '.join(names())}.")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes={num_classes!r} must be an int >= 1.")
+        raise InputError(f"num_classes={num_classes!r} must be an int >= 1.")
     input_shape = tuple(input_shape)
     if len(input_shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in input_shape):
-        raise ValueError(f"input_shape={input_shape!r} must be (H, W, C) of positive ints.")
+        raise InputError(f"input_shape={input_shape!r} must be (H, W, C) of positive ints.")
     build, has_bs, is_conv = _REGISTRY[name]
     conv_impl = conv_lib.resolve_conv_impl(conv_impl, backend)
     module = build(num_classes, conv_impl=conv_impl, **kwargs) if is_conv else build(num_classes, **kwargs)
