@@ -184,7 +184,7 @@ def check_field(name: str, value: Any) -> Any:
     return value
 
 
-STRATEGIES = ("auto", "packed", "vmap", "map", "steps", "loop")
+STRATEGIES = ("auto", "measure", "packed", "vmap", "map", "steps", "loop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +217,9 @@ class Config:
       preaggregation_params: {name: {hparam: value}}.
       eval_every: evaluate the global model every k rounds (and always after the last round).
       seed: the run's seed (partition, init, sampling, schedules, attack and defence keys).
-      strategy: how clients are trained: "auto" (measured: `strike_jax.simulation.calibrate`),
+      strategy: how clients are trained: "auto" (a fixed rule from the model, shapes and platform:
+        `training.resolve_auto`; recorded in the checkpoint and result, kept on resume), "measure"
+        (timed on this machine: an explicit opt-in whose choice may differ between machines),
         "packed" (lanes of clients back to back, one device program per round), "vmap" (one padded
         lane per client), "map" (one lane), or the host loops "steps" and "loop".
       lanes: lanes of the packed strategy (None: chosen from the clients' step counts and memory).

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from strike_jax import ops, sharding, stages
+from strike_jax.errors import InputError
 from strike_jax.training.round import RoundOutput, RunState, TrainOutput
 from strike_jax.training.schedule import round_key
 
@@ -220,7 +221,7 @@ def make_device_server(pipeline, *, with_skew: bool = False, with_updates: bool 
       underlying `jax.jit` object (for ahead-of-time lowering).
     """
     if layout not in sharding.SERVER_LAYOUTS:
-        raise ValueError(f"layout={layout!r} is not allowed; allowed: {', '.join(map(repr, sharding.SERVER_LAYOUTS))}.")
+        raise InputError(f"layout={layout!r} is not allowed; allowed: {', '.join(map(repr, sharding.SERVER_LAYOUTS))}.")
     grid = isinstance(pipeline, ServerGrid)
     constrain = lambda t: t  # noqa: E731
     if mesh is not None:

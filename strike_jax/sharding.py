@@ -26,6 +26,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from strike_jax.errors import InputError
+
 #: The mesh axis the clients (rows of the update matrix) are spread over.
 CLIENTS_AXIS = "clients"
 #: How the server half lays out the `[R, n, d]` matrix on a mesh (`server.make_device_server`).
@@ -43,12 +45,12 @@ def make_mesh(num_devices: int, devices=None):
 
     devices = jax.devices() if devices is None else list(devices)
     if not (isinstance(num_devices, int) and 1 <= num_devices <= len(devices)):
-        raise ValueError(
+        raise InputError(
             f"num_devices={num_devices!r} is not allowed; allowed: 1 .. {len(devices)} (the devices jax sees: "
             f"{len(devices)} {devices[0].platform}; on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=N "
             "before jax is imported; across hosts call strike_jax.sharding.initialize first).")
     if jax.process_count() > 1 and num_devices != len(devices):
-        raise ValueError(f"num_devices={num_devices} is not allowed under jax.distributed with "
+        raise InputError(f"num_devices={num_devices} is not allowed under jax.distributed with "
                          f"{jax.process_count()} processes; allowed: all {len(devices)} devices (every process "
                          "must hold part of the mesh).")
     return Mesh(np.asarray(devices[:num_devices]), (CLIENTS_AXIS,))
@@ -104,15 +106,15 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int, *,
       ValueError: a bad process count or id, or a coordinator address without a port (one line).
     """
     if not (isinstance(num_processes, int) and num_processes >= 1):
-        raise ValueError(f"num_processes={num_processes!r} is not allowed; allowed: an int >= 1.")
+        raise InputError(f"num_processes={num_processes!r} is not allowed; allowed: an int >= 1.")
     if not (isinstance(process_id, int) and 0 <= process_id < num_processes):
-        raise ValueError(f"process_id={process_id!r} is not allowed; allowed: 0 .. {num_processes - 1}.")
+        raise InputError(f"process_id={process_id!r} is not allowed; allowed: 0 .. {num_processes - 1}.")
     host, _, port = str(coordinator_address).rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"coordinator_address={coordinator_address!r} is not allowed; allowed: 'host:port'.")
+        raise InputError(f"coordinator_address={coordinator_address!r} is not allowed; allowed: 'host:port'.")
     if cpu_devices is not None:
         if not (isinstance(cpu_devices, int) and cpu_devices >= 1):
-            raise ValueError(f"cpu_devices={cpu_devices!r} is not allowed; allowed: an int >= 1.")
+            raise InputError(f"cpu_devices={cpu_devices!r} is not allowed; allowed: an int >= 1.")
         jax.config.update("jax_num_cpu_devices", cpu_devices)
     # CPU processes exchange collectives through Gloo (the default in recent jax; set for older ones).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")

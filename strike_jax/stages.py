@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from strike_jax import ops, registry
+from strike_jax.errors import InputError
 
 Array = jax.Array
 
@@ -383,11 +384,11 @@ def check_f(stage: Any, n: int, f: int, *, allow_beyond_breakdown: bool = False)
     """
     stage = as_stage(stage)
     if isinstance(f, bool) or not isinstance(f, numbers.Integral) or not 0 <= f <= n:
-        raise ValueError(f"f={f!r} is not allowed; allowed: an integer in [0, n={n}].")
+        raise InputError(f"f={f!r} is not allowed; allowed: an integer in [0, n={n}].")
     f = int(f)
     limit = stage.max_f(n)
     if limit is not None and f > limit and not allow_beyond_breakdown:
-        raise ValueError(f"{stage.name} tolerates at most f={limit} Byzantine rows among n={n}; got f={f} "
+        raise InputError(f"{stage.name} tolerates at most f={limit} Byzantine rows among n={n}; got f={f} "
                          "(pass allow_beyond_breakdown=True to run beyond the rule's breakdown point).")
     return limit
 
@@ -495,14 +496,14 @@ def server_pipeline(defence: str, *, attack: str | None = None, preaggregation: 
     backend = ops.resolve(backend)
     if attack in (None, "none"):
         if attack_params:
-            raise ValueError(f"attack_params={dict(attack_params)!r} given without an attack.")
+            raise InputError(f"attack_params={dict(attack_params)!r} given without an attack.")
         att = identity_attack()
     else:
         att = get("attack", attack, inject=inject, backend=backend, **dict(attack_params or {}))
     pp = dict(preaggregation_params or {})
     unknown = sorted(set(pp) - set(preaggregation))
     if unknown:
-        raise ValueError(f"preaggregation_params for {unknown} not in preaggregation={tuple(preaggregation)}.")
+        raise InputError(f"preaggregation_params for {unknown} not in preaggregation={tuple(preaggregation)}.")
     pres = [get("preaggregator", p, inject=inject, backend=backend, **dict(pp.get(p, {})))
             for p in sorted(preaggregation, key=lambda p: _PREAGG_ORDER.get(p, 0))]
     rule = get("rule", defence, inject=inject, backend=backend, **dict(defence_params or {}))

@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from strike_jax.errors import InputError
 from strike_jax import sharding
 from strike_jax.config import Config
 from strike_jax.simulation import components, loop, plan, store
@@ -92,13 +93,13 @@ def simulate_many(
         run_dirs = [None] * len(configs)
     run_dirs = list(run_dirs)
     if len(run_dirs) != len(configs):
-        raise ValueError(f"run_dirs has {len(run_dirs)} entries for {len(configs)} configs.")
+        raise InputError(f"run_dirs has {len(run_dirs)} entries for {len(configs)} configs.")
     if on_updates is not None and len(configs) != 1:
-        raise ValueError("on_updates is supported for a single config (simulate).")
+        raise InputError("on_updates is supported for a single config (simulate).")
     if not (isinstance(checkpoint_every, int) and checkpoint_every >= 1):
-        raise ValueError(f"checkpoint_every={checkpoint_every!r} is not allowed; allowed: an int >= 1.")
+        raise InputError(f"checkpoint_every={checkpoint_every!r} is not allowed; allowed: an int >= 1.")
     if checkpoint_seconds is not None and not checkpoint_seconds > 0:
-        raise ValueError(f"checkpoint_seconds={checkpoint_seconds!r} is not allowed; allowed: a number > 0 or None.")
+        raise InputError(f"checkpoint_seconds={checkpoint_seconds!r} is not allowed; allowed: a number > 0 or None.")
     for c, d in zip(configs, run_dirs):  # bad input fails here, before any data loads
         components.check_config(c)
         store.check_run_dir(d)

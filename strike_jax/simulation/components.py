@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from strike_jax.errors import InputError
 from strike_jax import data as data_lib
 from strike_jax import models as model_lib
 from strike_jax import ops, registry, stages, training
@@ -63,7 +64,7 @@ def root_set(config: Config, ds) -> np.ndarray:
     `(seed, ROOT_TAG)`, sorted; they are excluded from the clients' partition."""
     n = len(ds.y_train)
     if config.root_samples >= n:
-        raise ValueError(f"root_samples={config.root_samples} is not allowed; allowed: fewer than the {n} "
+        raise InputError(f"root_samples={config.root_samples} is not allowed; allowed: fewer than the {n} "
                          f"training samples of {config.dataset!r}.")
     rng = np.random.default_rng([config.seed, ROOT_TAG])
     return np.sort(rng.choice(n, size=config.root_samples, replace=False))
@@ -79,10 +80,10 @@ def make_partition(config: Config, ds, exclude: np.ndarray | None = None):
         part = data_lib.iid(len(keep), config.num_clients, seed=config.seed)
     else:
         if ds.client_ids is None:
-            raise ValueError(f"partition='natural' needs a dataset with client ids; {config.dataset!r} has none.")
+            raise InputError(f"partition='natural' needs a dataset with client ids; {config.dataset!r} has none.")
         part = data_lib.natural(np.asarray(ds.client_ids)[keep])
         if part.num_clients != config.num_clients:
-            raise ValueError(
+            raise InputError(
                 f"num_clients={config.num_clients} but the natural partition of {config.dataset!r} has "
                 f"{part.num_clients} clients; set num_clients={part.num_clients}."
             )
@@ -203,9 +204,9 @@ def check_config(config: Config):
         kwargs["data_dir"] = config.data_dir
     data_lib.check_load_args(config.dataset, **kwargs)
     if config.model not in model_lib.names():
-        raise ValueError(f"model {config.model!r} is not allowed; allowed: {', '.join(model_lib.names())}.")
+        raise InputError(f"model {config.model!r} is not allowed; allowed: {', '.join(model_lib.names())}.")
     if config.num_devices > jax.device_count():
-        raise ValueError(
+        raise InputError(
             f"num_devices={config.num_devices} is not allowed; allowed: 1 .. {jax.device_count()} (the "
             f"{jax.default_backend()} devices jax sees; on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=N "
             "before jax is imported; across hosts call strike_jax.distributed.initialize first).")

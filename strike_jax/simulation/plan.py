@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from strike_jax.errors import InputError
 from strike_jax import data as data_lib
 from strike_jax import models as model_lib
 from strike_jax import training
@@ -167,7 +168,7 @@ def check_memory(config: Config, d: int) -> None:
     have = total if per_device is None else per_device * config.num_devices
     if need > have:
         gib = 1 << 30
-        raise ValueError(
+        raise InputError(
             f"clients_per_round={n} is not allowed with this model (d={d:,}): one round's [n, d] update matrix "
             f"and the attack's copy need {need / gib:.1f} GiB, the {'host' if per_device is None else 'devices'} "
             f"{have / gib:.1f} GiB; allowed: n <= {max(1, have // (8 * d)):,} (or more devices, num_devices).")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from strike_jax.errors import InputError
 from strike_jax import sharding
 
 
@@ -49,12 +50,12 @@ class Settings:
 
     def __post_init__(self):
         if self.server_layout not in sharding.SERVER_LAYOUTS:
-            raise ValueError(f"server_layout={self.server_layout!r} is not allowed; allowed: "
+            raise InputError(f"server_layout={self.server_layout!r} is not allowed; allowed: "
                              f"{', '.join(map(repr, sharding.SERVER_LAYOUTS))}.")
         for name in ("cpu_batch_bytes", "plan_horizon", "plan_budget"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"Settings {name}={v!r} is not allowed; allowed: an int >= 1.")
+                raise InputError(f"Settings {name}={v!r} is not allowed; allowed: an int >= 1.")
 
 
 DEFAULT = Settings()

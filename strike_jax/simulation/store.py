@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from strike_jax.errors import InputError
 from strike_jax import atomic
 from strike_jax.config import Config
 
@@ -25,7 +26,7 @@ ROUNDS_CSV = "rounds.csv"
 CHECKPOINT_FORMAT = 2
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be restored for this run (corrupt, another format, another state)."""
 
 
@@ -146,14 +147,14 @@ def check_run_dir(run_dir: str | None) -> None:
     if run_dir is None:
         return
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
-        raise ValueError(f"run directory {run_dir!r} is a file; allowed: a directory (created if missing).")
+        raise InputError(f"run directory {run_dir!r} is a file; allowed: a directory (created if missing).")
     try:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"run directory {run_dir!r} cannot be created ({e.strerror}); allowed: a writable "
+        raise InputError(f"run directory {run_dir!r} cannot be created ({e.strerror}); allowed: a writable "
                          "directory.") from None
     if not os.access(run_dir, os.W_OK | os.X_OK):
-        raise ValueError(f"run directory {run_dir!r} is not writable; allowed: a writable directory.")
+        raise InputError(f"run directory {run_dir!r} is not writable; allowed: a writable directory.")
 
 
 def write_rounds_csv(path: str, history: list[dict[str, Any]]) -> None:
