@@ -324,17 +324,17 @@ def settings(cfg: Mapping[str, Any]) -> list[dict]:
         else:
             bc["nb_workers"] = bc["nb_honest_clients"] + f
         runs.append(s)
-    seeded = []
-    for s in runs:
-        for i in range(s["benchmark_config"]["nb_training_seeds"]):
-            t = copy.deepcopy(s)
-            t["benchmark_config"]["training_seed"] = s["benchmark_config"]["training_seed"] + i
-            seeded.append(t)
+    return _fan_out(_fan_out(runs, "nb_training_seeds", "training_seed"),
+                    "nb_data_distribution_seeds", "data_distribution_seed")
+
+
+def _fan_out(runs: list, count_key: str, seed_key: str) -> list:
+    """Each run repeated `benchmark_config[count_key]` times with `seed_key` counting up from its value."""
     out = []
-    for s in seeded:
-        for j in range(s["benchmark_config"]["nb_data_distribution_seeds"]):
+    for s in runs:
+        for i in range(s["benchmark_config"][count_key]):
             t = copy.deepcopy(s)
-            t["benchmark_config"]["data_distribution_seed"] = s["benchmark_config"]["data_distribution_seed"] + j
+            t["benchmark_config"][seed_key] = s["benchmark_config"][seed_key] + i
             out.append(t)
     return out
 
