@@ -70,6 +70,19 @@ def _read_meta(z, path: str) -> dict:
     return meta
 
 
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _open(path: str):
+    """`np.load(path)`, a corrupt file refused in one line."""
+    try:
+        return np.load(path)
+    except (OSError, ValueError, EOFError) as e:
+        raise CheckpointError(f"The checkpoint {path} is corrupt ({_first_line(e)}); "
+                              "delete it to start the run over.") from None
+
+
 def load_checkpoint(path: str, config: Config, stage_state, w_like) -> tuple:
     """Restores a run from its checkpoint.
 
@@ -86,11 +99,7 @@ def load_checkpoint(path: str, config: Config, stage_state, w_like) -> tuple:
       CheckpointError: one line naming the file and what differs (another config, more rounds done
         than asked, another format, another state structure, shape or dtype, a corrupt file).
     """
-    try:
-        z = np.load(path)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"The checkpoint {path} is corrupt ({e}); delete it to start the run over.") from None
-    with z:
+    with _open(path) as z:
         meta = _read_meta(z, path)
         diff = config.differences(meta["config"], ignore=("rounds",))
         if diff:
@@ -110,7 +119,8 @@ def load_checkpoint(path: str, config: Config, stage_state, w_like) -> tuple:
             stored = [np.asarray(z[f"stage_{i}"]) for i in range(len(leaves))]
             w = np.asarray(z["w"])
         except (KeyError, ValueError, OSError) as e:
-            raise CheckpointError(f"The checkpoint {path} is corrupt ({e}); delete it to start the run over.") from None
+            raise CheckpointError(f"The checkpoint {path} is corrupt ({_first_line(e)}); "
+                              "delete it to start the run over.") from None
         for i, (have, like) in enumerate(zip(stored, leaves)):
             if have.shape != np.shape(like) or have.dtype != np.asarray(like).dtype:
                 raise CheckpointError(f"The checkpoint {path} holds another state (leaf {i}: {have.shape} "
@@ -123,7 +133,7 @@ def read_checkpoint_meta(path: str) -> dict | None:
     """A checkpoint's `{"config", "next_round", "history", ...}` (None if there is no checkpoint)."""
     if not os.path.exists(path):
         return None
-    with np.load(path) as z:
+    with _open(path) as z:
         return _read_meta(z, path)
 
 
