@@ -49,6 +49,7 @@ from strike_jax.data.leaf import load_femnist
 from strike_jax.data.partition import Partition, dirichlet, dirichlet_cut_points, dirichlet_split, iid, natural
 from strike_jax.data.synthetic import load_synthetic
 from strike_jax.data.tfds_source import load_cifar10, load_emnist, load_tfds
+from strike_jax.data.user import from_arrays, register
 
 __all__ = [
     "check_load_args",
@@ -63,6 +64,7 @@ __all__ = [
     "dirichlet_cut_points",
     "dirichlet_split",
     "epoch_permutation",
+    "from_arrays",
     "iid",
     "load",
     "load_cifar10",
@@ -81,6 +83,7 @@ __all__ = [
     "natural",
     "make_partition",
     "read_idx",
+    "register",
     "schedule_nbytes",
 ]
 
