@@ -344,9 +344,10 @@ class _Hasher:
                 self.feed(fn.__globals__[name])
 
     def klass(self, cls: type) -> None:
-        self.put("class", cls.__module__, cls.__qualname__)
         if _is_library(cls.__module__):
+            self.put("library class", cls.__module__, cls.__qualname__)
             return
+        self.put("class", cls.__qualname__)  # by content: not the file it is in
         for base in cls.__mro__:
             if _is_library(base.__module__):
                 continue
