@@ -1,0 +1,29 @@
+"""Tutorial (e): runs spread over several devices.
+
+`Config(num_devices=k)` splits a batch of runs over `k` devices (GPUs, or CPU host devices). On a
+CPU, XLA shows one device unless told otherwise before JAX starts, so this script sets
+`XLA_FLAGS=--xla_force_host_platform_device_count=2` first (in a notebook: restart the kernel, or
+run it as a script like this one). Run: `python docs/tutorials/devices.py`.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")  # before JAX is imported
+
+import jax  # noqa: E402
+
+from strike_jax import preset, simulate_many  # noqa: E402
+
+print("devices:", jax.devices())
+assert jax.device_count() >= 2, "XLA_FLAGS must be set before jax is imported"
+
+# Four seeds of one setting: a batch of 4 runs, 2 per device.
+configs = [preset("digits", attack="lie", defence="median", rounds=2, seed=s, num_devices=2) for s in range(4)]
+results = simulate_many(configs)
+for cfg, res in zip(configs, results):
+    print(f"seed {cfg.seed}: best accuracy {res['best_accuracy']:.3f}")
+
+# The same runs on one device give the same numbers (a run's history does not depend on its batch).
+single = simulate_many([c.replace(num_devices=1) for c in configs[:1]])[0]
+assert abs(single["best_accuracy"] - results[0]["best_accuracy"]) < 1e-5
+print("one device, seed 0:", f"{single['best_accuracy']:.3f}")
