@@ -208,6 +208,15 @@ def aggregator(rule: Any, *, f: int | None, preaggregation: Sequence[Any] = (), 
     Raises:
       ValueError: unknown names, bad hyper-parameters, stages out of order, `f` above the rule's
         limit for `num_clients`, a randomised stage without a key.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from strike_jax import optax as sj_optax
+      >>> agg = sj_optax.aggregator("median", f=1)
+      >>> per_client = {"w": jnp.array([[1.0, 2.0], [2.0, 9.0], [3.0, 4.0]]), "b": jnp.array([0.0, 1.0, 5.0])}
+      >>> update, state = agg.update(per_client, agg.init({"w": jnp.zeros(2), "b": jnp.zeros(())}))
+      >>> update["w"], update["b"]
+      (Array([2., 4.], dtype=float32), Array(1., dtype=float32))
     """
     parts = []
     if attack is not None:

@@ -500,6 +500,13 @@ def fingerprint(obj: Any) -> str:
 
     Raises:
       TypeError: a traced value.
+
+    Examples:
+      >>> import numpy as np
+      >>> fingerprint(np.arange(3)) == fingerprint(np.array([0, 1, 2]))
+      True
+      >>> fingerprint(np.arange(3)) == fingerprint(np.arange(3.0))   # the dtype is content too
+      False
     """
     hasher = _Hasher()
     hasher.feed(obj)

@@ -496,6 +496,15 @@ def from_function(fn: Callable[..., Any], *, kind: str = "rule", name: str,
 
     Raises:
       ValueError: a bad `kind`, `name` or `fn` (one line naming it and what is allowed).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from strike_jax import stages
+      >>> rule = stages.from_function(lambda U, f: jnp.sort(U, axis=0)[f], name="doc_fth_smallest",
+      ...                             max_f=lambda n: n - 1)
+      >>> U = jnp.array([[3.0, 0.0], [1.0, 5.0], [2.0, 4.0]])
+      >>> rule.update(U, rule.init(U), stages.RoundContext(None, 1, None))[0]
+      Array([2., 4.], dtype=float32)
     """
     if kind not in _ORDER:
         raise ValueError(f"from_function: kind={kind!r} is not allowed; allowed: {', '.join(KINDS)}.")

@@ -66,6 +66,16 @@ def from_arrays(x_train: Any, y_train: Any, x_test: Any, y_test: Any, *, name: s
 
     Raises:
       ValueError: a bad shape, dtype or label (one line naming it and what is allowed).
+
+    Examples:
+      >>> import numpy as np
+      >>> from strike_jax import data
+      >>> x, y = np.zeros((12, 4, 4, 1), np.float32), np.arange(12) % 3
+      >>> ds = data.from_arrays(x[:10], y[:10], x[10:], y[10:], name="doc_data")
+      >>> ds.num_classes, ds.input_shape, ds.num_train
+      (3, (4, 4, 1), 10)
+      >>> data.iid(ds.num_train, 2, seed=0).num_clients
+      2
     """
     xtr, xte = _images(name, x_train, "x_train"), _images(name, x_test, "x_test")
     if xtr.dtype != xte.dtype:

@@ -55,6 +55,18 @@ def from_flax(module: nn.Module, *, input_shape: tuple[int, ...], num_classes: i
     Raises:
       ValueError: a bad argument, or a module that cannot be initialised and applied as described
         (one line naming what failed).
+
+    Examples:
+      >>> import flax.linen as nn, jax
+      >>> from strike_jax import models
+      >>> class Linear(nn.Module):
+      ...     @nn.compact
+      ...     def __call__(self, x):
+      ...         return nn.Dense(3)(x.reshape(x.shape[0], -1))
+      >>> m = models.from_flax(Linear(), input_shape=(4, 4, 1), num_classes=3, name="doc_linear")
+      >>> logits, batch_stats = m.apply(m.init(jax.random.PRNGKey(0)), jax.numpy.zeros((5, 4, 4, 1)), True)
+      >>> logits.shape, batch_stats, models.num_params(m)
+      ((5, 3), None, 51)
     """
     from strike_jax.models import ModelSpec
 
