@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("aggregators", "analysis", "atomic", "attacks", "cli", "compile_cache", "config", "data", "models", "ops",
-               "optax", "registry", "report", "simulation", "stages", "sweep", "training")
+_SUBMODULES = ("aggregators", "analysis", "atomic", "attacks", "cli", "compile_cache", "config", "data", "models",
+               "ops", "optax", "registry", "report", "simulation", "stages", "sweep", "training")
 _ATTRIBUTES = {
     "simulate": "strike_jax.simulation",
     "simulate_many": "strike_jax.simulation",

@@ -96,11 +96,11 @@ def _ravel(tree: Any, owner: str) -> tuple[Array, Any, int]:
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     if not leaves:
         raise ValueError(f"{owner}: the per-client updates are an empty pytree.")
-    ns = {leaf.shape[0] if leaf.ndim else None for leaf in leaves}
-    if len(ns) != 1 or None in ns:
+    ns = {str(leaf.shape[0]) if leaf.ndim else "none (a scalar)" for leaf in leaves}
+    if len(ns) != 1 or not leaves[0].ndim:
         raise ValueError(f"{owner}: every leaf of the per-client updates needs the same leading client axis; "
-                         f"got leading sizes {sorted(map(str, ns))}.")
-    n = ns.pop()
+                         f"got leading sizes {sorted(ns)}.")
+    n = int(leaves[0].shape[0])
     dtype = jnp.result_type(*leaves)
     U = jnp.concatenate([leaf.reshape(n, -1).astype(dtype) for leaf in leaves], axis=1)
     specs = [(leaf.shape[1:], leaf.dtype) for leaf in leaves]
@@ -143,9 +143,9 @@ def _transform(pipe: stages.Stage, f: Any, key: Array | None, num_clients: int |
     def run(per_client: Any, state: StageState, extra: dict[str, Any]):
         U, unravel_row, n = _ravel(per_client, pipe.name)
         want = jax.eval_shape(pipe.init, jax.ShapeDtypeStruct(U.shape, U.dtype))
-        got = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), state.stage)
-        if jax.tree_util.tree_structure(want) != jax.tree_util.tree_structure(got) or any(
-                w.shape != g.shape for w, g in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got))):
+        want_leaves, want_def = jax.tree_util.tree_flatten(want)
+        got_leaves, got_def = jax.tree_util.tree_flatten(state.stage)
+        if str(want_def) != str(got_def) or any(jnp.shape(w) != jnp.shape(g) for w, g in zip(want_leaves, got_leaves)):
             raise ValueError(f"{pipe.name}: its state depends on the number of clients: pass num_clients={n} when "
                              "building the transformation.")
         f_now = _check_f(extra["f"]) if extra.get("f") is not None else state.f

@@ -306,7 +306,7 @@ class _Hasher:
     """Feeds a value into sha256 by content, so that equal data and the same code give the same
     digest in any process (no `id`, memory address or `hash()` enters it)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.h = hashlib.sha256()
         self.active: set[int] = set()
 

@@ -516,6 +516,7 @@ def from_function(fn: Callable[..., Any], *, kind: str = "rule", name: str,
         raise ValueError(f"from_function: max_f={max_f!r} is not allowed; allowed: None or a function n -> int.")
     import inspect
 
+    params: Mapping[str, Any]
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
@@ -536,7 +537,7 @@ def from_function(fn: Callable[..., Any], *, kind: str = "rule", name: str,
             extra["key"] = key
         return fn(*args, **extra)
 
-    info = {"needs_key": needs_key, "fingerprint": fp}
+    info: dict[str, Any] = {"needs_key": needs_key, "fingerprint": fp}
     if kind == "rule":
         from strike_jax.aggregators.base import rule_stage
 

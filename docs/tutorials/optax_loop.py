@@ -9,7 +9,6 @@ from the honest direction, the median does not. Run: `python docs/tutorials/opta
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from optax.experimental import aggregating

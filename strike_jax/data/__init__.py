@@ -30,7 +30,6 @@ batches through `Dataset.normalize`.
 from __future__ import annotations
 
 import inspect
-
 from typing import Callable
 
 from strike_jax.data.base import DataNotFoundError, Dataset, Preprocessing, make_dataset
