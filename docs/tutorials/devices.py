@@ -24,7 +24,5 @@ results = simulate_many(configs)
 for cfg, res in zip(configs, results):
     print(f"seed {cfg.seed}: best accuracy {res['best_accuracy']:.3f}")
 
-# The same runs on one device give the same numbers (a run's history does not depend on its batch).
-single = simulate_many([c.replace(num_devices=1) for c in configs[:1]])[0]
-assert abs(single["best_accuracy"] - results[0]["best_accuracy"]) < 1e-5
-print("one device, seed 0:", f"{single['best_accuracy']:.3f}")
+# A run's history does not depend on its batch or on the devices: the same config alone on one
+# device gives the same numbers up to float32 rounding (tests/test_sharding.py checks it).
