@@ -17,16 +17,19 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("aggregators", "analysis", "atomic", "attacks", "cli", "compile_cache", "config", "data", "errors",
-               "models", "ops", "options", "registry", "report", "simulation", "stages", "studies", "sweep", "training")
+_SUBMODULES = ("aggregators", "analysis", "atomic", "attacks", "byzfl", "cli", "compile_cache", "config", "data",
+               "errors", "models", "ops", "optax", "options", "registry", "report", "server", "sharding", "simulation",
+               "stages", "studies", "sweep", "training")
 _ATTRIBUTES = {
     "simulate": "strike_jax.simulation",
     "simulate_many": "strike_jax.simulation",
     "Config": "strike_jax.config",
     "preset": "strike_jax.config",
+    "fingerprint": "strike_jax.registry",
+    "register": "strike_jax.registry:register_object",
 }
 
-__all__ = ["Config", "preset", "simulate", "simulate_many", "__version__"]
+__all__ = ["Config", "fingerprint", "preset", "register", "simulate", "simulate_many", "__version__"]
 
 if TYPE_CHECKING:
     from strike_jax import (  # noqa: F401
@@ -41,6 +44,7 @@ if TYPE_CHECKING:
         errors,
         models,
         ops,
+        optax,
         options,
         registry,
         report,
@@ -51,6 +55,8 @@ if TYPE_CHECKING:
         training,
     )
     from strike_jax.config import Config, preset  # noqa: F401
+    from strike_jax.registry import fingerprint  # noqa: F401
+    from strike_jax.registry import register_object as register  # noqa: F401
     from strike_jax.simulation import simulate, simulate_many  # noqa: F401
 
 
@@ -58,7 +64,8 @@ def __getattr__(name: str):
     if name in _SUBMODULES:
         return importlib.import_module(f"strike_jax.{name}")
     if name in _ATTRIBUTES:
-        value = getattr(importlib.import_module(_ATTRIBUTES[name]), name)
+        module, _, attr = _ATTRIBUTES[name].partition(":")
+        value = getattr(importlib.import_module(module), attr or name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'strike_jax' has no attribute {name!r}")

@@ -532,3 +532,109 @@ __all__ = [
     "server_pipeline",
     "shape_of",
 ]
+
+
+# ------------------------------------------------------------------------------ user functions
+
+
+def from_function(fn: Callable[..., Any], *, kind: str = "rule", name: str,
+                  max_f: Callable[[int], int | None] | None = None) -> Stage:
+    """A `Stage` from a plain function over the round's `[n, d]` matrix (bring your own rule).
+
+    * `kind="rule"`: `fn(U [n, d]) -> [d]`, the aggregate;
+    * `kind="attack"`: `fn(U [n, d], mask [n] bool) -> [n, d]`; only the Byzantine rows of its
+      output are used (the honest rows are kept bit-exact, whatever `fn` returns for them);
+    * `kind="preaggregator"`: `fn(U [n, d]) -> [n, d]` (same rows; `f` passes through).
+
+    `fn` may also take keyword parameters `f` (the Byzantine count: an int32 scalar, traced under
+    a vectorised simulation; for a rule, checked against `max_f(n)` when concrete and clamped to
+    it when traced, as the library's rules do) and `key` (a PRNG key; the stage then needs one).
+    `fn` must be traceable by JAX (`jnp` operations, no Python branches on values).
+
+    Register the stage (`strike_jax.registry.register_stage`, or `strike_jax.register`) to use it
+    by name in `Config(defence=name)` / `Config(attack=name)`.
+
+    Args:
+      fn: the function (see above).
+      kind: "rule", "attack" or "preaggregator".
+      name: its name (for registration, messages and `Stage.name`).
+      max_f: `max_f(n) -> int | None`, the most Byzantine rows it tolerates among `n` (None: no
+        limit claimed).
+
+    Returns:
+      A stateless `Stage` with `info["fingerprint"]` (`registry.fingerprint` of `fn`, `kind`,
+      `max_f`), so a result can record which code ran.
+
+    Raises:
+      ValueError: a bad `kind`, `name` or `fn` (one line naming it and what is allowed).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from strike_jax import stages
+      >>> rule = stages.from_function(lambda U, f: jnp.sort(U, axis=0)[f], name="doc_fth_smallest",
+      ...                             max_f=lambda n: n - 1)
+      >>> U = jnp.array([[3.0, 0.0], [1.0, 5.0], [2.0, 4.0]])
+      >>> rule.update(U, rule.init(U), stages.RoundContext(None, 1, None))[0]
+      Array([2., 4.], dtype=float32)
+    """
+    if kind not in _ORDER:
+        raise ValueError(f"from_function: kind={kind!r} is not allowed; allowed: {', '.join(KINDS)}.")
+    if not isinstance(name, str) or not name or "+" in name:
+        raise ValueError(f"from_function: name={name!r} is not allowed; allowed: a non-empty string without '+'.")
+    if not callable(fn):
+        raise ValueError(f"from_function: fn={fn!r} is not allowed; allowed: a function.")
+    if max_f is not None and not callable(max_f):
+        raise ValueError(f"from_function: max_f={max_f!r} is not allowed; allowed: None or a function n -> int.")
+    import inspect
+
+    params: Mapping[str, Any]
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    takes = {k for k in ("f", "key") if var_kw or k in params}
+    needs_key = "key" in takes
+    limit = max_f or no_limit
+    fp = registry.fingerprint((kind, fn, max_f))
+
+    def call(*args, f, key):
+        extra = {}
+        if "f" in takes:
+            extra["f"] = f
+        if "key" in takes:
+            if key is None:
+                raise ValueError(f"{name} takes a PRNG key: pass key=jax.random.PRNGKey(...) (got key=None).")
+            extra["key"] = key
+        return fn(*args, **extra)
+
+    info: dict[str, Any] = {"needs_key": needs_key, "fingerprint": fp}
+    if kind == "rule":
+        from strike_jax.aggregators.base import rule_stage
+
+        def rule_core(x, state, f, key):
+            out = jnp.asarray(call(x, f=f, key=key))
+            chex.assert_shape(out, x.shape[1:], custom_message=f"{name}: the rule must return a [d] vector")
+            return out.astype(x.dtype), state
+
+        return rule_stage(name, rule_core, limit=limit, **info)
+    if kind == "attack":
+        from strike_jax.attacks.base import attack_stage
+
+        def attack_core(x, mask, state, key):
+            out = jnp.asarray(call(x, mask, f=mask.sum().astype(jnp.int32), key=key))
+            chex.assert_shape(out, x.shape, custom_message=f"{name}: the attack must return the [n, d] matrix")
+            return jnp.where(mask[:, None], out.astype(x.dtype), x), state
+
+        return attack_stage(name, attack_core, **info)
+
+    def update(x, state, ctx):
+        check_updates(name, x)
+        out = jnp.asarray(call(x, f=ctx.f, key=ctx.key))
+        chex.assert_shape(out, x.shape, custom_message=f"{name}: the pre-aggregator must return [n, d]")
+        return out.astype(x.dtype), state, ctx._replace(byzantine_mask=None)
+
+    return make_stage(name, "preaggregator", empty_init, update, max_f=limit, **info)
+
+
+__all__.append("from_function")

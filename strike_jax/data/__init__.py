@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import inspect
 import typing
-
 from typing import Callable
 
 from strike_jax.errors import InputError
@@ -61,6 +60,7 @@ from strike_jax.data.partition import (
 )
 from strike_jax.data.synthetic import load_synthetic
 from strike_jax.data.tfds_source import load_cifar10, load_emnist, load_tfds
+from strike_jax.data.user import from_arrays, register
 
 __all__ = [
     "check_load_args",
@@ -76,6 +76,7 @@ __all__ = [
     "dirichlet_split",
     "epoch_permutation",
     "extreme_niid",
+    "from_arrays",
     "gamma_similarity_niid",
     "holdout",
     "iid",
@@ -97,6 +98,7 @@ __all__ = [
     "natural",
     "make_partition",
     "read_idx",
+    "register",
     "schedule_nbytes",
 ]
 

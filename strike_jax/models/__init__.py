@@ -44,16 +44,18 @@ import jax.numpy as jnp
 
 from strike_jax.errors import InputError
 from strike_jax.models import conv as conv_lib
+from strike_jax.models import user as _user
 from strike_jax.models.byzfl import CnnCifar, CnnMnist, FcMnist, LogRegMnist, ResNet18Cifar
 from strike_jax.models.cnn import MLP, AlexNetCifar, FemnistCNN, LeafCNN, SmallCNN, SmallCNNBN
 from strike_jax.models.layers import Conv, Dense, MaskedBatchNorm, max_pool
 from strike_jax.models.resnet import BasicBlock, ResNet18
+from strike_jax.models.user import from_flax, register
 
 Array = jax.Array
 Variables = dict[str, Any]
 
 __all__ = [
-    "ModelSpec", "get", "names", "num_params", "num_batch_stats", "conv_plans", "ConvLayer",
+    "ModelSpec", "from_flax", "get", "names", "register", "num_params", "num_batch_stats", "conv_plans", "ConvLayer",
     "FemnistCNN", "LeafCNN", "AlexNetCifar", "ResNet18", "BasicBlock", "SmallCNN", "SmallCNNBN", "MLP",
     "Conv", "Dense", "MaskedBatchNorm", "max_pool",
     "CnnMnist", "FcMnist", "LogRegMnist", "CnnCifar", "ResNet18Cifar",
@@ -110,8 +112,10 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], bool, bool]] = {
 
 
 def names() -> tuple[str, ...]:
-    """The registered model names."""
-    return tuple(_REGISTRY)
+    """The registered model names (built-in, then the user's: `register`)."""
+    from strike_jax import registry
+
+    return tuple(_REGISTRY) + tuple(n for k, n in registry._USER if k == "model")
 
 
 def get(name: str, num_classes: int, input_shape: tuple[int, ...], *, conv_impl: str = "auto",
@@ -129,8 +133,12 @@ def get(name: str, num_classes: int, input_shape: tuple[int, ...], *, conv_impl:
       **kwargs: module attributes, e.g. `hidden=(256, 128)` for `mlp`, `conv_init="torch"` for `resnet18`.
 
     Returns:
-      A `ModelSpec`.
+      A `ModelSpec` (a registered user model: the one registered, checked against `num_classes`
+      and `input_shape`).
     """
+    user = _user.lookup(name, num_classes, input_shape, **kwargs)
+    if user is not None:
+        return user
     if name not in _REGISTRY:
         raise InputError(f"Unknown model {name!r}; allowed: {', '.join(names())}.")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
