@@ -97,7 +97,7 @@ def test_help_lists_choices_and_defaults(capsys):
         cli.main(["run", "--help"])
     text = capsys.readouterr().out
     assert "strike" in text and "median" in text and "(default 'median')" not in text
-    assert "(default 'mean')" in text and "{auto,packed" in text and "(default 10)" in text
+    assert "(default 'mean')" in text and "{auto,measure,packed" in text and "(default 10)" in text
 
 
 # --- interruption, resume, extension --------------------------------------------------------------
@@ -251,9 +251,9 @@ def test_skew_diagnostic_is_a_switch():
 
 
 def test_progress_bar_stays_and_shows_the_steady_rate_and_accuracy(capsys, monkeypatch):
-    from strike_jax import simulation
+    from strike_jax.simulation import ProgramCache, api
 
-    monkeypatch.setattr(simulation, "_PROGRAM_CACHE", {})  # the first round compiles, even after other tests
+    monkeypatch.setattr(api, "PROGRAMS", ProgramCache())  # the first round compiles, even after other tests
     res = simulate(tiny(rounds=3), progress=True)
     err = capsys.readouterr().err
     final = err.split("\r")[-1]  # what stays on screen after the run (an erased bar leaves "")

@@ -39,7 +39,7 @@ def test_corrupt_checkpoint_is_refused_in_one_line(tmp_path):
 
 
 def test_checkpoint_of_another_state_or_format_is_refused(tmp_path):
-    cfg = tiny()
+    cfg = tiny(defence="cclip")  # a rule with a [d] state
     run_dir, path = _checkpoint(tmp_path, cfg)
     meta = store.read_checkpoint_meta(path)
     assert meta["format"] == store.CHECKPOINT_FORMAT and meta["strategy"] == "packed" and meta["lanes"] >= 1

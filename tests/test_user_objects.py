@@ -367,3 +367,44 @@ def test_simulate_user_module_arrays_rule_and_attack_by_name():
     rows = result["rounds"]
     assert [r["num_byzantine"] for r in rows] == [1, 1]
     assert all(np.isfinite(r["accuracy"]) and np.isfinite(r["aggregate_norm"]) for r in rows)
+
+
+def test_simulate_takes_user_objects_and_resume_refuses_another(tmp_path):
+    """The issue's spelling: a Config names the objects, the call supplies them; the result records
+    their fingerprints, and a run directory refuses a different model under the same name."""
+    xtr, ytr, xte, yte = _arrays(5, n_train=80, n_test=20)
+    ds = data.from_arrays(xtr, ytr, xte, yte, name="t_kw_data")
+    m = models.from_flax(LinearNet(), input_shape=(4, 4, 1), num_classes=3, name="t_kw_model")
+    rule = stages.from_function(coordinate_trimmed_mean, name="t_kw_rule", max_f=lambda n: (n - 1) // 2)
+    config = strike_jax.Config(dataset="t_kw_data", model="t_kw_model", defence="t_kw_rule", attack="none",
+                               num_clients=5, clients_per_round=5, partition="iid", rounds=2, batch_size=16)
+    run_dir = str(tmp_path / "run")
+    result = strike_jax.simulate(config, run_dir=run_dir, dataset=ds, model=m, defence=rule)
+    assert result["finished"]
+    assert result["user_objects"] == {"dataset": strike_jax.fingerprint(ds), "model": strike_jax.fingerprint(m),
+                                      "defence": strike_jax.fingerprint(rule)}
+    # The same call again returns the stored run; a config naming another dataset is refused.
+    again = strike_jax.simulate(config, run_dir=run_dir, dataset=ds, model=m, defence=rule)
+    assert again["rounds"] == result["rounds"]
+    with pytest.raises(ValueError, match="dataset='t_kw_data' was passed"):
+        strike_jax.simulate(config.replace(dataset="digits"), dataset=ds)
+    # Another model under the name: refused by registration, and by the stored run's fingerprint.
+    from strike_jax import registry, simulation
+
+    with pytest.raises(ValueError, match="different object"):
+        strike_jax.simulate(config, model=_other_model())
+    registry._USER.pop(("model", "t_kw_model"))
+    strike_jax.register(_other_model())
+    with pytest.raises(simulation.CheckpointError, match="other user objects"):
+        strike_jax.simulate(config, run_dir=run_dir, dataset=ds, defence=rule)
+
+
+def _other_model():
+    import flax.linen as nn
+
+    class Wider(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(nn.relu(nn.Dense(8)(x.reshape((x.shape[0], -1)))))
+
+    return models.from_flax(Wider(), input_shape=(4, 4, 1), num_classes=3, name="t_kw_model")

@@ -51,6 +51,10 @@ def simulate_many(
     on_result: Callable[[Config, dict], None] | None = None,
     settings: Settings | None = None,
     programs: ProgramCache | None = None,
+    dataset: Any = None,
+    model: Any = None,
+    attack: Any = None,
+    defence: Any = None,
 ) -> list[dict[str, Any]]:
     """Runs many configs; those that differ only in numbers run as one batch, and batches that differ
     only in their attack or rule share one compiled server program (each attack and rule compiled
@@ -73,6 +77,10 @@ def simulate_many(
       on_result: called as `on_result(config, result)` when a run is done (stored ones first).
       settings: how the engine runs (`simulation.Settings`; default `settings.DEFAULT`).
       programs: the compiled-program cache (default: the process's, `programs.PROGRAMS`).
+      dataset, model, attack, defence: a user's own objects (`data.from_arrays`, `models.from_flax`,
+        `stages.from_function`), which the configs name (`Config(dataset="my_data", ...)`): they
+        are registered under their names, and every result and checkpoint records their
+        fingerprints, so a run directory refuses to resume with a different object.
 
     Returns:
       One dict per config, in order: exactly what `simulate` returns for it.
@@ -100,13 +108,15 @@ def simulate_many(
         raise InputError(f"checkpoint_every={checkpoint_every!r} is not allowed; allowed: an int >= 1.")
     if checkpoint_seconds is not None and not checkpoint_seconds > 0:
         raise InputError(f"checkpoint_seconds={checkpoint_seconds!r} is not allowed; allowed: a number > 0 or None.")
+    components.register_user_objects(configs, {"dataset": dataset, "model": model, "attack": attack,
+                                               "defence": defence})
     for c, d in zip(configs, run_dirs):  # bad input fails here, before any data loads
         components.check_config(c)
         store.check_run_dir(d)
-    runs = [plan.Run(c, d, []) for c, d in zip(configs, run_dirs)]
+    runs = [plan.Run(c, d, [], fingerprints=components.user_fingerprints(c)) for c, d in zip(configs, run_dirs)]
     todo = []
     for r in runs:
-        r.result = store.stored_result(r.config, r.run_dir)
+        r.result = store.stored_result(r.config, r.run_dir, r.fingerprints)
         if r.result is None:
             todo.append(r)
         elif on_result is not None:
@@ -154,6 +164,8 @@ def simulate_many(
         wall = time.perf_counter() - t0
         for r in batch.runs:
             r.result = summarize(r.config, r.history, r.diverged_round, r.compile_rounds)
+            if r.fingerprints:
+                r.result["user_objects"] = r.fingerprints
             r.result["wall_time_s"] = wall / len(batch.runs)
             r.result["batch"] = {**batch.describe(), "new_program": batch.new_program}
             if r.run_dir is not None and sharding.writes_files():
@@ -174,6 +186,10 @@ def simulate(
     stop_after: int | None = None,
     on_updates: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
     settings: Settings | None = None,
+    dataset: Any = None,
+    model: Any = None,
+    attack: Any = None,
+    defence: Any = None,
 ) -> dict[str, Any]:
     """Runs federated training under attack and returns the history (`simulate_many` of one config).
 
@@ -199,7 +215,7 @@ def simulate(
     """
     return simulate_many([config], run_dirs=[run_dir], progress=progress, checkpoint_every=checkpoint_every,
                          checkpoint_seconds=checkpoint_seconds, stop_after=stop_after, on_updates=on_updates,
-                         settings=settings)[0]
+                         settings=settings, dataset=dataset, model=model, attack=attack, defence=defence)[0]
 
 
 def summarize(config: Config, history: list[dict[str, Any]], diverged_round: int | None,

@@ -125,8 +125,9 @@ class Batch:
             w = np.asarray(flat0[i][0])
             ckpt = None if r.run_dir is None else os.path.join(r.run_dir, store.CHECKPOINT)
             if ckpt is not None and os.path.exists(ckpt):
-                w, stage_state, r.start_round, r.history, r.compile_rounds, _ = store.load_checkpoint(
+                w, stage_state, r.start_round, r.history, r.compile_rounds, meta = store.load_checkpoint(
                     ckpt, r.config, stage_state, w)
+                store.check_fingerprints(ckpt, meta.get("user_objects", {}), r.fingerprints)
                 r.diverged_round = next((h["round"] for h in r.history if not h["finite"]), None)
             states.append((w, self.grid.embed(a, r_, stage_state, template)))
         stack = lambda *xs: np.stack([np.asarray(x) for x in xs])  # noqa: E731

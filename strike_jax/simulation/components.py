@@ -132,6 +132,43 @@ def defence_params(config: Config) -> dict:
     return params
 
 
+#: The config fields that may name a user's object, and their registry category.
+USER_ROLES = {"dataset": "dataset", "model": "model", "attack": "attack", "defence": "rule"}
+
+
+def register_user_objects(configs, objects: dict) -> None:
+    """Registers the user objects passed to `simulate` (`dataset=`, `model=`, `attack=`, `defence=`)
+    under their names (`registry.register_object`: the same object again is a no-op), after
+    checking that every config names them.
+
+    Raises:
+      InputError: a config naming another object for that role, or a name taken by another object.
+    """
+    for role, obj in objects.items():
+        if obj is None:
+            continue
+        name = getattr(obj, "name", None)
+        for c in configs:
+            if getattr(c, role) != name:
+                raise InputError(f"{role}={name!r} was passed, but a config names {role}={getattr(c, role)!r}; "
+                                 f"allowed: configs with {role}={name!r} (a Config names the object, the call supplies it).")
+        try:
+            registry.register_object(obj)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+
+
+def user_fingerprints(config: Config) -> dict[str, str]:
+    """`{role: fingerprint}` of the user objects a config names (registered by `strike_jax.register`
+    or passed to `simulate`); empty for the library's own."""
+    out = {}
+    for role, category in USER_ROLES.items():
+        name = getattr(config, role)
+        if registry.registered(category, name) is not None:
+            out[role] = registry.fingerprint(registry.registered(category, name))
+    return out
+
+
 def server_backend(config: Config, d: int) -> ops.Backend:
     """The row operations' forms for this run's server step, from its shapes and length
     (`ops.Backend.for_run`): a short run does not pay seconds of compiling to save milliseconds."""
@@ -181,9 +218,8 @@ def training_flags(config: Config) -> tuple:
     Byzantine clients train on flipped labels, `label_map`) and a rule that needs the server's own
     root update (FLTrust: the root set is trained every round)."""
     info = make_pipeline(config).info
-    label_map = info.get("label_map")
-    return (bool(info.get("data_level", False)), None if label_map is None else tuple(np.asarray(label_map).tolist()),
-            bool(info.get("needs_root_update", False)))
+    # `label_map` is the attack's module-level function (`attacks.labelflip.flip_labels`): hashable.
+    return (bool(info.get("data_level", False)), info.get("label_map"), bool(info.get("needs_root_update", False)))
 
 
 def round_f_to_check(config: Config) -> int:

@@ -230,5 +230,5 @@ def checkpoint(batch: Batch, which: list[int], done_rounds: list[int]) -> None:
         r = batch.runs[i]
         store.save_checkpoint(os.path.join(r.run_dir, store.CHECKPOINT), r.config, done_rounds[i], w[i],
                               batch.run_stage_state(stage_state, i), r.history, r.compile_rounds,
-                              extra={"strategy": r.strategy, "lanes": r.lanes})
+                              extra={"strategy": r.strategy, "lanes": r.lanes, "user_objects": r.fingerprints})
         store.write_rounds_csv(os.path.join(r.run_dir, store.ROUNDS_CSV), r.history)

@@ -45,6 +45,7 @@ class Run:
     d: int = 0                 # the flat model's size
     strategy: str = "packed"   # the resolved training strategy (recorded in checkpoint and result)
     backend: Any = None        # ops.Backend of its server step (`components.server_backend`)
+    fingerprints: dict = dataclasses.field(default_factory=dict)  # the user objects it names
 
 
 def plan_rounds(config: Config, settings: Settings) -> tuple[int, bool]:

@@ -137,9 +137,19 @@ def read_checkpoint_meta(path: str) -> dict | None:
         return _read_meta(z, path)
 
 
-def stored_result(config: Config, run_dir: str | None):
-    """The finished result stored in `run_dir` for exactly this config, else None (a run stored with
-    fewer rounds is continued from its checkpoint)."""
+def check_fingerprints(path: str, stored: dict, fingerprints: dict) -> None:
+    """Refuses a run directory whose run used other user objects under the same names."""
+    if stored != fingerprints:
+        diff = sorted(set(stored) | set(fingerprints))
+        what = "; ".join(f"{k}: {stored.get(k)} there, {fingerprints.get(k)} now" for k in diff
+                         if stored.get(k) != fingerprints.get(k))
+        raise CheckpointError(f"{path} was run with other user objects under the same names ({what}); use another "
+                              "run directory or delete it.")
+
+
+def stored_result(config: Config, run_dir: str | None, fingerprints: dict | None = None):
+    """The finished result stored in `run_dir` for exactly this config (and the same user objects,
+    `fingerprints`), else None (a run stored with fewer rounds is continued from its checkpoint)."""
     if run_dir is None:
         return None
     path = os.path.join(run_dir, RESULT)
@@ -148,6 +158,7 @@ def stored_result(config: Config, run_dir: str | None):
     with open(path) as fh:
         stored = json.load(fh)
     if config.same_run(stored.get("config", {})) and stored.get("finished"):
+        check_fingerprints(path, stored.get("user_objects", {}), fingerprints or {})
         return stored
     return None
 
