@@ -88,7 +88,8 @@ def diverse_vectors(updates: Array, byzantine_mask: Array, nu=1.0, spread=0.5, *
     size = skewed.sum()
     # S rows by decreasing projection (ties: earlier row first), then the rest.
     by_skew = jnp.argsort(jnp.where(skewed, -res.selection.projections, jnp.inf), stable=True)
-    k = jnp.cumsum(mask) - 1  # each row's rank among the Byzantine rows
+    # Each Byzantine row's rank among the Byzantine rows (rows before the first one: 0, unused).
+    k = jnp.maximum(jnp.cumsum(mask) - 1, 0)
     per = jnp.maximum(size, 1)
     members = by_skew[k % per]
     weights = jnp.asarray(spread, dtype) / (1.0 + (k // per).astype(dtype))
