@@ -211,6 +211,9 @@ TRACEABLE = {
     ("attack", "gradient"): {"steps": False, "lr": True, "nu": True, "rule": False},
     ("attack", "opt_lie"): {"rule": False},
     ("attack", "opt_ipm"): {"rule": False},
+    # issue 23
+    ("rule", "gas"): {"p": False, "base": False}, ("preaggregator", "uniformity"): {"tau": True},
+    ("attack", "strike_diverse"): {"nu": True, "spread": True},
 }
 #: Hyper-parameters without a usable default (FoolsGold's history has one row per client).
 REQUIRED = {("rule", "foolsgold"): {"num_clients": 4}}
