@@ -130,12 +130,13 @@ def findings(cells: Mapping, attacks: Sequence[str], defences: Sequence[str]) ->
     lines = ["", "#### Finding (computed from the table)", ""]
     for d in defences:
         honest = _pct(cells.get("none", {}).get(d))
-        worst = min(attacks, key=lambda a: (_pct(cells.get(a, {}).get(d)), a) if not math.isnan(
-            _pct(cells.get(a, {}).get(d))) else (math.inf, a))
-        w = _pct(cells.get(worst, {}).get(d))
+        hit = {a: _pct(cells.get(a, {}).get(d)) for a in attacks}
+        hit = {a: v for a, v in hit.items() if not math.isnan(v)}
+        if not hit:
+            continue
+        worst = min(hit, key=hit.get)
         lines.append(f"* {label(d)}: {honest:.1f}% without attack; the strongest attack is {label(worst)} "
-                     f"({w:.1f}%, {w - honest:+.1f} points from the honest run)." if not math.isnan(w) else
-                     f"* {label(d)}: {honest:.1f}% without attack.")
+                     f"({hit[worst]:.1f}%, {hit[worst] - honest:+.1f} points from the honest run).")
     for a in attacks:
         vals = {d: _pct(cells.get(a, {}).get(d)) for d in defences}
         vals = {d: v for d, v in vals.items() if not math.isnan(v)}
@@ -168,8 +169,11 @@ def main(argv=None) -> int:
             "attacks": list(attacks), "defences": {d: list(DEFENCES[d]) for d in defences},
             "spread": args.spread, "gas_p": args.gas_p, "tau": args.tau, "base_config": base}
     report.check_results(stem, spec, args)
-    labelled = configs_for(base, attacks, defences, args.seeds, args.nu_grid, spread=args.spread,
-                           gas_p=args.gas_p, tau=args.tau)
+    try:
+        labelled = configs_for(base, attacks, defences, args.seeds, args.nu_grid, spread=args.spread,
+                               gas_p=args.gas_p, tau=args.tau)
+    except (TypeError, ValueError) as e:  # e.g. a Config that does not accept the uniformity pre-aggregator
+        sweep.usage_error(args.script, str(e))
     results, stats = sweep.run_configs([c for _, c in labelled], args)
     cells = cells_of(labelled, results)
     rows = list(attacks) + ["none"]
@@ -178,7 +182,8 @@ def main(argv=None) -> int:
                                row_label=label, col_label=label, reference_rows=("none",))
     md += (f"\nSTRIKE's and the diverse STRIKE's (spread {args.spread:g}) cells are their lowest mean over "
            f"ν ∈ {grid}; the chosen ν: " + "; ".join(
-               f"{label(a)}: " + ", ".join(f"{label(d)} ν={cells[a][d]['nu']:g}" for d in defences if d in cells.get(a, {}))
+               f"{label(a)}: " + ", ".join(f"{label(d)} ν={cells[a][d]['nu']:g}"
+                                           for d in defences if d in cells.get(a, {}))
                for a in NU_ATTACKS if a in cells) + ".\n")
     md += (f"\nGAS: p={args.gas_p} coordinate groups (chunks of ceil(d/p) coordinates, as the authors' code), "
            f"base Multi-Krum (the authors' `agg_krum`) or Bulyan. Uniformity: τ={args.tau:g} (a row is replaced "

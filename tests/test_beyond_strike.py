@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import reference_more as ref
+
 from strike_jax import aggregators as A
 from strike_jax import attacks, stages
 from strike_jax.stages import RoundContext
@@ -197,7 +197,7 @@ def test_uniformity_nonfinite_rows_are_replaced_first():
     np.testing.assert_allclose(out[good], X[good])
     for name in ("median", "dnc", "mean"):
         rule = A.chain(A.get("uniformity"), A.get(name))
-        g = jax.jit(lambda x: rule.aggregate(x, rule.init(x), f=f, key=KEY)[0])(jnp.asarray(X))
+        g = jax.jit(lambda x, r=rule: r.aggregate(x, r.init(x), f=f, key=KEY)[0])(jnp.asarray(X))
         assert np.all(np.isfinite(g)), name
 
 
@@ -285,7 +285,8 @@ def test_strike_diverse_vmap_over_masks_nu_and_spread_and_grad():
     for k in range(len(masks)):
         np.testing.assert_allclose(batched[k], _diverse(U, masks[k]), rtol=1e-5, atol=1e-5)
     hp = jnp.asarray([[0.5, 0.0], [1.0, 0.5], [2.0, 1.0]])
-    over = jax.jit(jax.vmap(lambda h: attacks.get("strike_diverse", nu=h[0], spread=h[1]).apply(U, masks[1], ())[0]))(hp)
+    over = jax.jit(jax.vmap(
+        lambda h: attacks.get("strike_diverse", nu=h[0], spread=h[1]).apply(U, masks[1], ())[0]))(hp)
     for k, (nu, spread) in enumerate(np.asarray(hp)):
         np.testing.assert_allclose(over[k], _diverse(U, masks[1], float(nu), float(spread)), rtol=1e-5, atol=1e-5)
     g = jax.jit(jax.grad(lambda x: a.apply(x, masks[1], ())[0].sum()))(U)
@@ -309,3 +310,33 @@ def test_strike_diverse_errors():
     with pytest.raises(ValueError, match=r"nu=0.0 is not allowed"):
         attacks.get("strike_diverse", nu=0.0)
     assert attacks.hparam_names("strike_diverse") == ("nu", "spread")
+
+
+# ------------------------------------------------------------------------- the study's bookkeeping
+
+
+def test_beyond_strike_configs_and_cells():
+    """experiments/beyond_strike.py: the grid it runs and how a cell is chosen (no run)."""
+    import math
+
+    from experiments import beyond_strike as bs
+    from strike_jax.config import preset
+
+    base = preset("digits")
+    labelled = bs.configs_for(base, ("strike_diverse", "lie"), ("gas_bulyan", "median"), (0, 1), (0.5, 2.0),
+                              spread=0.3, gas_p=7, tau=0.2)
+    assert len(labelled) == 2 * (1 + 2 + 1) * 2
+    by = {(d, c.attack, c.attack_params.get("nu"), c.seed): c for d, c in labelled}
+    c = by[("gas_bulyan", "strike_diverse", 2.0, 1)]
+    assert c.defence == "gas" and dict(c.defence_params) == {"base": "bulyan", "p": 7}
+    assert dict(c.attack_params) == {"nu": 2.0, "spread": 0.3} and c.preaggregation == ()
+    assert by[("median", "none", None, 0)].attack_params == {}
+    # a nu attack's cell: the lowest mean over nu, with that nu and every nu's cell
+    results = [{"best_accuracy": 0.5 if c.attack_params.get("nu") == 2.0 else 0.8} for _, c in labelled]
+    got = bs.cells_of(labelled, results)
+    assert math.isclose(got["strike_diverse"]["median"]["mean"], 0.5)
+    cell = got["strike_diverse"]["median"]
+    assert cell["nu"] == 2.0 and set(cell["per_nu"]) == {"0.5", "2"}
+    assert "nu" not in got["lie"]["gas_bulyan"]
+    text = bs.findings(got, ("strike_diverse", "lie"), ("gas_bulyan", "median"))
+    assert "GAS (Bulyan): 80.0% without attack; the strongest attack is STRIKE (diverse) (50.0%" in text

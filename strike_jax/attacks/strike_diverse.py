@@ -81,7 +81,6 @@ def diverse_vectors(updates: Array, byzantine_mask: Array, nu=1.0, spread=0.5, *
       `DiverseResult`.
     """
     mask = jnp.asarray(byzantine_mask, bool)
-    n = updates.shape[0]
     dtype = updates.dtype
     res = strike_vector(updates, mask, 1.0, tol=tol, backend=backend)
     skewed, hid = res.selection.skewed_mask, res.hidden
@@ -96,7 +95,8 @@ def diverse_vectors(updates: Array, byzantine_mask: Array, nu=1.0, spread=0.5, *
     y = updates - hid.centre
     ym = jnp.take(y, members, axis=0)  # [n, d]: y_{m_k} for every row
     cross = y @ ym.T  # cross[i, r] = <y_i, y_{m_r}>
-    sq = hid.sq_dists[None, :] - 2.0 * weights[:, None] * cross.T + (weights * weights * hid.sq_dists[members])[:, None]
+    sq = (hid.sq_dists[None, :] - 2.0 * weights[:, None] * cross.T
+          + (weights * weights * hid.sq_dists[members])[:, None])
     dots = hid.dots[None, :] - (weights * hid.dots[members])[:, None]
     alphas = jax.vmap(lambda a, b: bisect_alpha(a, b, hid.dev_sq_norm, hid.diameter_sq, skewed, tol=tol))(sq, dots)
     alphas = jnp.where(res.fallback, jnp.zeros_like(alphas), alphas)
