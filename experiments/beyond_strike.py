@@ -16,8 +16,8 @@ A cell is each run's best test accuracy over the rounds, mean ± std over seeds;
 diverse STRIKE's cells are their lowest over the `nu` grid (App. D.1). The no-attack row is the
 honest reference of each defence. A short finding, computed from the numbers, closes the file.
 
-  python -m experiments.beyond_strike                            # digits (MLP), 3 seeds
-  python -m experiments.beyond_strike --dataset fashion_mnist --rounds 30
+  python -m experiments.beyond_strike --seeds 3                  # digits (MLP): beyond_strike_digits
+  python -m experiments.beyond_strike --dataset fashion_mnist --seeds 3 --rounds 30
   python -m experiments.beyond_strike --nu-grid 1.0 --seeds 1 --results-dir /tmp/quick   # quick
 
 Outputs: experiments/results/beyond_strike_<dataset>.md / .json / .png.
