@@ -194,9 +194,11 @@ def main(argv=None) -> int:
                                     "stats": stats})
     if args.plot:
         # bar_plot labels bars with report.display: hand it the cells keyed by this table's labels.
-        shown = {label(a): {label(d): c for d, c in row.items()} for a, row in cells.items()}
+        # (the chained defences' labels on two lines, so that neighbouring ticks do not overlap).
+        tick = {d: label(d).replace(" + ", "\n+ ") for d in defences}
+        shown = {label(a): {tick[d]: c for d, c in row.items()} for a, row in cells.items()}
         report.bar_plot(stem + ".png", f"Beyond STRIKE: {args.dataset} ({args.scale} scale)",
-                        [label(a) for a in rows], [label(d) for d in defences], shown)
+                        [label(a) for a in rows], [tick[d] for d in defences], shown)
     return 0
 
 
