@@ -194,8 +194,8 @@ def main(argv=None) -> int:
                                     "stats": stats})
     if args.plot:
         # bar_plot labels bars with report.display: hand it the cells keyed by this table's labels.
-        # (the chained defences' labels on two lines, so that neighbouring ticks do not overlap).
-        tick = {d: label(d).replace(" + ", "\n+ ") for d in defences}
+        # (the chained defences' labels shortened, so that neighbouring ticks do not overlap).
+        tick = {d: label(d).replace("Uniformity + ", "Unif. + ") for d in defences}
         shown = {label(a): {tick[d]: c for d, c in row.items()} for a, row in cells.items()}
         report.bar_plot(stem + ".png", f"Beyond STRIKE: {args.dataset} ({args.scale} scale)",
                         [label(a) for a in rows], [tick[d] for d in defences], shown)
