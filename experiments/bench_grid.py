@@ -124,7 +124,9 @@ def measure(case: str, src: str, cache_dir: str) -> dict:
     env = dict(os.environ, PYTHONPATH=src, STRIKE_JAX_CACHE_DIR=cache_dir, JAX_PLATFORMS=os.environ.get(
         "JAX_PLATFORMS", "cpu"))
     with tempfile.TemporaryDirectory() as results:
-        p = subprocess.run([sys.executable, "-m", "experiments.bench_grid", "--child", case, "--results", results],
+        # This file runs the child whatever `src` is (an older checkout has no bench_grid); `src`
+        # comes first on the path, so strike_jax and experiments are that checkout's.
+        p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", case, "--results", results],
                            cwd=src, env=env, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"{case} from {src} failed:\n{p.stderr[-3000:]}")

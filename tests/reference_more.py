@@ -469,3 +469,84 @@ def byzfl_arc(X, f):
         if nrm > thr:
             X[i] = [v * thr / nrm for v in X[i]]
     return np.asarray(X)
+
+
+# ------------------------------------------------------------------------------ issue 23 (loops)
+# GAS (Liu et al., ICML 2023; the authors' `gas_aggregate` / `split`), the uniformity
+# pre-aggregator and the diverse STRIKE, written from their definitions (the GAS paper / code, the
+# module docstrings' step lists, the paper's STRIKE constraint), not from strike_jax.
+
+
+def gas(X, f, perm, p, base):
+    """`perm`: the round's coordinate permutation; `base`: "krum" (Multi-Krum's n - f average, the
+    authors' `agg_krum`) or "bulyan" (the published Bulyan)."""
+    import reference_aggregators as ra
+
+    X = np.asarray(X, np.float64)
+    n, d = X.shape
+    c = -(-d // p)  # torch.chunk: chunks of ceil(d / p), the last one shorter
+    chunks = [list(perm[s:s + c]) for s in range(0, d, c)]
+    rule = ra.multikrum if base == "krum" else ra.bulyan
+    scores = [0.0] * n
+    for cols in chunks:
+        G = X[:, cols]
+        a = rule(G, f)
+        for i in range(n):
+            scores[i] += math.sqrt(_dist2(G[i], a))
+    order = sorted(range(n), key=lambda i: (scores[i], i))
+    return _mean_rows(X, order[:n - f])
+
+
+def uniformity(X, f, tau=0.1):
+    """The uniformity pre-aggregator on finite rows: returns the new matrix."""
+    X = np.asarray(X, np.float64)
+    n = len(X)
+    nn = [min(math.sqrt(_dist2(X[i], X[j])) for j in range(n) if j != i) for i in range(n)]
+    scale = _lower_median(nn)
+    suspicious = [i for i in range(n) if nn[i] <= tau * scale]
+    flagged = sorted(suspicious, key=lambda i: (nn[i], i))[:f]
+    kept = [i for i in range(n) if i not in flagged]
+    out = np.array(X, copy=True)
+    for i in flagged:
+        out[i] = _mean_rows(X, kept)
+    return out, flagged
+
+
+def strike_diverse(U, byz, nu=1.0, spread=0.5, tol=1e-5):
+    """The diverse STRIKE's Byzantine rows, `{row: vector}` (the h > f case), plus S and D."""
+    import reference_attacks as rfa
+
+    U = np.asarray(U, np.float64)
+    n = len(byz)
+    mu, med, S = rfa.strike_selection(U, byz)
+    gS = rfa.mean(U[S])
+    dev = np.sign(gS - mu) * rfa.std(U[S])
+    D = rfa.diameter(U[S])
+    direction = med - mu
+    # S by decreasing projection on the search direction, ties by row index
+    ranked = sorted(S, key=lambda i: (-float(U[i] @ direction), i))
+    out = {}
+    k = 0
+    for r in range(n):
+        if not byz[r]:
+            continue
+        m = ranked[k % len(S)]
+        s = spread / (1 + k // len(S))
+        c = gS + s * (U[m] - gS)
+
+        def F(a):
+            return max(rfa.dist(c + a * dev, U[i]) for i in S) - D
+
+        lo, hi, doublings = 0.0, 1.0, 0
+        while F(hi) < 0 and doublings < 60:
+            lo, hi = hi, 2.0 * hi
+            doublings += 1
+        while hi - lo > tol:
+            mid = 0.5 * (lo + hi)
+            if F(mid) <= 0:
+                lo = mid
+            else:
+                hi = mid
+        out[r] = c + nu * lo * dev
+        k += 1
+    return out, S, D

@@ -346,8 +346,8 @@ def test_names():
     # are preaggregator_names(). Issue 11's names come after the earlier ones.
     assert A.names() == ("mean", "median", "trmean", "rbtm", "krum", "multikrum", "rfa", "aksel", "cclip", "dnc",
                          "bulyan", "meamed", "monna", "mda", "smea", "caf", "signguard", "clippedclustering",
-                         "fltrust", "foolsgold")
-    assert A.preaggregator_names() == ("nnm", "bucketing", "clipping", "arc")
+                         "fltrust", "foolsgold", "gas")
+    assert A.preaggregator_names() == ("nnm", "bucketing", "clipping", "arc", "uniformity")
     assert math.isclose(A.get("rfa").hparams["eps"], 1e-7)
 
 

@@ -242,7 +242,7 @@ def test_reference_mask():
 def test_registry_and_errors():
     assert set(attacks.names()) == {"strike", "lie", "ipm", "minmax", "minsum", "mimic", "bitflip",
                                     "labelflip", "nonfinite", "gaussian", "signflip", "fang", "agr_tailored",
-                                    "gradient", "opt_lie", "opt_ipm"}
+                                    "gradient", "opt_lie", "opt_ipm", "strike_diverse"}
     for name in attacks.names():
         a = attacks.get(name)
         assert a.name == name

@@ -215,6 +215,9 @@ TRACEABLE = {
     # issue 22: ByzFL's conventions as options
     ("rule", "krum"): {"neighbours": False}, ("rule", "multikrum"): {"neighbours": False},
     ("attack", "mimic"): {"target": False}, ("attack", "labelflip"): {"mode": False},
+    # issue 23
+    ("rule", "gas"): {"p": False, "base": False}, ("preaggregator", "uniformity"): {"tau": True},
+    ("attack", "strike_diverse"): {"nu": True, "spread": True},
 }
 #: Hyper-parameters without a usable default (FoolsGold's history has one row per client).
 REQUIRED = {("rule", "foolsgold"): {"num_clients": 4}}

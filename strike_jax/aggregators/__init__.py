@@ -23,9 +23,10 @@ bound is part of their limit), `caf`, `signguard(lower~=0.1, upper~=3.0, fractio
 `key`), `clippedclustering(max_tau~=1e5, capacity=100000)` (stateful), `fltrust` (round input
 `root_update [d]`: `aggregate(..., root_update=g0)` or `RoundContext.root_update`),
 `foolsgold(num_clients, sketch=None, seed=0)` (stateful; `num_clients` required; round input
-`clients [n]`: `aggregate(..., clients=ids)` or `RoundContext.clients`);
+`clients [n]`: `aggregate(..., clients=ids)` or `RoundContext.clients`); issue 23:
+`gas(p=1000, base="krum")` (gradient splitting, needs `key`);
 pre-aggregators (`preaggregator_names()`): `nnm(include_self=True)`, `bucketing(s=2)` (needs
-`key`), `clipping(c~=2.0)`, `arc`. `hparam_spec(name)` gives each one's allowed values.
+`key`), `clipping(c~=2.0)`, `arc`, `uniformity(tau~=0.1)` (issue 23). `hparam_spec(name)` gives each one's allowed values.
 
 Every rule is a pure function of arrays, safe under `jit`, `vmap` (also over `f`) and `grad`;
 `f` may be a traced integer (clamped to the rule's limit) or a Python int (checked against it:
@@ -63,8 +64,11 @@ from strike_jax.aggregators.clustering import clippedclustering, signguard
 from strike_jax.aggregators.trusted import fltrust
 from strike_jax.aggregators.foolsgold import FoolsGoldState, foolsgold
 from strike_jax.aggregators.clipping import arc, clipping
+# Issue 23: defences aimed at skew and uniformity (registered after the ones above).
+from strike_jax.aggregators.gas import gas
+from strike_jax.aggregators.uniformity import uniformity
 
-PREAGGREGATORS = ("bucketing", "nnm", "clipping", "arc")
+PREAGGREGATORS = ("bucketing", "nnm", "clipping", "arc", "uniformity")
 
 
 def names() -> tuple[str, ...]:
@@ -108,7 +112,7 @@ def get(name: str, *, backend: ops.Backend | None = None, **hparams: Any) -> Agg
 __all__ = [
     "Aggregator", "EmptyState", "FoolsGoldState", "PREAGGREGATORS", "PreAggregator", "aksel", "arc", "bucketing",
     "bulyan", "bulyan_limit", "caf", "cclip", "chain", "clippedclustering", "clipping", "dnc", "fltrust",
-    "foolsgold", "get", "hparam_spec", "krum", "krum_limit", "krum_scores", "majority_limit", "mda", "mean",
+    "foolsgold", "gas", "get", "hparam_spec", "krum", "krum_limit", "krum_scores", "majority_limit", "mda", "mean",
     "meamed", "median", "monna", "multikrum", "names", "nnm", "preaggregator_names", "rbtm", "resolve_f", "rfa",
-    "rule_names", "signguard", "smea", "trmean", "trmean_limit",
+    "rule_names", "signguard", "smea", "trmean", "trmean_limit", "uniformity",
 ]

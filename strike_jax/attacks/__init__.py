@@ -18,7 +18,8 @@ perturbation="std", lam0~=10.0)` (Shejwalkar & Houmansadr 2021; white box: in a 
 attacks the round's real downstream chain, `ctx.downstream`, else the rule `rule`); issue 10 (white
 box, the same way): `gradient(steps=50, lr~=0.5, nu~=1.0, rule="median")` (gradient ascent through
 the defence from STRIKE's rows), `opt_lie(rule="median")`, `opt_ipm(rule="median")` (ByzFL's
-optimised LIE / IPM: the factor grid evaluated against the defence).
+optimised LIE / IPM: the factor grid evaluated against the defence); issue 23:
+`strike_diverse(nu~=1.0, spread~=0.5)` (STRIKE with `f` distinct vectors inside the skewed set).
 `hparam_spec(name)` gives each one's allowed values.
 
 `names()` lists the registry. STRIKE's stages are public functions of the module
@@ -52,6 +53,8 @@ from strike_jax.attacks.fang import fang
 from strike_jax.attacks.agr_tailored import agr_tailored
 # Issue 10: white-box attacks that optimise against the round's defence.
 from strike_jax.attacks.gradient import WHITE_BOX, gradient, opt_ipm, opt_lie
+# Issue 23: STRIKE with f distinct Byzantine vectors (the paper's STRIKE is unchanged).
+from strike_jax.attacks.strike_diverse import strike_diverse
 
 #: The module of STRIKE's stages under a second name (kept for existing imports).
 strike_stages = strike
@@ -119,6 +122,7 @@ __all__ = [
     "signflip",
     "strike",
     "strike_attack",
+    "strike_diverse",
     "strike_stages",
     "strike_vector",
 ]
