@@ -329,6 +329,20 @@ def lane_makespan(steps: np.ndarray, num_lanes: int) -> int:
     return int(load.max()) if steps.size else 0
 
 
+def lane_schedule(cb: ClientBatches, *, lanes: int, lane_steps: int, batch_size: int,
+                  slots: int | None = None) -> tuple[LanePlan, Array, Array, Array]:
+    """The packed layout of a round's plan: `pack_lanes` of the clients' steps into `lanes` lanes of
+    `lane_steps` steps, and each lane step's batch (`lane_batches`).
+
+    Returns:
+      `(plan, makespan, idx [T, L, S], mask [T, L, S])`; `makespan > lane_steps` means clients were
+      cut (callers size `lane_steps` with `lane_makespan` / `training.choose_lanes`).
+    """
+    plan, makespan = pack_lanes(cb.steps, lanes, lane_steps)
+    idx, mask = lane_batches(cb, plan, batch_size=batch_size, slots=slots)
+    return plan, makespan, idx, mask
+
+
 def lane_batches(cb: ClientBatches, plan: LanePlan, *, batch_size: int,
                  slots: int | None = None) -> tuple[Array, Array]:
     """`(idx [T, L, S], mask [T, L, S])`: the batch each lane trains on at each step (idle: masked).
