@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from strike_jax import _require_partitionable_threefry
+
 Array = jax.Array
 
 # Stream tags: every random draw of a run is derived from (seed, tag, round, ...), so that a resumed
@@ -94,6 +96,7 @@ def _passes(idx_bits: int) -> int:
 def random_words(keys: Array, width: int, idx_bits: int) -> Array:
     """`[k, passes, width]` uint32 random words for `permutation_rows`. Word `(p, i)` of a key does not
     depend on `width` (counter `i * passes + p`), so a row's order is the same whatever padding."""
+    _require_partitionable_threefry()  # checked when traced: the flag may change after import
     passes = _passes(idx_bits)
     return jax.vmap(lambda k: jax.random.bits(k, (width, passes), jnp.uint32).T)(keys)
 
