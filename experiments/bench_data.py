@@ -8,7 +8,9 @@ For each storage dtype (float32 final values, uint8 raw) the load is timed (medi
 `--repeats`) and its memory reported as the arrays' bytes and the process RSS growth. For each
 client count and split (Dirichlet beta=0.5 and IID) it reports the partition time and retries,
 the per-client sample counts, the index table (`[N, max_m]` int32) and the time and bytes of one
-round's schedule for `n = min(N, 50)` sampled clients and for all `N` clients.
+round's plan (`strike_jax.training.schedule`: sampling, permutations, the per-client `[n, S, B]`
+layout, drawn on the device; compiled once before timing) for `n = min(N, 50)` sampled clients and
+for all `N` clients.
 Writes `experiments/results/bench_data.{json,md}` (atomically).
 """
 
@@ -23,12 +25,15 @@ import statistics
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from strike_jax.atomic import write_text  # noqa: E402
 from strike_jax import data  # noqa: E402
+from strike_jax.training import schedule  # noqa: E402
 
 
 def _rss() -> int:
@@ -80,11 +85,9 @@ def bench_split(ds, num_clients, split, beta, seed, batch_size, sample, repeats)
     part, t_part, _ = _timed(
         lambda: data.make_partition(ds, num_clients, split=split, beta=beta, seed=seed), repeats)
     cd, t_cd, _ = _timed(lambda: data.make_client_data(part, batch_size), repeats)
-    rng = np.random.default_rng(seed)
     n = min(num_clients, sample)
-    clients = np.sort(rng.choice(num_clients, n, replace=False))
-    (_, _), t_sched, _ = _timed(lambda: data.batch_schedule(cd, clients, seed, 1), repeats)
-    (_, _), t_all, _ = _timed(lambda: data.batch_schedule(cd, np.arange(num_clients), seed, 1), repeats)
+    _, t_sched, _ = _timed(_round_plan(cd, n, seed), repeats)
+    _, t_all, _ = _timed(_round_plan(cd, num_clients, seed), repeats)
     counts = part.counts()
     return {
         "clients": num_clients,
@@ -106,6 +109,20 @@ def bench_split(ds, num_clients, split, beta, seed, batch_size, sample, repeats)
         "schedule_all_s": t_all,
         "schedule_all_bytes": data.schedule_nbytes(num_clients, cd),
     }
+
+
+def _round_plan(cd, per_round, seed):
+    """A call drawing round 1's plan of `per_round` clients on the device (compiled here, not timed)."""
+    B, E, S = cd.batch_size, cd.local_epochs, cd.num_steps
+
+    @jax.jit
+    def plan(index, counts, r):
+        cb = schedule.client_batches(index, counts, seed, r, per_round=per_round, batch_size=B, local_epochs=E)
+        return schedule.padded_schedule(cb, batch_size=B, num_steps=S)
+
+    index, counts = jnp.asarray(cd.index), jnp.asarray(cd.counts)
+    jax.block_until_ready(plan(index, counts, 0))
+    return lambda: jax.block_until_ready(plan(index, counts, 1))
 
 
 def _mib(b):

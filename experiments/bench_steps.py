@@ -28,9 +28,10 @@ Sections (`--sections`, comma-separated; default all but `layers`):
 * `scan`: S = 8 steps (one CIFAR client's epoch) as a rolled `lax.scan`, unrolled in one program,
   and as a host loop of the jitted step; and the scan vmapped over 8 lanes.
 * `round`: the paper's CIFAR-10 round, 50 clients x 1000 samples (32x32x3), batch 128, one local
-  epoch (8 steps each, the last with 104 examples): strike_jax's `make_client_updates` (each
-  strategy given by `--round-strategies`; the fastest is reported) against PyTorch training the
-  clients one after another (fresh optimizer per client, update = new - old weights).
+  epoch (8 steps each, the last with 104 examples): strike_jax's `training.make_plan_updates` on
+  the round's plan (`training.schedule`; each strategy given by `--round-strategies`; the fastest
+  is reported) against PyTorch training the clients one after another on the same batches (the
+  plan's per-client layout; fresh optimizer per client, update = new - old weights).
 * `layers`: per convolution layer of the paper models and per pass (forward, input gradient,
   kernel gradient), every form of `strike_jax.models.conv` alone (and vmapped over 8 lanes), next
   to the form the "cpu" policy picks: the measurements behind the choice.
@@ -62,6 +63,7 @@ from strike_jax import models, training  # noqa: E402
 from strike_jax.atomic import write_json, write_text  # noqa: E402
 from strike_jax.models import conv as conv_lib  # noqa: E402
 from strike_jax.models import pool as pool_lib  # noqa: E402
+from strike_jax.training import schedule as schedule_lib  # noqa: E402
 
 LR, MOMENTUM, WEIGHT_DECAY, CLIP = 0.05, 0.9, 1e-4, 2.0
 
@@ -512,26 +514,25 @@ def bench_round(args, torch) -> dict:
     variables = jax.jit(model.init)(jax.random.PRNGKey(0))
     cfg = _cfg(classes)
 
-    def schedule(seed):
-        r = np.random.default_rng(seed)
-        idx = np.zeros((n, S * batch), np.int32)
-        mask = np.zeros((n, S * batch), bool)
-        for i in range(n):
-            idx[i, :per] = i * per + r.permutation(per)
-            idx[i, per:] = i * per
-            mask[i, :per] = True
-        return idx.reshape(n, S, batch), mask.reshape(n, S, batch)
+    # Client i holds samples i * per .. (i + 1) * per - 1; round r's plan (all n clients) is drawn on
+    # the device, and PyTorch trains on its per-client layout: the same batches in the same order.
+    index = jnp.arange(n * per, dtype=jnp.int32).reshape(n, per)
+    counts = jnp.full((n,), per, jnp.int32)
+    plan = jax.jit(lambda r: schedule_lib.client_batches(index, counts, 0, r, per_round=n, batch_size=batch,
+                                                         local_epochs=1))
+    layout = jax.jit(lambda cb: schedule_lib.padded_schedule(cb, batch_size=batch, num_steps=S))
 
     rounds = 1 if args.quick else args.round_reps
-    schedules = [schedule(s) for s in range(rounds + 1)]
+    plans = [plan(r) for r in range(rounds + 1)]
+    schedules = [tuple(np.asarray(a) for a in layout(cb)) for cb in plans]
     flip = np.zeros(n, bool)
     out = dict(clients=n, samples_per_client=per, batch=batch, steps_per_client=S, conv_impl=model.conv_impl,
                rounds=rounds, strategies={})
     fns, ref = {}, None
     for strategy in args.round_strategies:
-        cu = training.make_client_updates(model, cfg, strategy)
+        cu = training.make_plan_updates(model, cfg, strategy, batch_size=batch)
         t0 = time.perf_counter()
-        U, _ = cu(variables, x, y, *schedules[0], flip)
+        U, _ = cu(variables, x, y, plans[0], flip)
         U.block_until_ready()
         first = time.perf_counter() - t0
         ref = np.asarray(U) if ref is None else ref
@@ -539,7 +540,7 @@ def bench_round(args, torch) -> dict:
         out["strategies"][strategy] = dict(first_call_s=first, max_abs_diff_vs_first=err)
         print(f"[round] strike_jax {strategy}: first call {first:.1f} s", flush=True)
         fns[f"jax_{strategy}"] = functools.partial(
-            lambda cu, r: cu(variables, x, y, *schedules[1 + r % rounds], flip)[0].block_until_ready(), cu)
+            lambda cu, r: cu(variables, x, y, plans[1 + r % rounds], flip)[0].block_until_ready(), cu)
     if torch is not None:
         tt = TorchTrainer(torch, "alexnet_cifar", shape, classes, x_np, y_np)
         global_state = {k: v.clone() for k, v in tt.model.state_dict().items()}
@@ -737,7 +738,7 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=30, help="timed calls per step (median)")
     ap.add_argument("--lanes", default="8,50", help="lanes section: lane counts")
     ap.add_argument("--round-reps", type=int, default=3, help="timed CIFAR rounds (median)")
-    ap.add_argument("--round-strategies", default="steps,loop", help="strategies of make_client_updates to time")
+    ap.add_argument("--round-strategies", default="steps,loop", help="strategies of training.make_plan_updates to time")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even when installed")
     ap.add_argument("--threads", type=int, default=0,
                     help="PyTorch threads (default: the CPUs this process may use); for a one-core "

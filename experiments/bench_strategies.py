@@ -3,9 +3,10 @@
 For a few models and sizes, with synthetic data of the right shapes, every strategy trains all
 sampled clients from the same global model on the same round plan (the device-drawn schedule of
 `strike_jax.training.schedule`); the time of a round is the wall time until `U` is ready, the median
-over several rounds (each with a fresh schedule) after the first (compiling) call, the strategies'
-rounds interleaved. `auto` measures the candidates on the case's shapes and picks (its row shows
-what it picked and the measurement cost is in its first call). Also the padded fraction: the share
+over several rounds (each with a fresh plan) after the first (compiling) call, the strategies'
+rounds interleaved (`training.make_plan_updates`: every strategy trains from the same
+`schedule.ClientBatches`). `auto` is the strategy `training.resolve_auto`'s fixed rule picks for the
+case (its row shows which; the rule is read from these tables). Also the padded fraction: the share
 of lane steps that are idle (`vmap`: every client padded to the longest; `packed`: the lanes'
 slack) — the issue's target is at most 10% for the packed layout on a Dirichlet(0.5) split.
 Writes `experiments/results/bench_strategies_<backend>.{json,md}`.
@@ -88,29 +89,31 @@ def run_case(name, case, strategies, rounds, seed=0, min_time=2.0, max_rounds=30
         index[i, :sizes[i]] = np.arange(starts[i], starts[i + 1])
     steps = -(-sizes // B)
     S = int(steps.max())
-    plan = jax.jit(lambda r: schedule.padded_schedule(
-        schedule.client_batches(jnp.asarray(index), jnp.asarray(sizes, jnp.int32), seed, r, per_round=n,
-                                batch_size=B, local_epochs=1), batch_size=B, num_steps=S))
+    plan = jax.jit(lambda r: schedule.client_batches(jnp.asarray(index), jnp.asarray(sizes, jnp.int32), seed, r,
+                                                     per_round=n, batch_size=B, local_epochs=1))
     x = jnp.asarray(rng.normal(size=(N, *case["shape"])).astype(np.float32))
     y = jnp.asarray(rng.integers(0, case["classes"], size=N).astype(np.int32))
     cfg = training.LocalConfig(lr=0.05, momentum=0.9, weight_decay=1e-4, clip_norm=2.0, num_classes=case["classes"])
     variables = jax.jit(model.init)(jax.random.PRNGKey(seed))
     d = int(training.flatten_variables(variables)[0].shape[0])
-    schedules = [jax.device_get(plan(r)) for r in range(max(rounds, max_rounds) + 1)]
+    plans = [plan(r) for r in range(max(rounds, max_rounds) + 1)]
     flip = np.zeros(n, bool)
     real_steps = int(steps.sum())
     padded = {s: training.strategy_lanes(s, steps[None], n)[2] for s in training.DEVICE_STRATEGIES}
     padded.update(steps=0.0, loop=1.0 - real_steps / (n * S))
     print(f"[{name}] model={case['model']} n={n} S={S} B={B} d={d} real steps={real_steps}/{n * S}; padded: "
           + ", ".join(f"{k} {v:.1%}" for k, v in padded.items()), flush=True)
+    auto = training.resolve_auto(platform=jax.default_backend(), model=case["model"], d=d,
+                                 input_size=int(np.prod(case["shape"])), batch_size=B,
+                                 lanes=training.choose_lanes(steps[None], n)[0])
     skip = case.get("skip_cpu", ()) if jax.default_backend() == "cpu" else ()
     names = [s for s in strategies if s not in skip]
     fns, first, err = {}, {}, {}
     ref = None
     for strategy in names:  # build and compile every strategy first (first call = compile + run)
-        cu = training.make_client_updates(model, cfg, strategy)
+        cu = training.make_plan_updates(model, cfg, auto if strategy == "auto" else strategy, batch_size=B)
         t0 = time.perf_counter()
-        U, _ = cu(variables, x, y, *schedules[0], flip)
+        U, _ = cu(variables, x, y, plans[0], flip)
         U.block_until_ready()
         first[strategy] = time.perf_counter() - t0
         if ref is None:
@@ -127,7 +130,7 @@ def run_case(name, case, strategies, rounds, seed=0, min_time=2.0, max_rounds=30
         for k in range(len(names)):
             strategy = names[(k + r) % len(names)]
             t0 = time.perf_counter()
-            U, _ = fns[strategy](variables, x, y, *schedules[r], flip)
+            U, _ = fns[strategy](variables, x, y, plans[r], flip)
             U.block_until_ready()
             times[strategy].append(time.perf_counter() - t0)
     rows = []
@@ -137,7 +140,6 @@ def run_case(name, case, strategies, rounds, seed=0, min_time=2.0, max_rounds=30
         rows.append(dict(case=name, model=case["model"], n=n, S=S, B=B, d=d, real_steps=real_steps,
                          strategy=strategy, resolved=resolved, rounds=len(times[strategy]),
                          padded_fraction=padded.get(resolved, 0.0),
-                         estimates=getattr(fns[strategy], "estimates", None),
                          median_s=med, min_s=min(times[strategy]), first_call_s=first[strategy],
                          max_abs_diff_vs_first=err[strategy]))
         print(f"  {strategy:6s} ({resolved:6s}) median {med * 1e3:9.1f} ms  first call {first[strategy]:6.1f} s  "
@@ -153,7 +155,7 @@ def _pct(x) -> str:
 def to_markdown(rows, meta):
     lines = [f"# Local-training strategies, one round ({meta['backend']}: {meta['device']})", "",
              "Median wall time of one round (all clients) after compilation; `first` = first call "
-             "(compilation, and for `auto` its measurement, included); `padded` = idle share of the lane "
+             "(compilation included); `auto` = `training.resolve_auto`'s pick; `padded` = idle share of the lane "
              "steps. Generated by `python -m experiments.bench_strategies` "
              f"({meta.get('command', '')}); machine load at the start: {meta.get('load', '?')}.", ""]
     by_case: dict[str, list] = {}
@@ -169,8 +171,8 @@ def to_markdown(rows, meta):
                 f"| {case} | {r['model']} | {r['n']} | {r['S']} | {r['B']} | {r['d']:,} | {r['real_steps']} | "
                 f"{label} | {_pct(r.get('padded_fraction'))} | {r['rounds']} | {r['median_s'] * 1e3:.1f} | "
                 f"{r['first_call_s']:.1f} | {r['median_s'] / fastest:.2f}x |")
-    lines += ["", "| case | `auto` picks | its strategy's median / fastest | measured estimates (s per round) |",
-              "|---|---|---|---|"]
+    lines += ["", "| case | `auto` picks | its strategy's median / fastest | measured estimates (s per round; "
+              "rows from before `resolve_auto`) |", "|---|---|---|---|"]
     worst = 0.0
     for case, rs in by_case.items():
         explicit = {r["strategy"]: r["median_s"] for r in rs if r["strategy"] != "auto"}

@@ -7,7 +7,9 @@ pipeline and `registry` its names and hyper-parameters; `simulate(config)` runs 
 experiment (`strike_jax.simulation`).
 
 Sub-packages and `simulate` are imported on first use (`import strike_jax.aggregators` does not
-pay for the data and training stack), and listed by `dir(strike_jax)`.
+pay for the data and training stack), and listed by `dir(strike_jax)`. Importing the package checks
+that JAX's partitionable threefry is on (`_require_partitionable_threefry`: a run's batches must not
+depend on how many runs share its program).
 """
 
 from __future__ import annotations
@@ -17,9 +19,30 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+
+def _require_partitionable_threefry(error: type[Exception] = RuntimeError) -> None:
+    """Raises `error` (one line) unless `jax_threefry_partitionable` is on.
+
+    A round's batches are drawn with `jax.random.bits` over rows padded to the widest client of the
+    runs that share a program (`training.schedule.random_words`). Only the partitionable threefry
+    makes a word depend on its position alone, not on the array's width, so that a run draws the
+    same batches alone or batched with others; the legacy one would silently change its numbers.
+    It is JAX's default since 0.5 (the floor is 0.6.1), so it is off only by the user's choice
+    (`JAX_THREEFRY_PARTITIONABLE=0`, `jax.config.update`): strike_jax refuses rather than turning it
+    back on, which would change the random streams of the process's other JAX code."""
+    import jax
+
+    if not jax.config.jax_threefry_partitionable:
+        raise error("jax_threefry_partitionable=False is not allowed; allowed: True (JAX's default since 0.5): "
+                    "strike_jax's batches must not depend on how many runs share a program; unset "
+                    "JAX_THREEFRY_PARTITIONABLE or call jax.config.update('jax_threefry_partitionable', True).")
+
+
+_require_partitionable_threefry(ImportError)
+
 _SUBMODULES = ("aggregators", "analysis", "atomic", "attacks", "byzfl", "cli", "compile_cache", "config", "data",
-               "errors", "models", "ops", "optax", "options", "registry", "report", "server", "sharding", "simulation",
-               "stages", "studies", "sweep", "training")
+               "distributed", "errors", "models", "ops", "optax", "options", "registry", "report", "server", "sharding",
+               "simulation", "stages", "studies", "sweep", "training")
 _ATTRIBUTES = {
     "simulate": "strike_jax.simulation",
     "simulate_many": "strike_jax.simulation",
@@ -37,10 +60,12 @@ if TYPE_CHECKING:
         analysis,
         atomic,
         attacks,
+        byzfl,
         cli,
         compile_cache,
         config,
         data,
+        distributed,
         errors,
         models,
         ops,
@@ -48,6 +73,8 @@ if TYPE_CHECKING:
         options,
         registry,
         report,
+        server,
+        sharding,
         simulation,
         stages,
         studies,

@@ -222,20 +222,63 @@ TRACEABLE = {
 #: Hyper-parameters without a usable default (FoolsGold's history has one row per client).
 REQUIRED = {("rule", "foolsgold"): {"num_clients": 4}}
 
+#: Every registered stage's default hyper-parameters, written out (not read back from the code): the
+#: paper's settings from SPEC §6-§7 (LIE z = 1.5, IPM eps = 0.1, STRIKE nu = 1, CClip tau = 10 with
+#: one iteration, DnC c = 1, one iteration, b = 1000 coordinates, bucketing s = 2), the others from
+#: their papers / reference code as the registry documents them. A changed default changes every
+#: table: it must change here too.
+DEFAULTS = {
+    ("attack", "strike"): {"nu": 1.0}, ("attack", "bitflip"): {}, ("attack", "lie"): {"z": 1.5},
+    ("attack", "ipm"): {"eps": 0.1}, ("attack", "minmax"): {}, ("attack", "minsum"): {}, ("attack", "mimic"): {},
+    ("attack", "nonfinite"): {"value": "nan"}, ("attack", "labelflip"): {},
+    ("attack", "gaussian"): {"mu": 0.0, "sigma": 1.0}, ("attack", "signflip"): {},
+    ("attack", "fang"): {"target": "trmean", "b": 2.0},
+    ("attack", "agr_tailored"): {"rule": "multikrum", "perturbation": "std", "lam0": 10.0},
+    ("attack", "gradient"): {"steps": 50, "lr": 0.5, "nu": 1.0, "rule": "median"},
+    ("attack", "opt_lie"): {"rule": "median"}, ("attack", "opt_ipm"): {"rule": "median"},
+    ("preaggregator", "nnm"): {"include_self": True}, ("preaggregator", "bucketing"): {"s": 2},
+    ("preaggregator", "clipping"): {"c": 2.0}, ("preaggregator", "arc"): {},
+    ("rule", "mean"): {}, ("rule", "median"): {"midpoint": False}, ("rule", "trmean"): {}, ("rule", "rbtm"): {},
+    ("rule", "krum"): {}, ("rule", "multikrum"): {}, ("rule", "rfa"): {"iters": 8, "eps": 1e-07},
+    ("rule", "aksel"): {}, ("rule", "cclip"): {"tau": 10.0, "iters": 1},
+    ("rule", "dnc"): {"c": 1.0, "niters": 1, "b": 1000},
+    ("rule", "bulyan"): {}, ("rule", "meamed"): {}, ("rule", "monna"): {"idx": 0},
+    ("rule", "mda"): {"max_subsets": 100000}, ("rule", "smea"): {"max_subsets": 20000}, ("rule", "caf"): {},
+    ("rule", "signguard"): {"lower": 0.1, "upper": 3.0, "fraction": 0.1},
+    ("rule", "clippedclustering"): {"max_tau": 100000.0, "capacity": 100000}, ("rule", "fltrust"): {},
+    ("rule", "foolsgold"): {"num_clients": None, "sketch": None, "seed": 0},
+}
 
-def test_hparam_spec_traceability_and_defaults_from_one_place():
-    for kind in registry.KINDS:
-        for name in registry.names(kind):
-            spec = registry.hparam_spec(kind, name)
-            assert {k: p.traceable for k, p in spec.items()} == TRACEABLE.get((kind, name), {}), (kind, name)
-            builder = registry.find(name, (kind,)).builder
-            sig = inspect.signature(builder).parameters
-            for k, p in spec.items():
-                assert sig[k].default == p.default
-            stage = registry.build(kind, name, **REQUIRED.get((kind, name), {}))
-            assert stage.kind == kind and stage.name == name
-    assert registry.hparam_spec("rule", "cclip")["tau"].default == 10.0
+
+def test_hparam_spec_traceability_and_defaults():
+    """The registry's defaults are the documented ones (an explicit table, so a changed default fails
+    here), every registered stage is in the table, and a stage built without arguments records
+    exactly them."""
+    registered = {(kind, name) for kind in registry.KINDS for name in registry.names(kind)}
+    assert registered == set(DEFAULTS)
+    for (kind, name), want in DEFAULTS.items():
+        required = REQUIRED.get((kind, name), {})
+        spec = registry.hparam_spec(kind, name)
+        assert {k: p.traceable for k, p in spec.items()} == TRACEABLE.get((kind, name), {}), (kind, name)
+        assert {k: p.default for k, p in spec.items()} == want, (kind, name)
+        assert registry.validate(kind, name, required) == {**want, **required}
+        stage = registry.build(kind, name, **required)
+        assert stage.kind == kind and stage.name == name
+        assert dict(stage.hparams) == {**want, **required}, (kind, name)
     assert A.get("cclip").hparams == {"tau": 10.0, "iters": 1}
+
+
+def test_register_refuses_an_undeclared_or_defaultless_hyperparameter():
+    def no_default(tau, *, backend=None):
+        raise AssertionError("not called")
+
+    def undeclared(tau=1.0, extra=2, *, backend=None):
+        raise AssertionError("not called")
+
+    for builder in (no_default, undeclared):
+        with pytest.raises(TypeError, match="declare every hyper-parameter"):
+            registry.register("rule", "test_only_never_registered", tau=registry.real())(builder)
+    assert "test_only_never_registered" not in registry.names("rule")
 
 
 def test_validation_errors_are_one_line():

@@ -1,4 +1,5 @@
-"""Execution strategies give the same updates; nothing recompiles across rounds; evaluation."""
+"""Execution strategies train from one plan and give the same updates; nothing recompiles across
+rounds; "auto" is a fixed rule; evaluation."""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +8,7 @@ import pytest
 
 from strike_jax import models
 from strike_jax import training
+from strike_jax.training import schedule, strategies
 
 
 def _counting(model):
@@ -20,19 +22,28 @@ def _counting(model):
     return model._replace(apply=apply), count
 
 
-def _schedule(rng, n, S, B, N):
-    idx = rng.integers(0, N, size=(n, S, B)).astype(np.int32)
-    mask = np.ones((n, S, B), bool)
-    sizes = rng.integers(1, S * B + 1, size=n)
-    sizes[0] = S * B - 1  # a partial last batch
-    sizes[1] = 1 if n > 1 else sizes[1]  # a client with one example (a skipped batch for BatchNorm)
+def _table(sizes, N, rng):
+    """A client index table: client i holds `sizes[i]` distinct samples of `0..N-1`."""
+    perm = rng.permutation(N)
+    index = np.zeros((len(sizes), max(sizes)), np.int32)
+    off = 0
     for i, m in enumerate(sizes):
-        mask[i].reshape(-1)[m:] = False
-    return idx, mask
+        index[i, :m] = perm[off:off + m]
+        off += m
+    return jnp.asarray(index), jnp.asarray(np.asarray(sizes, np.int32))
 
 
-def _reference_rows(local, variables, X, Y, idx, mask, flip):
-    """Per client: flatten(local_train(...)) - flatten(variables), one client at a time."""
+def _plans(index, counts, B, rounds):
+    """The rounds' plans (`schedule.client_batches`, all clients), the one input of every strategy."""
+    plan = jax.jit(lambda r: schedule.client_batches(index, counts, 0, r, per_round=index.shape[0], batch_size=B,
+                                                     local_epochs=1))
+    return [plan(r) for r in range(rounds)]
+
+
+def _reference_rows(local, variables, X, Y, cb, B, flip):
+    """Per client: flatten(local_train(...)) - flatten(variables), one client at a time, on the
+    plan's per-client layout."""
+    idx, mask = schedule.padded_schedule(cb, batch_size=B, num_steps=int(np.asarray(cb.steps).max()))
     flat0, _ = training.flatten_variables(variables)
     rows = []
     for i in range(idx.shape[0]):
@@ -51,36 +62,38 @@ def _reference_rows(local, variables, X, Y, idx, mask, flip):
         ("small_cnn_bn", [("steps", None), ("packed", 2)], False),
     ],
 )
-def test_strategies_agree_and_do_not_recompile(name, strategies, with_reference):
+def test_strategies_agree_on_the_plan_and_do_not_recompile(name, strategies, with_reference):
     base = models.get(name, 5, (4, 4, 1))
     model, traces = _counting(base)
     cfg = training.LocalConfig(lr=0.1, momentum=0.9, weight_decay=1e-3, clip_norm=2.0, num_classes=5)
     variables = jax.jit(base.init)(jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
-    N, n, S, B = 40, 3, 3, 4
+    N, B = 40, 4
+    # Sizes: a partial last batch (11), a client with one example (a skipped batch for BatchNorm), 7.
+    index, counts = _table([11, 1, 7], N, rng)
+    n = 3
     X = jnp.asarray(rng.normal(size=(N, 4, 4, 1)).astype(np.float32))
     Y = jnp.asarray(rng.integers(0, 5, size=N).astype(np.int32))
-    schedules = [_schedule(rng, n, S, B, N) for _ in range(2)]
+    plans = _plans(index, counts, B, 2)
     flips = [np.array([False, True, False]), np.array([True, False, True])]
     refs = ref_stats = None
     if with_reference:
         local = jax.jit(training.make_local_train(base, cfg))
-        refs = [_reference_rows(local, variables, X, Y, idx, mask, flip)
-                for (idx, mask), flip in zip(schedules, flips)]
+        refs = [_reference_rows(local, variables, X, Y, cb, B, flip) for cb, flip in zip(plans, flips)]
     d = models.num_params(base) + models.num_batch_stats(base)
     for strategy, chunk in strategies:
-        cu = training.make_client_updates(model, cfg, strategy, lanes=chunk)
+        cu = training.make_plan_updates(model, cfg, strategy, batch_size=B, lanes=chunk)
         assert cu.strategy == strategy
         outs, stats_r = [], []
-        for r, ((idx, mask), flip) in enumerate(zip(schedules, flips)):
-            U, stats = cu(variables, X, Y, idx, mask, flip)
+        for r, (cb, flip) in enumerate(zip(plans, flips)):
+            U, stats = cu(variables, X, Y, cb, flip)
             if r == 0:
                 after_first = traces["n"]
             assert U.shape == (n, d) and U.dtype == jnp.float32
             assert stats.loss.shape == stats.num_steps.shape == stats.num_examples.shape == (n,)
             outs.append(np.asarray(U))
             stats_r.append([np.asarray(a) for a in stats])
-        # The second round (new schedule and flags, same shapes) did not trace anything again.
+        # The second round (new plan and flags, same shapes) did not trace anything again.
         assert traces["n"] == after_first, f"{strategy}/{chunk} retraced"
         if refs is None:  # the first strategy is the reference of the others
             refs = outs
@@ -91,38 +104,91 @@ def test_strategies_agree_and_do_not_recompile(name, strategies, with_reference)
             np.testing.assert_allclose(stats_r[r][0], ref_stats[r][0], rtol=1e-5)  # loss
             np.testing.assert_array_equal(stats_r[r][1], ref_stats[r][1])  # steps
             np.testing.assert_array_equal(stats_r[r][2], ref_stats[r][2])  # examples
+        # Real steps ceil(m / B) and every sample once (BatchNorm skips the one-example batch).
+        np.testing.assert_array_equal(stats_r[0][1], [3, 0 if base.has_batch_stats else 1, 2])
+        np.testing.assert_array_equal(stats_r[0][2], [11, 0 if base.has_batch_stats else 1, 7])
     assert not np.allclose(refs[0], refs[1])  # the two rounds really differ
     if base.has_batch_stats:
         # Client 1 has a single example: its only batch is skipped, its update is exactly zero.
-        idx, mask = schedules[0]
-        assert mask[1].sum() == 1
         assert np.all(refs[0][1] == 0.0)
         assert np.any(refs[0][0] != 0.0)
 
 
-def test_auto_measures_and_bad_strategy():
+def test_resolve_auto_is_a_fixed_rule_of_backend_and_model(monkeypatch):
+    """"auto" never times anything (a timing would make the strategy, hence the numbers, depend on the
+    machine's load): the measurement and every clock are off limits while it resolves."""
+    def no_timing(*a, **k):
+        raise AssertionError("resolve_auto timed something")
+
+    monkeypatch.setattr(strategies, "_per_step_times", no_timing)
+    monkeypatch.setattr(strategies, "measure_strategies", no_timing)
+    monkeypatch.setattr(strategies.time, "perf_counter", no_timing)
+    shapes = dict(d=101_770, input_size=784, batch_size=64, lanes=8)
+    # experiments/results/bench_strategies_{cpu,gpu}.md
+    assert training.resolve_auto(platform="cpu", model="mlp", **shapes) == "packed"
+    for conv in ("small_cnn", "femnist_cnn", "leaf_cnn", "alexnet_cifar", "resnet18", "small_cnn_bn"):
+        assert training.resolve_auto(platform="cpu", model=conv, **shapes) == "steps", conv
+    for platform in ("gpu", "cuda", "tpu"):
+        for m in ("mlp", "alexnet_cifar", "small_cnn"):
+            assert training.resolve_auto(platform=platform, model=m, **shapes) == "packed"
+    assert training.resolve_auto(platform="cpu", model="digits_mlp", d=9_610, input_size=64, batch_size=32,
+                                 lanes=1) == "packed"
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(platform="npu"), r"^platform='npu' is not allowed; allowed: 'cpu', 'gpu'"),
+    (dict(model="vgg"), r"^model='vgg' is not allowed; allowed: femnist_cnn"),
+    (dict(d=0), r"^d=0 is not allowed; allowed: an integer >= 1\.$"),
+    (dict(batch_size=2.5), r"^batch_size=2\.5 is not allowed"),
+    (dict(lanes=True), r"^lanes=True is not allowed"),
+])
+def test_resolve_auto_rejects_bad_input_in_one_line(kwargs, match):
+    args = dict(platform="cpu", model="mlp", d=10, input_size=4, batch_size=2, lanes=1)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        training.resolve_auto(**args)
+
+
+def test_measurement_is_an_explicit_opt_in(monkeypatch):
+    """`measure_strategies` scales per-step times to the round; `choose_strategy` keeps the one-program
+    "packed" within 10% of the fastest."""
+    calls = []
+
+    def fake(model, cfg, x, y, batch_size, lanes, repeats):
+        calls.append((batch_size, lanes))
+        return {"packed": 0.5, "steps": 0.01}
+
+    monkeypatch.setattr(strategies, "_per_step_times", fake)
+    monkeypatch.setattr(strategies, "_MEASURED", {})
+    from strike_jax import compile_cache
+
+    monkeypatch.setattr(compile_cache, "load_measurement", lambda key: None)
+    monkeypatch.setattr(compile_cache, "store_measurement", lambda key, value: None)
+    model = models.get("mlp", 3, (2, 2, 1))
+    cfg = training.LocalConfig(0.1, 0.0, 0.0, None, 3)
+    x, y = np.zeros((30, 2, 2, 1), np.float32), np.zeros(30, np.int32)
+    est = training.measure_strategies(model, cfg, x, y, batch_size=4, lanes=2, lane_steps=6, total_steps=12)
+    assert est == {"packed": 3.0, "steps": pytest.approx(0.12)} and calls == [(4, 2)]
+    training.measure_strategies(model, cfg, x, y, batch_size=4, lanes=2, lane_steps=6, total_steps=12)
+    assert len(calls) == 1  # cached per shapes
+    assert training.choose_strategy(est) == "steps"
+    assert training.choose_strategy({"packed": 1.05, "steps": 1.0}) == "packed"
+    assert training.choose_strategy({"packed": 2.0, "steps": 1.0}) == "steps"
+
+
+def test_bad_strategies_and_schedules():
     model = models.get("mlp", 3, (2, 2, 1))
     cfg = training.LocalConfig(0.1, 0.0, 0.0, None, 3)
     variables = model.init(jax.random.PRNGKey(0))
-    rng = np.random.default_rng(1)
-    X = jnp.asarray(rng.normal(size=(30, 2, 2, 1)).astype(np.float32))
-    Y = jnp.asarray(rng.integers(0, 3, size=30).astype(np.int32))
-    idx, mask = _schedule(rng, 8, 3, 4, 30)
-    auto = training.make_client_updates(model, cfg)
-    assert auto.strategy == "auto"
-    U, _ = auto(variables, X, Y, idx, mask)
-    est = auto.estimates
-    assert set(est) == {"packed", "steps"} and all(v > 0 for v in est.values())
-    assert auto.strategy == training.choose_strategy(est) in ("packed", "steps")
-    ref, _ = training.make_client_updates(model, cfg, auto.strategy)(variables, X, Y, idx, mask)
-    np.testing.assert_array_equal(np.asarray(U), np.asarray(ref))
-    # The choice: the fastest, but the one-program "packed" within 10% of it.
-    assert training.choose_strategy({"packed": 1.05, "steps": 1.0}) == "packed"
-    assert training.choose_strategy({"packed": 2.0, "steps": 1.0}) == "steps"
-    with pytest.raises(ValueError, match="strategy"):
-        training.make_client_updates(model, cfg, "pmap")
-    with pytest.raises(ValueError, match="lanes"):
-        training.make_client_updates(model, cfg, "packed", lanes=0)
+    for device in training.DEVICE_STRATEGIES + ("auto",):
+        with pytest.raises(ValueError, match=rf"^strategy='{device}' is not allowed here; allowed: 'steps', 'loop'"):
+            training.make_client_updates(model, cfg, device)
+    with pytest.raises(ValueError, match=r"^strategy='pmap' is not allowed; allowed: 'packed'"):
+        training.make_plan_updates(model, cfg, "pmap", batch_size=4)
+    with pytest.raises(ValueError, match=r"^lanes=0 is not allowed"):
+        training.make_plan_updates(model, cfg, "packed", batch_size=4, lanes=0)
+    with pytest.raises(ValueError, match=r"^batch_size=0 is not allowed"):
+        training.make_plan_updates(model, cfg, "steps", batch_size=0)
     cu = training.make_client_updates(model, cfg, "steps")
     with pytest.raises(ValueError, match=r"\[n, S, B\]"):
         cu(variables, jnp.zeros((4, 2, 2, 1)), jnp.zeros(4, jnp.int32),

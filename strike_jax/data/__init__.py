@@ -1,11 +1,14 @@
-"""Data: sources -> partition -> client index table -> per-round batch schedules.
+"""Data: sources -> partition -> client index table (a round's batches: `strike_jax.training.schedule`).
 
 ```python
 from strike_jax import data
 ds = data.load("fashion_mnist")                       # Dataset (NHWC, labels int32)
 part = data.dirichlet(ds.y_train, 50, beta=0.5, seed=0)   # or data.iid(...), data.natural(ds.client_ids)
 cd = data.make_client_data(part, batch_size=128)      # [N, max_m] index table, fixed num_steps
-idx, mask = data.batch_schedule(cd, clients, seed=0, round=t)   # [n, S, B] each
+
+from strike_jax.training import schedule                 # round t's clients and batches, drawn on the device
+cb = schedule.client_batches(cd.index, cd.counts, seed, t, per_round=n, batch_size=128, local_epochs=1)
+idx, mask = schedule.padded_schedule(cb, batch_size=128, num_steps=cd.num_steps)   # [n, S, B] each
 x = ds.normalize(x_train_on_device[idx[:, s]])        # identity for float32 storage
 ```
 
@@ -35,14 +38,7 @@ from typing import Callable
 
 from strike_jax.errors import InputError
 from strike_jax.data.base import DataNotFoundError, Dataset, Preprocessing, make_dataset
-from strike_jax.data.clients import (
-    ClientData,
-    batch_schedule,
-    batch_schedule_jax,
-    epoch_permutation,
-    make_client_data,
-    schedule_nbytes,
-)
+from strike_jax.data.clients import ClientData, make_client_data, schedule_nbytes
 from strike_jax.data.digits import load_digits
 from strike_jax.data.idx import load_fashion_mnist, load_mnist, read_idx
 from strike_jax.data.image_folder import load_image_folder, load_imagenet12
@@ -69,12 +65,9 @@ __all__ = [
     "Dataset",
     "Partition",
     "Preprocessing",
-    "batch_schedule",
-    "batch_schedule_jax",
     "dirichlet",
     "dirichlet_cut_points",
     "dirichlet_split",
-    "epoch_permutation",
     "extreme_niid",
     "from_arrays",
     "gamma_similarity_niid",

@@ -1,4 +1,4 @@
-"""Device-ready client data: a padded index table and per-round batch schedules (SPEC §3).
+"""Device-ready client data: a padded index table into the shared training arrays (SPEC §3).
 
 Layout and its cost
 -------------------
@@ -8,19 +8,14 @@ Images are never copied per client. Every client is a row of one index table int
 * `ClientData.index`: `[num_clients, max_m]` int32, padded with 0 -> `num_clients * max_m * 4`
   bytes (FEMNIST, 3,597 writers x ~470 samples: ~7 MB; Fashion-MNIST over 1,000 Dirichlet(0.5)
   clients: see `experiments/results/bench_data.md`).
-* A round's schedule for `n` sampled clients: `batch_idx [n, S, B]` int32 global sample indices
-  plus `batch_mask [n, S, B]` bool -> `n * S * B * 5` bytes (50 clients x 30 steps x 128: ~1 MB).
-  Training gathers `x_train[batch_idx]` on the device, one step (or one client) at a time.
+* A round's batches are drawn from this table on the device, from `(seed, round)`:
+  `strike_jax.training.schedule` is the one definition of client `c`'s batches in round `t`
+  (`client_batches`; its per-client layout `padded_schedule` is `batch_idx [n, S, B]` int32 plus
+  `batch_mask [n, S, B]` bool -> `n * S * B * 5` bytes, `schedule_nbytes`; 50 clients x 30 steps
+  x 128: ~1 MB). Training gathers `x_train[batch_idx]` on the device, one step at a time.
 
-`S = ceil(max_i m_i / B)` (times the number of local epochs) is fixed by the partition, so the
-schedule's shape, and hence every jitted training function, is the same in every round.
-
-One local epoch of client `c` in round `t` (SPEC §3): a permutation of its `m_c` samples from
-`np.random.default_rng((seed, t, c))`; batch `s` is permuted positions `s*B .. s*B+B-1`; the
-last real batch is partial (not dropped); steps after `ceil(m_c / B)` are fully masked (training
-must make them exact no-ops). Masked slots hold the client's first sample index (index 0 for an
-empty client), so gathers stay in bounds. With `E` local epochs, epoch `e` occupies steps
-`[e * S1, (e + 1) * S1)` (`S1 = ceil(max_m / B)`) and uses the generator's `(e+1)`-th permutation.
+`S = E * ceil(max_i m_i / B)` is fixed by the partition, so the schedule's shape, and hence every
+jitted training function, is the same in every round.
 """
 
 from __future__ import annotations
@@ -34,9 +29,6 @@ from strike_jax.data.partition import Partition
 __all__ = [
     "ClientData",
     "make_client_data",
-    "epoch_permutation",
-    "batch_schedule",
-    "batch_schedule_jax",
     "schedule_nbytes",
 ]
 
@@ -86,8 +78,8 @@ def make_client_data(partition: Partition | Sequence[np.ndarray], batch_size: in
       local_epochs: `E >= 1`.
 
     Returns:
-      `ClientData`. An empty client (possible only with `dirichlet(min_size=0)`) gets a fully
-      masked schedule.
+      `ClientData`. An empty client (possible only with `dirichlet(min_size=0)`) gets no steps
+      (`training.schedule.client_batches`).
 
     Raises:
       ValueError: `batch_size < 1`, `local_epochs < 1`, no clients, negative or >= 2**31 indices.
@@ -112,111 +104,7 @@ def make_client_data(partition: Partition | Sequence[np.ndarray], batch_size: in
                       num_steps=steps, local_epochs=local_epochs)
 
 
-def epoch_permutation(seed: int, round: int, client: int, m: int, epoch: int = 0) -> np.ndarray:
-    """The local order of client `client`'s `m` samples in `round` (positions `0..m-1`).
-
-    `rng = np.random.default_rng((seed, round, client))`; epoch `e` is its `(e+1)`-th
-    `rng.permutation(m)`.
-    """
-    rng = np.random.default_rng((int(seed), int(round), int(client)))
-    for _ in range(epoch):
-        rng.permutation(m)
-    return rng.permutation(m)
-
-
-def batch_schedule(
-    client_data: ClientData,
-    clients: np.ndarray,
-    seed: int,
-    round: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-client batches of one round (host side, NumPy).
-
-    Args:
-      client_data: from `make_client_data`.
-      clients: `[n]` client ids taking part (any order; repeats allowed).
-      seed: non-negative run seed.
-      round: non-negative round number.
-
-    Returns:
-      `(batch_idx [n, S, B] int32, batch_mask [n, S, B] bool)`: row `j` is client `clients[j]`;
-      see the module docstring for the rule.
-
-    Raises:
-      ValueError: an id outside `[0, num_clients)`, negative seed/round.
-    """
-    seed = _check_int("seed", seed, 0)
-    round = _check_int("round", round, 0)
-    clients = np.asarray(clients)
-    if clients.ndim != 1 or (clients.size and not np.issubdtype(clients.dtype, np.integer)):
-        raise ValueError(f"clients must be a 1-d int array, got {clients.dtype} {clients.shape}.")
-    if clients.size and (clients.min() < 0 or clients.max() >= client_data.num_clients):
-        raise ValueError(
-            f"clients must lie in [0, {client_data.num_clients}), got [{clients.min()}, {clients.max()}]."
-        )
-    b, e = client_data.batch_size, client_data.local_epochs
-    s1 = client_data.steps_per_epoch
-    slots = s1 * b
-    idx = np.empty((clients.size, e, slots), np.int32)
-    mask = np.zeros((clients.size, e, slots), bool)
-    for j, c in enumerate(clients):
-        m = int(client_data.counts[c])
-        own = client_data.index[c, :m]
-        idx[j] = own[0] if m else 0
-        mask[j, :, :m] = True
-        rng = np.random.default_rng((seed, round, int(c)))
-        for ep in range(e):
-            idx[j, ep, :m] = own[rng.permutation(m)]
-    shape = (clients.size, client_data.num_steps, b)
-    return idx.reshape(shape), mask.reshape(shape)
-
-
-def batch_schedule_jax(index, counts, clients, key, *, batch_size: int, num_steps: int):
-    """Device-side variant of `batch_schedule` (jit-able; `batch_size`, `num_steps` static).
-
-    Client `c`'s order comes from `jax.random.fold_in(key, c)`: uniform keys for its `max_m`
-    table slots, the padding slots (`>= m_c`) pushed to the end, `argsort` -> a uniformly random
-    permutation of its `m_c` samples. Same layout and masking rule as `batch_schedule` (one local
-    epoch: `num_steps * batch_size >= max_m` is required), but a different random stream, so the
-    orders differ from the NumPy version. Derive `key` from `(seed, round)`, e.g.
-    `jax.random.fold_in(jax.random.key(seed), round)`.
-
-    Args:
-      index: `[num_clients, max_m]` int32 (`ClientData.index`, on device).
-      counts: `[num_clients]` int32.
-      clients: `[n]` int32 sampled ids (may be traced).
-      key: a `jax.random` key.
-      batch_size: `B`.
-      num_steps: `S` (`ClientData.num_steps` for one epoch).
-
-    Returns:
-      `(batch_idx [n, S, B] int32, batch_mask [n, S, B] bool)`.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    index = jnp.asarray(index)
-    counts = jnp.asarray(counts)
-    max_m = index.shape[1]
-    slots = num_steps * batch_size
-    if slots < max_m:
-        raise ValueError(f"num_steps * batch_size = {slots} must be >= max_m = {max_m}.")
-
-    def one(c):
-        m = counts[c]
-        u = jax.random.uniform(jax.random.fold_in(key, c), (max_m,))
-        pos = jnp.arange(max_m)
-        order = jnp.argsort(jnp.where(pos < m, u, 2.0))  # real slots first, in random order
-        row = index[c][order]
-        first = index[c, 0]
-        row = jnp.concatenate([row, jnp.full((slots - max_m,), first, index.dtype)])
-        valid = jnp.arange(slots) < m
-        row = jnp.where(valid, row, first)
-        return row.reshape(num_steps, batch_size), valid.reshape(num_steps, batch_size)
-
-    return jax.vmap(one)(jnp.asarray(clients, jnp.int32))
-
-
 def schedule_nbytes(n: int, client_data: ClientData) -> int:
-    """Bytes of one round's schedule for `n` clients: `n * S * B * (4 + 1)`."""
+    """Bytes of one round's per-client schedule (`training.schedule.padded_schedule`) for `n`
+    clients: `n * S * B * (4 + 1)`."""
     return int(n) * client_data.num_steps * client_data.batch_size * 5

@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from strike_jax import _require_partitionable_threefry
+
 Array = jax.Array
 
 # Stream tags: every random draw of a run is derived from (seed, tag, round, ...), so that a resumed
@@ -94,6 +96,7 @@ def _passes(idx_bits: int) -> int:
 def random_words(keys: Array, width: int, idx_bits: int) -> Array:
     """`[k, passes, width]` uint32 random words for `permutation_rows`. Word `(p, i)` of a key does not
     depend on `width` (counter `i * passes + p`), so a row's order is the same whatever padding."""
+    _require_partitionable_threefry()  # checked when traced: the flag may change after import
     passes = _passes(idx_bits)
     return jax.vmap(lambda k: jax.random.bits(k, (width, passes), jnp.uint32).T)(keys)
 
@@ -327,6 +330,20 @@ def lane_makespan(steps: np.ndarray, num_lanes: int) -> int:
     for j in np.argsort(-steps, kind="stable"):
         load[int(np.argmin(load))] += steps[j]
     return int(load.max()) if steps.size else 0
+
+
+def lane_schedule(cb: ClientBatches, *, lanes: int, lane_steps: int, batch_size: int,
+                  slots: int | None = None) -> tuple[LanePlan, Array, Array, Array]:
+    """The packed layout of a round's plan: `pack_lanes` of the clients' steps into `lanes` lanes of
+    `lane_steps` steps, and each lane step's batch (`lane_batches`).
+
+    Returns:
+      `(plan, makespan, idx [T, L, S], mask [T, L, S])`; `makespan > lane_steps` means clients were
+      cut (callers size `lane_steps` with `lane_makespan` / `training.choose_lanes`).
+    """
+    plan, makespan = pack_lanes(cb.steps, lanes, lane_steps)
+    idx, mask = lane_batches(cb, plan, batch_size=batch_size, slots=slots)
+    return plan, makespan, idx, mask
 
 
 def lane_batches(cb: ClientBatches, plan: LanePlan, *, batch_size: int,

@@ -1,26 +1,35 @@
 """Running every sampled client's local training: execution strategies with identical results.
 
-`make_client_updates(model, cfg, strategy)` returns
-`client_updates(variables, x_train, y_train, batch_idx [n,S,B], batch_mask [n,S,B], flip [n]) ->
-(U [n, d] float32, LocalStats of [n] arrays)`, `U[i] = flatten(w_i after local training) -
-flatten(variables)` (SPEC §1; layout of `strike_jax.training.local.flatten_variables`).
-
-Strategies (all compute the same function; they differ in how XLA sees the clients):
+Every strategy trains from one plan of the round, drawn on the device from `(seed, round)`
+(`strike_jax.training.schedule`: `client_batches` -> a `ClientBatches`); they differ only in how XLA
+sees the clients:
 
 - `"packed"`: one jitted program; the clients' real steps are packed into `L` lanes that each train
-  a list of clients one after another (`training.packed`, `schedule.pack_lanes`), one loop over
+  a list of clients one after another (`schedule.lane_schedule`, `training.packed`), one loop over
   steps of a `vmap` over lanes. No padded steps beyond the packing's slack, device memory bounded
   by `L` models in flight. The path of the vectorised simulation (`training.round`).
 - `"vmap"`: the packed program with one lane per client (`L = n`), each padded to the longest
   client: the classic vmapped layout (about half of the work is masked on a Dirichlet(0.5) split).
 - `"map"`: the packed program with a single lane (every client after another in one program).
-- `"steps"`: a host loop over clients *and* their real steps, calling one jitted SGD step (buffers
-  donated from the second step of a client on); each client's row is written into `U` in place.
-  Nothing runs inside a compiled loop or conditional, so on XLA:CPU convolutions stay fast
-  (jax#12868) and are not grouped (a vmapped convolution is a grouped one, several times slower).
-- `"loop"`: one jitted per-client program (steps unrolled) called from a host loop.
-- `"auto"`: measured (`choose_strategy`): a few timed steps of the candidates on the actual shapes,
-  scaled to the round (cached per model, shapes and backend).
+- `"steps"`: a host loop over clients *and* their real steps of the plan's per-client layout
+  (`schedule.padded_schedule`), calling one jitted SGD step (buffers donated from the second step
+  of a client on); each client's row is written into `U` in place. Nothing runs inside a compiled
+  loop or conditional, so on XLA:CPU convolutions stay fast (jax#12868) and are not grouped (a
+  vmapped convolution is a grouped one, several times slower).
+- `"loop"`: one jitted per-client program (steps unrolled) called from a host loop, on the same
+  per-client layout.
+
+`"auto"` is resolved before anything runs by a fixed rule of the backend and the model
+(`resolve_auto`: no timing, so one config gives one strategy, hence one set of numbers, on any
+machine load); `measure_strategies` / `choose_strategy` time the candidates instead, as an explicit
+opt-in.
+
+Builders:
+
+- `make_client_updates(model, cfg, strategy)`: the host-loop strategies ("steps", "loop") on a
+  per-client layout `(batch_idx, batch_mask)` (what `training.round.make_host_round` calls);
+- `make_plan_updates(model, cfg, strategy, batch_size=...)`: any strategy on a `ClientBatches` (one
+  run's round outside the simulation: benchmarks, tests).
 
 Nothing recompiles across rounds: all per-round inputs are arrays of fixed shape and dtype.
 """
@@ -132,14 +141,81 @@ def strategy_lanes(strategy: str, steps_per_round: np.ndarray, n: int, lanes: in
 
 
 # ---------------------------------------------------------------------------------------------
-# Choosing by measurement.
+# Choosing: a fixed rule ("auto"), and measurement as an explicit opt-in.
+
+HOST_STRATEGIES = ("steps", "loop")
+_ACCELERATORS = ("gpu", "cuda", "rocm", "tpu")
+
+
+def resolve_auto(*, platform: str, model: str, d: int, input_size: int, batch_size: int, lanes: int) -> str:
+    """The strategy `strategy="auto"` runs: a fixed rule of the backend and the model, no timing.
+
+    The same config therefore gets the same strategy, hence the same numbers (strategies agree only
+    to float rounding), on any machine and under any load, and a resumed run never switches.
+
+    The rule, from the committed measurements (`python -m experiments.bench_strategies`):
+
+    * an accelerator (`platform` "gpu", "cuda", "rocm", "tpu"): "packed". On an H200
+      (experiments/results/bench_strategies_gpu.md) packed took 277 ms a round for AlexNet-CIFAR
+      against 405 ms for "steps" and 470 ms for "vmap"; for the Fashion-MNIST MLP 15.8 ms against
+      374 ms for "steps" ("vmap" 13.5 ms, within 1.2x: not a clear win, and "packed" is the path
+      that bounds device memory by the lanes). TPUs are not measured; they get the one-program
+      path for the same reason as GPUs (a dispatch per step costs more than a step).
+    * a CPU and a model without convolutions: "packed" (bench_strategies_cpu.md: digits MLP 6.2 ms
+      against 10.3 ms "steps" and 9.8 ms "vmap"; Fashion-MNIST MLP 375 ms against 452 ms "steps").
+    * a CPU and a convolutional model: "steps". In every convolutional case of
+      bench_strategies_cpu.md (small CNN on digits and Fashion-MNIST, FEMNIST CNN at B = 32 and 128,
+      LEAF CNN) "steps" was the fastest or within 1.02x of it ("loop" at FEMNIST CNN B = 128), and
+      the one-program layouts 2-11x slower (vmapped convolutions in a compiled loop, jax#12868):
+      digits small CNN "packed" 1557 ms against 353 ms "steps" (4.4x), "vmap" 7.7x; per lane step
+      "packed" cost 6.9x and 10.9x a single step for the small CNN on Fashion-MNIST and the FEMNIST
+      CNN (`_per_step_times`, 2-core CPU, loaded).
+
+    `d`, `input_size`, `batch_size` and `lanes` are the shapes a finer rule would read; in the
+    measured range (d 9,610 to 6.6M, 64 to 3,072 input values, B 32 to 128, 2 to 25 lanes) no
+    winner changed with them, so this rule does not use them yet (they are checked, and part of
+    the signature so that a refined table needs no change in callers).
+
+    Args:
+      platform: the backend the run uses (`jax.default_backend()`: "cpu", "gpu", "tpu"; "cuda",
+        "rocm" are read as "gpu").
+      model: a registered model name (`strike_jax.models.names()`).
+      d: parameters (and BatchNorm statistics) of the model, >= 1.
+      input_size: values per example (H * W * C), >= 1.
+      batch_size: B, >= 1.
+      lanes: the packed layout's lanes, >= 1.
+
+    Returns:
+      "packed" or "steps".
+
+    Raises:
+      ValueError: one line naming the bad value and what is allowed.
+    """
+    from strike_jax import models
+
+    if not isinstance(platform, str) or platform.lower() not in ("cpu",) + _ACCELERATORS:
+        raise ValueError(f"platform={platform!r} is not allowed; allowed: 'cpu', "
+                         + ", ".join(map(repr, _ACCELERATORS)) + ".")
+    if model not in models.names():
+        raise ValueError(f"model={model!r} is not allowed; allowed: {', '.join(models.names())}.")
+    for name, value in (("d", d), ("input_size", input_size), ("batch_size", batch_size), ("lanes", lanes)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}={value!r} is not allowed; allowed: an integer >= 1.")
+    if platform.lower() in _ACCELERATORS:
+        return "packed"
+    # Building the spec traces nothing; "lax" skips the CPU convolution planner.
+    is_conv = models.get(model, 1, (8, 8, 1), conv_impl="lax").is_conv
+    return "steps" if is_conv else "packed"
+
 
 _MEASURED: dict[Any, dict[str, float]] = {}
 
 
 def measure_strategies(model, cfg: LocalConfig, x_train, y_train, *, batch_size: int, lanes: int,
                        lane_steps: int, total_steps: int, repeats: int = 3) -> dict[str, float]:
-    """Estimated seconds of one client round per candidate strategy, from a few timed steps.
+    """Estimated seconds of one client round per candidate strategy, from a few timed steps: the
+    explicit, machine- and load-dependent opt-in beside the fixed `resolve_auto` (a run that picks
+    by it should record the pick: its numbers depend on it).
 
     "packed": a loop of 3 steps of the lane-vmapped step (as the packed program runs them) scaled to
     `lane_steps`; "steps": single dispatched steps (as the host loop runs them) scaled to
@@ -198,12 +274,6 @@ def _per_step_times(model, cfg, x_train, y_train, batch_size, lanes, repeats) ->
     return {"packed": timed(lambda: loop(stacked)) / k, "steps": timed(steps_run) / k}
 
 
-def resolve_auto(*, platform: str, model: str, d: int, input_size: int, batch_size: int, lanes: int) -> str:
-    """TEMPORARY (replaced by the repro branch): the deterministic choice of "auto"."""
-    del platform, model, d, input_size, batch_size, lanes
-    return "packed"
-
-
 def choose_strategy(estimates: dict[str, float], *, prefer: str = "packed", slack: float = 1.1) -> str:
     """The strategy "auto" runs: the fastest measured one, except that the one-program `prefer`
     (no per-step dispatch, no schedule transfer, fused with the server step in a simulation) is kept
@@ -250,91 +320,99 @@ def _pow2(x: int) -> int:
 # Strategies.
 
 
-def make_client_updates(model, cfg: LocalConfig, strategy: str = "auto", *, lanes: int | None = None) -> ClientUpdates:
-    """Builds the function that trains all sampled clients from `variables` and returns their updates.
+def make_client_updates(model, cfg: LocalConfig, strategy: str = "steps") -> ClientUpdates:
+    """Builds a host-loop strategy: trains all sampled clients of a per-client layout from `variables`.
 
     Args:
       model: a `strike_jax.models.ModelSpec`.
       cfg: `LocalConfig`.
-      strategy: "auto", "packed", "vmap", "map", "steps" or "loop" (module docstring).
-      lanes: "packed" only: a fixed lane count (None: `choose_lanes`).
+      strategy: "steps" or "loop" (module docstring). The device strategies ("packed", "vmap",
+        "map") train inside one program from the plan itself: `make_plan_updates`, or the
+        simulation's round (`training.round.make_device_train`); "auto" is resolved by the caller
+        (`resolve_auto`).
 
     Returns:
       `client_updates(variables, x_train, y_train, batch_idx, batch_mask, flip=None, hp=None) -> (U, stats)`:
       `variables` the global model; `x_train` `[N, H, W, C]`, `y_train` `[N]` (pass device arrays);
-      `batch_idx` `[n, S, B]` int; `batch_mask` `[n, S, B]` bool; `flip` `[n]` bool (LabelFlip
-      clients) or None; `hp` a `LocalHparams` of (traced) optimizer numbers replacing `cfg`'s (one
-      compiled program serves every value). A step without a real example is padding; a client's
-      real steps run in order. `U` `[n, d]` float32; `stats` a `LocalStats` of `[n]` arrays.
-      `client_updates.strategy` is the strategy used ("auto" resolves at the first call and keeps it).
+      `batch_idx` `[n, S, B]` int and `batch_mask` `[n, S, B]` bool, the round's plan in the
+      per-client layout (`schedule.padded_schedule`); `flip` `[n]` bool (LabelFlip clients) or None;
+      `hp` a `LocalHparams` of (traced) optimizer numbers replacing `cfg`'s (one compiled program
+      serves every value). A step without a real example is padding; a client's real steps run in
+      order. `U` `[n, d]` float32; `stats` a `LocalStats` of `[n]` arrays. `client_updates.strategy`
+      is the strategy.
     """
-    if strategy != "auto" and strategy not in STRATEGIES:
-        raise ValueError(f"strategy={strategy!r}; allowed: 'auto', {', '.join(map(repr, STRATEGIES))}.")
-    if lanes is not None and not (isinstance(lanes, int) and lanes >= 1):
-        raise ValueError(f"lanes={lanes!r} must be an int >= 1 or None.")
-    if strategy == "auto":
-        return _make_auto(model, cfg, lanes)
-    if strategy == "steps":
-        fn = _make_steps_strategy(model, cfg)
-    elif strategy == "loop":
-        fn = _make_loop_strategy(model, cfg)
-    else:
-        fn = _make_packed_strategy(model, cfg, strategy, lanes)
+    if strategy not in HOST_STRATEGIES:
+        raise ValueError(f"strategy={strategy!r} is not allowed here; allowed: "
+                         f"{', '.join(map(repr, HOST_STRATEGIES))} (the device strategies "
+                         f"{', '.join(map(repr, DEVICE_STRATEGIES))} train from the plan: make_plan_updates; "
+                         "'auto': resolve_auto).")
+    fn = _make_steps_strategy(model, cfg) if strategy == "steps" else _make_loop_strategy(model, cfg)
     fn.strategy = strategy
     return fn
 
 
-def _make_auto(model, cfg, lanes) -> ClientUpdates:
-    chosen: dict[str, Any] = {}
+def make_plan_updates(model, cfg: LocalConfig, strategy: str, *, batch_size: int,
+                      lanes: int | None = None) -> Callable:
+    """Builds any strategy on one run's round plan (a `schedule.ClientBatches`).
 
-    def client_updates(variables, x_train, y_train, batch_idx, batch_mask, flip=None, hp=None):
-        if "fn" not in chosen:
-            idx, mask, _ = _prepare(batch_idx, batch_mask, flip)
-            steps = mask.any(axis=2).sum(axis=1)[None, :]
-            L, T, _ = choose_lanes(steps, idx.shape[0], lanes)
-            est = measure_strategies(model, cfg, x_train, y_train, batch_size=idx.shape[2], lanes=L, lane_steps=T,
-                                     total_steps=int(steps.sum()))
-            name = choose_strategy(est)
-            chosen["fn"] = make_client_updates(model, cfg, name, lanes=lanes)
-            client_updates.strategy = name
-            client_updates.estimates = est
-        return chosen["fn"](variables, x_train, y_train, batch_idx, batch_mask, flip, hp)
+    The device strategies pack the plan into lanes on the device (`schedule.lane_schedule`, the
+    simulation's layout: "packed" `choose_lanes`, "vmap" one lane per client, "map" one lane); the
+    host-loop strategies train its per-client layout (`schedule.padded_schedule`). Every strategy
+    sees the same batches in the same order, so they agree up to float rounding.
 
-    client_updates.strategy = "auto"
-    return client_updates
+    Args:
+      model, cfg: as `make_client_updates`.
+      strategy: one of `STRATEGIES`.
+      batch_size: B of the plan (static).
+      lanes: "packed" only: a fixed lane count (None: `choose_lanes`).
 
+    Returns:
+      `updates(variables, x_train, y_train, cb, flip=None, hp=None) -> (U [n, d], LocalStats of [n])`,
+      `cb` the round's `ClientBatches` (`schedule.client_batches`), `flip` `[n]` bool or None.
+      Capacities (lane steps, padded steps) are rounded up to powers of two, so rounds of one
+      partition rarely recompile. `updates.strategy` is the strategy.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy={strategy!r} is not allowed; allowed: {', '.join(map(repr, STRATEGIES))}.")
+    if lanes is not None and (isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1):
+        raise ValueError(f"lanes={lanes!r} is not allowed; allowed: an integer >= 1 or None.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is not allowed; allowed: an integer >= 1.")
 
-def _make_packed_strategy(model, cfg: LocalConfig, strategy: str, lanes: int | None) -> ClientUpdates:
-    """"packed" / "vmap" / "map" over a per-client padded schedule: the plan is made on the host
-    (each client's real steps, compacted to the front), the training is one jitted program."""
+    def _flip(cb, flip):
+        return jnp.zeros(cb.clients.shape, bool) if flip is None else jnp.asarray(flip, bool)
+
+    if strategy in HOST_STRATEGIES:
+        host = make_client_updates(model, cfg, strategy)
+        padded = jax.jit(schedule.padded_schedule, static_argnames=("batch_size", "num_steps"))
+
+        def updates(variables, x_train, y_train, cb, flip=None, hp=None):
+            S = _pow2(int(jax.device_get(cb.steps).max(initial=1)))
+            idx, mask = padded(cb, batch_size=batch_size, num_steps=S)
+            return host(variables, x_train, y_train, idx, mask, _flip(cb, flip), hp)
+
+        updates.strategy = strategy
+        return updates
+
     train = make_packed_train(model, cfg)
 
     @jax.jit
-    def run(variables, x_train, y_train, steps, order, batch_idx, batch_mask, flip, hp, lane_marker, cap_marker):
+    def run(variables, x_train, y_train, cb, flip, hp, lane_marker, cap_marker):
         L, T = lane_marker.shape[0], cap_marker.shape[0]
-        plan, makespan = schedule.pack_lanes(steps, L, T)
-        j = jnp.minimum(plan.slot, steps.shape[0] - 1)
-        s = order[j, plan.step]
-        idx = batch_idx[j, s]
-        mask = batch_mask[j, s] & (plan.slot < steps.shape[0])[..., None]
+        plan, makespan, idx, mask = schedule.lane_schedule(cb, lanes=L, lane_steps=T, batch_size=batch_size)
         one = lambda a: jnp.expand_dims(a, 0)  # noqa: E731 - a batch of one run
         U, stats = train(jax.tree_util.tree_map(one, variables), x_train, y_train, jax.tree_util.tree_map(one, plan),
                          one(idx), one(mask), one(flip), jax.tree_util.tree_map(one, hp), jnp.minimum(makespan, T))
         return U[0], jax.tree_util.tree_map(lambda a: a[0], stats)
 
-    def client_updates(variables, x_train, y_train, batch_idx, batch_mask, flip=None, hp=None):
-        idx, mask, flip = _prepare(batch_idx, batch_mask, flip)
-        n = idx.shape[0]
-        real = mask.any(axis=2)                                    # [n, S]
-        steps = real.sum(axis=1).astype(np.int32)
-        order = np.argsort(~real, axis=1, kind="stable").astype(np.int32)  # real steps first, in order
-        L, T, _ = strategy_lanes(strategy, steps[None], n, lanes)
-        # Capacity rounded up to a power of two: schedules of one shape rarely recompile.
-        return run(variables, jnp.asarray(x_train), jnp.asarray(y_train), jnp.asarray(steps), jnp.asarray(order),
-                   jnp.asarray(idx), jnp.asarray(mask), jnp.asarray(flip), cfg.hparams() if hp is None else hp,
-                   jnp.zeros((L,), bool), jnp.zeros((_pow2(T),), bool))
+    def updates(variables, x_train, y_train, cb, flip=None, hp=None):
+        steps = np.asarray(jax.device_get(cb.steps), np.int32)
+        L, T, _ = strategy_lanes(strategy, steps[None], steps.shape[0], lanes)
+        return run(variables, jnp.asarray(x_train), jnp.asarray(y_train), cb, _flip(cb, flip),
+                   cfg.hparams() if hp is None else hp, jnp.zeros((L,), bool), jnp.zeros((_pow2(T),), bool))
 
-    return client_updates
+    updates.strategy = strategy
+    return updates
 
 
 def _make_loop_strategy(model, cfg: LocalConfig) -> ClientUpdates:
