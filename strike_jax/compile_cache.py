@@ -7,7 +7,8 @@ each process of a multi-process sweep compiles the same programs again; with the
 read back instead. The cache is JAX's (`jax_compilation_cache_dir`): entries are keyed by the
 program, the jax/XLA version and the device, so a stale entry is never used.
 
-The strategy measurements of `auto` (`training.strategies.measure_strategies`) are kept beside it
+The strategy measurements of `strategy="measure"` (`training.strategies.measure_strategies`, the
+timing opt-in; `auto` is a fixed rule and times nothing) are kept beside it
 (`strategies.json`, keyed by the model, shapes, optimizer structure, backend, device and jax
 version), so that a second process on the same machine skips the calibration too.
 

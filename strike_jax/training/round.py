@@ -199,8 +199,8 @@ def make_device_train(model, local_cfg: LocalConfig, shape: RoundShape, unravel:
 
     def plan_one(consts_r: RunConsts, r):
         cb, byz = _plan(consts_r, r, shape)
-        plan, makespan = schedule.pack_lanes(cb.steps, shape.lanes, shape.lane_steps)
-        idx, mask = schedule.lane_batches(cb, plan, batch_size=shape.batch_size, slots=shape.batch_slots)
+        plan, makespan, idx, mask = schedule.lane_schedule(cb, lanes=shape.lanes, lane_steps=shape.lane_steps,
+                                                           batch_size=shape.batch_size, slots=shape.batch_slots)
         return plan, makespan, idx, mask, byz, cb.clients
 
     def train_round(w, rounds, consts: RunConsts, x_train, y_train):
@@ -233,8 +233,8 @@ def _make_sharded_train(model, local_cfg: LocalConfig, shape: RoundShape, unrave
         cb = schedule.client_orders(consts_r.index, consts_r.counts, mine, consts_r.seed, r,
                                     batch_size=shape.batch_size, local_epochs=shape.local_epochs,
                                     max_samples=shape.max_samples, valid=valid)
-        plan, makespan = schedule.pack_lanes(cb.steps, shape.lanes, shape.lane_steps)
-        idx, mask = schedule.lane_batches(cb, plan, batch_size=shape.batch_size, slots=shape.batch_slots)
+        plan, makespan, idx, mask = schedule.lane_schedule(cb, lanes=shape.lanes, lane_steps=shape.lane_steps,
+                                                           batch_size=shape.batch_size, slots=shape.batch_slots)
         byz = (mine < consts_r.num_byzantine) & valid
         if shape.root:  # the root set is trained but never Byzantine
             byz = byz & (dev * b + jnp.arange(b) < shape.per_round)
