@@ -118,7 +118,7 @@ def resolve_strategy(config: Config, *, d: int, input_size: int, recorded: str |
     if config.strategy == "measure":
         return "measure"  # resolved by timing when the batch is built (`programs.build_programs`)
     return training.resolve_auto(platform=jax.default_backend(), model=config.model, d=d, input_size=input_size,
-                                 batch_size=config.batch_size, lanes=config.lanes or 0)
+                                 batch_size=config.batch_size, lanes=config.lanes or 1)
 
 
 def prepare(run: Run, settings: Settings) -> None:
