@@ -36,6 +36,7 @@ DISPLAY = {
     "multikrum": "Multi-Krum", "median": "Median", "rfa": "RFA", "aksel": "Aksel", "cclip": "CClip",
     "dnc": "DnC", "rbtm": "RBTM", "trmean": "TrMean", "mean": "Mean", "krum": "Krum", "bulyan": "Bulyan",
     "gradient": "Gradient", "opt_lie": "Opt-LIE", "opt_ipm": "Opt-IPM",
+    "gas": "GAS", "uniformity": "Uniformity", "strike_diverse": "STRIKE (diverse)",
     "nonfinite": "NonFinite", "gaussian": "Gaussian", "signflip": "SignFlip", "fang": "Fang",
     "agr_tailored": "AGR-tailored", "meamed": "MeaMed", "monna": "MoNNA", "mda": "MDA", "smea": "SMEA",
     "caf": "CAF", "signguard": "SignGuard", "clippedclustering": "ClippedClustering", "fltrust": "FLTrust",
@@ -45,7 +46,8 @@ DISPLAY = {
 # Fixed colours so an attack looks the same in every figure; STRIKE stands out.
 COLORS = {"bitflip": "tab:blue", "lie": "tab:orange", "ipm": "tab:green", "minmax": "tab:purple",
           "minsum": "tab:brown", "mimic": "tab:gray", "labelflip": "tab:olive", "strike": "crimson",
-          "none": "black", "gradient": "darkred", "opt_lie": "tab:pink", "opt_ipm": "tab:cyan"}
+          "none": "black", "gradient": "darkred", "opt_lie": "tab:pink", "opt_ipm": "tab:cyan",
+          "strike_diverse": "salmon"}
 
 CELLS_NOTE = ("Cells: best test accuracy over the rounds (%), mean ± std over seeds (one seed: its value); "
               "lower = stronger attack; † = some seeds diverged (non-finite aggregate).")

@@ -41,8 +41,9 @@ Array = jax.Array
 KINDS = registry.KINDS
 
 _ORDER = {"attack": 0, "preaggregator": 1, "rule": 2}
-# SPEC §7: NNM is applied before bucketing when both are on.
-_PREAGG_ORDER = {"nnm": 0, "bucketing": 1}
+# SPEC §7: NNM is applied before bucketing when both are on. The uniformity filter (issue 23) sees
+# the raw rows first: NNM and bucketing blend rows and would hide the duplicates it looks for.
+_PREAGG_ORDER = {"uniformity": -1, "nnm": 0, "bucketing": 1}
 #: `info` flags a chain has when any of its stages has them.
 _ANY_FLAGS = ("stateful", "needs_key", "needs_clients", "needs_root_update")
 
@@ -225,7 +226,8 @@ def chain(*stages: Any) -> Stage:
     pre = [s.name for s in flat if s.kind == "preaggregator"]
     order = [_PREAGG_ORDER.get(p, 0) for p in pre]
     if order != sorted(order):
-        raise ValueError(f"chain: pre-aggregators must run NNM before bucketing (bucketing last); got {pre}.")
+        raise ValueError(f"chain: pre-aggregators must run uniformity first and NNM before bucketing (bucketing "
+                         f"last); got {pre}.")
     if len(flat) == 1:
         return flat[0]
     has_attack = flat[0].kind == "attack"
