@@ -21,8 +21,9 @@ def test_listing_is_the_packages_modules_and_resolves_lazily():
     on_disk = {m.name for m in pkgutil.iter_modules(strike_jax.__path__)}
     assert set(strike_jax._SUBMODULES) == on_disk  # a new module must be listed (dir, lazy access)
     assert set(strike_jax._SUBMODULES) <= set(dir(strike_jax)) and set(strike_jax.__all__) <= set(dir(strike_jax))
-    for name, module in strike_jax._ATTRIBUTES.items():
-        assert getattr(strike_jax, name) is getattr(importlib.import_module(module), name), name
+    for name, where in strike_jax._ATTRIBUTES.items():
+        module, _, attr = where.partition(":")  # "module:attribute" where the names differ
+        assert getattr(strike_jax, name) is getattr(importlib.import_module(module), attr or name), name
     assert strike_jax.simulation is importlib.import_module("strike_jax.simulation")
     with pytest.raises(AttributeError, match="has no attribute 'simulat'"):
         strike_jax.simulat  # noqa: B018

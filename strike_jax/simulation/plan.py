@@ -104,7 +104,8 @@ def lane_capacity_bound(table, config: Config, rows: int, lanes: int) -> int:
     return int(-(-int(steps[:b].sum()) // lanes) + int(steps[0]))
 
 
-def resolve_strategy(config: Config, *, d: int, input_size: int, recorded: str | None = None) -> str:
+def resolve_strategy(config: Config, *, d: int, input_size: int, is_conv: bool,
+                     recorded: str | None = None) -> str:
     """The run's training strategy: the config's, or for "auto" a deterministic choice from the
     model, shapes and platform (`training.resolve_auto`), never a timing; a resumed run keeps the
     strategy recorded in its checkpoint. "measure" times the candidates (an explicit opt-in whose
@@ -118,7 +119,7 @@ def resolve_strategy(config: Config, *, d: int, input_size: int, recorded: str |
     if config.strategy == "measure":
         return "measure"  # resolved by timing when the batch is built (`programs.build_programs`)
     return training.resolve_auto(platform=jax.default_backend(), model=config.model, d=d, input_size=input_size,
-                                 batch_size=config.batch_size, lanes=config.lanes or 1)
+                                 batch_size=config.batch_size, lanes=config.lanes or 1, is_conv=is_conv)
 
 
 def prepare(run: Run, settings: Settings) -> None:
@@ -141,7 +142,8 @@ def prepare(run: Run, settings: Settings) -> None:
     if meta is not None and cfg.differences(meta["config"], ignore=("rounds",)):
         meta = None  # another config's checkpoint: refused when the batch restores it
     input_size = int(np.prod(ds.x_train.shape[1:]))
-    run.strategy = resolve_strategy(cfg, d=d, input_size=input_size, recorded=meta and meta.get("strategy"))
+    run.strategy = resolve_strategy(cfg, d=d, input_size=input_size, is_conv=bool(model.is_conv),
+                                    recorded=meta and meta.get("strategy"))
     if meta is not None and meta.get("lanes") is not None:
         run.lanes = int(meta["lanes"])  # a resumed run keeps its lanes
         return

@@ -147,7 +147,8 @@ HOST_STRATEGIES = ("steps", "loop")
 _ACCELERATORS = ("gpu", "cuda", "rocm", "tpu")
 
 
-def resolve_auto(*, platform: str, model: str, d: int, input_size: int, batch_size: int, lanes: int) -> str:
+def resolve_auto(*, platform: str, model: str, d: int, input_size: int, batch_size: int, lanes: int,
+                 is_conv: bool | None = None) -> str:
     """The strategy `strategy="auto"` runs: a fixed rule of the backend and the model, no timing.
 
     The same config therefore gets the same strategy, hence the same numbers (strategies agree only
@@ -179,7 +180,7 @@ def resolve_auto(*, platform: str, model: str, d: int, input_size: int, batch_si
     Args:
       platform: the backend the run uses (`jax.default_backend()`: "cpu", "gpu", "tpu"; "cuda",
         "rocm" are read as "gpu").
-      model: a registered model name (`strike_jax.models.names()`).
+      model: a registered model name (`strike_jax.models.names()`), unless `is_conv` is given.
       d: parameters (and BatchNorm statistics) of the model, >= 1.
       input_size: values per example (H * W * C), >= 1.
       batch_size: B, >= 1.
@@ -196,15 +197,16 @@ def resolve_auto(*, platform: str, model: str, d: int, input_size: int, batch_si
     if not isinstance(platform, str) or platform.lower() not in ("cpu",) + _ACCELERATORS:
         raise ValueError(f"platform={platform!r} is not allowed; allowed: 'cpu', "
                          + ", ".join(map(repr, _ACCELERATORS)) + ".")
-    if model not in models.names():
+    # is_conv: whether the model has convolutions (a user's model passes its spec's `is_conv`).
+    if is_conv is None and model not in models.names():
         raise ValueError(f"model={model!r} is not allowed; allowed: {', '.join(models.names())}.")
     for name, value in (("d", d), ("input_size", input_size), ("batch_size", batch_size), ("lanes", lanes)):
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name}={value!r} is not allowed; allowed: an integer >= 1.")
     if platform.lower() in _ACCELERATORS:
         return "packed"
-    # Building the spec traces nothing; "lax" skips the CPU convolution planner.
-    is_conv = models.get(model, 1, (8, 8, 1), conv_impl="lax").is_conv
+    if is_conv is None:  # building the spec traces nothing; "lax" skips the CPU convolution planner
+        is_conv = models.get(model, 1, (8, 8, 1), conv_impl="lax").is_conv
     return "steps" if is_conv else "packed"
 
 
