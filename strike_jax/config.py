@@ -254,7 +254,7 @@ class Config:
         `momentum` as the workers' `b` and ignores `lr`, `weight_decay` and `clip_norm`.
       local_steps: mini-batch steps each client takes per round instead of `local_epochs` epochs
         (its batches continue through fresh epochs of its data; a client without data takes none).
-        DSGD: 1 (its default; the only value it allows).
+        DSGD: 1 (None becomes 1; the only value it allows).
       server_lr, server_weight_decay: the DSGD server's SGD step size and weight decay.
       lr_milestones, lr_decay: the DSGD server's step size is `server_lr * lr_decay ** k` in a round
         `t` with `k` milestones `<= t` (PyTorch's `MultiStepLR`, stepped once per round).
@@ -316,6 +316,8 @@ class Config:
         for name in MAPPING_FIELDS:
             object.__setattr__(self, name, _freeze(getattr(self, name)))
         self._normalize_hparams()
+        if self.algorithm == "dsgd" and self.local_steps is None:  # one gradient a round: the same run
+            object.__setattr__(self, "local_steps", 1)
         self.validate()
 
     def _normalize_hparams(self) -> None:

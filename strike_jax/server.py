@@ -1,4 +1,6 @@
-"""The server half of a round (SPEC §2 steps 3-4): attack, pre-aggregation, rule, `w += g`, metrics.
+"""The server half of a round (SPEC §2 steps 3-4): attack, pre-aggregation, rule, `w += g`, metrics
+(DSGD, `Config.algorithm="dsgd"`: the worker momenta are updated and sent, and the server steps
+`w <- w - lr_t (g + wd w)`; see `_server`).
 
 The server pipeline is one `stages.chain(attack, nnm, bucketing, rule)`; a round of one run is
 `server_step`, a round of a batch of runs `make_device_server` (the step vmapped over the run axis

@@ -150,6 +150,12 @@ class BatchPrograms(NamedTuple):
     device: bool
 
 
+def train_consts(consts: round_lib.RunConsts) -> round_lib.RunConsts:
+    """What the train program reads of the consts: not the server's numbers (whose milestones'
+    width may differ between program groups that share a train program)."""
+    return consts._replace(server=None)
+
+
 def program_keys(batch) -> dict[str, ProgramKey]:
     """The keys of a batch's programs (the one place they are built)."""
     cfg = batch.cfg
@@ -177,7 +183,7 @@ def submit_programs(batch, cache: ProgramCache) -> dict[str, ProgramKey]:
     if batch.device and batch.mesh is None:
         train = round_lib.make_device_train(batch.model, batch.local_cfg, batch.shape, batch.unravel,
                                             flip_byzantine=batch.flip, mesh=batch.mesh)
-        train_args = (batch.state.w, batch.state.round, batch.consts, batch.x_train, batch.y_train)
+        train_args = (batch.state.w, batch.state.round, train_consts(batch.consts), batch.x_train, batch.y_train)
         if keys["train"] not in cache:
             cache.submit(keys["train"], lambda: _aot(train, *train_args))
         if keys["server"] not in cache:
@@ -213,12 +219,12 @@ def batch_programs(batch, cache: ProgramCache) -> BatchPrograms:
         train, srv, ev = cache.get(keys["train"]), cache.get(keys["server"]), cache.get(keys["eval"])
     if batch.device:
         def round_step(state, consts, x_train, y_train):
-            t = train(state.w, state.round, consts, x_train, y_train)
+            t = train(state.w, state.round, train_consts(consts), x_train, y_train)
             return (*srv(state, consts.seed, consts.end_round, consts.server, t, pair), None)
 
         def timed_round_step(state, consts, x_train, y_train):
             t0 = time.perf_counter()
-            t = jax.block_until_ready(train(state.w, state.round, consts, x_train, y_train))
+            t = jax.block_until_ready(train(state.w, state.round, train_consts(consts), x_train, y_train))
             t1 = time.perf_counter()
             new, out = jax.block_until_ready(srv(state, consts.seed, consts.end_round, consts.server, t, pair))
             return new, out, (t1 - t0, time.perf_counter() - t1)
