@@ -93,6 +93,11 @@ def test_dsgd_equals_the_float64_reference(tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=f"rows sent in round {r}")
     np.testing.assert_allclose(m, m_ref, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(w, w_ref, rtol=1e-4, atol=1e-6)
+    # The host loop's strategy (per-client training, the same server program) too.
+    simulate(cfg.replace(strategy="steps"), run_dir=str(tmp_path / "steps"))
+    w_steps, m_steps = final_state(str(tmp_path / "steps"))
+    np.testing.assert_allclose(m_steps, m_ref, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(w_steps, w_ref, rtol=1e-4, atol=1e-6)
     # The momentum persists: a client sampled in rounds 0 and 1 sends b m + (1 - b) g_1, far from the
     # (1 - b) g_1 of a momentum reset every round.
     both = sorted(set(grads[0]) & set(grads[1]))
