@@ -261,6 +261,8 @@ def test_options_offer_the_new_fields():
     assert (cfg.algorithm, cfg.lr_milestones, cfg.byzantine_data, cfg.tolerated_f, cfg.server_lr,
             cfg.data_seed) == ("dsgd", (3, 5), False, 1, 0.5, 4)
     assert Config.from_dict(cfg.to_dict()) == cfg
+    assert options.parse_set("lr_milestones=10,20") == ("lr_milestones", (10, 20))
+    assert options.parse_grid("lr_milestones=10+20,none").values == ((10, 20), ())
 
 
 def test_dsgd_takes_one_step_a_round():
