@@ -251,7 +251,10 @@ class Config:
         et al. 2021, ByzFL: each sampled client computes one mini-batch gradient `g_i` at the global
         model per round, keeps `m_i <- b m_i + (1 - b) g_i` across rounds (`b = momentum`) and sends
         `m_i`; the server steps `w <- w - lr_t (aggregate + server_weight_decay * w)`). DSGD uses
-        `momentum` as the workers' `b` and ignores `lr`, `weight_decay` and `clip_norm`.
+        `momentum` as the workers' `b` and ignores `lr`, `weight_decay` and `clip_norm`. A model's
+        BatchNorm statistics are columns of the row like its parameters (a client's row holds
+        `old - new` statistics after its step, the server steps them like the parameters, weight
+        decay included).
       local_steps: mini-batch steps each client takes per round instead of `local_epochs` epochs
         (its batches continue through fresh epochs of its data; a client without data takes none).
         DSGD: 1 (None becomes 1; the only value it allows).
