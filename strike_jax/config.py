@@ -15,6 +15,7 @@ import collections.abc
 import dataclasses
 import functools
 import json
+import math
 import numbers
 import os
 import types
@@ -24,6 +25,7 @@ from typing import Any, Mapping, NamedTuple
 from strike_jax.errors import InputError
 
 PARTITIONS = ("dirichlet", "iid", "natural")
+ALGORITHMS = ("fedavg", "dsgd")
 MAPPING_FIELDS = ("dataset_params", "attack_params", "defence_params", "preaggregation_params")
 
 
@@ -109,11 +111,12 @@ def _normalize_dataset_params(dataset: str, params: Mapping[str, Any]) -> dict[s
 
 
 class FieldType(NamedTuple):
-    """The type of a `Config` field: `base` is int, float, bool, str, tuple (of names) or dict (a
-    mapping); `optional` when None is allowed."""
+    """The type of a `Config` field: `base` is int, float, bool, str, tuple (of names, or of
+    integers when `item` is int) or dict (a mapping); `optional` when None is allowed."""
 
     base: type
     optional: bool
+    item: type | None = None
 
 
 @functools.lru_cache(maxsize=None)
@@ -126,7 +129,10 @@ def _field_types() -> dict[str, FieldType]:
         base = typing.get_origin(inner[0]) or inner[0]
         if base in (Mapping, collections.abc.Mapping):
             base = dict
-        out[name] = FieldType(base, optional)
+        item = None
+        if base is tuple:
+            item = typing.get_args(inner[0])[0] if typing.get_args(inner[0]) else str
+        out[name] = FieldType(base, optional, item)
     return out
 
 
@@ -143,7 +149,8 @@ _NEEDS = {int: "an integer", float: "a number", bool: "True or False", str: "a s
 def field_need(name: str) -> str:
     """What a field needs, in words ("an integer or None")."""
     ft = _field_types()[name]
-    return _NEEDS[ft.base] + (" or None" if ft.optional else "")
+    need = "a comma-separated list of integers" if ft.item is int else _NEEDS[ft.base]
+    return need + (" or None" if ft.optional else "")
 
 
 def check_field(name: str, value: Any) -> Any:
@@ -174,6 +181,10 @@ def check_field(name: str, value: Any) -> Any:
         if name == "data_dir" and isinstance(value, os.PathLike):
             value = os.fspath(value)
         ok = isinstance(value, str)
+    elif ft.base is tuple and ft.item is int:
+        ok = isinstance(value, (tuple, list)) and all(isinstance(v, numbers.Integral) and _is_number(v)
+                                                      for v in value)
+        value = tuple(int(v) for v in value) if ok else value
     elif ft.base is tuple:
         ok = isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value)
         value = tuple(value) if ok else value
@@ -235,6 +246,27 @@ class Config:
         trains its own block of the round's clients, and the server step runs on the sharded
         update matrix (`strike_jax.training.round`). 1: one device, as before. Results equal the
         one-device run up to float rounding. `lanes` is then per device; device strategies only.
+      algorithm: "fedavg" (SPEC §2: clients train locally from the global model, the server adds
+        the aggregate of their updates) or "dsgd" (distributed SGD with worker momentum, Karimireddy
+        et al. 2021, ByzFL: each sampled client computes one mini-batch gradient `g_i` at the global
+        model per round, keeps `m_i <- b m_i + (1 - b) g_i` across rounds (`b = momentum`) and sends
+        `m_i`; the server steps `w <- w - lr_t (aggregate + server_weight_decay * w)`). DSGD uses
+        `momentum` as the workers' `b` and ignores `lr`, `weight_decay` and `clip_norm`. A model's
+        BatchNorm statistics are columns of the row like its parameters (a client's row holds
+        `old - new` statistics after its step, the server steps them like the parameters, weight
+        decay included).
+      local_steps: mini-batch steps each client takes per round instead of `local_epochs` epochs
+        (its batches continue through fresh epochs of its data; a client without data takes none).
+        DSGD: 1 (None becomes 1; the only value it allows).
+      server_lr, server_weight_decay: the DSGD server's SGD step size and weight decay.
+      lr_milestones, lr_decay: the DSGD server's step size is `server_lr * lr_decay ** k` in a round
+        `t` with `k` milestones `<= t` (PyTorch's `MultiStepLR`, stepped once per round).
+      tolerated_f: the Byzantine count the pre-aggregators and rule are told (and checked against
+        their limit instead of the real one); None: the real count. The attack always knows the real
+        one. Under partial participation the rules get this fixed number every round.
+      data_seed: the seed of the data split (partition, root set); None: `seed`.
+      byzantine_data: False: the Byzantine clients `0 .. f-1` hold no data and only the honest
+        clients are partitioned (ByzFL's setting); needs an attack that does not train on data.
     """
 
     dataset: str = "digits"
@@ -268,6 +300,15 @@ class Config:
     allow_beyond_breakdown: bool = False
     root_samples: int = 100
     num_devices: int = 1
+    algorithm: str = "fedavg"
+    local_steps: int | None = None
+    server_lr: float = 1.0
+    server_weight_decay: float = 0.0
+    lr_milestones: tuple[int, ...] = ()
+    lr_decay: float = 0.1
+    tolerated_f: int | None = None
+    data_seed: int | None = None
+    byzantine_data: bool = True
 
     def __post_init__(self):
         # Normalise every field so that configs compare, hash and serialise the same whatever the
@@ -278,6 +319,8 @@ class Config:
         for name in MAPPING_FIELDS:
             object.__setattr__(self, name, _freeze(getattr(self, name)))
         self._normalize_hparams()
+        if self.algorithm == "dsgd" and self.local_steps is None:  # one gradient a round: the same run
+            object.__setattr__(self, "local_steps", 1)
         self.validate()
 
     def _normalize_hparams(self) -> None:
@@ -361,6 +404,39 @@ class Config:
             bad("root_samples", self.root_samples, "need an int >= 1")
         if self.num_devices < 1:
             bad("num_devices", self.num_devices, "need an int >= 1")
+        if self.algorithm not in ALGORITHMS:
+            bad("algorithm", self.algorithm, f"allowed: {', '.join(ALGORITHMS)}")
+        if self.local_steps is not None and self.local_steps < 1:
+            bad("local_steps", self.local_steps, "need an int >= 1 or None (local_epochs epochs)")
+        if self.local_steps is not None and self.local_epochs != 1:
+            bad("local_epochs", self.local_epochs, f"local_steps={self.local_steps} replaces the epochs: allowed "
+                "only local_epochs=1 with local_steps")
+        if self.algorithm == "dsgd" and self.local_steps not in (None, 1):
+            bad("local_steps", self.local_steps, "algorithm='dsgd' takes one gradient per round: allowed 1 or None")
+        if not (self.server_lr > 0 and math.isfinite(self.server_lr)):
+            bad("server_lr", self.server_lr, "need a finite number > 0")
+        if not (self.server_weight_decay >= 0 and math.isfinite(self.server_weight_decay)):
+            bad("server_weight_decay", self.server_weight_decay, "need a finite number >= 0")
+        if not 0 < self.lr_decay <= 1:
+            bad("lr_decay", self.lr_decay, "need 0 < lr_decay <= 1")
+        if any(m < 1 for m in self.lr_milestones) or list(self.lr_milestones) != sorted(set(self.lr_milestones)):
+            bad("lr_milestones", self.lr_milestones, "need increasing rounds >= 1")
+        if self.algorithm == "fedavg":
+            for name, default in (("server_lr", 1.0), ("server_weight_decay", 0.0), ("lr_milestones", ())):
+                if getattr(self, name) != default:
+                    bad(name, getattr(self, name), f"the server optimizer is DSGD's: allowed only {default!r} "
+                        "with algorithm='fedavg'")
+        if self.tolerated_f is not None and not 0 <= self.tolerated_f < self.clients_per_round:
+            bad("tolerated_f", self.tolerated_f, f"need 0 <= tolerated_f < clients_per_round="
+                f"{self.clients_per_round} or None (the real count)")
+        if self.data_seed is not None and self.data_seed < 0:
+            bad("data_seed", self.data_seed, "need an int >= 0 or None (seed)")
+        if not self.byzantine_data and self.num_byzantine >= self.num_clients:
+            bad("byzantine_data", self.byzantine_data, "with no data for the Byzantine clients at least one "
+                "honest client must remain")
+        if not self.byzantine_data and self.attack == "none" and self.num_byzantine > 0:
+            bad("byzantine_data", self.byzantine_data, "without an attack the clients 0 .. f-1 are honest and "
+                "need data: allowed only with an attack (or byzantine_ratio=0)")
         if self.num_devices > 1 and self.strategy in ("steps", "loop"):
             bad("strategy", self.strategy, f"num_devices={self.num_devices} runs on the device path: allowed "
                 "'auto', 'packed', 'vmap' or 'map'")

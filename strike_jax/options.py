@@ -33,7 +33,7 @@ import itertools
 import re
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
-from strike_jax.config import STRATEGIES, PARTITIONS, Config, check_field, field_need, field_types
+from strike_jax.config import ALGORITHMS, STRATEGIES, PARTITIONS, Config, check_field, field_need, field_types
 from strike_jax.errors import InputError
 
 #: Fields with their own spelling on the command line (others: `--field-name`).
@@ -42,7 +42,7 @@ FLAGS = {"preaggregation": "--preagg", "defence": "--defence"}
 #: that `--clip-norm None` (set to None) differs from no `--clip-norm` (the preset's value).
 UNSET = argparse.SUPPRESS
 #: String fields offered as argparse choices (the others' names are checked by their type).
-CHOICE_FIELDS = ("dataset", "model", "partition", "strategy")
+CHOICE_FIELDS = ("dataset", "model", "partition", "strategy", "algorithm")
 #: Mapping fields and their KEY=VALUE option.
 PARAM_FLAGS = {"attack_params": "--attack-param", "defence_params": "--defence-param",
                "dataset_params": "--dataset-param", "preaggregation_params": "--preagg-param"}
@@ -83,7 +83,7 @@ def allowed_names(field: str) -> tuple[str, ...] | None:
         from strike_jax import models
 
         return models.names()
-    return {"partition": PARTITIONS, "strategy": STRATEGIES}.get(field)
+    return {"partition": PARTITIONS, "strategy": STRATEGIES, "algorithm": ALGORITHMS}.get(field)
 
 
 _LABEL = {"defence": "defence", "attack": "attack", "preaggregation": "pre-aggregator", "dataset": "data set"}
@@ -117,7 +117,9 @@ def coerce_field(name: str, value: Any) -> Any:
         raise argparse.ArgumentTypeError(f"{name}={value!r}: Config.{name} needs a value ({field_need(name)}), "
                                          "not None")
     if ft.base is tuple and isinstance(value, str):
-        value = tuple(v.strip() for v in value.split(",") if v.strip())
+        value = tuple(v.strip() for v in value.split(",") if v.strip() and v.strip().lower() != "none")
+    if ft.item is int and isinstance(value, tuple):  # integers from the command line's text
+        value = tuple(parse_value(v) if isinstance(v, str) else v for v in value)
     try:
         value = check_field(name, value)
     except InputError:
@@ -213,6 +215,10 @@ def add_config_options(parser: argparse.ArgumentParser, fields: Iterable[str] | 
             continue
         custom = (helps or {}).get(name)
         if ft.base is bool:
+            if dflt is True:  # on by default: the option turns it off
+                parser.add_argument("--no-" + flag(name)[2:], dest=name, action="store_false", default=UNSET,
+                                    help=custom or f"Config.{name}=False (default {dflt!r})")
+                continue
             parser.add_argument(flag(name), dest=name, action="store_true", default=UNSET,
                                 help=custom or f"Config.{name} (default {dflt!r})")
             continue

@@ -1,4 +1,6 @@
-"""The server half of a round (SPEC §2 steps 3-4): attack, pre-aggregation, rule, `w += g`, metrics.
+"""The server half of a round (SPEC §2 steps 3-4): attack, pre-aggregation, rule, `w += g`, metrics
+(DSGD, `Config.algorithm="dsgd"`: the worker momenta are updated and sent, and the server steps
+`w <- w - lr_t (g + wd w)`; see `_server`).
 
 The server pipeline is one `stages.chain(attack, nnm, bucketing, rule)`; a round of one run is
 `server_step`, a round of a batch of runs `make_device_server` (the step vmapped over the run axis
@@ -20,7 +22,7 @@ import numpy as np
 
 from strike_jax import ops, sharding, stages
 from strike_jax.errors import InputError
-from strike_jax.training.round import RoundOutput, RunState, TrainOutput
+from strike_jax.training.round import RoundOutput, RunState, ServerHparams, TrainOutput
 from strike_jax.training.schedule import round_key
 
 Array = jax.Array
@@ -53,7 +55,8 @@ class RoundMetrics(NamedTuple):
 
 
 def server_step(w, updates, byzantine_mask, stage_state, key, pipeline, *, with_skew: bool = False,
-                train_loss=None, clients=None, root_update=None):
+                train_loss=None, clients=None, root_update=None, tolerated_f=None, server_lr=None,
+                server_weight_decay=0.0):
     """The server side of one round of one run, pure.
 
     Args:
@@ -68,6 +71,11 @@ def server_step(w, updates, byzantine_mask, stage_state, key, pipeline, *, with_
       train_loss: `[n]` local losses (for the metric), or None.
       clients: `[n]` int32 sampled client ids (`RoundContext.clients`: FoolsGold's history).
       root_update: `[d]` the server's own update on its root set (`RoundContext.root_update`: FLTrust).
+      tolerated_f: the Byzantine count the pre-aggregators and rule are told (`RoundContext.f`;
+        int scalar, may be traced; negative or None: the real count `byzantine_mask.sum()`). The
+        attack reads the real count from the mask.
+      server_lr: None: FedAvg's `w' = w + g`; else DSGD's server SGD step `w' = w - server_lr *
+        (g + server_weight_decay * w)` (the rows are gradients, `g` their aggregate).
 
     Returns:
       `(w', stage_state', RoundMetrics, sent)`; `sent` is the `[n, d]` matrix the aggregation
@@ -84,11 +92,13 @@ def server_step(w, updates, byzantine_mask, stage_state, key, pipeline, *, with_
     else:
         skewness = med_dist = jnp.float32(jnp.nan)
     f = byzantine_mask.sum()
-    ctx = stages.RoundContext(byzantine_mask, f, key, clients=clients, root_update=root_update)
+    told = f if tolerated_f is None else jnp.where(tolerated_f >= 0, tolerated_f, f).astype(f.dtype)
+    ctx = stages.RoundContext(byzantine_mask, told, key, clients=clients, root_update=root_update)
     g, stage_state, out_ctx = pipeline.update(updates, stage_state, ctx)
     sent = out_ctx.attacked
     finite = jnp.all(jnp.isfinite(g))
-    w_new = jnp.where(finite, w + g, w)
+    stepped = w + g if server_lr is None else w - server_lr * (g + server_weight_decay * w)
+    w_new = jnp.where(finite, stepped, w)
     g_safe = jnp.where(finite, g, 0.0)
     gn = jnp.linalg.norm(g_safe)
     hn = jnp.linalg.norm(honest_mean)
@@ -179,19 +189,39 @@ class ServerGrid(NamedTuple):
         return (attacks[attack_index], *pre, rules[rule_index])
 
 
-def _server(pipeline, with_skew: bool, with_updates: bool) -> Callable:
-    """The server side of a round for one run of a batch, pure (vmap it over runs)."""
+def worker_momentum(momentum, clients, gradients, b):
+    """DSGD's worker momentum: rows `clients` of `momentum [N, d]` become `b m_i + (1 - b) g_i`
+    (`gradients [n, d]`); returns `(momentum', the new rows [n, d])` (the rows the clients send)."""
+    rows = b * momentum[clients] + (1.0 - b) * gradients
+    return momentum.at[clients].set(rows), rows
 
-    def server_one(state_r: RunState, seed, end_round, t: TrainOutput):
+
+def _server(pipeline, with_skew: bool, with_updates: bool) -> Callable:
+    """The server side of a round for one run of a batch, pure (vmap it over runs).
+
+    DSGD (the state has a momentum buffer): the training half took one step of size 1 without
+    momentum, decay or clipping from the global model, so a client's row is `-g_i`; its worker
+    momentum is updated here (`worker_momentum`) and sent instead, the root update (FLTrust) is
+    turned into a gradient alike, and the server takes an SGD step on the aggregate."""
+
+    def server_one(state_r: RunState, seed, end_round, hp, t: TrainOutput):
+        dsgd = state_r.momentum is not None
+        updates, root_update, momentum = t.updates, t.root_update, state_r.momentum
+        if dsgd:
+            momentum, updates = worker_momentum(momentum, t.clients, -t.updates, hp.momentum)
+            root_update = None if root_update is None else -root_update
         w, stage_state, metrics, sent = server_step(
-            state_r.w, t.updates, t.byzantine_mask, state_r.stage_state, round_key(seed, state_r.round), pipeline,
-            with_skew=with_skew, train_loss=t.train_loss, clients=t.clients, root_update=t.root_update)
+            state_r.w, updates, t.byzantine_mask, state_r.stage_state, round_key(seed, state_r.round), pipeline,
+            with_skew=with_skew, train_loss=t.train_loss, clients=t.clients, root_update=root_update,
+            tolerated_f=hp.tolerated_f, server_lr=hp.server_lr(state_r.round) if dsgd else None,
+            server_weight_decay=hp.weight_decay)
         act = state_r.active
         keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(act, a, b), new, old)  # noqa: E731
         nxt = state_r.round + act.astype(jnp.int32)
         new = RunState(w=keep(w, state_r.w), stage_state=keep(stage_state, state_r.stage_state), round=nxt,
-                       active=act & metrics.finite & (nxt < end_round))
-        return new, (metrics, *((t.updates, t.byzantine_mask, sent) if with_updates else (None, None, None)))
+                       active=act & metrics.finite & (nxt < end_round),
+                       momentum=None if momentum is None else keep(momentum, state_r.momentum))
+        return new, (metrics, *((updates, t.byzantine_mask, sent) if with_updates else (None, None, None)))
 
     return server_one
 
@@ -217,7 +247,8 @@ def make_device_server(pipeline, *, with_skew: bool = False, with_updates: bool 
     Returns:
       `server_round(state, consts, train_output, pair=None) -> (state', RoundOutput)`, `state`
       donated; `pair` is an int32 `[2]` array `(attack index, rule index)` for a grid. Of `consts`
-      only the seeds and the end rounds reach the compiled program. `server_round.jitted` is the
+      only the seeds, the end rounds and the server's numbers (`ServerHparams`) reach the compiled
+      program; `state.momentum` (DSGD's worker momentum) makes it a DSGD round. `server_round.jitted` is the
       underlying `jax.jit` object (for ahead-of-time lowering).
     """
     if layout not in sharding.SERVER_LAYOUTS:
@@ -237,10 +268,11 @@ def make_device_server(pipeline, *, with_skew: bool = False, with_updates: bool 
                 return t
             return t._replace(updates=jax.lax.with_sharding_constraint(t.updates, NamedSharding(mesh, spec)))
 
-    def server_all(state: RunState, seed, end_round, t: TrainOutput, pair):
+    def server_all(state: RunState, seed, end_round, hp, t: TrainOutput, pair):
         pipe = pipeline.at(pair[0], pair[1]) if grid else pipeline
         server_one = _server(pipe, with_skew, with_updates)
-        new, (metrics, *extra) = jax.vmap(server_one)(state, seed, end_round, constrain(t)._replace(overflow=None))
+        new, (metrics, *extra) = jax.vmap(server_one)(state, seed, end_round, hp,
+                                                      constrain(t)._replace(overflow=None))
         return new, RoundOutput(metrics, state.active, t.overflow, *extra)
 
     if mesh is None:
@@ -253,10 +285,11 @@ def make_device_server(pipeline, *, with_skew: bool = False, with_updates: bool 
     def server_round(state: RunState, consts, t: TrainOutput, pair=None):
         if pair is None:
             pair = np.zeros(2, np.int32)
-        return compiled(state, consts.seed, consts.end_round, t, pair)
+        return compiled(state, consts.seed, consts.end_round, consts.server, t, pair)
 
     server_round.jitted = compiled
     return server_round
 
 
-__all__ = ["RoundMetrics", "ServerGrid", "make_device_server", "metrics_to_dict", "server_step"]
+__all__ = ["RoundMetrics", "ServerGrid", "ServerHparams", "make_device_server", "metrics_to_dict", "server_step",
+           "worker_momentum"]

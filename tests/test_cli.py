@@ -211,7 +211,8 @@ def test_bad_options_exit_2_one_line(capsys):
 
 SAMPLE = {int: ("7", 7), float: ("1", 1.0), str: None, bool: None, tuple: ("nnm,bucketing", ("nnm", "bucketing"))}
 STRINGS = {"dataset": "synthetic", "data_dir": "/data/x", "model": "mlp", "partition": "iid", "attack": "lie",
-           "defence": "cclip", "strategy": "loop"}
+           "defence": "cclip", "strategy": "loop", "algorithm": "dsgd"}
+INT_TUPLE = ("3,5", (3, 5))
 PARAMS = {"attack_params": ["nu=2"], "defence_params": ["tau=5"], "dataset_params": ["image_size=8"],
           "preaggregation_params": ["bucketing.s=3"]}
 
@@ -219,8 +220,13 @@ PARAMS = {"attack_params": ["nu=2"], "defence_params": ["tau=5"], "dataset_param
 def test_every_config_field_is_an_option_of_its_type():
     parser = argparse.ArgumentParser()
     options.add_config_options(parser)
+    default = Config()
     for name, ft in field_types().items():
         flag = options.flag(name)
+        on = ft.base is bool and getattr(default, name) is True  # on by default: `--no-...` turns it off
+        if on:
+            flag = "--no-" + flag[2:]
+        sample = INT_TUPLE if ft.item is int else SAMPLE.get(ft.base)
         if name in PARAMS:
             argv = [a for v in PARAMS[name] for a in (flag, v)]
         elif ft.base is bool:
@@ -228,18 +234,18 @@ def test_every_config_field_is_an_option_of_its_type():
         elif ft.base is str:
             argv = [flag, STRINGS[name]]
         else:
-            argv = [flag, SAMPLE[ft.base][0]]
+            argv = [flag, sample[0]]
         got = options.overrides(parser.parse_args(argv))
         assert list(got) == [name], (name, got)
         value = got[name]
         if ft.base is bool:
-            assert value is True
+            assert value is (not on)
         elif ft.base is str:
             assert value == STRINGS[name]
         elif ft.base is dict:
             assert isinstance(value, dict) and value
         else:
-            assert value == SAMPLE[ft.base][1] and type(value) is type(SAMPLE[ft.base][1]), name
+            assert value == sample[1] and type(value) is type(sample[1]), name
         if ft.optional:
             assert options.overrides(parser.parse_args([flag, "None"]))[name] is None
     ns = parser.parse_args(["--nu", "1.5", "--attack-param", "nu=2", "--attack-param", "foo='a b'"])

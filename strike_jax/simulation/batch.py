@@ -90,16 +90,34 @@ class Batch:
         self.limit = self.run_pipes[0].max_f(cfg.clients_per_round)
         info = self.run_pipes[0].info
         self.flip = bool(info.get("data_level", False))
+        self.dsgd = cfg.algorithm == "dsgd"
+        # DSGD: the clients' step is one plain SGD step of size 1 from the global model, so a row is
+        # `-g_i` (the server half keeps the worker momentum: `server.worker_momentum`).
+        local = components.local_config(cfg)
         self.local_cfg = training.LocalConfig(
-            lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm,
+            lr=local.lr, momentum=local.momentum, weight_decay=local.weight_decay, clip_norm=local.clip_norm,
             num_classes=ds.num_classes, label_map=info.get("label_map"))
         local_hp = LocalHparams(*(np.asarray([0.0 if v is None else v for v in vals], np.float32) for vals in zip(
-            *[(r.config.lr, r.config.momentum, r.config.weight_decay, r.config.clip_norm) for r in runs])))
+            *[tuple(components.local_config(r.config))[:4] for r in runs])))
+        # Milestones padded to the program group's most (a round never reached), so that the
+        # group's batches share the server program.
+        self.milestones_width = max(len(r.config.lr_milestones) for r in group)
+        never = np.iinfo(np.int32).max
+        server_hp = round_lib.ServerHparams(
+            tolerated_f=np.asarray([-1 if r.config.tolerated_f is None else r.config.tolerated_f for r in runs],
+                                   np.int32),
+            momentum=np.asarray([r.config.momentum for r in runs], np.float32),
+            lr=np.asarray([r.config.server_lr for r in runs], np.float32),
+            weight_decay=np.asarray([r.config.server_weight_decay for r in runs], np.float32),
+            lr_decay=np.asarray([r.config.lr_decay for r in runs], np.float32),
+            milestones=np.asarray([list(r.config.lr_milestones) + [never] * (self.milestones_width
+                                                                             - len(r.config.lr_milestones))
+                                   for r in runs], np.int32).reshape(len(runs), self.milestones_width))
         self.consts = jax.tree_util.tree_map(put, round_lib.RunConsts(
             seed=np.asarray([r.config.seed for r in runs], np.int32),
             num_byzantine=np.asarray([r.config.num_byzantine if cfg.attack != "none" else 0 for r in runs], np.int32),
             index=np.asarray(index), counts=np.asarray(counts), local=local_hp,
-            end_round=np.asarray([r.config.rounds for r in runs], np.int32)))
+            end_round=np.asarray([r.config.rounds for r in runs], np.int32), server=server_hp))
         self.x_train, self.y_train = put(ds.x_train), put(ds.y_train)
         x_test, y_test = ds.x_test, ds.y_test
         if cfg.max_test_samples is not None:
@@ -123,19 +141,22 @@ class Batch:
         for i, r in enumerate(runs):
             stage_state = self.run_pipes[i].init(shape_struct)
             w = np.asarray(flat0[i][0])
+            # DSGD's worker momenta start at zero (`RunState.momentum`).
+            momentum = np.zeros((self.cfg.num_clients, d), np.float32) if self.dsgd else None
             ckpt = None if r.run_dir is None else os.path.join(r.run_dir, store.CHECKPOINT)
             if ckpt is not None and os.path.exists(ckpt):
-                w, stage_state, r.start_round, r.history, r.compile_rounds, meta = store.load_checkpoint(
-                    ckpt, r.config, stage_state, w)
+                w, stage_state, r.start_round, r.history, r.compile_rounds, meta, momentum = store.load_checkpoint(
+                    ckpt, r.config, stage_state, w, momentum_like=momentum)
                 store.check_fingerprints(ckpt, meta.get("user_objects", {}), r.fingerprints)
                 r.diverged_round = next((h["round"] for h in r.history if not h["finite"]), None)
-            states.append((w, self.grid.embed(a, r_, stage_state, template)))
+            states.append((w, self.grid.embed(a, r_, stage_state, template), momentum))
         stack = lambda *xs: np.stack([np.asarray(x) for x in xs])  # noqa: E731
         self.state = jax.tree_util.tree_map(put, round_lib.RunState(
             w=stack(*[s[0] for s in states]),
             stage_state=jax.tree_util.tree_map(stack, *[s[1] for s in states]),
             round=np.asarray([r.start_round for r in runs], np.int32),
-            active=np.asarray([r.diverged_round is None and r.start_round < r.config.rounds for r in runs])))
+            active=np.asarray([r.diverged_round is None and r.start_round < r.config.rounds for r in runs]),
+            momentum=stack(*[s[2] for s in states]) if self.dsgd else None))
 
     def run_stage_state(self, stage_state, i: int):
         """Run `i`'s own chain state (its checkpoint's) out of the batch's stacked grid state."""
@@ -157,7 +178,8 @@ class Batch:
         # little reuse the program (a round runs its own makespan, not the capacity).
         self.shape = round_lib.RoundShape(n, cfg.batch_size, cfg.local_epochs, L, plan.pow2(T),
                                           plan.pow2(int(group_steps.max())), int(self.ds.x_train.shape[0]),
-                                          runs[0].root, schedule.batch_slots(cfg.batch_size, self.width), D)
+                                          runs[0].root, schedule.batch_slots(cfg.batch_size, self.width), D,
+                                          cfg.local_steps)
         self.calibration = None
         strategy = runs[0].strategy
         if strategy == "measure":

@@ -22,7 +22,9 @@ from strike_jax.training import schedule
 # Config fields that are per-run numbers inside a batch, or only steer the host loop (everything
 # else is structure: it shapes the compiled programs).
 RUN_NUMBERS = ("seed", "beta", "byzantine_ratio", "lr", "momentum", "weight_decay", "clip_norm",
-               "attack_params", "defence_params", "preaggregation_params", "rounds", "eval_every")
+               "attack_params", "defence_params", "preaggregation_params", "rounds", "eval_every",
+               "server_lr", "server_weight_decay", "lr_milestones", "lr_decay", "tolerated_f", "data_seed",
+               "byzantine_data")
 # Structure that only the server program sees: runs that differ in it share the training program,
 # and one grid server program holds every attack and every rule once (`server.ServerGrid`).
 SERVER_ONLY = ("attack", "defence")
@@ -59,37 +61,47 @@ def load_dataset(config: Config):
 ROOT_TAG = 5
 
 
+def data_seed(config: Config) -> int:
+    """The seed of the run's data split: `data_seed`, else `seed`."""
+    return config.seed if config.data_seed is None else config.data_seed
+
+
 def root_set(config: Config, ds) -> np.ndarray:
     """The server's clean root set (FLTrust): `root_samples` training samples drawn from
-    `(seed, ROOT_TAG)`, sorted; they are excluded from the clients' partition."""
+    `(data seed, ROOT_TAG)`, sorted; they are excluded from the clients' partition."""
     n = len(ds.y_train)
     if config.root_samples >= n:
         raise InputError(f"root_samples={config.root_samples} is not allowed; allowed: fewer than the {n} "
                          f"training samples of {config.dataset!r}.")
-    rng = np.random.default_rng([config.seed, ROOT_TAG])
+    rng = np.random.default_rng([data_seed(config), ROOT_TAG])
     return np.sort(rng.choice(n, size=config.root_samples, replace=False))
 
 
 def make_partition(config: Config, ds, exclude: np.ndarray | None = None):
-    """The run's split of the training set (SPEC §4), from its seed, over the samples not in
-    `exclude` (the root set)."""
+    """The run's split of the training set (SPEC §4), from its data seed (`data_seed`), over the
+    samples not in `exclude` (the root set). With `byzantine_data=False` only the honest clients
+    `f .. N-1` are given data (ByzFL); the Byzantine clients `0 .. f-1` get none."""
     keep = np.arange(len(ds.y_train)) if exclude is None else np.setdiff1d(np.arange(len(ds.y_train)), exclude)
+    empty = 0 if config.byzantine_data else config.num_byzantine
+    holders = config.num_clients - empty
+    seed = data_seed(config)
     if config.partition == "dirichlet":
-        part = data_lib.dirichlet(ds.y_train[keep], config.num_clients, config.beta, seed=config.seed)
+        part = data_lib.dirichlet(ds.y_train[keep], holders, config.beta, seed=seed)
     elif config.partition == "iid":
-        part = data_lib.iid(len(keep), config.num_clients, seed=config.seed)
+        part = data_lib.iid(len(keep), holders, seed=seed)
     else:
         if ds.client_ids is None:
             raise InputError(f"partition='natural' needs a dataset with client ids; {config.dataset!r} has none.")
         part = data_lib.natural(np.asarray(ds.client_ids)[keep])
-        if part.num_clients != config.num_clients:
+        if part.num_clients != holders:
             raise InputError(
                 f"num_clients={config.num_clients} but the natural partition of {config.dataset!r} has "
-                f"{part.num_clients} clients; set num_clients={part.num_clients}."
+                f"{part.num_clients} clients; set num_clients={part.num_clients + empty}."
             )
-    if exclude is None:
-        return part
-    return part._replace(indices=tuple(keep[a] for a in part.indices))
+    indices = tuple(part.indices) if exclude is None else tuple(keep[a] for a in part.indices)
+    if empty:
+        indices = (np.zeros(0, np.int64),) * empty + indices
+    return part._replace(indices=indices)
 
 
 def make_model(config: Config, ds):
@@ -226,6 +238,8 @@ def round_f_to_check(config: Config) -> int:
     """The Byzantine count checked against the pipeline's limit: the exact `f` under full
     participation, the expected one under partial participation (a sampled round may hold more;
     the rules then clamp it, as the reference does, and the round records `f_above_limit`)."""
+    if config.tolerated_f is not None:  # what the rules are told, whatever the real count
+        return config.tolerated_f
     num_byz = config.num_byzantine if config.attack not in ("none", None) else 0
     if config.clients_per_round == config.num_clients:
         return num_byz
@@ -249,7 +263,19 @@ def check_config(config: Config):
     pipe = make_pipeline(config)
     stages.check_f(pipe, config.clients_per_round, round_f_to_check(config),
                    allow_beyond_breakdown=config.allow_beyond_breakdown)
+    if not config.byzantine_data and pipe.info.get("data_level", False):
+        raise InputError(f"byzantine_data=False is not allowed with attack={config.attack!r}: its Byzantine clients "
+                         "train on their own data; allowed: byzantine_data=True, or an attack on the updates.")
     return pipe
+
+
+def local_config(config: Config) -> training.LocalConfig:
+    """The clients' local optimizer (its numbers and structure): the config's SGD for FedAvg; for
+    DSGD one plain step of size 1 (no momentum, decay or clipping), whose update is `-g` (the
+    worker momentum and the server's step live in the server half, `server.worker_momentum`)."""
+    if config.algorithm == "dsgd":
+        return training.LocalConfig(1.0, 0.0, 0.0, None, 1)
+    return training.LocalConfig(config.lr, config.momentum, config.weight_decay, config.clip_norm, 1)
 
 
 def program_key(config: Config) -> tuple:
@@ -258,7 +284,7 @@ def program_key(config: Config) -> tuple:
     numbers, in the attack or in the rule, and train alike (`training_flags`)."""
     d = config.to_dict()
     structure = {k: v for k, v in d.items() if k not in RUN_NUMBERS + SERVER_ONLY}
-    local = training.LocalConfig(config.lr, config.momentum, config.weight_decay, config.clip_norm, 1)
+    local = local_config(config)
     return (json.dumps(structure, sort_keys=True, default=str), local.structure(), preaggregation_structure(config),
             training_flags(config))
 

@@ -97,7 +97,8 @@ def run_batch(batch: Batch, programs, *, checkpoint_every: int, checkpoint_secon
                 continue
             m = jax.tree_util.tree_map(lambda a: a[i], metrics)
             rec = {"round": int(rounds_now[i]), "n": cfg.clients_per_round, **server.metrics_to_dict(m)}
-            if batch.limit is not None and rec["num_byzantine"] > batch.limit:
+            told = runs[i].config.tolerated_f
+            if batch.limit is not None and (rec["num_byzantine"] if told is None else told) > batch.limit:
                 rec["f_above_limit"] = True  # the rules clamped f to their limit this round
             if not rec["finite"]:
                 r.diverged_round = rec["round"]
@@ -223,12 +224,13 @@ def checkpoint(batch: Batch, which: list[int], done_rounds: list[int]) -> None:
     which = [i for i in which if batch.runs[i].run_dir is not None]
     if not which:
         return
-    w, stage_state = sharding.to_host((batch.state.w, batch.state.stage_state))
+    w, stage_state, momentum = sharding.to_host((batch.state.w, batch.state.stage_state, batch.state.momentum))
     if not sharding.writes_files():
         return
     for i in which:
         r = batch.runs[i]
         store.save_checkpoint(os.path.join(r.run_dir, store.CHECKPOINT), r.config, done_rounds[i], w[i],
                               batch.run_stage_state(stage_state, i), r.history, r.compile_rounds,
-                              extra={"strategy": r.strategy, "lanes": r.lanes, "user_objects": r.fingerprints})
+                              extra={"strategy": r.strategy, "lanes": r.lanes, "user_objects": r.fingerprints},
+                              momentum=None if momentum is None else momentum[i])
         store.write_rounds_csv(os.path.join(r.run_dir, store.ROUNDS_CSV), r.history)

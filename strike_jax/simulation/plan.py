@@ -69,18 +69,19 @@ def plan_steps(table, config: Config, settings: Settings) -> np.ndarray:
     k = plan_rounds(config, settings)[0]
     counts = table.counts[:config.num_clients]  # a root set is the table's extra last row
     out = np.asarray(_round_steps_impl(jnp.asarray(counts), config.seed, jnp.arange(k, dtype=jnp.int32), n,
-                                       config.batch_size, config.local_epochs))
+                                       config.batch_size, config.local_epochs, config.local_steps))
     if table.num_clients > config.num_clients:
-        root = config.local_epochs * -(-int(table.counts[-1]) // config.batch_size)
+        root = int(schedule.local_step_counts(np.int64(table.counts[-1]), config.batch_size, config.local_epochs,
+                                              config.local_steps))
         out = np.concatenate([out, np.full((k, 1), root, out.dtype)], axis=1)
     return out
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5))
-def _round_steps_impl(counts, seed, rounds, n, batch_size, epochs):
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
+def _round_steps_impl(counts, seed, rounds, n, batch_size, epochs, local_steps):
     def one(r):
         clients = schedule.sample_clients(seed, r, counts.shape[0], n)
-        return epochs * (-(-counts[clients] // batch_size))
+        return schedule.local_step_counts(counts[clients], batch_size, epochs, local_steps)
 
     return jax.vmap(one)(rounds)
 
@@ -99,7 +100,8 @@ def lane_capacity_bound(table, config: Config, rows: int, lanes: int) -> int:
     """An upper bound on any round's longest lane: a device trains at most its block's `b` rows,
     whose steps sum to at most the `b` largest clients' (the root set's included), and longest-first
     packing ends within `sum / L + max` (a client starts on the least-loaded lane)."""
-    steps = np.sort(config.local_epochs * -(-np.asarray(table.counts, np.int64) // config.batch_size))[::-1]
+    steps = np.sort(schedule.local_step_counts(np.asarray(table.counts, np.int64), config.batch_size,
+                                               config.local_epochs, config.local_steps))[::-1]
     b = -(-rows // config.num_devices)
     return int(-(-int(steps[:b].sum()) // lanes) + int(steps[0]))
 
@@ -166,7 +168,8 @@ def check_memory(config: Config, d: int) -> None:
       ValueError: one line with the sizes and what to change.
     """
     n = config.clients_per_round
-    need = 2 * 4 * n * d
+    # DSGD also keeps every client's worker momentum, `[N, d]`.
+    need = 2 * 4 * n * d + (4 * config.num_clients * d if config.algorithm == "dsgd" else 0)
     total, per_device = device_memory()
     have = total if per_device is None else per_device * config.num_devices
     if need > have:
@@ -209,7 +212,8 @@ def runs_per_program(config: Config, settings: Settings) -> int:
     ds = components.load_dataset(config)
     model = components.make_model(config, ds)
     d = model_lib.num_params(model) + model_lib.num_batch_stats(model)
-    per_run = 4 * d * (4 * config.clients_per_round + 8 * 16)
+    per_run = 4 * d * (4 * config.clients_per_round + 8 * 16
+                       + (config.num_clients if config.algorithm == "dsgd" else 0))  # DSGD's momenta
     cap = int(memory_budget() // max(per_run, 1))
     if jax.default_backend() == "cpu":
         cap = min(cap, settings.cpu_batch_bytes // (4 * d * config.clients_per_round))

@@ -45,7 +45,8 @@ class ProgramKey(NamedTuple):
       backend: the server's `ops.Backend` (None for others).
       layout: the server's layout with several devices (None on one device).
       mesh: the device ids of the mesh (None on one device).
-      flags: `(with_skew, with_updates)` of the server; the shapes of the data tables otherwise.
+      flags: `(with_skew, with_updates, milestones)` of the server (`milestones`: the width of the
+        DSGD step-size schedule, `ServerHparams.milestones`); the shapes of the data tables otherwise.
     """
 
     kind: str
@@ -149,6 +150,12 @@ class BatchPrograms(NamedTuple):
     device: bool
 
 
+def train_consts(consts: round_lib.RunConsts) -> round_lib.RunConsts:
+    """What the train program reads of the consts: not the server's numbers (whose milestones'
+    width may differ between program groups that share a train program)."""
+    return consts._replace(server=None)
+
+
 def program_keys(batch) -> dict[str, ProgramKey]:
     """The keys of a batch's programs (the one place they are built)."""
     cfg = batch.cfg
@@ -159,7 +166,7 @@ def program_keys(batch) -> dict[str, ProgramKey]:
     tables = (tuple(batch.consts.index.shape[1:]), tuple(batch.x_train.shape), tuple(batch.x_test.shape))
     keys = {
         "server": ProgramKey("server", structure, None, R, "", batch.grid_branches, batch.backend, layout, mesh,
-                             (cfg.skew_metrics, batch.with_updates)),
+                             (cfg.skew_metrics, batch.with_updates, batch.milestones_width)),
         "eval": ProgramKey("eval", structure, None, R, batch.strategy, (), None, None, mesh, tables),
     }
     if batch.device:
@@ -176,7 +183,7 @@ def submit_programs(batch, cache: ProgramCache) -> dict[str, ProgramKey]:
     if batch.device and batch.mesh is None:
         train = round_lib.make_device_train(batch.model, batch.local_cfg, batch.shape, batch.unravel,
                                             flip_byzantine=batch.flip, mesh=batch.mesh)
-        train_args = (batch.state.w, batch.state.round, batch.consts, batch.x_train, batch.y_train)
+        train_args = (batch.state.w, batch.state.round, train_consts(batch.consts), batch.x_train, batch.y_train)
         if keys["train"] not in cache:
             cache.submit(keys["train"], lambda: _aot(train, *train_args))
         if keys["server"] not in cache:
@@ -184,8 +191,8 @@ def submit_programs(batch, cache: ProgramCache) -> dict[str, ProgramKey]:
                                             with_updates=batch.with_updates, mesh=batch.mesh,
                                             layout=batch.settings.server_layout)
             t_shape = jax.eval_shape(train, *train_args)
-            server_args = (_abstract(batch.state), batch.consts.seed, batch.consts.end_round, t_shape,
-                           batch.pair)
+            server_args = (_abstract(batch.state), batch.consts.seed, batch.consts.end_round, batch.consts.server,
+                           t_shape, batch.pair)
             cache.submit(keys["server"], lambda: _aot(srv.jitted, *server_args))
         if keys["eval"] not in cache:
             ev = jax.jit(_vmapped_eval(training.make_evaluate(batch.model), batch.unravel))
@@ -212,14 +219,14 @@ def batch_programs(batch, cache: ProgramCache) -> BatchPrograms:
         train, srv, ev = cache.get(keys["train"]), cache.get(keys["server"]), cache.get(keys["eval"])
     if batch.device:
         def round_step(state, consts, x_train, y_train):
-            t = train(state.w, state.round, consts, x_train, y_train)
-            return (*srv(state, consts.seed, consts.end_round, t, pair), None)
+            t = train(state.w, state.round, train_consts(consts), x_train, y_train)
+            return (*srv(state, consts.seed, consts.end_round, consts.server, t, pair), None)
 
         def timed_round_step(state, consts, x_train, y_train):
             t0 = time.perf_counter()
-            t = jax.block_until_ready(train(state.w, state.round, consts, x_train, y_train))
+            t = jax.block_until_ready(train(state.w, state.round, train_consts(consts), x_train, y_train))
             t1 = time.perf_counter()
-            new, out = jax.block_until_ready(srv(state, consts.seed, consts.end_round, t, pair))
+            new, out = jax.block_until_ready(srv(state, consts.seed, consts.end_round, consts.server, t, pair))
             return new, out, (t1 - t0, time.perf_counter() - t1)
 
         return BatchPrograms(timed_round_step if batch.settings.time_halves else round_step, ev, True)

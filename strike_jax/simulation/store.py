@@ -38,18 +38,26 @@ def _leaf_specs(tree) -> list[list]:
     return [[list(np.shape(x)), str(np.asarray(x).dtype)] for x in jax.tree_util.tree_leaves(tree)]
 
 
+def _momentum_spec(momentum) -> list | None:
+    return None if momentum is None else _leaf_specs(np.asarray(momentum))[0]
+
+
 def save_checkpoint(path: str, config: Config, next_round: int, w, stage_state, history, compile_rounds=(),
-                    extra: dict | None = None) -> None:
+                    extra: dict | None = None, momentum=None) -> None:
     """Writes a run's state after `next_round` rounds: the flat model `w [d]`, the server
-    pipeline's state (its leaves in order, with their structure, shapes and dtypes), the history so
-    far and `extra` (JSON: e.g. the resolved training strategy)."""
+    pipeline's state (its leaves in order, with their structure, shapes and dtypes), DSGD's worker
+    momenta `momentum [N, d]` (None for FedAvg), the history so far and `extra` (JSON: e.g. the
+    resolved training strategy)."""
     arrays = {"w": np.asarray(w)}
     for i, leaf in enumerate(jax.tree_util.tree_leaves(stage_state)):
         arrays[f"stage_{i}"] = np.asarray(leaf)
+    if momentum is not None:
+        arrays["momentum"] = np.asarray(momentum)
     meta = json.dumps({"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "next_round": next_round,
                        "history": history, "compile_rounds": list(compile_rounds),
                        "structure": str(jax.tree_util.tree_structure(stage_state)),
-                       "leaves": _leaf_specs(stage_state), "w": _leaf_specs(np.asarray(w))[0], **(extra or {})})
+                       "leaves": _leaf_specs(stage_state), "w": _leaf_specs(np.asarray(w))[0],
+                       "momentum": _momentum_spec(momentum), **(extra or {})})
     arrays["meta"] = np.frombuffer(meta.encode(), dtype=np.uint8)
     atomic.atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
@@ -83,7 +91,7 @@ def _open(path: str):
                               "delete it to start the run over.") from None
 
 
-def load_checkpoint(path: str, config: Config, stage_state, w_like) -> tuple:
+def load_checkpoint(path: str, config: Config, stage_state, w_like, momentum_like=None) -> tuple:
     """Restores a run from its checkpoint.
 
     Args:
@@ -91,9 +99,11 @@ def load_checkpoint(path: str, config: Config, stage_state, w_like) -> tuple:
       config: the run's config (must equal the stored one, `rounds` aside: a run may be extended).
       stage_state: a state of the structure the run expects (its leaves' shapes and dtypes too).
       w_like: an array of the flat model's shape and dtype.
+      momentum_like: an array of the worker momenta's shape and dtype (DSGD), or None (FedAvg).
 
     Returns:
-      `(w, stage_state, next_round, history, compile_rounds, meta)`.
+      `(w, stage_state, next_round, history, compile_rounds, meta, momentum)` (`momentum` None
+      when `momentum_like` is).
 
     Raises:
       CheckpointError: one line naming the file and what differs (another config, more rounds done
@@ -110,7 +120,8 @@ def load_checkpoint(path: str, config: Config, stage_state, w_like) -> tuple:
                                   f"{config.rounds} requested; use another run directory or ask for at least "
                                   f"{meta['next_round']} rounds.")
         leaves, treedef = jax.tree_util.tree_flatten(stage_state)
-        want = {"structure": str(treedef), "leaves": _leaf_specs(stage_state), "w": _leaf_specs(np.asarray(w_like))[0]}
+        want = {"structure": str(treedef), "leaves": _leaf_specs(stage_state), "w": _leaf_specs(np.asarray(w_like))[0],
+                "momentum": _momentum_spec(momentum_like)}
         for field, expected in want.items():
             if meta.get(field) != expected:
                 raise CheckpointError(f"The checkpoint {path} holds another state ({field}: {meta.get(field)!r} there, "
@@ -118,6 +129,7 @@ def load_checkpoint(path: str, config: Config, stage_state, w_like) -> tuple:
         try:
             stored = [np.asarray(z[f"stage_{i}"]) for i in range(len(leaves))]
             w = np.asarray(z["w"])
+            momentum = None if momentum_like is None else np.asarray(z["momentum"])
         except (KeyError, ValueError, OSError) as e:
             raise CheckpointError(f"The checkpoint {path} is corrupt ({_first_line(e)}); "
                               "delete it to start the run over.") from None
@@ -125,8 +137,12 @@ def load_checkpoint(path: str, config: Config, stage_state, w_like) -> tuple:
             if have.shape != np.shape(like) or have.dtype != np.asarray(like).dtype:
                 raise CheckpointError(f"The checkpoint {path} holds another state (leaf {i}: {have.shape} "
                                       f"{have.dtype} there, {np.shape(like)} {np.asarray(like).dtype} expected).")
+        if momentum is not None and (momentum.shape != np.shape(momentum_like)
+                                     or momentum.dtype != np.asarray(momentum_like).dtype):
+            raise CheckpointError(f"The checkpoint {path} holds another state (momentum: {momentum.shape} "
+                                  f"{momentum.dtype} there, {np.shape(momentum_like)} expected).")
         restored = jax.tree_util.tree_unflatten(treedef, stored)
-        return (w, restored, meta["next_round"], meta["history"], meta.get("compile_rounds", []), meta)
+        return (w, restored, meta["next_round"], meta["history"], meta.get("compile_rounds", []), meta, momentum)
 
 
 def read_checkpoint_meta(path: str) -> dict | None:

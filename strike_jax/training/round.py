@@ -56,12 +56,44 @@ class RunState(NamedTuple):
         hyper-parameters of each run among them).
       round: `[R]` int32, the next round of each run.
       active: `[R]` bool, False once a run finished or diverged (its state is then left unchanged).
+      momentum: `[R, N, d]` every client's worker momentum (DSGD: `m_i <- b m_i + (1 - b) g_i`,
+        kept across rounds, zero at the start); None for FedAvg (no leaf: its programs and memory
+        are those without it).
     """
 
     w: Array
     stage_state: Any
     round: Array
     active: Array
+    momentum: Array | None = None
+
+
+class ServerHparams(NamedTuple):
+    """The server's per-run numbers (`[R]` arrays in a batch; scalars for one run).
+
+    Attributes:
+      tolerated_f: int32, the Byzantine count the pre-aggregators and rule are told; -1: the real
+        one (`Config.tolerated_f`).
+      momentum: float32, DSGD's worker momentum `b`.
+      lr: float32, DSGD's server step size before decay.
+      weight_decay: float32, DSGD's server weight decay.
+      lr_decay: float32, the factor applied at each milestone.
+      milestones: `[K]` int32 rounds where the step size decays (padded with a round never
+        reached; `K` the most milestones of any run of the program group).
+    """
+
+    tolerated_f: Array
+    momentum: Array
+    lr: Array
+    weight_decay: Array
+    lr_decay: Array
+    milestones: Array
+
+    def server_lr(self, round_index) -> Array:
+        """The step size of round `round_index`: `lr * lr_decay ** #(milestones <= round)`
+        (PyTorch's `MultiStepLR` stepped once a round)."""
+        k = (self.milestones <= round_index).sum()
+        return self.lr * self.lr_decay ** k.astype(jnp.float32)
 
 
 class RunConsts(NamedTuple):
@@ -74,6 +106,7 @@ class RunConsts(NamedTuple):
       counts: `[R, N]` int32 client sample counts.
       local: `LocalHparams` of `[R]` float32.
       end_round: `[R]` int32, the run's total rounds.
+      server: `ServerHparams` of `[R]` (`[R, K]` milestones).
     """
 
     seed: Array
@@ -82,6 +115,7 @@ class RunConsts(NamedTuple):
     counts: Array
     local: LocalHparams
     end_round: Array
+    server: ServerHparams | None = None
 
 
 class RoundShape(NamedTuple):
@@ -103,6 +137,8 @@ class RoundShape(NamedTuple):
         fewer when no client holds `B` samples); None: `B`.
       devices: D, devices the round's clients are spread over (`make_device_train` with a mesh);
         `lanes` and `lane_steps` are then per device.
+      local_steps: every client holding data takes this many steps instead of `local_epochs`
+        epochs (`schedule.client_orders`); None: epochs.
     """
 
     per_round: int
@@ -115,6 +151,7 @@ class RoundShape(NamedTuple):
     root: bool = False
     batch_slots: int | None = None
     devices: int = 1
+    local_steps: int | None = None
 
     @property
     def trained(self) -> int:
@@ -164,7 +201,8 @@ class TrainOutput(NamedTuple):
 def _plan(consts_r: RunConsts, r, shape: RoundShape):
     cb = schedule.client_batches(consts_r.index, consts_r.counts, consts_r.seed, r, per_round=shape.per_round,
                                  batch_size=shape.batch_size, local_epochs=shape.local_epochs,
-                                 max_samples=shape.max_samples, include_last=shape.root)
+                                 max_samples=shape.max_samples, include_last=shape.root,
+                                 local_steps=shape.local_steps)
     return cb, cb.clients < consts_r.num_byzantine
 
 
@@ -232,7 +270,7 @@ def _make_sharded_train(model, local_cfg: LocalConfig, shape: RoundShape, unrave
         valid = dev * b + jnp.arange(b) < rows
         cb = schedule.client_orders(consts_r.index, consts_r.counts, mine, consts_r.seed, r,
                                     batch_size=shape.batch_size, local_epochs=shape.local_epochs,
-                                    max_samples=shape.max_samples, valid=valid)
+                                    max_samples=shape.max_samples, valid=valid, local_steps=shape.local_steps)
         plan, makespan, idx, mask = schedule.lane_schedule(cb, lanes=shape.lanes, lane_steps=shape.lane_steps,
                                                            batch_size=shape.batch_size, slots=shape.batch_slots)
         byz = (mine < consts_r.num_byzantine) & valid

@@ -147,8 +147,26 @@ class ClientBatches(NamedTuple):
     order: Array
 
 
+def local_step_counts(m, batch_size: int, local_epochs: int, local_steps: int | None = None):
+    """Real local steps of clients holding `m` samples (NumPy or jax, any shape): `E * ceil(m / B)`
+    epochs' worth, or `local_steps` for every client holding data (0 for an empty one)."""
+    xp = jnp if isinstance(m, jax.Array) else np
+    if local_steps is None:
+        return local_epochs * (-(-m // batch_size))
+    return xp.where(m > 0, local_steps, 0)
+
+
+def epochs_drawn(local_epochs: int, local_steps: int | None = None) -> int:
+    """Epoch orders drawn per client and round: `E`, or `local_steps` (a client of at most `B`
+    samples takes one step an epoch, so `local_steps` steps may need that many epochs; the draw
+    depends on the config only, never on the partition, so a run's batches do not depend on which
+    runs share its batch)."""
+    return local_epochs if local_steps is None else local_steps
+
+
 def client_batches(index: Array, counts: Array, seed, round_index, *, per_round: int, batch_size: int,
-                   local_epochs: int, max_samples: int | None = None, include_last: bool = False) -> ClientBatches:
+                   local_epochs: int, max_samples: int | None = None, include_last: bool = False,
+                   local_steps: int | None = None) -> ClientBatches:
     """Samples the round's clients and draws every local epoch's sample order (jit-able, one run).
 
     Args:
@@ -165,10 +183,13 @@ def client_batches(index: Array, counts: Array, seed, round_index, *, per_round:
       include_last: the table's last row is not a client that can be sampled (the server's root
         set): the `per_round` clients are sampled among the others and the last row is appended
         (then `n = per_round + 1` rows below).
+      local_steps: every client holding data takes this many steps (its batches run on through
+        `epochs_drawn` fresh epoch orders) instead of `local_epochs` epochs; None: epochs.
     """
     return client_orders(index, counts, round_clients(index.shape[0], seed, round_index, per_round=per_round,
                                                       include_last=include_last),
-                         seed, round_index, batch_size=batch_size, local_epochs=local_epochs, max_samples=max_samples)
+                         seed, round_index, batch_size=batch_size, local_epochs=local_epochs, max_samples=max_samples,
+                         local_steps=local_steps)
 
 
 def round_clients(num_rows: int, seed, round_index, *, per_round: int, include_last: bool = False) -> Array:
@@ -183,7 +204,8 @@ def round_clients(num_rows: int, seed, round_index, *, per_round: int, include_l
 
 
 def client_orders(index: Array, counts: Array, clients: Array, seed, round_index, *, batch_size: int,
-                  local_epochs: int, max_samples: int | None = None, valid: Array | None = None) -> ClientBatches:
+                  local_epochs: int, max_samples: int | None = None, valid: Array | None = None,
+                  local_steps: int | None = None) -> ClientBatches:
     """Every local epoch's sample order of the given clients (`client_batches` without the sampling).
 
     Client `c`'s orders depend on `(seed, round, c)` only, so any subset of a round's clients (a
@@ -191,7 +213,8 @@ def client_orders(index: Array, counts: Array, clients: Array, seed, round_index
     in the whole round.
 
     Args:
-      index, counts, seed, round_index, batch_size, local_epochs, max_samples: as `client_batches`.
+      index, counts, seed, round_index, batch_size, local_epochs, max_samples, local_steps: as
+        `client_batches`.
       clients: `[k]` int32 rows of the table.
       valid: optional `[k]` bool; invalid entries (padding) get no samples and no steps.
     """
@@ -202,6 +225,8 @@ def client_orders(index: Array, counts: Array, clients: Array, seed, round_index
     if valid is not None:
         m = jnp.where(valid, m, 0)
     key = stream_key(seed, SCHEDULE_TAG, round_index)
+    steps = local_step_counts(m, batch_size, local_epochs, local_steps)
+    local_epochs = epochs_drawn(local_epochs, local_steps)
     # Row (client c, epoch e) has the key fold_in(key, c * E + e): independent of the other clients.
     rows = (clients[:, None] * local_epochs + jnp.arange(local_epochs)[None, :]).reshape(-1)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(rows)
@@ -212,7 +237,6 @@ def client_orders(index: Array, counts: Array, clients: Array, seed, round_index
     order = jnp.where(perm < m[:, None, None],
                       jnp.take_along_axis(table[:, None, :], jnp.minimum(perm, max_m - 1), axis=2),
                       first[:, None, :])
-    steps = local_epochs * (-(-m // batch_size))
     return ClientBatches(clients, m, steps.astype(jnp.int32), order.astype(jnp.int32))
 
 
