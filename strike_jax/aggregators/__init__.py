@@ -53,6 +53,9 @@ from strike_jax.aggregators.base import (
     majority_limit,
     resolve_f,
 )
+
+# The order of these imports is the registration order, which fixes the order of `names()`.
+# isort: off
 from strike_jax.aggregators.coordinatewise import mean, median, rbtm, trmean, trmean_limit
 from strike_jax.aggregators.distance import aksel, cclip, krum, krum_limit, krum_scores, multikrum, rfa
 from strike_jax.aggregators.dnc import dnc
@@ -67,6 +70,7 @@ from strike_jax.aggregators.clipping import arc, clipping
 # Issue 23: defences aimed at skew and uniformity (registered after the ones above).
 from strike_jax.aggregators.gas import gas
 from strike_jax.aggregators.uniformity import uniformity
+# isort: on
 
 PREAGGREGATORS = ("bucketing", "nnm", "clipping", "arc", "uniformity")
 

@@ -28,11 +28,13 @@ from strike_jax.stages import (
     RoundContext,
     Stage,
     as_stage,
-    chain as chain_stages,
     check_updates,
     empty_init,
     make_stage,
     no_limit,
+)
+from strike_jax.stages import (
+    chain as chain_stages,
 )
 
 Array = jax.Array

@@ -16,7 +16,6 @@ import struct
 
 import numpy as np
 
-from strike_jax.errors import InputError
 from strike_jax.data.base import (
     DataNotFoundError,
     Dataset,
@@ -26,6 +25,7 @@ from strike_jax.data.base import (
     finish_images,
     make_dataset,
 )
+from strike_jax.errors import InputError
 
 __all__ = [
     "read_idx",

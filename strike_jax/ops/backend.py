@@ -83,7 +83,7 @@ class Backend:
         return self.platform == "cpu"
 
     @classmethod
-    def for_run(cls, *, n: int, d: int, rounds: int, platform: str | None = None) -> "Backend":
+    def for_run(cls, *, n: int, d: int, rounds: int, platform: str | None = None) -> Backend:
         """The forms for a whole run of `rounds` server steps on `[n, d]`, chosen by its expected
         cost (compile + rounds x per-round), deterministically from the shapes and the platform.
 

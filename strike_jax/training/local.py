@@ -66,7 +66,7 @@ class LocalConfig(NamedTuple):
     clip_eps: float = 1e-6
     label_map: Callable[[Any, int], Any] | None = None
 
-    def hparams(self) -> "LocalHparams":
+    def hparams(self) -> LocalHparams:
         """The numbers as a `LocalHparams` of float32 scalars (clip_norm 0 when clipping is off)."""
         return LocalHparams(*(jnp.float32(0.0 if v is None else v)
                               for v in (self.lr, self.momentum, self.weight_decay, self.clip_norm)))
