@@ -288,7 +288,8 @@ def _ensure_key_parameters(s: dict) -> None:
             raise ValueError("ByzFL config: FedAvg needs training_algorithm.parameters.proportion_selected_clients.")
         p = tp["proportion_selected_clients"]
         if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 < p <= 1:
-            raise ValueError(f"ByzFL config: proportion_selected_clients={p!r} is not allowed; allowed: a number in (0, 1].")
+            raise ValueError(f"ByzFL config: proportion_selected_clients={p!r} is not allowed; "
+                             "allowed: a number in (0, 1].")
         if "local_steps_per_client" not in tp:
             raise ValueError("ByzFL config: FedAvg needs training_algorithm.parameters.local_steps_per_client.")
         k = tp["local_steps_per_client"]
@@ -498,7 +499,7 @@ def map_stage(kind: str, info: Mapping[str, Any]) -> StageSpec:
                                  f"only ByzFL's default {default!r}.")
             continue
         out[target] = v
-    for k, (target, default) in pmap.items():
+    for target, default in pmap.values():
         if target is not None and target not in out:
             out[target] = default
     # Our registry validates the values (one line naming them); map its message to the config's names.
@@ -517,7 +518,8 @@ def _partition(dd: Any) -> dict:
     _check_keys("data_distribution", dd, _KNOWN["data_distribution"])
     name = dd.get("name", "iid")
     if name not in PARTITIONS:
-        raise ValueError(f"ByzFL config: data_distribution {name!r} is not supported; allowed: {', '.join(PARTITIONS)}.")
+        raise ValueError(f"ByzFL config: data_distribution {name!r} is not supported; "
+                         f"allowed: {', '.join(PARTITIONS)}.")
     p = dd.get("distribution_parameter", 1.0)
     if name == "iid":
         return {"kind": "iid"}
@@ -579,7 +581,8 @@ def map_setting(s: Mapping[str, Any], index: int = 0) -> RunSpec:
         _check_keys("training_algorithm.parameters (DSGD)", tp, ())
         local_steps, participation = 1, 1.0
     else:
-        _check_keys("training_algorithm.parameters (FedAvg)", tp, ("proportion_selected_clients", "local_steps_per_client"))
+        _check_keys("training_algorithm.parameters (FedAvg)", tp,
+                    ("proportion_selected_clients", "local_steps_per_client"))
         local_steps, participation = tp["local_steps_per_client"], float(tp["proportion_selected_clients"])
 
     dataset = _get(s, "model", "dataset_name")

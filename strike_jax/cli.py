@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     from strike_jax import sweep
 
     fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(prog="strike-jax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="strike-jax", description=__doc__, formatter_class=fmt)
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="one federated run under attack", formatter_class=fmt,

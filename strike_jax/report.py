@@ -414,8 +414,9 @@ def bar_plot(path: str, title: str, attacks: Sequence[str], defences: Sequence[s
 
 def heatmap(path: str, title: str, rows: Sequence[Hashable], cols: Sequence[Hashable],
             values: Mapping[Hashable, Mapping[Hashable, float]], *, marked: Mapping[Hashable, Hashable] | None = None,
-            labels: Mapping[Hashable, Mapping[Hashable, str]] | None = None, row_label: Callable[[Hashable], str] = display,
-            col_label: Callable[[Hashable], str] = display, vmin: float = 0.0, vmax: float = 100.0,
+            labels: Mapping[Hashable, Mapping[Hashable, str]] | None = None,
+            row_label: Callable[[Hashable], str] = display, col_label: Callable[[Hashable], str] = display,
+            vmin: float = 0.0, vmax: float = 100.0,
             cbar_label: str = "best test accuracy (%)") -> None:
     """A rows x cols heatmap of numbers (`values[row][col]`, e.g. accuracy in %), each cell printed.
 

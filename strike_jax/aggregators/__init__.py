@@ -26,7 +26,8 @@ bound is part of their limit), `caf`, `signguard(lower~=0.1, upper~=3.0, fractio
 `clients [n]`: `aggregate(..., clients=ids)` or `RoundContext.clients`); issue 23:
 `gas(p=1000, base="krum")` (gradient splitting, needs `key`);
 pre-aggregators (`preaggregator_names()`): `nnm(include_self=True)`, `bucketing(s=2)` (needs
-`key`), `clipping(c~=2.0)`, `arc`, `uniformity(tau~=0.1)` (issue 23). `hparam_spec(name)` gives each one's allowed values.
+`key`), `clipping(c~=2.0)`, `arc`, `uniformity(tau~=0.1)` (issue 23). `hparam_spec(name)` gives each one's
+allowed values.
 
 Every rule is a pure function of arrays, safe under `jit`, `vmap` (also over `f`) and `grad`;
 `f` may be a traced integer (clamped to the rule's limit) or a Python int (checked against it:

@@ -546,7 +546,9 @@ def caf_weights(gram: Array, finite: Array, f: Array) -> Array:
     if n <= CAF_SCAN_MAX_ROWS:
         # A fixed trip count (steps past the end are skipped): reverse-mode autodiff runs through
         # it, so the weights' dependence on the rows enters the gradient (a while_loop has none).
-        step = lambda _, carry: lax.cond(cond(carry), body, lambda c: c, carry)
+        def step(_, carry):
+            return lax.cond(cond(carry), body, lambda c: c, carry)
+
         _, _, _, best_w = lax.fori_loop(0, n, step, init)
     else:
         _, _, _, best_w = lax.while_loop(cond, body, init)

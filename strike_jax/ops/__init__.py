@@ -32,8 +32,8 @@ from strike_jax.ops.distances import (
     sq_norms_and_dots,
 )
 from strike_jax.ops.order import (  # the two private names: the sorting network's tests
-    _batcher_pairs,
-    _pruned_network,
+    _batcher_pairs,  # noqa: F401 (re-exported for the sorting network's tests)
+    _pruned_network,  # noqa: F401 (likewise)
     largest_k_mask,
     lower_median,
     masked_lower_median,
