@@ -256,7 +256,7 @@ class ClippedClusteringState(NamedTuple):
     """
 
     norms: Array
-    count: Array
+    count: Array  # type: ignore[assignment]  # a field named like tuple.count(): mypy sees an override; the name is public API
 
 
 @functools.partial(jax.jit, static_argnames=("backend",))

@@ -189,7 +189,7 @@ def _subset_tables(name: str, n: int, f, max_subsets: int):
                 f"and C({n}, {fc}) = {math.comb(n, fc):,} exceeds max_subsets={max_subsets:,}; its limit for n={n} "
                 f"is f={lim} (raise max_subsets or use fewer rows).")
         fr = resolve_f(f, lim, name, n)
-        sizes = (min(fc, lim),) if fc >= 0 else (0,)
+        sizes: tuple[int, ...] = (min(fc, lim),) if fc >= 0 else (0,)
     else:
         fr = resolve_f(f, lim, name, n)
         sizes = tuple(range(lim + 1))

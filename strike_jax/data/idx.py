@@ -47,7 +47,7 @@ FASHION_MNIST_STD = (0.3530,)
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
 
-_IDX_TYPES = {
+_IDX_TYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),

@@ -70,7 +70,8 @@ def _list_split(split_dir: str, classes: list[str] | None) -> tuple[list[str], l
         if unknown:
             raise InputError(f"{split_dir!r} has classes not in train/: {unknown}.")
     index = {c: i for i, c in enumerate(classes)}
-    paths, labels = [], []
+    paths: list[str] = []
+    labels: list[int] = []
     for c in found:
         folder = os.path.join(split_dir, c)
         files = sorted(
