@@ -326,9 +326,10 @@ def names_type(allowed: str | Sequence[str] | None = None, *, single: bool = Fal
         if not vals or (single and len(vals) != 1):
             raise argparse.ArgumentTypeError(f"{text!r}: need {'one name' if single else 'at least one name'}")
         names = allowed_names(allowed) if isinstance(allowed, str) else allowed
-        bad = [v for v in vals if v not in names] if names is not None else []
-        if names is not None and bad:
-            raise argparse.ArgumentTypeError(f"unknown {label} {bad[0]!r}; allowed: {', '.join(names)}")
+        if names is not None:
+            bad = [v for v in vals if v not in names]
+            if bad:
+                raise argparse.ArgumentTypeError(f"unknown {label} {bad[0]!r}; allowed: {', '.join(names)}")
         return vals[0] if single else vals
 
     return parse
