@@ -32,7 +32,7 @@ def _require_partitionable_threefry(error: type[Exception] = RuntimeError) -> No
     back on, which would change the random streams of the process's other JAX code."""
     import jax
 
-    if not jax.config.jax_threefry_partitionable:
+    if not jax.config.jax_threefry_partitionable:  # type: ignore[attr-defined]  # jax.config's options are dynamic attributes its stubs don't list
         raise error("jax_threefry_partitionable=False is not allowed; allowed: True (JAX's default since 0.5): "
                     "strike_jax's batches must not depend on how many runs share a program; unset "
                     "JAX_THREEFRY_PARTITIONABLE or call jax.config.update('jax_threefry_partitionable', True).")

@@ -106,7 +106,7 @@ _KNOWN = {
 }
 
 #: ByzFL's `ensure_optional_config_parameters` (applied before the expansion).
-_OPTIONAL_DEFAULTS = {
+_OPTIONAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "benchmark_config": {"nb_honest_clients": 10, "set_honest_clients_as_clients": False, "training_seed": 0,
                          "nb_training_seeds": 1, "data_distribution_seed": 0, "nb_data_distribution_seeds": 1,
                          "size_train_set": 0.8},
@@ -140,7 +140,7 @@ _RUN_DEFAULTS = {
 
 #: ByzFL data set -> (ours, number of classes, torchvision folder, our loader's keyword arguments,
 #: ByzFL's training-set augmentation).
-DATASETS = {
+DATASETS: dict[str, tuple[str, int, str | None, dict[str, Any], tuple[str, ...]]] = {
     "mnist": ("mnist", 10, "MNIST", {"standardize": True}, ()),
     "fashionmnist": ("fashion_mnist", 10, "FashionMNIST", {"standardize": False}, ("hflip",)),
     "cifar10": ("cifar10", 10, None, {}, ("crop32_pad4", "hflip")),
@@ -158,7 +158,8 @@ LOSSES = ("NLLLoss", "CrossEntropyLoss")
 
 # ByzFL name -> (our name, {their parameter: (our hyper-parameter, their default)}, fixed options).
 # A parameter mapped to None must keep ByzFL's default (unsupported otherwise).
-AGGREGATORS = {
+_StageTable = dict[str, tuple[str, dict[str, tuple[str | None, Any]], dict[str, Any]]]
+AGGREGATORS: _StageTable = {
     "Average": ("mean", {}, {}),
     "Median": ("median", {}, {}),  # torch.median is the lower median, our default
     "TrMean": ("trmean", {}, {}),
@@ -172,14 +173,14 @@ AGGREGATORS = {
     "CAF": ("caf", {}, {}),
     "SMEA": ("smea", {}, {}),
 }
-PREAGGREGATORS = {
+PREAGGREGATORS: _StageTable = {
     "NNM": ("nnm", {}, {}),
     "Bucketing": ("bucketing", {"s": ("s", 1)}, {"rescale_f": False}),
     "Clipping": ("clipping", {"c": ("c", 2.0)}, {}),
     "ARC": ("arc", {}, {}),
 }
 #: ByzFL's DSGD sends gradient-space rows (momenta), hence ALIE's `sign="plus"`.
-ATTACKS = {
+ATTACKS: _StageTable = {
     "NoAttack": ("none", {}, {}),
     "SignFlipping": ("signflip", {}, {}),
     "InnerProductManipulation": ("ipm", {"tau": ("eps", 2.0)}, {}),
@@ -258,13 +259,13 @@ def combinations(cfg: Mapping[str, Any]) -> list[dict]:
 
 
 def _with_optional_defaults(cfg: Mapping[str, Any]) -> dict:
-    cfg = copy.deepcopy(dict(cfg))
+    out = copy.deepcopy(dict(cfg))
     for section, defaults in _OPTIONAL_DEFAULTS.items():
-        if not isinstance(cfg.get(section), dict):
-            raise ValueError(f"ByzFL config: {section} must be an object; got {cfg.get(section)!r}.")
+        if not isinstance(out.get(section), dict):
+            raise ValueError(f"ByzFL config: {section} must be an object; got {out.get(section)!r}.")
         for k, v in defaults.items():
-            cfg[section].setdefault(k, v)
-    return cfg
+            out[section].setdefault(k, v)
+    return out
 
 
 def _ensure_key_parameters(s: dict) -> None:
@@ -288,7 +289,8 @@ def _ensure_key_parameters(s: dict) -> None:
             raise ValueError("ByzFL config: FedAvg needs training_algorithm.parameters.proportion_selected_clients.")
         p = tp["proportion_selected_clients"]
         if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 < p <= 1:
-            raise ValueError(f"ByzFL config: proportion_selected_clients={p!r} is not allowed; allowed: a number in (0, 1].")
+            raise ValueError(f"ByzFL config: proportion_selected_clients={p!r} is not allowed; "
+                             "allowed: a number in (0, 1].")
         if "local_steps_per_client" not in tp:
             raise ValueError("ByzFL config: FedAvg needs training_algorithm.parameters.local_steps_per_client.")
         k = tp["local_steps_per_client"]
@@ -498,7 +500,7 @@ def map_stage(kind: str, info: Mapping[str, Any]) -> StageSpec:
                                  f"only ByzFL's default {default!r}.")
             continue
         out[target] = v
-    for k, (target, default) in pmap.items():
+    for target, default in pmap.values():
         if target is not None and target not in out:
             out[target] = default
     # Our registry validates the values (one line naming them); map its message to the config's names.
@@ -517,7 +519,8 @@ def _partition(dd: Any) -> dict:
     _check_keys("data_distribution", dd, _KNOWN["data_distribution"])
     name = dd.get("name", "iid")
     if name not in PARTITIONS:
-        raise ValueError(f"ByzFL config: data_distribution {name!r} is not supported; allowed: {', '.join(PARTITIONS)}.")
+        raise ValueError(f"ByzFL config: data_distribution {name!r} is not supported; "
+                         f"allowed: {', '.join(PARTITIONS)}.")
     p = dd.get("distribution_parameter", 1.0)
     if name == "iid":
         return {"kind": "iid"}
@@ -537,9 +540,10 @@ def find_data_dir(data_folder: str | None, dataset: str) -> str | None:
     have it), then in `data_folder` itself. Returns None when neither holds the four files (then
     our loaders look in their usual places: Debian's Fashion-MNIST package, TFDS).
     """
-    if data_folder is None or dataset not in DATASETS or DATASETS[dataset][2] is None:
+    folder = DATASETS[dataset][2] if dataset in DATASETS else None
+    if data_folder is None or folder is None:
         return None
-    for d in (os.path.join(data_folder, DATASETS[dataset][2], "raw"), data_folder):
+    for d in (os.path.join(data_folder, folder, "raw"), data_folder):
         if os.path.isdir(d) and find_idx_files(d)[0] is not None:
             return d
     return None
@@ -579,7 +583,8 @@ def map_setting(s: Mapping[str, Any], index: int = 0) -> RunSpec:
         _check_keys("training_algorithm.parameters (DSGD)", tp, ())
         local_steps, participation = 1, 1.0
     else:
-        _check_keys("training_algorithm.parameters (FedAvg)", tp, ("proportion_selected_clients", "local_steps_per_client"))
+        _check_keys("training_algorithm.parameters (FedAvg)", tp,
+                    ("proportion_selected_clients", "local_steps_per_client"))
         local_steps, participation = tp["local_steps_per_client"], float(tp["proportion_selected_clients"])
 
     dataset = _get(s, "model", "dataset_name")

@@ -48,8 +48,9 @@ def cmd_run(args) -> int:
                              "multi-process run passes all three).")
         # Before anything else touches jax: the devices of every process form one list.
         distributed.initialize(args.coordinator, args.num_processes, args.process_id, cpu_devices=args.cpu_devices)
-    from strike_jax.simulation import check_config, check_run_dir, simulate, write_json
     import jax
+
+    from strike_jax.simulation import check_config, check_run_dir, simulate, write_json
 
     config = _config_from_args(args)
     check_config(config)  # before any data loads
@@ -221,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     from strike_jax import sweep
 
     fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(prog="strike-jax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="strike-jax", description=__doc__, formatter_class=fmt)
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="one federated run under attack", formatter_class=fmt,

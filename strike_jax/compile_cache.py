@@ -67,7 +67,7 @@ def enable(path: str | None = None, *, min_compile_seconds: float = MIN_COMPILE_
 def _active_dir() -> str | None:
     import jax
 
-    return jax.config.jax_compilation_cache_dir or None
+    return jax.config.jax_compilation_cache_dir or None  # type: ignore[attr-defined]  # jax.config's options are dynamic attributes its stubs don't list
 
 
 def _measurement_key(key) -> str:

@@ -25,10 +25,14 @@ import json
 import math
 import os
 import sys
-from typing import Any, Callable, Hashable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence, TypeVar
 
 from strike_jax import atomic, sweep
 from strike_jax.config import Config
+
+# A grouping key (`collect`). Mapping parameters below take `Any` keys (row and column names of any
+# hashable type): Mapping is invariant in its key type.
+_K = TypeVar("_K", bound=Hashable)
 
 DISPLAY = {
     "bitflip": "BitFlip", "lie": "LIE", "ipm": "IPM", "minmax": "MinMax", "minsum": "MinSum",
@@ -74,11 +78,11 @@ def mean_std(values: Sequence[float | None]) -> tuple[float, float]:
 
 
 def collect(configs: Sequence[Config], results: Sequence[Mapping[str, Any]],
-            key: Callable[[Config], Hashable]) -> dict[Hashable, list[tuple[int, float, bool]]]:
+            key: Callable[[Config], _K]) -> dict[_K, list[tuple[int, float, bool]]]:
     """Groups runs by `key(config)`: `{key: [(seed, best accuracy (NaN if never evaluated), diverged)]}`."""
     from strike_jax.simulation import best_accuracy
 
-    out: dict[Hashable, list[tuple[int, float, bool]]] = {}
+    out: dict[_K, list[tuple[int, float, bool]]] = {}
     for c, r in zip(configs, results):
         out.setdefault(key(c), []).append((c.seed, best_accuracy(r), bool(r.get("diverged"))))
     return out
@@ -163,7 +167,7 @@ def format_cell(cell: Mapping[str, Any] | None, *, nu: bool = False, scale: floa
 
 
 def markdown_table(title: str, row_header: str, rows: Sequence[Hashable], cols: Sequence[Hashable],
-                   cells: Mapping[Hashable, Mapping[Hashable, Mapping[str, Any]]], *,
+                   cells: Mapping[Any, Mapping[Any, Mapping[str, Any]]], *,
                    bold_min: bool = True, row_label: Callable[[Hashable], str] = display,
                    col_label: Callable[[Hashable], str] = display, show_nu: bool = False,
                    reference_rows: Sequence[Hashable] = ()) -> str:
@@ -391,7 +395,7 @@ def line_plot(path: str, title: str, xlabel: str, xs: Sequence[Any], series: Map
 
 
 def bar_plot(path: str, title: str, attacks: Sequence[str], defences: Sequence[str],
-             cells: Mapping[str, Mapping[str, Mapping]]) -> None:
+             cells: Mapping[str, Mapping[Any, Mapping]]) -> None:
     """Grouped bars: one group per defence, one bar per attack (as the paper's Figure 4)."""
     plt = pyplot()
     if plt is None:
@@ -414,8 +418,9 @@ def bar_plot(path: str, title: str, attacks: Sequence[str], defences: Sequence[s
 
 def heatmap(path: str, title: str, rows: Sequence[Hashable], cols: Sequence[Hashable],
             values: Mapping[Hashable, Mapping[Hashable, float]], *, marked: Mapping[Hashable, Hashable] | None = None,
-            labels: Mapping[Hashable, Mapping[Hashable, str]] | None = None, row_label: Callable[[Hashable], str] = display,
-            col_label: Callable[[Hashable], str] = display, vmin: float = 0.0, vmax: float = 100.0,
+            labels: Mapping[Hashable, Mapping[Hashable, str]] | None = None,
+            row_label: Callable[[Hashable], str] = display, col_label: Callable[[Hashable], str] = display,
+            vmin: float = 0.0, vmax: float = 100.0,
             cbar_label: str = "best test accuracy (%)") -> None:
     """A rows x cols heatmap of numbers (`values[row][col]`, e.g. accuracy in %), each cell printed.
 

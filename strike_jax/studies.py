@@ -186,9 +186,9 @@ def grid_study(args: argparse.Namespace, base: Config, configs: Sequence[Config]
         md += report.markdown_table(title, "attack", rows, cols, cells[g], row_label=str, col_label=str,
                                     reference_rows=none_rows) + "\n"
     md += report.run_footer(stats)
-    runs = [{"run_id": sweep.run_id(c), "config": c.non_default(), "best_accuracy": r.get("best_accuracy"),
+    run_records = [{"run_id": sweep.run_id(c), "config": c.non_default(), "best_accuracy": r.get("best_accuracy"),
              "diverged": bool(r.get("diverged"))} for c, r in zip(configs, results)]
     tables = {g: {"rows": rows, "cols": cols, "cells": cells[g]} for g, (rows, cols) in order.items()}
     report.write_results(stem, md, {**spec, "experiment": "strike-jax sweep", "setting": setting, "split_by": split,
-                                    "tables": tables, "runs": runs, "stats": stats})
+                                    "tables": tables, "runs": run_records, "stats": stats})
     return 0

@@ -326,9 +326,10 @@ def names_type(allowed: str | Sequence[str] | None = None, *, single: bool = Fal
         if not vals or (single and len(vals) != 1):
             raise argparse.ArgumentTypeError(f"{text!r}: need {'one name' if single else 'at least one name'}")
         names = allowed_names(allowed) if isinstance(allowed, str) else allowed
-        bad = [v for v in vals if names is not None and v not in names]
-        if bad:
-            raise argparse.ArgumentTypeError(f"unknown {label} {bad[0]!r}; allowed: {', '.join(names)}")
+        if names is not None:
+            bad = [v for v in vals if v not in names]
+            if bad:
+                raise argparse.ArgumentTypeError(f"unknown {label} {bad[0]!r}; allowed: {', '.join(names)}")
         return vals[0] if single else vals
 
     return parse
@@ -358,7 +359,8 @@ def make_parser(script_file: str, description: str | None, *, paper_dataset: str
                         "presets (cifar10, imagenet12, femnist), which need the data on disk")
     p.add_argument("--dataset", help=f"a preset name (default: {local_dataset} at local scale, "
                                      f"{paper_dataset} at paper scale)")
-    options.add_config_options(p, ("data_dir",), helps={"data_dir": "where the data set lives (passed to the data layer)"})
+    options.add_config_options(p, ("data_dir",),
+                               helps={"data_dir": "where the data set lives (passed to the data layer)"})
     p.add_argument("--seeds", type=parse_seeds,
                    help="a count (3 -> 0,1,2), a list (0,4,7) or a range (2-4); default 2 at local "
                         "scale, 5 at paper scale")

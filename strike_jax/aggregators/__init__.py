@@ -26,7 +26,8 @@ bound is part of their limit), `caf`, `signguard(lower~=0.1, upper~=3.0, fractio
 `clients [n]`: `aggregate(..., clients=ids)` or `RoundContext.clients`); issue 23:
 `gas(p=1000, base="krum")` (gradient splitting, needs `key`);
 pre-aggregators (`preaggregator_names()`): `nnm(include_self=True)`, `bucketing(s=2)` (needs
-`key`), `clipping(c~=2.0)`, `arc`, `uniformity(tau~=0.1)` (issue 23). `hparam_spec(name)` gives each one's allowed values.
+`key`), `clipping(c~=2.0)`, `arc`, `uniformity(tau~=0.1)` (issue 23). `hparam_spec(name)` gives each one's
+allowed values.
 
 Every rule is a pure function of arrays, safe under `jit`, `vmap` (also over `f`) and `grad`;
 `f` may be a traced integer (clamped to the rule's limit) or a Python int (checked against it:
@@ -53,6 +54,9 @@ from strike_jax.aggregators.base import (
     majority_limit,
     resolve_f,
 )
+
+# The order of these imports is the registration order, which fixes the order of `names()`.
+# isort: off
 from strike_jax.aggregators.coordinatewise import mean, median, rbtm, trmean, trmean_limit
 from strike_jax.aggregators.distance import aksel, cclip, krum, krum_limit, krum_scores, multikrum, rfa
 from strike_jax.aggregators.dnc import dnc
@@ -67,6 +71,7 @@ from strike_jax.aggregators.clipping import arc, clipping
 # Issue 23: defences aimed at skew and uniformity (registered after the ones above).
 from strike_jax.aggregators.gas import gas
 from strike_jax.aggregators.uniformity import uniformity
+# isort: on
 
 PREAGGREGATORS = ("bucketing", "nnm", "clipping", "arc", "uniformity")
 

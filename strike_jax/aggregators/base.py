@@ -28,11 +28,13 @@ from strike_jax.stages import (
     RoundContext,
     Stage,
     as_stage,
-    chain as chain_stages,
     check_updates,
     empty_init,
     make_stage,
     no_limit,
+)
+from strike_jax.stages import (
+    chain as chain_stages,
 )
 
 Array = jax.Array
@@ -187,19 +189,24 @@ class PreAggregator(NamedTuple):
     stage: Stage | None = None
 
 
+def _rule_aggregator(stage: Stage) -> Aggregator:
+    """The `Aggregator` adapter of a stage of kind "rule"."""
+
+    def aggregate(updates, state, *, f=None, key=None, clients=None, root_update=None):
+        if f is None:
+            raise ValueError(f"{stage.name}: f (the number of Byzantine rows) is required; pass f=0 for none.")
+        ctx = RoundContext(None, f, key, clients=clients, root_update=root_update)
+        g, state, _ = stage.update(updates, state, ctx)
+        return g, state
+
+    return Aggregator(stage.name, stage.init, aggregate, stage.max_f, stage.hparams, stage)
+
+
 def as_aggregator(stage: Stage) -> Aggregator | PreAggregator:
     """The adapter of a rule or pre-aggregator stage (`aggregators.get` returns these)."""
 
     if stage.kind == "rule":
-
-        def aggregate(updates, state, *, f=None, key=None, clients=None, root_update=None):
-            if f is None:
-                raise ValueError(f"{stage.name}: f (the number of Byzantine rows) is required; pass f=0 for none.")
-            ctx = RoundContext(None, f, key, clients=clients, root_update=root_update)
-            g, state, _ = stage.update(updates, state, ctx)
-            return g, state
-
-        return Aggregator(stage.name, stage.init, aggregate, stage.max_f, stage.hparams, stage)
+        return _rule_aggregator(stage)
     if stage.kind == "preaggregator":
 
         def apply(updates, state, *, f=None, key=None):
@@ -235,7 +242,7 @@ def chain(*stages: Any) -> Aggregator:
         if p.kind != "preaggregator":
             raise ValueError(f"chain: {p.name!r} is not a pre-aggregator (nnm, bucketing); "
                              "only the last stage may be a rule.")
-    return as_aggregator(chain_stages(*parts))
+    return _rule_aggregator(chain_stages(*parts))  # a chain has the kind of its last stage: a rule
 
 
 __all__ = [

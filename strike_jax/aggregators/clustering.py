@@ -232,7 +232,9 @@ def average_linkage_two_clusters(dist: Array, valid: Array) -> Array:
         sizen = size.at[a].add(sb).at[b].set(0.0)
         rootn = jnp.where(root == b, a, root)
         activen = active.at[b].set(False)
-        pick = lambda new, old: jnp.where(go, new, old)
+        def pick(new, old):
+            return jnp.where(go, new, old)
+
         return pick(Dn, D), pick(sizen, size), pick(rootn, root), pick(activen, active)
 
     init = (D0, valid.astype(dtype), idx, valid)
@@ -254,7 +256,7 @@ class ClippedClusteringState(NamedTuple):
     """
 
     norms: Array
-    count: Array
+    count: Array  # type: ignore[assignment]  # a field named like tuple.count(): mypy sees an override; the name is public API
 
 
 @functools.partial(jax.jit, static_argnames=("backend",))

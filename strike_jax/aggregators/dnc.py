@@ -2,8 +2,8 @@
 
 `k = ceil(c * f)`; `niters` times: draw `b` coordinates uniformly with replacement (as the
 reference: `keys = jax.random.split(key, niters)`, iteration `t` uses
-`jax.random.randint(keys[t], (b,), 0, d)`), centre the `[n, b]` sub-matrix on the mean of the finite rows, take its top right
-singular vector `v`, score `s_i = <X_i - mean, v>^2`, mark the `k` highest scores as bad.
+`jax.random.randint(keys[t], (b,), 0, d)`), centre the `[n, b]` sub-matrix on the mean of the finite rows, take its
+top right singular vector `v`, score `s_i = <X_i - mean, v>^2`, mark the `k` highest scores as bad.
 Average the rows never marked bad. Non-finite rows are removed before the SVD and count towards `k`.
 
 The top singular direction is computed from the small `[n, n]` Gram matrix of the sub-matrix

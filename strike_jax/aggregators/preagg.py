@@ -92,11 +92,12 @@ def _bucket_means(updates: Array, members: Array, finite: Array) -> Array:
     use = valid & finite[idx]
     cnt = use.sum(axis=1, keepdims=True)
     w = use.astype(updates.dtype) / jnp.maximum(cnt, 1).astype(updates.dtype)
-    out = None
+    out: Array | None = None
     for t in range(members.shape[1]):
         rows = jnp.take(updates, idx[:, t], axis=0)
         term = jnp.where(use[:, t:t + 1], w[:, t:t + 1] * rows, jnp.zeros((), updates.dtype))
         out = term if out is None else out + term
+    assert out is not None, "members has at least one column"
     return jnp.where(cnt > 0, out, jnp.nan)
 
 

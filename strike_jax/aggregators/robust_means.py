@@ -189,7 +189,7 @@ def _subset_tables(name: str, n: int, f, max_subsets: int):
                 f"and C({n}, {fc}) = {math.comb(n, fc):,} exceeds max_subsets={max_subsets:,}; its limit for n={n} "
                 f"is f={lim} (raise max_subsets or use fewer rows).")
         fr = resolve_f(f, lim, name, n)
-        sizes = (min(fc, lim),) if fc >= 0 else (0,)
+        sizes: tuple[int, ...] = (min(fc, lim),) if fc >= 0 else (0,)
     else:
         fr = resolve_f(f, lim, name, n)
         sizes = tuple(range(lim + 1))
@@ -546,7 +546,9 @@ def caf_weights(gram: Array, finite: Array, f: Array) -> Array:
     if n <= CAF_SCAN_MAX_ROWS:
         # A fixed trip count (steps past the end are skipped): reverse-mode autodiff runs through
         # it, so the weights' dependence on the rows enters the gradient (a while_loop has none).
-        step = lambda _, carry: lax.cond(cond(carry), body, lambda c: c, carry)
+        def step(_, carry):
+            return lax.cond(cond(carry), body, lambda c: c, carry)
+
         _, _, _, best_w = lax.fori_loop(0, n, step, init)
     else:
         _, _, _, best_w = lax.while_loop(cond, body, init)

@@ -44,8 +44,13 @@ from jax import lax
 
 from strike_jax import ops, registry
 from strike_jax.aggregators.distance import krum_limit
-from strike_jax.attacks.base import (attack_stage, downstream_defence, krum_scores_with_rows_replaced, reference_mask,
-                                     replace_rows)
+from strike_jax.attacks.base import (
+    attack_stage,
+    downstream_defence,
+    krum_scores_with_rows_replaced,
+    reference_mask,
+    replace_rows,
+)
 from strike_jax.attacks.baselines import NDSS_MAX_ITERS, NDSS_TOL, ndss_search
 from strike_jax.registry import choice, real, register
 from strike_jax.stages import Stage

@@ -150,9 +150,10 @@ def krum_scores_with_rows_replaced(d2: Array, byzantine_mask: Array, to_row: Arr
     return krum_scores(full, jnp.minimum(byz.sum(), krum_limit(n)))
 
 
-def downstream_defence(updates: Array, fallback: Stage, ctx: RoundContext) -> tuple[Stage, Callable[[Array], Array]]:
+def downstream_defence(updates: Array | jax.ShapeDtypeStruct, fallback: Stage,
+                       ctx: RoundContext) -> tuple[Stage, Callable[[Array], Array]]:
     """`(defence, aggregate)`: the defence a white-box attack simulates and `aggregate(U [n, d]) ->
-    [d]`, that defence applied to a crafted matrix.
+    [d]`, that defence applied to a crafted matrix. Only the shape and dtype of `updates` are read.
 
     In a pipeline the defence is `ctx.downstream`, the round's real pre-aggregators and rule, run
     from `ctx.downstream_state` (its state this round and, for injected stages, this run's own

@@ -125,7 +125,7 @@ NDSS_TOL = 1e-5
 NDSS_MAX_ITERS = 100
 
 
-def ndss_search(feasible: Callable[[Array], Array], dtype=jnp.float32, *, lam0: float = NDSS_LAMBDA0,
+def ndss_search(feasible: Callable[[Array], Array], dtype=jnp.float32, *, lam0: float | Array = NDSS_LAMBDA0,
                 tol: float = NDSS_TOL, max_iters: int = NDSS_MAX_ITERS) -> Array:
     """The NDSS'21 scalar search of MinMax/MinSum, returning the last **feasible** lambda.
 

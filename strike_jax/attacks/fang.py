@@ -142,15 +142,15 @@ def fang(target="trmean", b=2.0, *, backend: ops.Backend | None = None) -> Stage
 
     if target == "krum":
 
-        def core(updates, mask, state, key):
+        def krum_core(updates, mask, state, key):
             return _fang_krum(updates, mask, backend=backend), state
 
-        return attack_stage("fang", core)
+        return attack_stage("fang", krum_core)
 
-    def core(updates, mask, state, key):
+    def trim_core(updates, mask, state, key):
         return _fang_trim(updates, mask, key, jnp.asarray(b, updates.dtype), backend=backend), state
 
-    return attack_stage("fang", core, needs_key=True)
+    return attack_stage("fang", trim_core, needs_key=True)
 
 
 __all__ = ["FANG_TARGETS", "fang", "fang_krum_vector", "krum_lambda_bound", "trim_bounds", "trim_values"]

@@ -281,7 +281,7 @@ class FactorSearchResult(NamedTuple):
 
     vector: Array
     factor: Array
-    index: Array
+    index: Array  # type: ignore[assignment]  # a field named like tuple.index(): mypy sees an override; the name is public API
     deviations: Array
 
 

@@ -36,7 +36,6 @@ import inspect
 import typing
 from typing import Callable
 
-from strike_jax.errors import InputError
 from strike_jax.data.base import DataNotFoundError, Dataset, Preprocessing, make_dataset
 from strike_jax.data.clients import ClientData, make_client_data, schedule_nbytes
 from strike_jax.data.digits import load_digits
@@ -57,6 +56,7 @@ from strike_jax.data.partition import (
 from strike_jax.data.synthetic import load_synthetic
 from strike_jax.data.tfds_source import load_cifar10, load_emnist, load_tfds
 from strike_jax.data.user import from_arrays, register
+from strike_jax.errors import InputError
 
 __all__ = [
     "check_load_args",

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     load_s = time.perf_counter() - t0
-    out = {"dataset": ds.summary(), "load_seconds": round(load_s, 3)}
+    out: dict[str, Any] = {"dataset": ds.summary(), "load_seconds": round(load_s, 3)}
 
     # --natural / --iid explicit; else Dirichlet when --clients is given; else the natural split
     # when the data set has one; else no split.

@@ -141,7 +141,7 @@ class Dataset(NamedTuple):
             return x if x.dtype == np.float32 else x.astype(np.float32)
         return self.preprocessing.apply(x)
 
-    def as_float32(self) -> "Dataset":
+    def as_float32(self) -> Dataset:
         """The same data with the preprocessing applied on the host (float32 storage)."""
         if self.preprocessing.applied:
             return self
@@ -155,7 +155,7 @@ class Dataset(NamedTuple):
         self,
         train: np.ndarray | None = None,
         test: np.ndarray | None = None,
-    ) -> "Dataset":
+    ) -> Dataset:
         """Keep the given train/test sample indices (e.g. for reduced-scale runs).
 
         Natural client ids are re-numbered `0..K'-1` over the clients that keep a sample, in

@@ -44,7 +44,7 @@ class ClientData(NamedTuple):
       local_epochs: `E` (SPEC §2: 1).
     """
 
-    index: np.ndarray
+    index: np.ndarray  # type: ignore[assignment]  # a field named like tuple.index(): mypy sees an override; the name is public API
     counts: np.ndarray
     batch_size: int
     num_steps: int

@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 
-from strike_jax.errors import InputError
 from strike_jax.data.base import Dataset, check_dtype, describe, finish_images, make_dataset
+from strike_jax.errors import InputError
 
 __all__ = ["load_digits", "stratified_split"]
 

@@ -16,7 +16,6 @@ import struct
 
 import numpy as np
 
-from strike_jax.errors import InputError
 from strike_jax.data.base import (
     DataNotFoundError,
     Dataset,
@@ -26,6 +25,7 @@ from strike_jax.data.base import (
     finish_images,
     make_dataset,
 )
+from strike_jax.errors import InputError
 
 __all__ = [
     "read_idx",
@@ -47,7 +47,7 @@ FASHION_MNIST_STD = (0.3530,)
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
 
-_IDX_TYPES = {
+_IDX_TYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from strike_jax.errors import InputError
 from strike_jax.data.base import (
     DataNotFoundError,
     Dataset,
@@ -26,6 +25,7 @@ from strike_jax.data.base import (
     finish_images,
     make_dataset,
 )
+from strike_jax.errors import InputError
 
 __all__ = ["load_image_folder", "load_imagenet12", "preprocess_image", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -70,7 +70,8 @@ def _list_split(split_dir: str, classes: list[str] | None) -> tuple[list[str], l
         if unknown:
             raise InputError(f"{split_dir!r} has classes not in train/: {unknown}.")
     index = {c: i for i, c in enumerate(classes)}
-    paths, labels = [], []
+    paths: list[str] = []
+    labels: list[int] = []
     for c in found:
         folder = os.path.join(split_dir, c)
         files = sorted(

@@ -14,7 +14,6 @@ import os
 
 import numpy as np
 
-from strike_jax.errors import InputError
 from strike_jax.data.base import (
     DataNotFoundError,
     Dataset,
@@ -23,6 +22,7 @@ from strike_jax.data.base import (
     describe,
     make_dataset,
 )
+from strike_jax.errors import InputError
 
 __all__ = ["load_femnist", "read_leaf_split"]
 
@@ -79,7 +79,7 @@ def read_leaf_split(directory: str, dtype: str = "float32") -> tuple[list[str], 
     ys: list[list[np.ndarray]] = []
     for path in files:
         try:
-            with open(path, "r", encoding="utf-8") as fh:
+            with open(path, encoding="utf-8") as fh:
                 blob = json.load(fh)
         except json.JSONDecodeError as err:
             raise InputError(f"{path!r} is not valid JSON: {err}") from err

@@ -210,7 +210,7 @@ def dirichlet(
     classes, class_sizes = np.unique(labels, return_counts=True)
     rng = np.random.default_rng(seed)
     smallest = -1
-    for tries in range(1, int(max_tries) + 1):
+    for tries in range(1, int(max_tries) + 1):  # noqa: B007 (read after the loop: Partition.tries)
         p = rng.dirichlet(np.full(n, float(beta)), size=classes.size)
         if not np.all(np.isfinite(p)):
             raise InputError(f"Dirichlet draw with beta={beta} gave non-finite proportions; raise beta.")

@@ -6,8 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
-from strike_jax.errors import InputError
 from strike_jax.data.base import Dataset, describe, make_dataset
+from strike_jax.errors import InputError
 
 __all__ = ["load_synthetic"]
 

@@ -14,7 +14,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from strike_jax.errors import InputError
 from strike_jax.data.base import (
     DataNotFoundError,
     Dataset,
@@ -23,6 +22,7 @@ from strike_jax.data.base import (
     finish_images,
     make_dataset,
 )
+from strike_jax.errors import InputError
 
 __all__ = [
     "load_tfds",

@@ -30,7 +30,7 @@ same function within float32 rounding. `conv_plans(model)` says which form each 
 | `digits_cnn`, `fmnist_cnn` | `SmallCNN` (aliases used by the local presets) | digits / Fashion-MNIST |
 | `digits_mlp` | `MLP` (alias) | digits |
 | `cnn_mnist`, `fc_mnist`, `logreg_mnist` | ByzFL's MNIST models (431,080 / 79,510 / 7,850 params) | ByzFL benchmarks |
-| `cnn_cifar`, `resnet18_cifar` | ByzFL's CIFAR models (2,324,630 / 11,173,962; the ResNet has a 3x3 stem, no max-pool, BatchNorm) | ByzFL benchmarks |
+| `cnn_cifar`, `resnet18_cifar` | ByzFL's CIFAR models (2,324,630 / 11,173,962 params) | ByzFL benchmarks |
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ initial distribution:
 References:
   ByzFL 0.0.11 (`pip download byzfl==0.0.11`), `byzfl/fed_framework/models.py`; the CIFAR ResNet
   layout of K. Liu's pytorch-cifar, which ByzFL follows.
-"""
+"""  # noqa: E501 (the table rows above are longer than a line; wrapping would break the table)
 
 from __future__ import annotations
 

@@ -79,7 +79,8 @@ class AlexNetCifar(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False, mask: Array | None = None) -> Array:
-        x = _pool(self, nn.relu(Conv(64, (11, 11), strides=(4, 4), padding=5, conv_impl=self.conv_impl, name="conv1")(x)))
+        conv1 = Conv(64, (11, 11), strides=(4, 4), padding=5, conv_impl=self.conv_impl, name="conv1")
+        x = _pool(self, nn.relu(conv1(x)))
         x = _pool(self, nn.relu(Conv(192, (5, 5), padding=2, conv_impl=self.conv_impl, name="conv2")(x)))
         x = nn.relu(Conv(384, (3, 3), padding=1, conv_impl=self.conv_impl, name="conv3")(x))
         x = nn.relu(Conv(256, (3, 3), padding=1, conv_impl=self.conv_impl, name="conv4")(x))

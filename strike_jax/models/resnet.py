@@ -87,6 +87,7 @@ class ResNet18(nn.Module):
             features = 64 * 2**stage
             for b in range(blocks):
                 stride = 2 if (stage > 0 and b == 0) else 1
-                x = BasicBlock(features, stride, self.conv_init, self.conv_impl, name=f"layer{stage + 1}_{b}")(x, train, mask)
+                block = BasicBlock(features, stride, self.conv_init, self.conv_impl, name=f"layer{stage + 1}_{b}")
+                x = block(x, train, mask)
         x = jnp.mean(x, axis=(1, 2))
         return Dense(self.num_classes, name="fc")(x)

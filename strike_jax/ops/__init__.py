@@ -25,20 +25,20 @@ from strike_jax.ops.distances import (
     masked_max_pairwise,
     pairwise_sq_dists,
     pairwise_sq_dists_finite,
-    sq_dists_from_gram,
     safe_sqrt,
+    sq_dists_from_gram,
     sq_dists_to,
     sq_norms,
     sq_norms_and_dots,
 )
 from strike_jax.ops.order import (  # the two private names: the sorting network's tests
-    _batcher_pairs,
-    _pruned_network,
+    _batcher_pairs,  # noqa: F401 (re-exported for the sorting network's tests)
+    _pruned_network,  # noqa: F401 (likewise)
     largest_k_mask,
     lower_median,
     masked_lower_median,
-    network_masked_lower_median,
     median_window_mean,
+    network_masked_lower_median,
     order_statistic,
     rank_band_mean,
     rank_band_sum,

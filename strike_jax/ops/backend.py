@@ -70,7 +70,8 @@ class Backend:
         if self.platform is None:
             object.__setattr__(self, "platform", jax.default_backend())
         if self.sort not in SORT_METHODS:
-            raise ValueError(f"Backend sort={self.sort!r} is not allowed; allowed: {', '.join(map(repr, SORT_METHODS))}.")
+            raise ValueError(f"Backend sort={self.sort!r} is not allowed; "
+                             f"allowed: {', '.join(map(repr, SORT_METHODS))}.")
         if self.gram not in GRAM_MODES:
             raise ValueError(f"Backend gram={self.gram!r} is not allowed; allowed: {', '.join(map(repr, GRAM_MODES))}.")
         for name in ("network_max_rows", "gram_chunk_max_rows"):
@@ -83,7 +84,7 @@ class Backend:
         return self.platform == "cpu"
 
     @classmethod
-    def for_run(cls, *, n: int, d: int, rounds: int, platform: str | None = None) -> "Backend":
+    def for_run(cls, *, n: int, d: int, rounds: int, platform: str | None = None) -> Backend:
         """The forms for a whole run of `rounds` server steps on `[n, d]`, chosen by its expected
         cost (compile + rounds x per-round), deterministically from the shapes and the platform.
 

@@ -56,8 +56,8 @@ def make_evaluate(model, batch_size: int = 1000) -> Callable:
         loss = jnp.float32(0.0)
         for start in range(0, n, b):
             s = min(start, n - b)
-            c, l = batch_fn(variables, x_test, y_test, jnp.int32(s), jnp.int32(start - s), b)
-            correct, loss = correct + c, loss + l
+            c, batch_loss = batch_fn(variables, x_test, y_test, jnp.int32(s), jnp.int32(start - s), b)
+            correct, loss = correct + c, loss + batch_loss
         return correct.astype(jnp.float32) / n, loss / n
 
     return evaluate

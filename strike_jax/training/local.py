@@ -66,7 +66,7 @@ class LocalConfig(NamedTuple):
     clip_eps: float = 1e-6
     label_map: Callable[[Any, int], Any] | None = None
 
-    def hparams(self) -> "LocalHparams":
+    def hparams(self) -> LocalHparams:
         """The numbers as a `LocalHparams` of float32 scalars (clip_norm 0 when clipping is off)."""
         return LocalHparams(*(jnp.float32(0.0 if v is None else v)
                               for v in (self.lr, self.momentum, self.weight_decay, self.clip_norm)))
@@ -117,7 +117,7 @@ def _check_config(cfg: LocalConfig) -> None:
         raise ValueError(f"clip_eps={cfg.clip_eps!r} must be a number >= 0.")
 
 
-def clip_by_global_norm_torch(max_norm: float, eps: float = 1e-6) -> optax.GradientTransformation:
+def clip_by_global_norm_torch(max_norm: float | Array, eps: float = 1e-6) -> optax.GradientTransformation:
     """`g *= min(1, max_norm / (||g||_2 + eps))` over the whole pytree (`torch.nn.utils.clip_grad_norm_`).
 
     With `eps = 0` this equals `optax.clip_by_global_norm` up to rounding.
@@ -143,13 +143,17 @@ def make_optimizer(cfg: LocalConfig, hp: LocalHparams | None = None) -> optax.Gr
     """
     _check_config(cfg)
     clip, decay, momentum = cfg.structure()
-    hp = LocalHparams(cfg.lr, cfg.momentum, cfg.weight_decay, cfg.clip_norm) if hp is None else hp
+    # Without `hp`, the config's Python numbers (clip_norm is read only when clipping is on).
+    nums: tuple[float | Array, ...] = (
+        (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.clip_norm or 0.0) if hp is None else tuple(hp)
+    )
+    lr, mom, wd, clip_norm = nums
     parts = []
     if clip:
-        parts.append(clip_by_global_norm_torch(hp.clip_norm, float(cfg.clip_eps)))
+        parts.append(clip_by_global_norm_torch(clip_norm, float(cfg.clip_eps)))
     if decay:
-        parts.append(optax.add_decayed_weights(hp.weight_decay))
-    parts.append(optax.sgd(hp.lr, momentum=hp.momentum if momentum else None))
+        parts.append(optax.add_decayed_weights(wd))
+    parts.append(optax.sgd(lr, momentum=mom if momentum else None))
     return optax.chain(*parts)
 
 

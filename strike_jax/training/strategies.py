@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +55,7 @@ from strike_jax.training.local import (
 from strike_jax.training.packed import make_packed_train
 
 Array = jax.Array
+_F = TypeVar("_F", bound=Callable)
 
 STRATEGIES = ("packed", "vmap", "map", "steps", "loop")
 DEVICE_STRATEGIES = ("packed", "vmap", "map")
@@ -280,7 +281,7 @@ def choose_strategy(estimates: dict[str, float], *, prefer: str = "packed", slac
     """The strategy "auto" runs: the fastest measured one, except that the one-program `prefer`
     (no per-step dispatch, no schedule transfer, fused with the server step in a simulation) is kept
     within `slack` of it."""
-    fastest = min(estimates, key=estimates.get)
+    fastest = min(estimates, key=estimates.__getitem__)
     if prefer in estimates and estimates[prefer] <= slack * estimates[fastest]:
         return prefer
     return fastest
@@ -349,7 +350,12 @@ def make_client_updates(model, cfg: LocalConfig, strategy: str = "steps") -> Cli
                          f"{', '.join(map(repr, DEVICE_STRATEGIES))} train from the plan: make_plan_updates; "
                          "'auto': resolve_auto).")
     fn = _make_steps_strategy(model, cfg) if strategy == "steps" else _make_loop_strategy(model, cfg)
-    fn.strategy = strategy
+    return _with_strategy(fn, strategy)
+
+
+def _with_strategy(fn: _F, strategy: str) -> _F:
+    """`fn` itself, with `fn.strategy = strategy` (the attribute callers read)."""
+    fn.strategy = strategy  # type: ignore[attr-defined]  # functions take attributes; Callable types declare none
     return fn
 
 
@@ -388,13 +394,12 @@ def make_plan_updates(model, cfg: LocalConfig, strategy: str, *, batch_size: int
         host = make_client_updates(model, cfg, strategy)
         padded = jax.jit(schedule.padded_schedule, static_argnames=("batch_size", "num_steps"))
 
-        def updates(variables, x_train, y_train, cb, flip=None, hp=None):
+        def host_updates(variables, x_train, y_train, cb, flip=None, hp=None):
             S = _pow2(int(jax.device_get(cb.steps).max(initial=1)))
             idx, mask = padded(cb, batch_size=batch_size, num_steps=S)
             return host(variables, x_train, y_train, idx, mask, _flip(cb, flip), hp)
 
-        updates.strategy = strategy
-        return updates
+        return _with_strategy(host_updates, strategy)
 
     train = make_packed_train(model, cfg)
 
@@ -413,8 +418,7 @@ def make_plan_updates(model, cfg: LocalConfig, strategy: str, *, batch_size: int
         return run(variables, jnp.asarray(x_train), jnp.asarray(y_train), cb, _flip(cb, flip),
                    cfg.hparams() if hp is None else hp, jnp.zeros((L,), bool), jnp.zeros((_pow2(T),), bool))
 
-    updates.strategy = strategy
-    return updates
+    return _with_strategy(updates, strategy)
 
 
 def _make_loop_strategy(model, cfg: LocalConfig) -> ClientUpdates:
