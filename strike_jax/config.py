@@ -119,7 +119,7 @@ class FieldType(NamedTuple):
     item: type | None = None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _field_types() -> dict[str, FieldType]:
     out = {}
     for name, hint in typing.get_type_hints(Config).items():
@@ -441,7 +441,7 @@ class Config:
             bad("strategy", self.strategy, f"num_devices={self.num_devices} runs on the device path: allowed "
                 "'auto', 'packed', 'vmap' or 'map'")
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -449,7 +449,7 @@ class Config:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Config":
+    def from_dict(cls, d: Mapping[str, Any]) -> Config:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:

@@ -33,7 +33,7 @@ import itertools
 import re
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
-from strike_jax.config import ALGORITHMS, STRATEGIES, PARTITIONS, Config, check_field, field_need, field_types
+from strike_jax.config import ALGORITHMS, PARTITIONS, STRATEGIES, Config, check_field, field_need, field_types
 from strike_jax.errors import InputError
 
 #: Fields with their own spelling on the command line (others: `--field-name`).
@@ -91,10 +91,12 @@ _LABEL = {"defence": "defence", "attack": "attack", "preaggregation": "pre-aggre
 
 def _check_names(field: str, names: Sequence[str]) -> None:
     allowed = allowed_names(field)
-    bad = [n for n in names if allowed is not None and n not in allowed]
+    if allowed is None:
+        return
+    bad = [n for n in names if n not in allowed]
     if bad:
         hint = ""
-        if field == "defence" and bad[0] in allowed_names("preaggregation"):
+        if field == "defence" and bad[0] in (allowed_names("preaggregation") or ()):
             hint = f" ({bad[0]} is a pre-aggregator: use --preagg {bad[0]})"
         raise argparse.ArgumentTypeError(f"unknown {_LABEL.get(field, field)} {bad[0]!r}{hint}; allowed: "
                                          f"{', '.join(allowed)}")
@@ -204,8 +206,9 @@ def add_config_options(parser: argparse.ArgumentParser, fields: Iterable[str] | 
         dflt = getattr(default, name)
         if name in PARAM_FLAGS:
             if name == "preaggregation_params":
-                parser.add_argument(PARAM_FLAGS[name], dest=name, action="append", type=parse_preagg_param, default=UNSET,
-                                    metavar="NAME.KEY=VALUE", help="pre-aggregator hyper-parameter (repeatable)")
+                parser.add_argument(PARAM_FLAGS[name], dest=name, action="append", type=parse_preagg_param,
+                                    default=UNSET, metavar="NAME.KEY=VALUE",
+                                    help="pre-aggregator hyper-parameter (repeatable)")
             else:
                 what = {"attack_params": "attack", "defence_params": "defence", "dataset_params": "data set loader"}
                 parser.add_argument(PARAM_FLAGS[name], dest=name, action="append", type=parse_param, default=UNSET,
@@ -228,7 +231,7 @@ def add_config_options(parser: argparse.ArgumentParser, fields: Iterable[str] | 
                                 help=custom or f"Config.{name} (default {dflt!r})")
             continue
         if name == "preaggregation":
-            text = "comma-separated pre-aggregators, from: " + ", ".join(allowed) + " (default: none)"
+            text = "comma-separated pre-aggregators, from: " + ", ".join(allowed or ()) + " (default: none)"
         elif allowed is not None:
             text = f"one of: {', '.join(allowed)} (default {dflt!r})"
         else:
@@ -412,7 +415,7 @@ def grid_configs(base: Config, axes: Sequence[Axis]) -> list[Config]:
     keys = {"attack": "attack_params", "defence": "defence_params"}
     used: dict[str, bool] = {a.key: False for a in axes}
     base_used = {(kind, k): False for kind in keys for k in getattr(base, keys[kind])}
-    out: dict[str, Config] = {}
+    out: dict[Config, Config] = {}
     for combo in itertools.product(*(a.values for a in axes)):
         fields = {a.name: v for a, v in zip(axes, combo) if a.kind == "field"}
         stages = {"attack": fields.get("attack", base.attack), "defence": fields.get("defence", base.defence)}

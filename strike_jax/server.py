@@ -123,7 +123,7 @@ def server_step(w, updates, byzantine_mask, stage_state, key, pipeline, *, with_
 
 def metrics_to_dict(m) -> dict[str, Any]:
     """Host-side conversion of one run's RoundMetrics to plain Python numbers (JSON friendly)."""
-    out = {}
+    out: dict[str, Any] = {}
     for k, v in m._asdict().items():
         v = np.asarray(v)
         if v.dtype == bool:
@@ -227,7 +227,7 @@ def _server(pipeline, with_skew: bool, with_updates: bool) -> Callable:
 
 
 def make_device_server(pipeline, *, with_skew: bool = False, with_updates: bool = False, mesh=None,
-                       layout: str = "rows") -> Callable:
+                       layout: str = "rows") -> ServerRound:
     """The server half of a round for a whole batch of runs (attack, pre-aggregation, rule, `w += g`,
     metrics), one jitted program.
 
@@ -256,7 +256,8 @@ def make_device_server(pipeline, *, with_skew: bool = False, with_updates: bool 
     grid = isinstance(pipeline, ServerGrid)
     constrain = lambda t: t  # noqa: E731
     if mesh is not None:
-        from jax.sharding import NamedSharding, PartitionSpec as P
+        from jax.sharding import NamedSharding
+        from jax.sharding import PartitionSpec as P
 
         D = mesh.shape[sharding.CLIENTS_AXIS]
         spec = {"rows": P(None, sharding.CLIENTS_AXIS), "columns": P(None, None, sharding.CLIENTS_AXIS),
@@ -282,13 +283,21 @@ def make_device_server(pipeline, *, with_skew: bool = False, with_updates: bool 
         compiled = jax.jit(server_all, donate_argnums=(0,), out_shardings=(rep, RoundOutput(
             rep, rep, rep, None, None, None)))
 
-    def server_round(state: RunState, consts, t: TrainOutput, pair=None):
+    return ServerRound(compiled)
+
+
+class ServerRound:
+    """`server_round(state, consts, train_output, pair=None) -> (state', RoundOutput)`; `jitted` is
+    the underlying `jax.jit` object (called as `jitted(state, seed, end_round, server_hparams, t,
+    pair)`; for ahead-of-time lowering)."""
+
+    def __init__(self, jitted):
+        self.jitted = jitted
+
+    def __call__(self, state: RunState, consts, t: TrainOutput, pair=None):
         if pair is None:
             pair = np.zeros(2, np.int32)
-        return compiled(state, consts.seed, consts.end_round, consts.server, t, pair)
-
-    server_round.jitted = compiled
-    return server_round
+        return self.jitted(state, consts.seed, consts.end_round, consts.server, t, pair)
 
 
 __all__ = ["RoundMetrics", "ServerGrid", "ServerHparams", "make_device_server", "metrics_to_dict", "server_step",

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from strike_jax.models import conv as _conv
-from strike_jax.models.pool import max_pool
+from strike_jax.models.pool import max_pool  # noqa: F401 - re-exported: models, cnn and resnet import it here
 
 Array = jax.Array
 

@@ -114,7 +114,7 @@ def _plan(x: Array, backend: Backend | None) -> tuple[str, int]:
     return backend.sort_method(n, x.dtype), backend.column_chunk(n, d)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _batcher_pairs(n: int) -> tuple[tuple[int, int], ...]:
     """Comparators `(a, b)`, `a < b`, of Batcher's odd-even merge sort on `n` wires.
 
@@ -140,7 +140,7 @@ def _batcher_pairs(n: int) -> tuple[tuple[int, int], ...]:
     return tuple(pairs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pruned_network(n: int, outputs: tuple[int, ...]) -> tuple[tuple[int, int, bool, bool], ...]:
     """The comparators needed for the sorted positions `outputs`: `(a, b, need_min, need_max)`."""
     need = set(outputs)

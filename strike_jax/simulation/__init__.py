@@ -12,6 +12,7 @@ The package follows a run from its config to its result, one concept a module:
 - `api`: `simulate`, `simulate_many`, `summarize`, `best_accuracy`.
 """
 
+from strike_jax.sharding import to_host
 from strike_jax.simulation.api import best_accuracy, simulate, simulate_many, summarize
 from strike_jax.simulation.batch import Batch, Grid
 from strike_jax.simulation.components import (
@@ -45,7 +46,6 @@ from strike_jax.simulation.store import (
     write_json,
     write_rounds_csv,
 )
-from strike_jax.sharding import to_host
 
 __all__ = [
     "Batch", "CHECKPOINT", "CHECKPOINT_FORMAT", "CheckpointError", "DATASETS", "DEFAULT", "Grid", "Interrupted",

@@ -25,13 +25,13 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from strike_jax.errors import InputError
 from strike_jax import sharding
 from strike_jax.config import Config
+from strike_jax.errors import InputError
 from strike_jax.simulation import components, loop, plan, store
 from strike_jax.simulation.batch import Batch, Grid
 from strike_jax.simulation.programs import PROGRAMS, ProgramCache, batch_programs, program_keys, submit_programs
@@ -152,9 +152,10 @@ def simulate_many(
             submit_programs(b, programs)
         return b
 
-    nxt = build_and_submit(work[0]) if work else None
+    nxt: Batch | None = build_and_submit(work[0]) if work else None
     for w_i in range(len(work)):
         batch = nxt
+        assert batch is not None  # built one step ahead for every item of `work`
         t0 = time.perf_counter()
         progs = batch_programs(batch, programs)
         # The next batch's programs compile while this one runs.
@@ -173,7 +174,7 @@ def simulate_many(
                 store.write_rounds_csv(os.path.join(r.run_dir, store.ROUNDS_CSV), r.history)
             if on_result is not None:
                 on_result(r.config, r.result)
-    return [r.result for r in runs]
+    return [r.result for r in runs if r.result is not None]  # every run has its result by now
 
 
 def simulate(
@@ -239,7 +240,7 @@ def summarize(config: Config, history: list[dict[str, Any]], diverged_round: int
     }
 
 
-def best_accuracy(result: dict[str, Any]) -> float:
+def best_accuracy(result: Mapping[str, Any]) -> float:
     """The paper's number of a run: the best test accuracy over all rounds (NaN if never evaluated)."""
     b = result.get("best_accuracy")
     return math.nan if b is None else float(b)

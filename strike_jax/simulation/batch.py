@@ -97,7 +97,7 @@ class Batch:
         self.local_cfg = training.LocalConfig(
             lr=local.lr, momentum=local.momentum, weight_decay=local.weight_decay, clip_norm=local.clip_norm,
             num_classes=ds.num_classes, label_map=info.get("label_map"))
-        local_hp = LocalHparams(*(np.asarray([0.0 if v is None else v for v in vals], np.float32) for vals in zip(
+        local_hp = LocalHparams(*(jnp.asarray([0.0 if v is None else v for v in vals], np.float32) for vals in zip(
             *[tuple(components.local_config(r.config))[:4] for r in runs])))
         # Milestones padded to the program group's most (a round never reached), so that the
         # group's batches share the server program.
@@ -130,7 +130,8 @@ class Batch:
         """Initial state, then each run's checkpoint where it has one; each run's own chain state is
         placed in the grid's (`ServerGrid.embed`)."""
         runs = self.runs
-        flat0 = [training.flatten_variables(components.init_variables(self.model, r.config.seed, self.programs)) for r in runs]
+        flat0 = [training.flatten_variables(components.init_variables(self.model, r.config.seed, self.programs))
+                 for r in runs]
         self.unravel = flat0[0][1]
         d = flat0[0][0].shape[0]
         self.d = d
@@ -181,6 +182,7 @@ class Batch:
                                           runs[0].root, schedule.batch_slots(cfg.batch_size, self.width), D,
                                           cfg.local_steps)
         self.calibration = None
+        self.new_program = True  # set by simulate_many: whether it compiled a program of its own
         strategy = runs[0].strategy
         if strategy == "measure":
             self.calibration = training.measure_strategies(

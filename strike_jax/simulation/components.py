@@ -12,11 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from strike_jax.errors import InputError
 from strike_jax import data as data_lib
 from strike_jax import models as model_lib
 from strike_jax import ops, registry, stages, training
 from strike_jax.config import Config
+from strike_jax.errors import InputError
 from strike_jax.training import schedule
 
 # Config fields that are per-run numbers inside a batch, or only steer the host loop (everything
@@ -163,7 +163,8 @@ def register_user_objects(configs, objects: dict) -> None:
         for c in configs:
             if getattr(c, role) != name:
                 raise InputError(f"{role}={name!r} was passed, but a config names {role}={getattr(c, role)!r}; "
-                                 f"allowed: configs with {role}={name!r} (a Config names the object, the call supplies it).")
+                                 f"allowed: configs with {role}={name!r} (a Config names the object, the call "
+                                 "supplies it).")
         try:
             registry.register_object(obj)
         except ValueError as e:

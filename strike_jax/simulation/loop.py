@@ -77,7 +77,7 @@ def run_batch(batch: Batch, programs, *, checkpoint_every: int, checkpoint_secon
     planned = list(done)                          # rounds dispatched so far, per run (if still active)
     live = [r.diverged_round is None and r.start_round < r.config.rounds for r in runs]
     bar = _progress_bar(batch) if progress and sharding.writes_files() else None
-    state = {"first": True, "t_prev": time.perf_counter(), "t_checkpoint": time.perf_counter()}
+    state: dict[str, Any] = {"first": True, "t_prev": time.perf_counter(), "t_checkpoint": time.perf_counter()}
     pending: list = []
 
     def read(item) -> None:
@@ -95,7 +95,7 @@ def run_batch(batch: Batch, programs, *, checkpoint_every: int, checkpoint_secon
             if not ran[i]:
                 live[i] = False
                 continue
-            m = jax.tree_util.tree_map(lambda a: a[i], metrics)
+            m = jax.tree_util.tree_map(lambda a, i=i: a[i], metrics)
             rec = {"round": int(rounds_now[i]), "n": cfg.clients_per_round, **server.metrics_to_dict(m)}
             told = runs[i].config.tolerated_f
             if batch.limit is not None and (rec["num_byzantine"] if told is None else told) > batch.limit:
@@ -229,6 +229,7 @@ def checkpoint(batch: Batch, which: list[int], done_rounds: list[int]) -> None:
         return
     for i in which:
         r = batch.runs[i]
+        assert r.run_dir is not None  # `which` holds runs with a directory
         store.save_checkpoint(os.path.join(r.run_dir, store.CHECKPOINT), r.config, done_rounds[i], w[i],
                               batch.run_stage_state(stage_state, i), r.history, r.compile_rounds,
                               extra={"strategy": r.strategy, "lanes": r.lanes, "user_objects": r.fingerprints},

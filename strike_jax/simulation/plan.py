@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from strike_jax.errors import InputError
 from strike_jax import data as data_lib
 from strike_jax import models as model_lib
 from strike_jax import training
 from strike_jax.config import Config
+from strike_jax.errors import InputError
 from strike_jax.simulation import components, store
 from strike_jax.simulation.settings import Settings
 from strike_jax.training import schedule
@@ -145,7 +145,7 @@ def prepare(run: Run, settings: Settings) -> None:
         meta = None  # another config's checkpoint: refused when the batch restores it
     input_size = int(np.prod(ds.x_train.shape[1:]))
     run.strategy = resolve_strategy(cfg, d=d, input_size=input_size, is_conv=bool(model.is_conv),
-                                    recorded=meta and meta.get("strategy"))
+                                    recorded=None if meta is None else meta.get("strategy"))
     if meta is not None and meta.get("lanes") is not None:
         run.lanes = int(meta["lanes"])  # a resumed run keeps its lanes
         return

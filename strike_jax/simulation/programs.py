@@ -272,7 +272,7 @@ def make_host_round(client_updates: Callable, pipeline, shape: round_lib.RoundSh
         rows, losses = [], []
         for i in range(idx.shape[0]):
             if active[i]:
-                hp_i = jax.tree_util.tree_map(lambda a: a[i], consts.local)
+                hp_i = jax.tree_util.tree_map(lambda a, i=i: a[i], consts.local)
                 U_i, st = client_updates(unravel_jit(state.w[i]), x_train, y_train, idx[i], mask[i],
                                          byz[i] & flip_byzantine, hp_i)
                 loss = st.loss

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from strike_jax.errors import InputError
 from strike_jax import sharding
+from strike_jax.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,9 +15,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from strike_jax.errors import InputError
 from strike_jax import atomic
 from strike_jax.config import Config
+from strike_jax.errors import InputError
 
 CHECKPOINT = "checkpoint.npz"
 RESULT = "result.json"
@@ -48,7 +48,7 @@ def save_checkpoint(path: str, config: Config, next_round: int, w, stage_state, 
     pipeline's state (its leaves in order, with their structure, shapes and dtypes), DSGD's worker
     momenta `momentum [N, d]` (None for FedAvg), the history so far and `extra` (JSON: e.g. the
     resolved training strategy)."""
-    arrays = {"w": np.asarray(w)}
+    arrays: dict[str, Any] = {"w": np.asarray(w)}
     for i, leaf in enumerate(jax.tree_util.tree_leaves(stage_state)):
         arrays[f"stage_{i}"] = np.asarray(leaf)
     if momentum is not None:

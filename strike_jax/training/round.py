@@ -32,7 +32,8 @@ from strike_jax.training import schedule
 from strike_jax.training.local import LocalConfig, LocalHparams
 from strike_jax.training.packed import make_packed_train
 
-Array = jax.Array
+# Arrays with the run axis: device arrays in a round, NumPy arrays while a batch is assembled.
+Array = Any
 
 
 def sample_clients(seed: int, round_index: int, num_clients: int, per_round: int) -> np.ndarray:
@@ -254,13 +255,14 @@ def make_device_train(model, local_cfg: LocalConfig, shape: RoundShape, unravel:
 
 def _make_sharded_train(model, local_cfg: LocalConfig, shape: RoundShape, unravel: Callable, *,
                         flip_byzantine: bool, mesh) -> Callable:
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     train = make_packed_train(model, local_cfg)
     D, b, rows = shape.devices, shape.block, shape.trained
     if mesh.shape[sharding.CLIENTS_AXIS] != D:
-        raise ValueError(f"the mesh has {mesh.shape[sharding.CLIENTS_AXIS]} devices on {sharding.CLIENTS_AXIS!r}, the round's shape "
-                         f"{D}.")
+        raise ValueError(f"the mesh has {mesh.shape[sharding.CLIENTS_AXIS]} devices on {sharding.CLIENTS_AXIS!r}, "
+                         f"the round's shape {D}.")
 
     def plan_one(consts_r: RunConsts, r, dev):
         clients = schedule.round_clients(consts_r.index.shape[0], consts_r.seed, r, per_round=shape.per_round,

@@ -334,8 +334,8 @@ def _lpt(steps: Array, num_lanes: int) -> tuple[Array, Array, Array]:
     def put(i, carry):
         lane, start, load = carry
         j = order[i]
-        l = jnp.argmin(load)
-        return lane.at[j].set(l), start.at[j].set(load[l]), load.at[l].add(steps[j])
+        least = jnp.argmin(load)
+        return lane.at[j].set(least), start.at[j].set(load[least]), load.at[least].add(steps[j])
 
     lane, start, load = jax.lax.fori_loop(
         0, n, put, (jnp.zeros((n,), jnp.int32), jnp.zeros((n,), jnp.int32), jnp.zeros((num_lanes,), jnp.int32)))
