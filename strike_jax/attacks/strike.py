@@ -366,10 +366,10 @@ def fallback_vector(mean: Array, median: Array, num_honest) -> Array:
     return jnp.where(num_honest == 1, -10.0 * mean, mean + 10.0 * (median - mean))
 
 
-@functools.partial(jax.jit, static_argnames=("tol", "chunk", "backend", "fused"))
+@functools.partial(jax.jit, static_argnames=("tol", "chunk", "backend", "fused", "compact"))
 def strike_vector(updates: Array, byzantine_mask: Array, nu=1.0, *, tol: float = TOL,
                   chunk: int | None = None, backend: ops.Backend | None = None,
-                  fused: bool | None = None) -> StrikeResult:
+                  fused: bool | None = None, compact: bool | None = None) -> StrikeResult:
     """The STRIKE Byzantine update for one round (SPEC §6 items 1-7; Algorithm 1).
 
     One jitted function of `(updates, byzantine_mask, nu)` (SPEC §6): `f` and `nu` are traced, so
@@ -387,6 +387,8 @@ def strike_vector(updates: Array, byzantine_mask: Array, nu=1.0, *, tol: float =
         (`hidden_vector(..., compact=True)`) (static; default: where the median is a sorting
         network, i.e. on CPU for `n <= backend.network_max_rows`, and `d >= FUSED_MIN_DIM`; False is
         the code before issue 9).
+      compact: stage 2 with the Gram matrix of S alone (`hidden_vector(..., compact=True)`), static;
+        default: the value of `fused`.
 
     Returns:
       `StrikeResult`; `vector` is `g_S + nu * alpha * dev` when `h > f`, else the fallback.
@@ -408,7 +410,7 @@ def strike_vector(updates: Array, byzantine_mask: Array, nu=1.0, *, tol: float =
         search = search_direction(updates, ref, backend=backend)
         selection = select_skewed(updates, ref, search.direction, num_honest - num_byz)
     hidden = hidden_vector(updates, selection.skewed_mask, search.mean, chunk=chunk, backend=backend,
-                           compact=fused)
+                           compact=fused if compact is None else compact)
     fallback = num_honest <= num_byz
     alpha = bisect_alpha(hidden.sq_dists, hidden.dots, hidden.dev_sq_norm, hidden.diameter_sq,
                          selection.skewed_mask, tol=tol)
