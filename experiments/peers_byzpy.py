@@ -184,8 +184,10 @@ def main(argv=None) -> int:
         return 0
     for lib, mod in (("byzfl", "byzfl"), ("byzpy", "byzpy")):
         try:
-            m = __import__(mod)
-            report["versions"][lib] = getattr(m, "__version__", "?")
+            __import__(mod)
+            from importlib.metadata import version  # the installed distribution (byzpy's __version__ lags)
+
+            report["versions"][lib] = version(mod)
             libs.append(lib)
         except Exception as exc:  # noqa: BLE001
             report["versions"][lib] = f"does not import: {exc!r}"
