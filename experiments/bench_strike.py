@@ -238,8 +238,8 @@ def trees_markdown(res: dict) -> str:
                  if k.startswith("strike fused")}
         if forms:
             best = min(forms, key=forms.get)
-            L.append(f"Fastest form after, by wall time: `{best}` "
-                     + ", ".join(f"{k.split(' ', 1)[1]} {v:.3f} s" for k, v in forms.items()) + ".")
+            L.append(f"Fastest form after, by wall time: `{best}` ("
+                     + ", ".join(f"{k.split(' ', 1)[1]} {v:.3f} s" for k, v in forms.items()) + ").")
         L.append("")
     L += ["What limits it (after): the median's sorting network (now pruned to the one static rank, "
           "`ops.order._median_pads`: 4.6-7.7 passes' worth of CPU time), the Gram product of the ~30 rows "

@@ -28,6 +28,11 @@ the Gram matrix of the rows of S alone (`hidden_vector(compact=True)`). Measured
 f = 10 (`experiments/bench_strike.py`, shared 2-core machine, process CPU time): 0.94 -> 0.73 s at
 d = 2.47M. What is left is arithmetic, not memory traffic: the median's network (358
 comparators per column, ~8 passes' worth of time) and the Gram product (`|S|^2 d` multiply-adds).
+Issue 24 (`experiments/results/bench_strike_cpu.md`, before/after in interleaved workers, loaded
+2-core machine): with the masked median at a static rank (`ops.masked_lower_median`) STRIKE
+costs 20.5-21 passes' worth at d = 11.2M (was 23-26) and the fused form stays the fastest by wall
+time at 2.47M and 11.2M (4.54 s vs 4.93-4.96 s for the unfused stage 1 at 11.2M); `compact`
+selects the stage-2 Gram form on its own.
 The fused program takes about twice as long to compile (6.2 s vs 3.2 s at n = 50, d = 101,770,
 saving 10 ms per call there), so it is the default only from `FUSED_MIN_DIM` coordinates on.
 

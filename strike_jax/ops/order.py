@@ -20,6 +20,10 @@ on CPU, where it is ~25x slower than NumPy (18 s for a column sort at 1000 x 1e5
   at 1000 x 1e5, vs 1.1 s for `np.partition` and 18 s for `jnp.sort`.
 - ``"sort"`` (accelerators, other dtypes): `jnp.sort` along the client axis, fast on GPU.
 
+A masked lower median (`masked_lower_median`, traced count of selected rows) is computed at a
+static rank by padding the unselected rows to `-inf` / `+inf` (`_median_pads`), so a network is
+pruned to one output and radix searches one rank (issue 24: 9.0 -> 4.6 passes at 50 x 11.2M).
+
 Non-finite values (SPEC §7): order statistics treat NaN as `+inf` (sorted to the end).
 """
 
