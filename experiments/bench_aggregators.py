@@ -24,6 +24,15 @@ randomness differently, so only their shape is compared), and records the proces
 resident memory after each rule (`ru_maxrss`, monotone over the run). Results are merged into
 `experiments/results/bench_aggregators_<backend>.json` (a run over some sizes keeps the others)
 and the table `..._<backend>.md` is rewritten from the merged results.
+
+`--suite byzpy` instead runs ByzPy 0.1.4's published aggregator-latency workloads (its
+`benchmarks/README.md`: `BYZPY_WORKLOADS`) with strike_jax here and ByzFL 0.0.11 and ByzPy (direct
+and `ActorPool`) in a subprocess of `--peer-python` (`experiments/peers_byzpy.py`; a separate
+environment with torch, byzfl and byzpy: never the project's dependencies; peers that do not
+import leave their columns empty), on the same inputs; writes
+`experiments/results/bench_aggregators_byzpy_<backend>.{json,md}`:
+
+    python experiments/bench_aggregators.py --suite byzpy --peer-python /path/to/peers/bin/python
 """
 
 from __future__ import annotations
@@ -476,6 +485,218 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------ ByzPy's workloads (--suite byzpy)
+
+#: ByzPy 0.1.4's published aggregator-latency workloads (its `benchmarks/README.md`: shapes, f and
+#: parameters of each command), as `(key, label, strike_jax kind, strike_jax name, params)`.
+#: `kind` is "rule", "pre" (pre-aggregator), "attack" or None (no strike_jax rule). Not included:
+#: the README's "ParameterServer (Multi-Krum)" row, a 50-round MNIST training, not an aggregator call.
+BYZPY_WORKLOADS = (
+    dict(key="mda", label="Minimum Diameter Averaging (MDA)", n=30, d=2048, f=10, kind="rule", name="mda"),
+    dict(key="smea", label="Smallest Maximum Eigenvalue Averaging (SMEA)", n=16, d=4096, f=5, kind="rule",
+         name="smea"),
+    dict(key="arc", label="Adaptive Robust Clipping (ARC, pre-agg)", n=256, d=65536, f=8, kind="pre", name="arc"),
+    dict(key="trmean", label="Coordinate-wise Trimmed Mean", n=64, d=65536, f=8, kind="rule", name="trmean"),
+    dict(key="median", label="Coordinate-wise Median (midpoint of the two middle values, as ByzFL)", n=64,
+         d=65536, f=8, kind="rule", name="median", params=dict(midpoint=True)),
+    dict(key="multikrum", label="Multi-Krum", n=80, d=65536, f=20, q=12, kind="rule", name="multikrum"),
+    dict(key="geomed", label="Geometric Median", n=64, d=65536, f=8, kind="rule", name="rfa"),
+    dict(key="caf", label="Covariance-bound Agnostic Filter (CAF)", n=64, d=65536, f=8, kind="rule", name="caf"),
+    dict(key="monna", label="MoNNA", n=64, d=65536, f=8, kind="rule", name="monna", params=dict(idx=0)),
+    dict(key="cclip", label="Centered Clipping", n=64, d=65536, f=8, tau=0.1, iters=10, kind="rule", name="cclip",
+         params=dict(tau=0.1, iters=10)),
+    dict(key="cge", label="Comparative Gradient Elimination", n=64, d=65536, f=8, kind=None, name=None),
+    dict(key="ipm", label="Empire / Inner Product Manipulation attack", n=64, d=65536, f=8, tau=2.0,
+         kind="attack", name="ipm", params=dict(eps=2.0)),
+    dict(key="lie", label="Little / A Little Is Enough attack", n=96, d=65536, f=12, tau=1.5, kind="attack",
+         name="lie", params=dict(z=1.5)),
+    dict(key="gaussian", label="Gaussian attack", n=64, d=65536, f=8, kind="attack", name="gaussian"),
+    dict(key="nnm", label="Nearest Neighbor Mixing (pre-agg)", n=196, d=4096, f=32, kind="pre", name="nnm"),
+    dict(key="meamed", label="Mean-of-Medians (MeaMed)", n=64, d=65536, f=8, kind="rule", name="meamed"),
+    dict(key="bucketing", label="Bucketing (pre-agg)", n=512, d=16384, f=8, s=32, kind="pre", name="bucketing",
+         params=dict(s=32)),
+    dict(key="clipping", label="Clipping (pre-agg)", n=256, d=65536, f=8, c=2.0, kind="pre", name="clipping",
+         params=dict(c=2.0)),
+)
+#: Rows whose strike_jax output is not the same function of the inputs as the peers' (kept out of
+#: the agreement column): different iteration rules, selection sizes, honest sets or randomness.
+BYZPY_NOT_COMPARABLE = {
+    "multikrum": "ByzPy averages q = 12 rows, ByzFL and strike_jax n - f",
+    "geomed": "smoothed Weiszfeld with different iteration counts (strike_jax rfa: 8 steps)",
+    "ipm": "strike_jax's attack uses the n - f honest rows, the peers all n",
+    "lie": "strike_jax's attack uses the n - f honest rows, the peers all n",
+    "gaussian": "random draw",
+    "bucketing": "random bucket assignment",
+}
+
+
+def byzpy_strike_callable(w: dict):
+    """A jitted `(x, key) -> output` of strike_jax for a ByzPy workload, or None (no such rule)."""
+    if w["kind"] is None:
+        return None
+    params = w.get("params", {})
+    n, f = w["n"], w["f"]
+    if w["kind"] == "attack":
+        from strike_jax import attacks
+
+        atk = attacks.get(w["name"], **params)
+        mask = jnp.arange(n) >= n - f  # the last f rows are Byzantine
+        return jax.jit(lambda u, key: atk.apply(u, mask, (), key=key)[0][-1])
+    agg = aggregators.get(w["name"], **params)
+    limit = agg.max_f(n) if w["kind"] == "rule" else None
+    if limit is not None and f > limit:
+        raise ValueError(f"f={f} is not allowed for {w['name']} at n={n}; allowed: f <= {limit}")
+    state = agg.init(jnp.zeros((n, w["d"]), jnp.float32))
+    if w["kind"] == "pre":
+        return jax.jit(lambda u, key: agg.apply(u, state, f=f, key=key)[0])
+    return jax.jit(lambda u, key: agg.aggregate(u, state, f=f, key=key)[0])
+
+
+def _time_calls(call, repeats: int) -> dict:
+    walls, cpus = [], []
+    for _ in range(repeats):
+        c0, w0 = time.process_time(), time.perf_counter()
+        jax.block_until_ready(call())
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    return {"status": "ok", "wall_s": statistics.median(walls), "cpu_s": statistics.median(cpus), "walls": walls}
+
+
+def run_byzpy_suite(keys, repeats: int, peer_python: str, pool_workers, timeout: float, workdir: str) -> dict:
+    """strike_jax, then ByzFL and ByzPy (one subprocess in `peer_python`) on the same inputs."""
+    import subprocess
+
+    workloads = [dict(w) for w in BYZPY_WORKLOADS if w["key"] in keys]
+    rows = []
+    key = jax.random.PRNGKey(0)
+    for w in workloads:
+        x_np = np.random.default_rng(0).standard_normal((w["n"], w["d"]), dtype=np.float32)
+        w["data"] = os.path.join(workdir, f"{w['key']}.npy")
+        np.save(w["data"], x_np)
+        row = dict(workload=w["key"], lib="strike_jax")
+        try:
+            fn = byzpy_strike_callable(w)
+        except ValueError as exc:
+            fn, row["status"] = None, f"refused: {exc}"
+        if fn is None:
+            row.setdefault("status", "no such rule in strike_jax")
+        else:
+            x = jnp.asarray(x_np)
+            t0 = time.perf_counter()
+            out = np.asarray(jax.block_until_ready(fn(x, key)))
+            row["first_call_s"] = time.perf_counter() - t0
+            row.update(_time_calls(lambda: fn(x, key), repeats))
+            np.save(w["data"] + ".strike_jax.npy", out)
+            row["out"] = w["data"] + ".strike_jax.npy"
+        rows.append(row)
+        print(f"  {w['key']:10s} strike_jax     {row['status'][:40]:40s} {row.get('wall_s', float('nan')) * 1e3:9.2f} ms",
+              flush=True)
+    spec = os.path.join(workdir, "spec.json")
+    with open(spec, "w") as fh:
+        json.dump({"workloads": workloads, "repeats": repeats, "timeout": timeout,
+                   "pool_workers": list(pool_workers)}, fh)
+    peer_out = os.path.join(workdir, "peers.json")
+    worker = os.path.join(REPO_ROOT, "experiments", "peers_byzpy.py")
+    peers = {"versions": {}, "results": []}
+    try:
+        subprocess.run([peer_python, worker, "--spec", spec, "--out", peer_out], check=True)
+        with open(peer_out) as fh:
+            peers = json.load(fh)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        peers["error"] = f"peer run failed: {exc}"
+    rows += peers.get("results", [])
+    for r in rows:  # agreement with strike_jax where the rows compute the same function
+        if r["lib"] == "strike_jax" or "out" not in r or r["workload"] in BYZPY_NOT_COMPARABLE:
+            continue
+        mine = next((s for s in rows if s["workload"] == r["workload"] and s["lib"] == "strike_jax"), None)
+        if mine is None or "out" not in mine:
+            continue
+        a, b = np.load(mine["out"]).astype(np.float64), np.load(r["out"]).astype(np.float64)
+        r["rel_diff"] = (float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-30))
+                         if a.shape == b.shape else f"shapes {a.shape} vs {b.shape}")
+    for r in rows:
+        r.pop("out", None)
+    return {"workloads": [{k: v for k, v in w.items() if k != "data"} for w in workloads], "rows": rows,
+            "peer_versions": peers.get("versions", {}), "peer_error": peers.get("error")}
+
+
+def _ratio(payload: dict, key: str):
+    """Best peer wall time over strike_jax's for a workload (None when either did not run)."""
+    rows = [r for r in payload["rows"] if r["workload"] == key and r["status"] == "ok"]
+    mine = [r["wall_s"] for r in rows if r["lib"] == "strike_jax"]
+    peers = [r["wall_s"] for r in rows if r["lib"] != "strike_jax"]
+    return min(peers) / mine[0] if mine and peers else None
+
+
+def byzpy_markdown(payload: dict) -> str:
+    meta = payload["meta"]
+    pools = [f"byzpy pool x{c}" for c in meta["pool_workers"]]
+    lines = [
+        "# Aggregator latency on ByzPy's workloads (`experiments/bench_aggregators.py --suite byzpy`)",
+        "",
+        f"Command: `{meta['command']}`. {meta['date']}, {meta['machine']}, {meta['cpus']} CPUs, jax {meta['jax']}; "
+        f"peers: {', '.join(f'{k} {v}' for k, v in payload['peer_versions'].items())}. "
+        f"**Shared, loaded machine** (load average {meta['load_start']} at start, {meta['load_end']} at end, "
+        "on 2 cores shared with other jobs): wall times carry that load; the CPU column (process CPU time, "
+        "all threads) is the steadier comparison. Every library gets the same float32 N(0, 1) inputs "
+        "(`default_rng(0)`), as ByzPy's scripts do (a list of `n` torch vectors for the peers, one "
+        "`[n, d]` array for strike_jax, jitted; its compile is the separate first call). Median over "
+        f"{meta['repeats']} timed calls after one warm-up; a peer call taking over {meta['timeout']:g} s is "
+        "stopped as ByzPy's README does (`--timeout 10`). ByzPy direct is `aggregate` / `pre_aggregate` / "
+        "`apply`; its pool is `NodeScheduler.run` on an `ActorPool` of process actors (as its README's "
+        "commands; ByzPy 0.1.4 needs torch < 2.6, installed here with torch 2.14.1 by `--no-deps`). The pool's "
+        "CPU time is the calling process's only (its actors are other processes).",
+        "",
+        "| workload | n x d, f | strike_jax ms (CPU ms) | ByzFL ms (CPU ms) | ByzPy direct ms (CPU ms) | "
+        + " | ".join(f"{p.replace('byzpy ', 'ByzPy ')} ms (CPU ms)" for p in pools)
+        + " | best peer / strike_jax (wall) | agreement (max abs. diff / max abs. peer output) |",
+        "|---" * (7 + len(pools)) + "|",
+    ]
+    notes = []
+    for w in payload["workloads"]:
+        cells, best, diffs = [], None, {}
+        mine = next((r for r in payload["rows"] if r["workload"] == w["key"] and r["lib"] == "strike_jax"), None)
+        for lib in ["strike_jax", "byzfl", "byzpy"] + pools:
+            r = next((r for r in payload["rows"] if r["workload"] == w["key"] and r["lib"] == lib), None)
+            if r is None:
+                cells.append("not run")
+                continue
+            if r["status"] != "ok":
+                cells.append(r["status"].split(":")[0])
+                notes.append(f"{w['key']}, {lib}: {r['status'].splitlines()[0]}")
+                continue
+            cells.append(f"{r['wall_s'] * 1e3:.2f} ({r['cpu_s'] * 1e3:.1f})")
+            if lib != "strike_jax":
+                best = r["wall_s"] if best is None else min(best, r["wall_s"])
+                if isinstance(r.get("rel_diff"), float) and lib in ("byzfl", "byzpy"):
+                    diffs[{"byzfl": "ByzFL", "byzpy": "ByzPy"}[lib]] = r["rel_diff"]
+        ratio = (f"{best / mine['wall_s']:.2f}x" if best is not None and mine is not None and mine["status"] == "ok"
+                 else "-")
+        agree = (", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) if diffs
+                 else BYZPY_NOT_COMPARABLE.get(w["key"], "-"))
+        lines.append(f"| {w['label']} | {w['n']} x {w['d']:,}, f = {w['f']} | " + " | ".join(cells)
+                     + f" | {ratio} | {agree} |")
+    lines += ["", "strike_jax's parameters: Multi-Krum selects n - f rows (ByzPy's command q = 12); Geometric "
+              "Median is `rfa` (8 smoothed Weiszfeld steps; ByzFL 3, ByzPy up to 256 to tol 1e-6); attacks "
+              "return the Byzantine row computed from the n - f honest rows of the same matrix (last f rows "
+              "Byzantine), the peers from all n vectors; IPM `eps = tau = 2`, LIE `z = tau = 1.5`.", ""]
+    below = [w["label"] for w in payload["workloads"] if _ratio(payload, w["key"]) is not None
+             and _ratio(payload, w["key"]) < 3.0]
+    lines += ["Target (issue 24): strike_jax at least 3x faster than the best peer on every row it runs. "
+              + (f"Below 3x in this run: {'; '.join(below)}." if below else "Met on every row run here."), "",
+              "Where the outputs differ, the rules differ (not a timing artefact): with torch inputs ByzPy's "
+              "and ByzFL's medians are torch's lower median (`torch.median`), so ByzPy's Median and ByzFL's "
+              "MeaMed (n = 64, even) differ from strike_jax's midpoint median and NumPy-convention MeaMed; "
+              "ByzPy's Centered Clipping starts from the mean (`init='mean'`), ByzFL and strike_jax from zero; "
+              "strike_jax's CAF follows the paper's algorithm and already differs from ByzFL's on every input "
+              "(`experiments/results/check_byzfl.md`), ByzPy's uses 3 power iterations.", ""]
+    if payload.get("peer_error"):
+        lines += [f"Peers: {payload['peer_error']}", ""]
+    if notes:
+        lines += ["Rows that did not run:", ""] + [f"- {t}" for t in notes] + [""]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=parse_sizes, default=DEFAULT_SIZES,
@@ -485,7 +706,18 @@ def main(argv=None) -> int:
     p.add_argument("--numpy-repeats", type=int, default=3, help="timed NumPy calls per rule (median)")
     p.add_argument("--out", default=os.path.join(REPO_ROOT, "experiments", "results"), help="output folder")
     p.add_argument("--tag", default="", help="results file name suffix: bench_aggregators[_TAG]_<backend>")
+    p.add_argument("--suite", choices=("paper", "byzpy"), default="paper",
+                   help="paper: the sizes above against NumPy; byzpy: ByzPy's published workloads against "
+                        "ByzFL and ByzPy (see --peer-python)")
+    p.add_argument("--workloads", default="", help="--suite byzpy: comma-separated keys (default: all)")
+    p.add_argument("--peer-python", default=os.environ.get("STRIKE_PEER_PYTHON", sys.executable),
+                   help="--suite byzpy: the interpreter of a separate environment with torch, byzfl and byzpy "
+                        "(default $STRIKE_PEER_PYTHON or this one; peers that do not import are skipped)")
+    p.add_argument("--pool-workers", default="2", help="--suite byzpy: ActorPool sizes, comma-separated")
+    p.add_argument("--timeout", type=float, default=10.0, help="--suite byzpy: seconds per peer row")
     args = p.parse_args(argv)
+    if args.suite == "byzpy":
+        return main_byzpy(args)
     rules = args.rules or ALL_NAMES
     backend = jax.default_backend()
     results = []
@@ -512,6 +744,33 @@ def main(argv=None) -> int:
     write_text(path, json.dumps(payload, indent=1))
     write_text(path[:-5] + ".md", markdown(payload))
     print(f"wrote {path} and {path[:-5]}.md")
+    return 0
+
+
+def main_byzpy(args) -> int:
+    import tempfile
+
+    known = [w["key"] for w in BYZPY_WORKLOADS]
+    keys = [k for k in args.workloads.split(",") if k] or known
+    unknown = sorted(set(keys) - set(known))
+    if unknown:
+        raise SystemExit(f"--workloads {','.join(unknown)} is not allowed; allowed: {', '.join(known)}")
+    pools = [int(c) for c in args.pool_workers.split(",") if c]
+    load = lambda: " ".join(f"{v:.1f}" for v in os.getloadavg())  # noqa: E731
+    meta = {"command": " ".join(["python experiments/bench_aggregators.py"] + sys.argv[1:]),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": f"{platform.machine()} "
+            f"{platform.system()}", "cpus": os.cpu_count(), "jax": jax.__version__, "repeats": args.repeats,
+            "timeout": args.timeout, "pool_workers": pools, "load_start": load()}
+    with tempfile.TemporaryDirectory() as work:
+        payload = run_byzpy_suite(keys, args.repeats, args.peer_python, pools, args.timeout, work)
+    meta["load_end"] = load()
+    payload["meta"] = meta
+    backend = jax.default_backend()
+    stem = os.path.join(args.out, "bench_aggregators_byzpy" + (f"_{args.tag}" if args.tag else "") + f"_{backend}")
+    os.makedirs(args.out, exist_ok=True)
+    write_text(stem + ".json", json.dumps(payload, indent=1))
+    write_text(stem + ".md", byzpy_markdown(payload))
+    print(f"wrote {stem}.json and {stem}.md")
     return 0
 
 

@@ -282,6 +282,39 @@ def test_sort_method_choice():
         ops.sort_method(5, jnp.float32, ops.Backend(sort="bogus"))
 
 
+@pytest.mark.parametrize("n", [1, 2, 11, 24])
+def test_masked_lower_median_every_mask_size(method, n):
+    # The static-rank form (unselected rows padded to -inf / +inf) against the float64 reference,
+    # bit for bit, for every selected count: ties, +-0, NaN (as +inf) and infinities; one
+    # compile for all masks (vmap over them), an empty mask -> +inf.
+    X = _data(n, 9, 40 + n, ties=True, nonfinite=0.15)
+    X[:, 0] = np.where(np.arange(n) % 2 == 0, -0.0, 0.0)
+    rng = np.random.default_rng(n)
+    masks = np.zeros((n + 1, n), bool)
+    for k in range(n + 1):
+        masks[k, rng.permutation(n)[:k]] = True
+    fn = jax.jit(jax.vmap(functools.partial(ops.masked_lower_median, backend=method), in_axes=(None, 0)))
+    got = np.asarray(fn(jnp.asarray(X), jnp.asarray(masks)))
+    for k in range(n + 1):
+        if k == 0:
+            assert np.all(got[k] == np.inf)
+            continue
+        r = (k - 1) // 2
+        want = _ref_band_mean(X.astype(np.float64), r, r, masks[k]).astype(np.float32)
+        np.testing.assert_array_equal(got[k], want, err_msg=f"k={k}")
+
+
+def test_masked_lower_median_gradient(method):
+    # Generic input: the derivative is 1 at the selected rows' median entry of every column.
+    n, d = 9, 5
+    X = jnp.asarray(_data(n, d, 8))
+    mask = np.array([1, 1, 0, 1, 1, 0, 1, 1, 1], bool)
+    g = jax.jit(jax.grad(lambda x: jnp.sum(ops.masked_lower_median(x, jnp.asarray(mask), backend=method))))(X)
+    med = _ref_band_mean(np.asarray(X, np.float64), (mask.sum() - 1) // 2, (mask.sum() - 1) // 2, mask)
+    want = (np.asarray(X, np.float64) == med[None, :]) & mask[:, None]
+    np.testing.assert_allclose(np.asarray(g), want, atol=1e-7)
+
+
 def test_network_masked_lower_median_matches_reference():
     # Every mask size (the rank (k-1)//2 is traced), NaN counted as +inf, an empty mask -> +inf.
     X = _data(11, 7, 4, nonfinite=0.1)

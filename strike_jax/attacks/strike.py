@@ -28,6 +28,11 @@ the Gram matrix of the rows of S alone (`hidden_vector(compact=True)`). Measured
 f = 10 (`experiments/bench_strike.py`, shared 2-core machine, process CPU time): 0.94 -> 0.73 s at
 d = 2.47M. What is left is arithmetic, not memory traffic: the median's network (358
 comparators per column, ~8 passes' worth of time) and the Gram product (`|S|^2 d` multiply-adds).
+Issue 24 (`experiments/results/bench_strike_cpu.md`, before/after in interleaved workers, loaded
+2-core machine): with the masked median at a static rank (`ops.masked_lower_median`) STRIKE
+costs 20.5-21 passes' worth at d = 11.2M (was 23-26) and the fused form stays the fastest by wall
+time at 2.47M and 11.2M (4.54 s vs 4.93-4.96 s for the unfused stage 1 at 11.2M); `compact`
+selects the stage-2 Gram form on its own.
 The fused program takes about twice as long to compile (6.2 s vs 3.2 s at n = 50, d = 101,770,
 saving 10 ms per call there), so it is the default only from `FUSED_MIN_DIM` coordinates on.
 
@@ -366,10 +371,10 @@ def fallback_vector(mean: Array, median: Array, num_honest) -> Array:
     return jnp.where(num_honest == 1, -10.0 * mean, mean + 10.0 * (median - mean))
 
 
-@functools.partial(jax.jit, static_argnames=("tol", "chunk", "backend", "fused"))
+@functools.partial(jax.jit, static_argnames=("tol", "chunk", "backend", "fused", "compact"))
 def strike_vector(updates: Array, byzantine_mask: Array, nu=1.0, *, tol: float = TOL,
                   chunk: int | None = None, backend: ops.Backend | None = None,
-                  fused: bool | None = None) -> StrikeResult:
+                  fused: bool | None = None, compact: bool | None = None) -> StrikeResult:
     """The STRIKE Byzantine update for one round (SPEC §6 items 1-7; Algorithm 1).
 
     One jitted function of `(updates, byzantine_mask, nu)` (SPEC §6): `f` and `nu` are traced, so
@@ -387,6 +392,8 @@ def strike_vector(updates: Array, byzantine_mask: Array, nu=1.0, *, tol: float =
         (`hidden_vector(..., compact=True)`) (static; default: where the median is a sorting
         network, i.e. on CPU for `n <= backend.network_max_rows`, and `d >= FUSED_MIN_DIM`; False is
         the code before issue 9).
+      compact: stage 2 with the Gram matrix of S alone (`hidden_vector(..., compact=True)`), static;
+        default: the value of `fused`.
 
     Returns:
       `StrikeResult`; `vector` is `g_S + nu * alpha * dev` when `h > f`, else the fallback.
@@ -408,7 +415,7 @@ def strike_vector(updates: Array, byzantine_mask: Array, nu=1.0, *, tol: float =
         search = search_direction(updates, ref, backend=backend)
         selection = select_skewed(updates, ref, search.direction, num_honest - num_byz)
     hidden = hidden_vector(updates, selection.skewed_mask, search.mean, chunk=chunk, backend=backend,
-                           compact=fused)
+                           compact=fused if compact is None else compact)
     fallback = num_honest <= num_byz
     alpha = bisect_alpha(hidden.sq_dists, hidden.dots, hidden.dev_sq_norm, hidden.diameter_sq,
                          selection.skewed_mask, tol=tol)

@@ -20,6 +20,10 @@ on CPU, where it is ~25x slower than NumPy (18 s for a column sort at 1000 x 1e5
   at 1000 x 1e5, vs 1.1 s for `np.partition` and 18 s for `jnp.sort`.
 - ``"sort"`` (accelerators, other dtypes): `jnp.sort` along the client axis, fast on GPU.
 
+A masked lower median (`masked_lower_median`, traced count of selected rows) is computed at a
+static rank by padding the unselected rows to `-inf` / `+inf` (`_median_pads`), so a network is
+pruned to one output and radix searches one rank (issue 24: 9.0 -> 4.6 passes at 50 x 11.2M).
+
 Non-finite values (SPEC §7): order statistics treat NaN as `+inf` (sorted to the end).
 """
 
@@ -396,14 +400,51 @@ def lower_median(x: Array, *, backend: Backend | None = None) -> Array:
     return order_statistic(x, (x.shape[0] - 1) // 2, backend=backend)
 
 
+def _padded_values(x, r, c):
+    """Row transform for a masked lower median at a static rank (`_median_pads`): selected rows
+    (`r[0]`) keep their values (NaN -> +inf); unselected rows become -inf where `r[1]`, else +inf."""
+    sel, low = r
+    v = jnp.where(jnp.isnan(x), jnp.inf, x)
+    return jnp.where(sel, v, jnp.where(low, -jnp.inf, jnp.inf))
+
+
+def _median_pads(mask: Array) -> Array:
+    """`[n]` bool: the unselected rows to pad with `-inf` so that the lower median of the `h`
+    selected rows sits at the static sorted position `(n-1)//2` of all `n` rows.
+
+    With `a` rows at `-inf` and `n - h - a` at `+inf`, sorted position `a + (h-1)//2` is the
+    selected rows' lower median; `a = (n-1)//2 - (h-1)//2` makes it `(n-1)//2` for every `h`
+    (`0 <= a <= n - h` for `1 <= h <= n`). A static rank lets a sorting network be pruned to one
+    output and the radix selection search one rank, where a traced rank `(h-1)//2` needs a full
+    sort or a network to every lower position (issue 24). The first `a` unselected rows pad low.
+    """
+    n = mask.shape[0]
+    h = mask.sum(dtype=jnp.int32)
+    a = (n - 1) // 2 - jnp.maximum(h - 1, 0) // 2
+    unselected = ~mask
+    return unselected & (jnp.cumsum(unselected, dtype=jnp.int32) <= a)
+
+
+def _masked_median_any(x, mask, plan):
+    k = (x.shape[0] - 1) // 2
+    out = _band_sum(_padded_values, x, (mask, _median_pads(mask)), (), k, k, plan)
+    return jnp.where(mask.any(), out, jnp.asarray(jnp.inf, x.dtype))
+
+
+_masked_median = jax.jit(_masked_median_any, static_argnums=(2,))
+
+
 def masked_lower_median(x: Array, mask: Array, *, backend: Backend | None = None) -> Array:
     """Coordinate-wise lower median of the rows where `mask` is True (`k = mask.sum()` may be traced).
 
     Unselected rows count as `+inf`; the result is sorted position `(k-1)//2` (`+inf` for an empty
-    mask).
+    mask). Computed as the unmasked order statistic at the static rank `(n-1)//2` of the rows with
+    the unselected ones padded to `-inf` / `+inf` (`_median_pads`): same values, and a static
+    rank (a network pruned to one output: 325 comparators instead of a full sort's 403 plus a
+    select per position at n = 50).
     """
-    k = mask.sum()
-    return order_statistic(x, jnp.maximum(k - 1, 0) // 2, mask, backend=backend)
+    mask = jnp.asarray(mask, bool)
+    return _masked_median(x, mask, _plan(x, backend))
 
 
 def network_masked_lower_median(xb: Array, mask: Array) -> Array:
@@ -412,8 +453,8 @@ def network_masked_lower_median(xb: Array, mask: Array) -> Array:
 
     Same value as `masked_lower_median(xb, mask, backend=Backend(sort="network"))`, computed
     without its derivative rule (differentiating the network compiles for minutes): a caller that
-    needs derivatives supplies its own rule. The rank `(k-1)//2` is traced but never above
-    `(n-1)//2`, so the network is pruned to the sorted positions `0..(n-1)//2`.
+    needs derivatives supplies its own rule. The network is pruned to the one static position
+    `(n-1)//2` (`_median_pads`).
 
     Args:
       xb: `[n, c]` block (NaN counts as `+inf`).
@@ -423,15 +464,9 @@ def network_masked_lower_median(xb: Array, mask: Array) -> Array:
       `[c]` per column, sorted position `(k-1)//2` of the selected values (`+inf` for an empty mask).
     """
     n = xb.shape[0]
-    rank = jnp.maximum(mask.sum() - 1, 0) // 2
-    top = (n - 1) // 2
-    rows = _network_sorted(_rows(_masked_values, xb, (mask,), ()), tuple(range(top + 1)))
-    zero = jnp.zeros((), xb.dtype)
-    acc = None
-    for j in range(top + 1):
-        term = jnp.where(j == rank, rows[j], zero)
-        acc = term if acc is None else acc + term
-    return acc[0]
+    k = (n - 1) // 2
+    rows = _network_sorted(_rows(_padded_values, xb, (mask, _median_pads(mask)), ()), (k,))
+    return jnp.where(mask.any(), rows[k][0], jnp.asarray(jnp.inf, xb.dtype))
 
 
 def _column_sums(fn: Callable, x: Array, row_args: Sequence[Array], col_args: Sequence[Array],
