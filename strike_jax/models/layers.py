@@ -106,7 +106,7 @@ class Conv(nn.Module):
         kernel = self.param("kernel", k_init, (kh, kw, cin, self.features))
         p = self.padding
         shape = _conv.ConvShape(x.shape[0], x.shape[1], x.shape[2], cin, self.features, (kh, kw),
-                                tuple(self.strides), (p, p))
+                                (self.strides[0], self.strides[1]), (p, p))
         plan, lanes = _conv.plans_for(shape, self.conv_impl)
         _conv.record(self.scope.path if self.scope is not None else (), shape, plan, lanes)
         y = _conv.conv2d(x, kernel, self.strides, (p, p), plan, lanes)

@@ -82,7 +82,8 @@ def scan_columns(x: Array, piece: Callable, side: Sequence[Array] = (), acc_init
                 return _kahan_add(carry, accs), vecs
             return tuple(a + b for a, b in zip(carry, accs)), vecs
 
-        init = (acc, tuple(jnp.zeros_like(a) for a in acc)) if compensated else acc
+        # (sums, compensations) when compensated, else the sums (`lax.scan` takes either pytree).
+        init: Any = (acc, tuple(jnp.zeros_like(a) for a in acc)) if compensated else acc
         acc, stacked = lax.scan(body, init, jnp.arange(num_full))
         if compensated:
             acc = tuple(a - e for a, e in zip(*acc))

@@ -480,9 +480,10 @@ def _column_sums(fn: Callable, x: Array, row_args: Sequence[Array], col_args: Se
     n = x.shape[0]
     method, chunk = plan
     if method == "network":
-        acc = None
+        acc: list | None = None
         for terms in _rows(fn, x, row_args, col_args):
             acc = list(terms) if acc is None else [a + t for a, t in zip(acc, terms)]
+        assert acc is not None  # x has at least one row (checked at the stage's boundary)
         return tuple(a[0] for a in acc)
     ones = jnp.ones((n,), x.dtype)
 
