@@ -75,7 +75,7 @@ def test_attack_ratios_are_the_attacks_realised_ratios():
     res = empirical_kappa(aggregators.get("median"), h, F, key=KEY, steps=5, restarts=1)
     assert set(res.attack_ratios) == set(matrix_attacks())
     assert {"strike", "lie", "ipm", "minmax", "minsum", "mimic", "bitflip", "gradient", "opt_lie", "opt_ipm",
-            "gaussian", "signflip", "fang", "agr_tailored"} == set(matrix_attacks())
+            "gaussian", "signflip", "fang", "agr_tailored", "strike_diverse"} == set(matrix_attacks())
     # steps < 50: the gradient attack is run as a start of its own (not read off).
     assert set(res.init_names[:-1]) == set(matrix_attacks()) and res.init_names[-1] == "random0"
     med = lambda u: ragg.median(u, F)

@@ -228,18 +228,19 @@ REQUIRED = {("rule", "foolsgold"): {"num_clients": 4}}
 #: their papers / reference code as the registry documents them. A changed default changes every
 #: table: it must change here too.
 DEFAULTS = {
-    ("attack", "strike"): {"nu": 1.0}, ("attack", "bitflip"): {}, ("attack", "lie"): {"z": 1.5},
-    ("attack", "ipm"): {"eps": 0.1}, ("attack", "minmax"): {}, ("attack", "minsum"): {}, ("attack", "mimic"): {},
-    ("attack", "nonfinite"): {"value": "nan"}, ("attack", "labelflip"): {},
+    ("attack", "strike"): {"nu": 1.0}, ("attack", "bitflip"): {}, ("attack", "lie"): {"z": 1.5, "ddof": 0, "sign": "minus"},
+    ("attack", "ipm"): {"eps": 0.1}, ("attack", "minmax"): {}, ("attack", "minsum"): {}, ("attack", "mimic"): {"target": None},
+    ("attack", "nonfinite"): {"value": "nan"}, ("attack", "labelflip"): {"mode": "own"},
     ("attack", "gaussian"): {"mu": 0.0, "sigma": 1.0}, ("attack", "signflip"): {},
     ("attack", "fang"): {"target": "trmean", "b": 2.0},
     ("attack", "agr_tailored"): {"rule": "multikrum", "perturbation": "std", "lam0": 10.0},
     ("attack", "gradient"): {"steps": 50, "lr": 0.5, "nu": 1.0, "rule": "median"},
     ("attack", "opt_lie"): {"rule": "median"}, ("attack", "opt_ipm"): {"rule": "median"},
-    ("preaggregator", "nnm"): {"include_self": True}, ("preaggregator", "bucketing"): {"s": 2},
+    ("preaggregator", "nnm"): {"include_self": True}, ("preaggregator", "bucketing"): {"s": 2, "rescale_f": True},
     ("preaggregator", "clipping"): {"c": 2.0}, ("preaggregator", "arc"): {},
     ("rule", "mean"): {}, ("rule", "median"): {"midpoint": False}, ("rule", "trmean"): {}, ("rule", "rbtm"): {},
-    ("rule", "krum"): {}, ("rule", "multikrum"): {}, ("rule", "rfa"): {"iters": 8, "eps": 1e-07},
+    ("rule", "krum"): {"neighbours": "n-f-2"}, ("rule", "multikrum"): {"neighbours": "n-f-2"},
+    ("rule", "rfa"): {"iters": 8, "eps": 1e-07, "start": "mean"},
     ("rule", "aksel"): {}, ("rule", "cclip"): {"tau": 10.0, "iters": 1},
     ("rule", "dnc"): {"c": 1.0, "niters": 1, "b": 1000},
     ("rule", "bulyan"): {}, ("rule", "meamed"): {}, ("rule", "monna"): {"idx": 0},
@@ -247,6 +248,9 @@ DEFAULTS = {
     ("rule", "signguard"): {"lower": 0.1, "upper": 3.0, "fraction": 0.1},
     ("rule", "clippedclustering"): {"max_tau": 100000.0, "capacity": 100000}, ("rule", "fltrust"): {},
     ("rule", "foolsgold"): {"num_clients": None, "sketch": None, "seed": 0},
+    # issue 22: ByzFL's conventions are options (ours stay the defaults above); issue 23's stages
+    ("attack", "strike_diverse"): {"nu": 1.0, "spread": 0.5}, ("preaggregator", "uniformity"): {"tau": 0.1},
+    ("rule", "gas"): {"p": 1000, "base": "krum"},
 }
 
 

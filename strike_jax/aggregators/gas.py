@@ -45,7 +45,7 @@ Array = jax.Array
 
 #: The base rules GAS can wrap: `name -> (group aggregate(updates, f, backend), limit(n))`.
 BASES = {
-    "krum": (lambda x, f, backend: _multikrum(x, f, select=None, backend=backend), krum_limit),
+    "krum": (lambda x, f, backend: _multikrum(x, f, select=None, offset=2, backend=backend), krum_limit),
     "bulyan": (lambda x, f, backend: _bulyan(x, f, backend=backend), bulyan_limit),
 }
 
