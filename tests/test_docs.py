@@ -89,7 +89,7 @@ MODULES = _modules_with_examples()
 
 
 def test_docstring_examples_are_collected():
-    assert {"strike_jax.optax", "strike_jax.stages", "strike_jax.registry", "strike_jax.data.user",
+    assert {"strike_jax.optax", "strike_jax.stages", "strike_jax.fingerprints", "strike_jax.data.user",
             "strike_jax.models.user"} <= set(MODULES)
 
 
