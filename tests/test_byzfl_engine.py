@@ -71,3 +71,66 @@ def test_the_legacy_partitions_are_unchanged():
                       (tiny(partition="dirichlet", beta=1.0), P.dirichlet(ds.y_train, 6, 1.0, 3))):
         got = components.make_partition(cfg, ds)
         assert [a.tolist() for a in got.indices] == [a.tolist() for a in want.indices]
+
+
+# ------------------------------------------------------------------------------------ validation
+
+
+def _final_w(run_dir) -> np.ndarray:
+    import os
+
+    from strike_jax.simulation import store
+
+    with np.load(os.path.join(run_dir, store.CHECKPOINT)) as z:
+        return np.asarray(z["w"])
+
+
+def _accuracy_by_hand(cfg: Config, w: np.ndarray, idx: np.ndarray) -> float:
+    import jax.numpy as jnp
+
+    from strike_jax import training
+
+    ds = components.load_dataset(cfg)
+    model = components.make_model(cfg, ds)
+    _, unravel = training.flatten_variables(components.init_variables(model, cfg.seed))
+    logits, _ = model.apply(unravel(jnp.asarray(w)), jnp.asarray(ds.x_train[idx]), False)
+    return float(np.mean(np.argmax(np.asarray(logits), axis=-1) == ds.y_train[idx]))
+
+
+@pytest.mark.parametrize("strategy", ["packed", "steps"])
+def test_validation_accuracy_is_the_global_models_on_the_hold_out(tmp_path, strategy):
+    from strike_jax import simulate
+
+    cfg = tiny(validation_fraction=0.25, partition="gamma_similarity_niid", gamma=0.5, strategy=strategy)
+    ds = components.load_dataset(cfg)
+    part, val = components.make_split(cfg, ds)
+    assert val.size == len(ds.y_train) - int(0.75 * len(ds.y_train))
+    assert not np.intersect1d(np.concatenate(part.indices), val).size  # held out from every client
+    assert np.array_equal(np.sort(np.concatenate(list(part.indices) + [val])), np.arange(len(ds.y_train)))
+    res = simulate(cfg, run_dir=str(tmp_path))
+    last = res["rounds"][-1]
+    assert last["val_accuracy"] == pytest.approx(_accuracy_by_hand(cfg, _final_w(tmp_path), val), abs=1e-6)
+    assert res["final_val_accuracy"] == last["val_accuracy"]
+    assert res["best_val_accuracy"] == max(h["val_accuracy"] for h in res["rounds"])
+    assert all("val_accuracy" in h and "val_loss" in h for h in res["rounds"])
+
+
+def test_validation_in_a_batch_equals_each_run_alone():
+    from strike_jax import simulate, simulate_many
+
+    cfgs = [tiny(validation_fraction=0.2, data_seed=s, rounds=2) for s in (1, 2)]
+    together = simulate_many(cfgs)
+    for c, r in zip(cfgs, together):
+        alone = simulate(c)
+        assert [h["val_accuracy"] for h in r["rounds"]] == [h["val_accuracy"] for h in alone["rounds"]]
+        assert r["batch"]["runs"] == 2
+
+
+def test_no_validation_keeps_the_history():
+    from strike_jax import simulate
+
+    res = simulate(tiny())
+    assert not any(k.startswith("val_") for h in res["rounds"] for k in h)
+    assert "best_val_accuracy" not in res
+    with pytest.raises(InputError, match="validation_fraction"):
+        tiny(validation_fraction=1.0)

@@ -123,6 +123,10 @@ class Batch:
         if cfg.max_test_samples is not None:
             x_test, y_test = x_test[: cfg.max_test_samples], y_test[: cfg.max_test_samples]
         self.x_test, self.y_test = put(x_test), put(y_test)
+        # The runs' validation hold-outs `[R, V]` (V is the same for every run of a program group:
+        # `validation_fraction` is structure); None without one.
+        self.val_index = (put(np.stack([r.validation for r in runs]).astype(np.int32))
+                          if cfg.validation_fraction > 0 else None)
         self._init_state(put)
         self._shape()
 

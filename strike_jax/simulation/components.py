@@ -94,7 +94,7 @@ def make_split(config: Config, ds, exclude: np.ndarray | None = None) -> tuple[A
         raise InputError(f"partition='natural' needs a dataset with client ids; {config.dataset!r} has none.")
     part, validation = data_lib.split_training_set(
         ds.y_train, holders, kind=config.partition, seed=data_seed(config), beta=config.beta, gamma=config.gamma,
-        validation_fraction=0.0, exclude=exclude, client_ids=ds.client_ids)
+        validation_fraction=config.validation_fraction, exclude=exclude, client_ids=ds.client_ids)
     if config.partition == "natural" and part.num_clients != holders:
         raise InputError(
             f"num_clients={config.num_clients} but the natural partition of {config.dataset!r} has "
