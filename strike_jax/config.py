@@ -233,6 +233,11 @@ class Config:
         (`preaggregation_order`).
       preaggregation_params: {name: {hparam: value}}.
       eval_every: evaluate the global model every k rounds (and always after the last round).
+      eval_at_start: also evaluate the initial global model (ByzFL evaluates at step 0): the
+        history's first record is `{"round": -1, "accuracy", "loss"[, "val_accuracy", "val_loss"]}`
+        (records are labelled by the 0-based round just run, so the initial model, after 0 rounds,
+        is round -1: `round + 1` rounds done). It counts in `best_accuracy`, not in
+        `completed_rounds`; a resumed run keeps it from its checkpoint and never re-evaluates.
       validation_fraction: the share of the training set held out as a validation set (ByzFL's
         `1 - size_train_set`), drawn from the data seed before the clients' partition
         (`data.partition.holdout`; root set excluded); every evaluation also records the global
@@ -304,6 +309,7 @@ class Config:
     preaggregation: tuple[str, ...] = ()
     preaggregation_params: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     eval_every: int = 1
+    eval_at_start: bool = False
     validation_fraction: float = 0.0
     seed: int = 0
     strategy: str = "auto"

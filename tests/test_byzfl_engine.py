@@ -134,3 +134,44 @@ def test_no_validation_keeps_the_history():
     assert "best_val_accuracy" not in res
     with pytest.raises(InputError, match="validation_fraction"):
         tiny(validation_fraction=1.0)
+
+
+# ------------------------------------------------------------------------------------ round -1
+
+
+def _test_accuracy_by_hand(cfg: Config, w: np.ndarray) -> float:
+    import jax.numpy as jnp
+
+    from strike_jax import training
+
+    ds = components.load_dataset(cfg)
+    model = components.make_model(cfg, ds)
+    _, unravel = training.flatten_variables(components.init_variables(model, cfg.seed))
+    x, y = ds.x_test[:cfg.max_test_samples], ds.y_test[:cfg.max_test_samples]
+    logits, _ = model.apply(unravel(jnp.asarray(w)), jnp.asarray(x), False)
+    return float(np.mean(np.argmax(np.asarray(logits), axis=-1) == y))
+
+
+def test_eval_at_start_records_the_initial_model_and_survives_a_resume(tmp_path):
+    from strike_jax import simulate, training
+
+    cfg = tiny(eval_at_start=True, validation_fraction=0.2, rounds=3)
+    ds = components.load_dataset(cfg)
+    w0 = np.asarray(training.flatten_variables(components.init_variables(components.make_model(cfg, ds),
+                                                                         cfg.seed))[0])
+    whole = simulate(cfg)
+    first = whole["rounds"][0]
+    assert first["round"] == -1 and [h["round"] for h in whole["rounds"]] == [-1, 0, 1, 2]
+    assert first["accuracy"] == pytest.approx(_test_accuracy_by_hand(cfg, w0), abs=1e-6)
+    val = components.make_split(cfg, ds)[1]
+    assert first["val_accuracy"] == pytest.approx(_accuracy_by_hand(cfg, w0, val), abs=1e-6)
+    assert whole["completed_rounds"] == 3 and whole["finished"]
+    # Stopped after one round and resumed: round -1 once, from the checkpoint, the same numbers.
+    simulate(cfg, run_dir=str(tmp_path), stop_after=1, checkpoint_every=1)
+    resumed = simulate(cfg, run_dir=str(tmp_path))
+    assert [h["round"] for h in resumed["rounds"]] == [-1, 0, 1, 2]
+    for a, b in zip(whole["rounds"], resumed["rounds"]):
+        assert {k: a[k] for k in ("accuracy", "val_accuracy") if k in a} == \
+            {k: b[k] for k in ("accuracy", "val_accuracy") if k in b}
+    # Without it the history starts at round 0 (eval_at_start is a host-loop number: same program).
+    assert simulate(cfg.replace(eval_at_start=False))["rounds"][0]["round"] == 0

@@ -225,8 +225,8 @@ def summarize(config: Config, history: list[dict[str, Any]], diverged_round: int
     """The result of a run from its round records. `mean_round_time_s` leaves out the rounds whose
     time includes compiling (the first round of every invocation, listed in `compile_rounds`)."""
     accs = [h["accuracy"] for h in history if "accuracy" in h]
-    completed = len(history)
-    steady = [h["time_round_s"] for h in history if h["round"] not in set(compile_rounds)]
+    completed = sum(h["round"] >= 0 for h in history)  # the initial evaluation (round -1) is no round
+    steady = [h["time_round_s"] for h in history if "time_round_s" in h and h["round"] not in set(compile_rounds)]
     out = {
         "config": config.to_dict(),
         "rounds": history,

@@ -153,7 +153,7 @@ class Batch:
                 w, stage_state, r.start_round, r.history, r.compile_rounds, meta, momentum = store.load_checkpoint(
                     ckpt, r.config, stage_state, w, momentum_like=momentum)
                 store.check_fingerprints(ckpt, meta.get("user_objects", {}), r.fingerprints)
-                r.diverged_round = next((h["round"] for h in r.history if not h["finite"]), None)
+                r.diverged_round = next((h["round"] for h in r.history if not h.get("finite", True)), None)
             states.append((w, self.grid.embed(a, r_, stage_state, template), momentum))
         stack = lambda *xs: np.stack([np.asarray(x) for x in xs])  # noqa: E731
         self.state = jax.tree_util.tree_map(put, round_lib.RunState(

@@ -22,7 +22,7 @@ from strike_jax.training import schedule
 # Config fields that are per-run numbers inside a batch, or only steer the host loop (everything
 # else is structure: it shapes the compiled programs).
 RUN_NUMBERS = ("seed", "beta", "gamma", "byzantine_ratio", "lr", "momentum", "weight_decay", "clip_norm",
-               "attack_params", "defence_params", "preaggregation_params", "rounds", "eval_every",
+               "attack_params", "defence_params", "preaggregation_params", "rounds", "eval_every", "eval_at_start",
                "server_lr", "server_weight_decay", "lr_milestones", "lr_decay", "tolerated_f", "data_seed",
                "byzantine_data")
 # Structure that only the server program sees: runs that differ in it share the training program,

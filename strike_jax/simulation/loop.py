@@ -79,6 +79,12 @@ def run_batch(batch: Batch, programs, *, checkpoint_every: int, checkpoint_secon
     bar = _progress_bar(batch) if progress and sharding.writes_files() else None
     state: dict[str, Any] = {"first": True, "t_prev": time.perf_counter(), "t_checkpoint": time.perf_counter()}
     pending: list = []
+    # The initial model's evaluation (`Config.eval_at_start`), before the first round donates the
+    # state: a run that starts from round 0 without it (a resumed run has it in its history).
+    initial = [i for i in range(R) if live[i] and runs[i].config.eval_at_start and runs[i].start_round == 0
+               and not any(h["round"] == -1 for h in runs[i].history)]
+    for i, values in _read_evaluation(batch, _dispatch_evaluation(batch, programs, initial)).items():
+        runs[i].history.insert(0, {"round": -1, **values})
 
     def read(item) -> None:
         out, evals, rounds_now, timings = item
