@@ -45,7 +45,7 @@ _ORDER = {"attack": 0, "preaggregator": 1, "rule": 2}
 # the raw rows first: NNM and bucketing blend rows and would hide the duplicates it looks for.
 _PREAGG_ORDER = {"uniformity": -1, "nnm": 0, "bucketing": 1}
 #: `info` flags a chain has when any of its stages has them.
-_ANY_FLAGS = ("stateful", "needs_key", "needs_clients", "needs_root_update")
+_ANY_FLAGS = ("stateful", "needs_key", "needs_clients", "needs_root_update", "needs_flipped_rows")
 
 
 class RoundContext(NamedTuple):
@@ -66,6 +66,9 @@ class RoundContext(NamedTuple):
       attacked: set by `chain` in the context it returns: the `[n, d]` matrix its attack produced
         (what the aggregation received; the input itself when the chain has no attack), so that
         the server reports it without re-running the chain's parts.
+      flipped: `[n, d]` each sampled client's gradient on its round's batch with flipped labels
+        (ByzFL's LabelFlipping, `labelflip(mode="honest_mean")`, whose stage has
+        `info["needs_flipped_rows"]`; the simulation fills it for such an attack), else None.
     """
 
     byzantine_mask: Array | None
@@ -76,6 +79,7 @@ class RoundContext(NamedTuple):
     downstream: Any = None
     downstream_state: Any = None
     attacked: Array | None = None
+    flipped: Array | None = None
 
 
 class EmptyState(NamedTuple):
