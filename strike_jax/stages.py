@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from strike_jax import ops, registry
+from strike_jax.config import PREAGGREGATION_ORDERS  # config imports stages lazily: no cycle
 from strike_jax.errors import InputError
 
 Array = jax.Array
@@ -195,9 +196,6 @@ def _key_split(key: Array | None, m: int) -> list:
     if m == 1:
         return [key]
     return list(jax.random.split(key, m))
-
-
-PREAGGREGATION_ORDERS = ("spec", "given")
 
 
 def chain(*stages: Any, preaggregation_order: str = "spec") -> Stage:
@@ -520,7 +518,7 @@ def server_pipeline(defence: str, *, attack: str | None = None, preaggregation: 
     if unknown:
         raise InputError(f"preaggregation_params for {unknown} not in preaggregation={tuple(preaggregation)}.")
     if preaggregation_order == "spec":
-        preaggregation = sorted(preaggregation, key=lambda p: _PREAGG_ORDER.get(p, 0))
+        preaggregation = tuple(sorted(preaggregation, key=lambda p: _PREAGG_ORDER.get(p, 0)))
     pres = [get("preaggregator", p, inject=inject, backend=backend, **dict(pp.get(p, {})))
             for p in preaggregation]
     rule = get("rule", defence, inject=inject, backend=backend, **dict(defence_params or {}))
