@@ -890,14 +890,10 @@ def load_data(spec: RunSpec):
     return data.load(spec.dataset, **kwargs)
 
 
-def _partition_seed(data_seed: int) -> int:
-    # The validation split draws from `data_seed` itself; the partition from an independent stream.
-    return int(np.random.SeedSequence([int(data_seed), 1]).generate_state(1)[0])
-
-
 def split_clients(spec: RunSpec, labels) -> tuple[Any, np.ndarray]:
     """ByzFL's data preparation for one run: the train/validation hold-out, then the honest
-    clients' partition of the training part.
+    clients' partition of the training part (`strike_jax.data.partition.split_training_set`, the
+    split the simulation makes from the run's `Config`).
 
     Args:
       spec: the run.
@@ -910,19 +906,10 @@ def split_clients(spec: RunSpec, labels) -> tuple[Any, np.ndarray]:
     """
     from strike_jax.data import partition as P
 
-    labels = np.asarray(labels)
-    train, validation = P.holdout(labels.size, spec.train_fraction, spec.data_seed)
-    seed, n, kind = _partition_seed(spec.data_seed), spec.num_honest, spec.partition["kind"]
-    if kind == "gamma_similarity_niid":
-        part = P.gamma_similarity_niid(labels, n, spec.partition["gamma"], seed, order=train)
-    elif kind == "extreme_niid":
-        part = P.extreme_niid(labels, n, order=train)
-    else:
-        # iid / Dirichlet over the training part: split positions 0..len(train)-1, then map them back.
-        pos = (P.iid(train.size, n, seed) if kind == "iid"
-               else P.dirichlet(labels[train], n, spec.partition["beta"], seed, min_size=spec.partition["min_size"]))
-        part = pos._replace(indices=tuple(train[a] for a in pos.indices))
-    return part, validation
+    p = spec.partition
+    return P.split_training_set(np.asarray(labels), spec.num_honest, kind=p["kind"], seed=spec.data_seed,
+                                beta=p.get("beta", 0.5), gamma=p.get("gamma", 1.0), min_size=p.get("min_size", 10),
+                                validation_fraction=1.0 - spec.train_fraction)
 
 
 # ----------------------------------------------------------------------------- preprocessing

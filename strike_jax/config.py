@@ -24,7 +24,7 @@ from typing import Any, Mapping, NamedTuple
 
 from strike_jax.errors import InputError
 
-PARTITIONS = ("dirichlet", "iid", "natural")
+PARTITIONS = ("dirichlet", "iid", "natural", "gamma_similarity_niid", "extreme_niid")
 ALGORITHMS = ("fedavg", "dsgd")
 MAPPING_FIELDS = ("dataset_params", "attack_params", "defence_params", "preaggregation_params")
 
@@ -210,8 +210,14 @@ class Config:
       model: a name from `strike_jax.models.names()`.
       num_clients: N, clients in the partition.
       clients_per_round: n, clients sampled per round (uniformly without replacement).
-      partition: "dirichlet" (SPEC §4), "iid" or "natural" (the dataset's own client ids).
+      partition: "dirichlet" (SPEC §4), "iid", "natural" (the dataset's own client ids), or ByzFL's
+        "gamma_similarity_niid" (a share `gamma` spread IID, the rest sorted by label) and
+        "extreme_niid" (sorted by label, cut in equal chunks); ByzFL's kinds always split a random
+        order of the training set (ByzFL's `random_split`). One implementation:
+        `data.partition.split_training_set` (also `byzfl.split_clients`).
       beta: Dirichlet concentration.
+      gamma: the IID share of "gamma_similarity_niid", in [0, 1] (ByzFL's `distribution_parameter`;
+        1: IID, 0: extreme non-IID).
       byzantine_ratio: r; the Byzantine clients are the first ceil(r * N) client ids (SPEC §2).
       rounds: communication rounds.
       local_epochs: local epochs per round (the paper uses 1).
@@ -277,6 +283,7 @@ class Config:
     clients_per_round: int = 20
     partition: str = "dirichlet"
     beta: float = 0.5
+    gamma: float = 1.0
     byzantine_ratio: float = 0.2
     rounds: int = 30
     local_epochs: int = 1
@@ -374,6 +381,8 @@ class Config:
             bad("partition", self.partition, f"allowed: {', '.join(PARTITIONS)}")
         if self.partition == "dirichlet" and not self.beta > 0:
             bad("beta", self.beta, "the Dirichlet concentration must be > 0")
+        if not 0.0 <= self.gamma <= 1.0:
+            bad("gamma", self.gamma, "need 0 <= gamma <= 1 (the IID share of gamma_similarity_niid)")
         if not 0.0 <= self.byzantine_ratio < 1.0:
             bad("byzantine_ratio", self.byzantine_ratio, "need 0 <= r < 1")
         if self.rounds < 1:

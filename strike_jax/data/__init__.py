@@ -52,6 +52,7 @@ from strike_jax.data.partition import (
     holdout,
     iid,
     natural,
+    split_training_set,
 )
 from strike_jax.data.synthetic import load_synthetic
 from strike_jax.data.tfds_source import load_cifar10, load_emnist, load_tfds
@@ -93,6 +94,7 @@ __all__ = [
     "read_idx",
     "register",
     "schedule_nbytes",
+    "split_training_set",
 ]
 
 _LOADERS: dict[str, Callable[..., Dataset]] = {

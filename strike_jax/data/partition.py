@@ -24,6 +24,8 @@ __all__ = [
     "holdout",
     "iid",
     "natural",
+    "partition_seed",
+    "split_training_set",
 ]
 
 
@@ -395,3 +397,92 @@ def holdout(num_samples: int, train_fraction: float, seed: int) -> tuple[np.ndar
     if t < 1:
         raise ValueError(f"train_fraction={train_fraction!r} leaves no training sample out of {num_samples}.")
     return perm[:t], perm[t:]
+
+
+# ------------------------------------------------------------------ the one split of a run
+
+#: Partition kinds of `split_training_set`; the last two are ByzFL's.
+KINDS = ("dirichlet", "iid", "natural", "gamma_similarity_niid", "extreme_niid")
+
+
+def partition_seed(data_seed: int) -> int:
+    """The partition's seed when a hold-out is drawn first: the hold-out draws from `data_seed`
+    itself, the partition from this independent stream (`SeedSequence([data_seed, 1])`)."""
+    return int(np.random.SeedSequence([int(data_seed), 1]).generate_state(1)[0])
+
+
+def split_training_set(labels: np.ndarray, num_clients: int, *, kind: str, seed: int, beta: float = 0.5,
+                       gamma: float = 1.0, min_size: int = 10, validation_fraction: float = 0.0,
+                       exclude: np.ndarray | None = None,
+                       client_ids: np.ndarray | None = None) -> tuple[Partition, np.ndarray]:
+    """A run's whole data split: the validation hold-out, then the clients' partition (the one
+    implementation behind `strike_jax.simulation` and `strike_jax.byzfl.split_clients`).
+
+    1. `keep`: the training samples not in `exclude` (e.g. the server's root set), ascending.
+    2. With `validation_fraction > 0`, or a ByzFL kind ("gamma_similarity_niid", "extreme_niid":
+       ByzFL always draws its `random_split`, also with `size_train_set = 1`): `holdout(len(keep),
+       1 - validation_fraction, seed)` over `keep` (ByzFL's `random_split`: the training part in
+       its random order, the validation part the rest), and the partition draws from
+       `partition_seed(seed)`. Otherwise no hold-out, the training part is `keep` in order and the
+       partition draws from `seed` (the split of every run before validation sets existed).
+    3. The training part split over `num_clients` clients: `dirichlet(labels, beta, min_size)`,
+       `iid`, `natural(client_ids)`, `gamma_similarity_niid(gamma)` (in the hold-out's order, as
+       ByzFL) or `extreme_niid`.
+
+    Args:
+      labels: `[N_train]` int labels of the whole training set.
+      num_clients: clients given data (ByzFL: the honest ones).
+      kind: one of `KINDS`.
+      seed: the data seed.
+      beta, min_size: Dirichlet's concentration and retry threshold.
+      gamma: the IID share of `gamma_similarity_niid`, in [0, 1].
+      validation_fraction: the held-out share, in [0, 1) (ByzFL's `1 - size_train_set`; the training
+        part has `int((1 - validation_fraction) * len(keep))` samples, with `1 - validation_fraction`
+        rounded to 12 decimals so that ByzFL's `size_train_set` comes back exactly).
+      exclude: training indices given to no client and not held out.
+      client_ids: `[N_train]` owner ids for `kind="natural"`.
+
+    Returns:
+      `(partition, validation)`: a `Partition` of `num_clients` clients with indices into the whole
+      training set, and the validation indices (int64, empty without a hold-out); disjoint, and
+      together with `exclude` they cover the training set once.
+
+    Raises:
+      InputError: an unknown kind, a fraction outside its range, or the partition's own errors.
+    """
+    labels = np.asarray(labels)
+    if kind not in KINDS:
+        raise InputError(f"partition kind={kind!r} is not allowed; allowed: {', '.join(KINDS)}.")
+    vf = float(validation_fraction)
+    if not 0.0 <= vf < 1.0:
+        raise InputError(f"validation_fraction={validation_fraction!r} is not allowed; allowed: 0 <= v < 1.")
+    keep = np.arange(labels.size, dtype=np.int64)
+    if exclude is not None:
+        keep = np.setdiff1d(keep, np.asarray(exclude, np.int64))
+    held = vf > 0 or kind in ("gamma_similarity_niid", "extreme_niid")
+    validation = np.zeros(0, np.int64)
+    train, pseed = keep, int(seed)
+    if held:
+        try:
+            pos_train, pos_val = holdout(int(keep.size), round(1.0 - vf, 12), int(seed))
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        train, validation, pseed = keep[pos_train], keep[pos_val], partition_seed(int(seed))
+    try:
+        if kind == "gamma_similarity_niid":
+            return gamma_similarity_niid(labels, num_clients, gamma, pseed, order=train), validation
+        if kind == "extreme_niid":
+            return extreme_niid(labels, num_clients, order=train), validation
+        if kind == "dirichlet":
+            pos = dirichlet(labels[train], num_clients, beta, seed=pseed, min_size=min_size)
+        elif kind == "iid":
+            pos = iid(int(train.size), num_clients, seed=pseed)
+        else:
+            if client_ids is None:
+                raise InputError("partition kind='natural' needs per-sample client ids; the data set has none.")
+            pos = natural(np.asarray(client_ids)[train])
+    except InputError:
+        raise
+    except ValueError as e:  # the ByzFL splits' own argument errors
+        raise InputError(str(e)) from None
+    return pos._replace(indices=tuple(train[a] for a in pos.indices)), validation

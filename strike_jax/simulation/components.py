@@ -21,7 +21,7 @@ from strike_jax.training import schedule
 
 # Config fields that are per-run numbers inside a batch, or only steer the host loop (everything
 # else is structure: it shapes the compiled programs).
-RUN_NUMBERS = ("seed", "beta", "byzantine_ratio", "lr", "momentum", "weight_decay", "clip_norm",
+RUN_NUMBERS = ("seed", "beta", "gamma", "byzantine_ratio", "lr", "momentum", "weight_decay", "clip_norm",
                "attack_params", "defence_params", "preaggregation_params", "rounds", "eval_every",
                "server_lr", "server_weight_decay", "lr_milestones", "lr_decay", "tolerated_f", "data_seed",
                "byzantine_data")
@@ -77,31 +77,37 @@ def root_set(config: Config, ds) -> np.ndarray:
     return np.sort(rng.choice(n, size=config.root_samples, replace=False))
 
 
-def make_partition(config: Config, ds, exclude: np.ndarray | None = None):
-    """The run's split of the training set (SPEC §4), from its data seed (`data_seed`), over the
-    samples not in `exclude` (the root set). With `byzantine_data=False` only the honest clients
-    `f .. N-1` are given data (ByzFL); the Byzantine clients `0 .. f-1` get none."""
-    keep = np.arange(len(ds.y_train)) if exclude is None else np.setdiff1d(np.arange(len(ds.y_train)), exclude)
+def make_split(config: Config, ds, exclude: np.ndarray | None = None) -> tuple[Any, np.ndarray]:
+    """The run's split of the training set (SPEC §4; `data.partition.split_training_set`, the one
+    implementation `strike_jax.byzfl.split_clients` shares), from its data seed (`data_seed`), over
+    the samples not in `exclude` (the root set): `validation_fraction` of them held out first (the
+    validation set), the rest partitioned by `partition` (`beta`, `gamma`). With
+    `byzantine_data=False` only the honest clients `f .. N-1` are given data (ByzFL); the
+    Byzantine clients `0 .. f-1` get none.
+
+    Returns:
+      `(partition of num_clients clients, validation indices [V] int64)` (V = 0 without a hold-out).
+    """
     empty = 0 if config.byzantine_data else config.num_byzantine
     holders = config.num_clients - empty
-    seed = data_seed(config)
-    if config.partition == "dirichlet":
-        part = data_lib.dirichlet(ds.y_train[keep], holders, config.beta, seed=seed)
-    elif config.partition == "iid":
-        part = data_lib.iid(len(keep), holders, seed=seed)
-    else:
-        if ds.client_ids is None:
-            raise InputError(f"partition='natural' needs a dataset with client ids; {config.dataset!r} has none.")
-        part = data_lib.natural(np.asarray(ds.client_ids)[keep])
-        if part.num_clients != holders:
-            raise InputError(
-                f"num_clients={config.num_clients} but the natural partition of {config.dataset!r} has "
-                f"{part.num_clients} clients; set num_clients={part.num_clients + empty}."
-            )
-    indices = tuple(part.indices) if exclude is None else tuple(keep[a] for a in part.indices)
+    if config.partition == "natural" and ds.client_ids is None:
+        raise InputError(f"partition='natural' needs a dataset with client ids; {config.dataset!r} has none.")
+    part, validation = data_lib.split_training_set(
+        ds.y_train, holders, kind=config.partition, seed=data_seed(config), beta=config.beta, gamma=config.gamma,
+        validation_fraction=0.0, exclude=exclude, client_ids=ds.client_ids)
+    if config.partition == "natural" and part.num_clients != holders:
+        raise InputError(
+            f"num_clients={config.num_clients} but the natural partition of {config.dataset!r} has "
+            f"{part.num_clients} clients; set num_clients={part.num_clients + empty}."
+        )
     if empty:
-        indices = (np.zeros(0, np.int64),) * empty + indices
-    return part._replace(indices=indices)
+        part = part._replace(indices=(np.zeros(0, np.int64),) * empty + tuple(part.indices))
+    return part, validation
+
+
+def make_partition(config: Config, ds, exclude: np.ndarray | None = None):
+    """The clients' partition of `make_split` (without the validation indices)."""
+    return make_split(config, ds, exclude)[0]
 
 
 def make_model(config: Config, ds):
