@@ -95,10 +95,14 @@ def torchvision_layout(root: str) -> str:
 # ------------------------------------------------------------------------------- ByzFL's side
 
 
-def peer_worker(workdir: str) -> None:
+def peer_worker(workdir: str, threads: int | None) -> None:
     """Runs in the peers' interpreter: ByzFL's `run_benchmark` on `workdir/config.json` (it reads the
     config from the working directory), timed."""
     os.chdir(workdir)
+    if threads:
+        import torch  # the peers' venv only
+
+        torch.set_num_threads(threads)
     from byzfl.benchmark import run_benchmark  # the peers' venv only
 
     t0 = time.perf_counter()
@@ -107,26 +111,33 @@ def peer_worker(workdir: str) -> None:
         json.dump({"wall_s": time.perf_counter() - t0}, fh)
 
 
+PEER_THREADS: int | None = None  # --peer-threads
+
+
 def run_peer(peer_python: str, cfg: dict, workdir: str, log=None) -> dict:
     """ByzFL's side in a subprocess; returns {"wall_s", "results_directory"}."""
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as fh:
         json.dump(cfg, fh, indent=2)
     env = dict(os.environ, PYTHONPATH="")
+    cmd = [peer_python, os.path.abspath(__file__), "--peer-worker", workdir]
+    if PEER_THREADS:
+        env["OMP_NUM_THREADS"] = str(PEER_THREADS)
+        cmd += ["--peer-threads", str(PEER_THREADS)]
     t0 = time.perf_counter()
-    subprocess.run([peer_python, os.path.abspath(__file__), "--peer-worker", workdir], check=True, env=env,
+    subprocess.run(cmd, check=True, env=env,
                    stdout=log, stderr=subprocess.STDOUT if log else None)
     wall = time.perf_counter() - t0
     return {"wall_s": wall, "results_directory": cfg["evaluation_and_results"]["results_directory"]}
 
 
-def probe(peer_python: str, root: str) -> dict:
+def probe(peer_python: str, root: str, models=("cnn_mnist", "fc_mnist")) -> dict:
     """ByzFL's seconds per step and per evaluation for cnn_mnist and fc_mnist: runs of 1 and 6 steps
     (each evaluates twice, at step 0 and after the last), read from ByzFL's own train_time files
     (its training loop, data loading excluded)."""
     out: dict = {}
     for steps in (1, 6):
-        for model in ("cnn_mnist", "fc_mnist"):
+        for model in models:
             work = os.path.join(root, f"probe_{model}_{steps}")
             cfg = bench_config(model, steps, 1, root, os.path.join(work, "results"),
                                aggregators=AGGREGATORS[:1], attacks=ATTACKS[:1], evaluation_delta=1000)
@@ -242,20 +253,26 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--workdir", default=None, help="where both sides' results go (default: a temporary folder)")
     ap.add_argument("--probe", action="store_true", help="only ByzFL's step and evaluation time per model")
+    ap.add_argument("--probe-one", action="store_true", help="probe only --model")
     ap.add_argument("--peer-only", action="store_true", help="only ByzFL's side; writes --peer-json")
     ap.add_argument("--peer-json", default=None, help="where --peer-only writes ByzFL's side")
     ap.add_argument("--peer-results", default=None, help="reuse ByzFL's side from this JSON (--peer-only's)")
     ap.add_argument("--out", default=os.path.join(RESULTS, "bench_byzfl_cpu"))
+    ap.add_argument("--peer-threads", type=int, default=None,
+                    help="torch threads for ByzFL (default: torch's own choice)")
+    ap.add_argument("--evaluation-delta", type=int, default=50)
     ap.add_argument("--peer-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.peer_worker:
-        peer_worker(args.peer_worker)
+        peer_worker(args.peer_worker, args.peer_threads)
         return 0
+    global PEER_THREADS
+    PEER_THREADS = args.peer_threads
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench_byzfl_")
     os.makedirs(workdir, exist_ok=True)
     data = torchvision_layout(os.path.join(workdir, "data"))
     if args.probe:
-        res = probe(args.peer_python, data)
+        res = probe(args.peer_python, data, (args.model,) if args.probe_one else ("cnn_mnist", "fc_mnist"))
         print(json.dumps(res, indent=2))
         for model, r in res.items():
             est = 12 * args.seeds * (args.steps * r["step_s"] + (args.steps // 50 + 1) * 2 * r["evaluation_s"])
@@ -268,7 +285,8 @@ def main(argv=None) -> int:
             peer = json.load(fh)
         cfg_peer = peer["config"]
     else:
-        cfg_peer = bench_config(args.model, args.steps, args.seeds, data, os.path.join(workdir, "byzfl", "results"))
+        cfg_peer = bench_config(args.model, args.steps, args.seeds, data, os.path.join(workdir, "byzfl", "results"),
+                                evaluation_delta=args.evaluation_delta)
         peer = run_peer(args.peer_python, cfg_peer, os.path.join(workdir, "byzfl"))
         peer["config"] = cfg_peer
         peer["runs_read"] = read_layout(cfg_peer, peer["results_directory"])

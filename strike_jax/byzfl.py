@@ -779,7 +779,7 @@ def to_config(spec: RunSpec) -> Config:
 
 def _val_key() -> str | None:
     """The history key of the validation accuracy (set with `Config.validation_fraction`)."""
-    return "val_acc" if "validation_fraction" in _config_fields() else None
+    return "val_accuracy" if "validation_fraction" in _config_fields() else None
 
 
 def prepare(cfg: Mapping[str, Any], results_dir: str | os.PathLike | None = None
