@@ -233,6 +233,16 @@ class Config:
         (`preaggregation_order`).
       preaggregation_params: {name: {hparam: value}}.
       eval_every: evaluate the global model every k rounds (and always after the last round).
+      eval_at_start: also evaluate the initial global model (ByzFL evaluates at step 0): the
+        history's first record is `{"round": -1, "accuracy", "loss"[, "val_accuracy", "val_loss"]}`
+        (records are labelled by the 0-based round just run, so the initial model, after 0 rounds,
+        is round -1: `round + 1` rounds done). It counts in `best_accuracy`, not in
+        `completed_rounds`; a resumed run keeps it from its checkpoint and never re-evaluates.
+      validation_fraction: the share of the training set held out as a validation set (ByzFL's
+        `1 - size_train_set`), drawn from the data seed before the clients' partition
+        (`data.partition.holdout`; root set excluded); every evaluation also records the global
+        model's accuracy and loss on it (`val_accuracy`, `val_loss` in the history;
+        `best_val_accuracy`, `final_val_accuracy` in the result). 0: no validation set.
       seed: the run's seed (partition, init, sampling, schedules, attack and defence keys).
       strategy: how clients are trained: "auto" (a fixed rule from the model, shapes and platform:
         `training.resolve_auto`; recorded in the checkpoint and result, kept on resume), "measure"
@@ -299,6 +309,8 @@ class Config:
     preaggregation: tuple[str, ...] = ()
     preaggregation_params: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     eval_every: int = 1
+    eval_at_start: bool = False
+    validation_fraction: float = 0.0
     seed: int = 0
     strategy: str = "auto"
     max_test_samples: int | None = None
@@ -401,6 +413,8 @@ class Config:
             bad("clip_norm", self.clip_norm, "need clip_norm > 0 or None (no clipping)")
         if self.eval_every < 1:
             bad("eval_every", self.eval_every, "need eval_every >= 1")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            bad("validation_fraction", self.validation_fraction, "need 0 <= validation_fraction < 1")
         if self.strategy not in STRATEGIES:
             bad("strategy", self.strategy, f"allowed: {', '.join(STRATEGIES)}")
         if self.max_test_samples is not None and self.max_test_samples < 1:

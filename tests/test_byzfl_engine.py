@@ -71,3 +71,107 @@ def test_the_legacy_partitions_are_unchanged():
                       (tiny(partition="dirichlet", beta=1.0), P.dirichlet(ds.y_train, 6, 1.0, 3))):
         got = components.make_partition(cfg, ds)
         assert [a.tolist() for a in got.indices] == [a.tolist() for a in want.indices]
+
+
+# ------------------------------------------------------------------------------------ validation
+
+
+def _final_w(run_dir) -> np.ndarray:
+    import os
+
+    from strike_jax.simulation import store
+
+    with np.load(os.path.join(run_dir, store.CHECKPOINT)) as z:
+        return np.asarray(z["w"])
+
+
+def _accuracy_by_hand(cfg: Config, w: np.ndarray, idx: np.ndarray) -> float:
+    import jax.numpy as jnp
+
+    from strike_jax import training
+
+    ds = components.load_dataset(cfg)
+    model = components.make_model(cfg, ds)
+    _, unravel = training.flatten_variables(components.init_variables(model, cfg.seed))
+    logits, _ = model.apply(unravel(jnp.asarray(w)), jnp.asarray(ds.x_train[idx]), False)
+    return float(np.mean(np.argmax(np.asarray(logits), axis=-1) == ds.y_train[idx]))
+
+
+@pytest.mark.parametrize("strategy", ["packed", "steps"])
+def test_validation_accuracy_is_the_global_models_on_the_hold_out(tmp_path, strategy):
+    from strike_jax import simulate
+
+    cfg = tiny(validation_fraction=0.25, partition="gamma_similarity_niid", gamma=0.5, strategy=strategy)
+    ds = components.load_dataset(cfg)
+    part, val = components.make_split(cfg, ds)
+    assert val.size == len(ds.y_train) - int(0.75 * len(ds.y_train))
+    assert not np.intersect1d(np.concatenate(part.indices), val).size  # held out from every client
+    assert np.array_equal(np.sort(np.concatenate(list(part.indices) + [val])), np.arange(len(ds.y_train)))
+    res = simulate(cfg, run_dir=str(tmp_path))
+    last = res["rounds"][-1]
+    assert last["val_accuracy"] == pytest.approx(_accuracy_by_hand(cfg, _final_w(tmp_path), val), abs=1e-6)
+    assert res["final_val_accuracy"] == last["val_accuracy"]
+    assert res["best_val_accuracy"] == max(h["val_accuracy"] for h in res["rounds"])
+    assert all("val_accuracy" in h and "val_loss" in h for h in res["rounds"])
+
+
+def test_validation_in_a_batch_equals_each_run_alone():
+    from strike_jax import simulate, simulate_many
+
+    cfgs = [tiny(validation_fraction=0.2, data_seed=s, rounds=2) for s in (1, 2)]
+    together = simulate_many(cfgs)
+    for c, r in zip(cfgs, together):
+        alone = simulate(c)
+        assert [h["val_accuracy"] for h in r["rounds"]] == [h["val_accuracy"] for h in alone["rounds"]]
+        assert r["batch"]["runs"] == 2
+
+
+def test_no_validation_keeps_the_history():
+    from strike_jax import simulate
+
+    res = simulate(tiny())
+    assert not any(k.startswith("val_") for h in res["rounds"] for k in h)
+    assert "best_val_accuracy" not in res
+    with pytest.raises(InputError, match="validation_fraction"):
+        tiny(validation_fraction=1.0)
+
+
+# ------------------------------------------------------------------------------------ round -1
+
+
+def _test_accuracy_by_hand(cfg: Config, w: np.ndarray) -> float:
+    import jax.numpy as jnp
+
+    from strike_jax import training
+
+    ds = components.load_dataset(cfg)
+    model = components.make_model(cfg, ds)
+    _, unravel = training.flatten_variables(components.init_variables(model, cfg.seed))
+    x, y = ds.x_test[:cfg.max_test_samples], ds.y_test[:cfg.max_test_samples]
+    logits, _ = model.apply(unravel(jnp.asarray(w)), jnp.asarray(x), False)
+    return float(np.mean(np.argmax(np.asarray(logits), axis=-1) == y))
+
+
+def test_eval_at_start_records_the_initial_model_and_survives_a_resume(tmp_path):
+    from strike_jax import simulate, training
+
+    cfg = tiny(eval_at_start=True, validation_fraction=0.2, rounds=3)
+    ds = components.load_dataset(cfg)
+    w0 = np.asarray(training.flatten_variables(components.init_variables(components.make_model(cfg, ds),
+                                                                         cfg.seed))[0])
+    whole = simulate(cfg)
+    first = whole["rounds"][0]
+    assert first["round"] == -1 and [h["round"] for h in whole["rounds"]] == [-1, 0, 1, 2]
+    assert first["accuracy"] == pytest.approx(_test_accuracy_by_hand(cfg, w0), abs=1e-6)
+    val = components.make_split(cfg, ds)[1]
+    assert first["val_accuracy"] == pytest.approx(_accuracy_by_hand(cfg, w0, val), abs=1e-6)
+    assert whole["completed_rounds"] == 3 and whole["finished"]
+    # Stopped after one round and resumed: round -1 once, from the checkpoint, the same numbers.
+    simulate(cfg, run_dir=str(tmp_path), stop_after=1, checkpoint_every=1)
+    resumed = simulate(cfg, run_dir=str(tmp_path))
+    assert [h["round"] for h in resumed["rounds"]] == [-1, 0, 1, 2]
+    for a, b in zip(whole["rounds"], resumed["rounds"]):
+        assert {k: a[k] for k in ("accuracy", "val_accuracy") if k in a} == \
+            {k: b[k] for k in ("accuracy", "val_accuracy") if k in b}
+    # Without it the history starts at round 0 (eval_at_start is a host-loop number: same program).
+    assert simulate(cfg.replace(eval_at_start=False))["rounds"][0]["round"] == 0

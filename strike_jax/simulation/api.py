@@ -211,7 +211,8 @@ def simulate(
     Returns:
       A dict: `config`, `rounds` (one dict per round: sampled clients' count `n`, `f`, timings, the
       server's `RoundMetrics`, and `accuracy`/`loss` on rounds that were evaluated), `best_accuracy`,
-      `final_accuracy`, `diverged` (a non-finite aggregate ended the run), `diverged_round`,
+      `final_accuracy` (with `validation_fraction`: `val_accuracy`/`val_loss` on the evaluated rounds,
+      `best_val_accuracy`, `final_val_accuracy`), `diverged` (a non-finite aggregate ended the run), `diverged_round`,
       `completed_rounds`, `finished`, `mean_round_time_s`, `wall_time_s`, `batch` (how it ran).
     """
     return simulate_many([config], run_dirs=[run_dir], progress=progress, checkpoint_every=checkpoint_every,
@@ -224,9 +225,9 @@ def summarize(config: Config, history: list[dict[str, Any]], diverged_round: int
     """The result of a run from its round records. `mean_round_time_s` leaves out the rounds whose
     time includes compiling (the first round of every invocation, listed in `compile_rounds`)."""
     accs = [h["accuracy"] for h in history if "accuracy" in h]
-    completed = len(history)
-    steady = [h["time_round_s"] for h in history if h["round"] not in set(compile_rounds)]
-    return {
+    completed = sum(h["round"] >= 0 for h in history)  # the initial evaluation (round -1) is no round
+    steady = [h["time_round_s"] for h in history if "time_round_s" in h and h["round"] not in set(compile_rounds)]
+    out = {
         "config": config.to_dict(),
         "rounds": history,
         "best_accuracy": max(accs) if accs else None,
@@ -238,6 +239,11 @@ def summarize(config: Config, history: list[dict[str, Any]], diverged_round: int
         "mean_round_time_s": float(np.mean(steady)) if steady else None,
         "compile_rounds": list(compile_rounds),
     }
+    if config.validation_fraction > 0:
+        vals = [h["val_accuracy"] for h in history if "val_accuracy" in h]
+        out["best_val_accuracy"] = max(vals) if vals else None
+        out["final_val_accuracy"] = vals[-1] if vals else None
+    return out
 
 
 def best_accuracy(result: Mapping[str, Any]) -> float:

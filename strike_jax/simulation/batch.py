@@ -123,6 +123,10 @@ class Batch:
         if cfg.max_test_samples is not None:
             x_test, y_test = x_test[: cfg.max_test_samples], y_test[: cfg.max_test_samples]
         self.x_test, self.y_test = put(x_test), put(y_test)
+        # The runs' validation hold-outs `[R, V]` (V is the same for every run of a program group:
+        # `validation_fraction` is structure); None without one.
+        self.val_index = (put(np.stack([r.validation for r in runs]).astype(np.int32))
+                          if cfg.validation_fraction > 0 else None)
         self._init_state(put)
         self._shape()
 
@@ -149,7 +153,7 @@ class Batch:
                 w, stage_state, r.start_round, r.history, r.compile_rounds, meta, momentum = store.load_checkpoint(
                     ckpt, r.config, stage_state, w, momentum_like=momentum)
                 store.check_fingerprints(ckpt, meta.get("user_objects", {}), r.fingerprints)
-                r.diverged_round = next((h["round"] for h in r.history if not h["finite"]), None)
+                r.diverged_round = next((h["round"] for h in r.history if not h.get("finite", True)), None)
             states.append((w, self.grid.embed(a, r_, stage_state, template), momentum))
         stack = lambda *xs: np.stack([np.asarray(x) for x in xs])  # noqa: E731
         self.state = jax.tree_util.tree_map(put, round_lib.RunState(

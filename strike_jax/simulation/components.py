@@ -22,7 +22,7 @@ from strike_jax.training import schedule
 # Config fields that are per-run numbers inside a batch, or only steer the host loop (everything
 # else is structure: it shapes the compiled programs).
 RUN_NUMBERS = ("seed", "beta", "gamma", "byzantine_ratio", "lr", "momentum", "weight_decay", "clip_norm",
-               "attack_params", "defence_params", "preaggregation_params", "rounds", "eval_every",
+               "attack_params", "defence_params", "preaggregation_params", "rounds", "eval_every", "eval_at_start",
                "server_lr", "server_weight_decay", "lr_milestones", "lr_decay", "tolerated_f", "data_seed",
                "byzantine_data")
 # Structure that only the server program sees: runs that differ in it share the training program,
@@ -94,7 +94,7 @@ def make_split(config: Config, ds, exclude: np.ndarray | None = None) -> tuple[A
         raise InputError(f"partition='natural' needs a dataset with client ids; {config.dataset!r} has none.")
     part, validation = data_lib.split_training_set(
         ds.y_train, holders, kind=config.partition, seed=data_seed(config), beta=config.beta, gamma=config.gamma,
-        validation_fraction=0.0, exclude=exclude, client_ids=ds.client_ids)
+        validation_fraction=config.validation_fraction, exclude=exclude, client_ids=ds.client_ids)
     if config.partition == "natural" and part.num_clients != holders:
         raise InputError(
             f"num_clients={config.num_clients} but the natural partition of {config.dataset!r} has "

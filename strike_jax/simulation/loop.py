@@ -79,6 +79,12 @@ def run_batch(batch: Batch, programs, *, checkpoint_every: int, checkpoint_secon
     bar = _progress_bar(batch) if progress and sharding.writes_files() else None
     state: dict[str, Any] = {"first": True, "t_prev": time.perf_counter(), "t_checkpoint": time.perf_counter()}
     pending: list = []
+    # The initial model's evaluation (`Config.eval_at_start`), before the first round donates the
+    # state: a run that starts from round 0 without it (a resumed run has it in its history).
+    initial = [i for i in range(R) if live[i] and runs[i].config.eval_at_start and runs[i].start_round == 0
+               and not any(h["round"] == -1 for h in runs[i].history)]
+    for i, values in _read_evaluation(batch, _dispatch_evaluation(batch, programs, initial)).items():
+        runs[i].history.insert(0, {"round": -1, **values})
 
     def read(item) -> None:
         out, evals, rounds_now, timings = item
@@ -104,7 +110,7 @@ def run_batch(batch: Batch, programs, *, checkpoint_every: int, checkpoint_secon
                 r.diverged_round = rec["round"]
                 live[i] = False
             elif i in acc:
-                rec["accuracy"], rec["loss"] = acc[i]
+                rec.update(acc[i])
             if timings is not None:
                 rec["time_train_s"], rec["time_server_s"] = timings[0] / R, timings[1] / R
             rec["time_round_s"] = (t_now - state["t_prev"]) / R
@@ -199,22 +205,43 @@ def _advance(bar, batch: Batch, done_rounds: list[int], first: bool, seconds: fl
 
 
 def _dispatch_evaluation(batch: Batch, programs, which: list[int]) -> Any:
-    """Starts evaluating the current models (device arrays, not read yet)."""
+    """Starts evaluating the current models on the test set and, with validation sets, on each
+    run's own hold-out (device arrays, not read yet)."""
     if not which:
         return None
+    w = batch.state.w
     if programs.device:
-        return which, programs.evaluate(batch.state.w, batch.x_test, batch.y_test)
-    return which, {i: programs.evaluate(batch.unravel(batch.state.w[i]), batch.x_test, batch.y_test) for i in which}
+        test = programs.evaluate(w, batch.x_test, batch.y_test)
+        val = None if programs.validate is None else programs.validate(w, batch.x_train, batch.y_train,
+                                                                        batch.val_index)
+        return which, test, val
+    test = {i: programs.evaluate(batch.unravel(w[i]), batch.x_test, batch.y_test) for i in which}
+    val = None if programs.validate is None else {
+        i: programs.validate(batch.unravel(w[i]), batch.x_train, batch.y_train, batch.val_index[i]) for i in which}
+    return which, test, val
 
 
-def _read_evaluation(batch: Batch, evaluation) -> dict[int, tuple[float, float]]:
+#: The history keys of an evaluation: test accuracy and loss, then the validation set's.
+EVAL_KEYS = ("accuracy", "loss", "val_accuracy", "val_loss")
+
+
+def _read_evaluation(batch: Batch, evaluation) -> dict[int, dict[str, float]]:
+    """`{run: {"accuracy", "loss"[, "val_accuracy", "val_loss"]}}` of a dispatched evaluation."""
     if evaluation is None:
         return {}
-    which, values = evaluation
-    if isinstance(values, dict):
-        return {i: (float(a), float(lo)) for i, (a, lo) in values.items()}
-    acc, loss = sharding.to_host(values)
-    return {i: (float(acc[i]), float(loss[i])) for i in which}
+    which, *parts = evaluation
+    out: dict[int, dict[str, float]] = {i: {} for i in which}
+    for names, values in zip((EVAL_KEYS[:2], EVAL_KEYS[2:]), parts):
+        if values is None:
+            continue
+        if isinstance(values, dict):
+            for i, (a, lo) in values.items():
+                out[i].update({names[0]: float(a), names[1]: float(lo)})
+        else:
+            acc, loss = sharding.to_host(values)
+            for i in which:
+                out[i].update({names[0]: float(acc[i]), names[1]: float(loss[i])})
+    return out
 
 
 def checkpoint(batch: Batch, which: list[int], done_rounds: list[int]) -> None:

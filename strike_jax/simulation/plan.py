@@ -46,6 +46,7 @@ class Run:
     strategy: str = "packed"   # the resolved training strategy (recorded in checkpoint and result)
     backend: Any = None        # ops.Backend of its server step (`components.server_backend`)
     fingerprints: dict = dataclasses.field(default_factory=dict)  # the user objects it names
+    validation: Any = None     # [V] int64 training indices held out for validation (V = 0: none)
 
 
 def plan_rounds(config: Config, settings: Settings) -> tuple[int, bool]:
@@ -132,7 +133,8 @@ def prepare(run: Run, settings: Settings) -> None:
     ds = components.load_dataset(cfg)
     run.root = bool(components.make_pipeline(cfg).info.get("needs_root_update", False))
     root = components.root_set(cfg, ds) if run.root else None
-    clients = list(components.make_partition(cfg, ds, exclude=root).indices) + ([root] if run.root else [])
+    part, run.validation = components.make_split(cfg, ds, exclude=root)
+    clients = list(part.indices) + ([root] if run.root else [])
     run.table = data_lib.make_client_data(clients, cfg.batch_size, cfg.local_epochs)
     run.steps = plan_steps(run.table, cfg, settings)
     model = components.make_model(cfg, ds)

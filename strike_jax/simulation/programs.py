@@ -130,6 +130,10 @@ def _vmapped_eval(evaluate, unravel):
     return lambda w, x, y: jax.vmap(lambda wi: evaluate(unravel(wi), x, y))(w)
 
 
+def _vmapped_val(evaluate, unravel):
+    return lambda w, x, y, index: jax.vmap(lambda wi, ii: evaluate(unravel(wi), x, y, ii))(w, index)
+
+
 def _abstract(tree):
     return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.asarray(a).dtype)
                                   if not isinstance(a, jax.ShapeDtypeStruct) else a, tree)
@@ -143,11 +147,14 @@ def _aot(jitted, *args):
 class BatchPrograms(NamedTuple):
     """A batch's callables: `round_step(state, consts, x, y) -> (state', RoundOutput, timings)`
     (`timings = (train_s, server_s)` or None),
-    `evaluate(w [R, d], x, y) -> (acc [R], loss [R])` (or per run on the host path)."""
+    `evaluate(w [R, d], x, y) -> (acc [R], loss [R])` (or per run on the host path),
+    `validate(w [R, d], x_train, y_train, val_index [R, V]) -> (acc [R], loss [R])` (the host path:
+    `evaluate(variables, x_train, y_train, val_index[i])` per run; None without validation sets)."""
 
     round_step: Callable
     evaluate: Callable
     device: bool
+    validate: Callable | None = None
 
 
 def train_consts(consts: round_lib.RunConsts) -> round_lib.RunConsts:
@@ -169,6 +176,9 @@ def program_keys(batch) -> dict[str, ProgramKey]:
                              (cfg.skew_metrics, batch.with_updates, batch.milestones_width)),
         "eval": ProgramKey("eval", structure, None, R, batch.strategy, (), None, None, mesh, tables),
     }
+    if batch.val_index is not None:
+        keys["val"] = ProgramKey("val", structure, None, R, batch.strategy, (), None, None, mesh,
+                                 tables + (tuple(batch.val_index.shape),))
     if batch.device:
         keys["train"] = ProgramKey("train", structure, batch.shape, R, batch.strategy, (), None, None, mesh, tables)
     else:
@@ -198,6 +208,10 @@ def submit_programs(batch, cache: ProgramCache) -> dict[str, ProgramKey]:
             ev = jax.jit(_vmapped_eval(training.make_evaluate(batch.model), batch.unravel))
             eval_args = (batch.state.w, batch.x_test, batch.y_test)
             cache.submit(keys["eval"], lambda: _aot(ev, *eval_args))
+        if "val" in keys and keys["val"] not in cache:
+            va = jax.jit(_vmapped_val(training.make_evaluate(batch.model), batch.unravel))
+            val_args = (batch.state.w, batch.x_train, batch.y_train, batch.val_index)
+            cache.submit(keys["val"], lambda: _aot(va, *val_args))
     # Several devices: the programs compile on their first call (their inputs' shardings decide the
     # partitioning). The host-loop strategies dispatch many small programs: built on first use.
     return keys
@@ -217,6 +231,9 @@ def batch_programs(batch, cache: ProgramCache) -> BatchPrograms:
                                                                    batch.unravel)))
     elif batch.device:
         train, srv, ev = cache.get(keys["train"]), cache.get(keys["server"]), cache.get(keys["eval"])
+    va = None
+    if batch.device and "val" in keys:
+        va = cache.get(keys["val"], lambda: jax.jit(_vmapped_val(training.make_evaluate(batch.model), batch.unravel)))
     if batch.device:
         def round_step(state, consts, x_train, y_train):
             t = train(state.w, state.round, train_consts(consts), x_train, y_train)
@@ -229,7 +246,7 @@ def batch_programs(batch, cache: ProgramCache) -> BatchPrograms:
             new, out = jax.block_until_ready(srv(state, consts.seed, consts.end_round, consts.server, t, pair))
             return new, out, (t1 - t0, time.perf_counter() - t1)
 
-        return BatchPrograms(timed_round_step if batch.settings.time_halves else round_step, ev, True)
+        return BatchPrograms(timed_round_step if batch.settings.time_halves else round_step, ev, True, va)
 
     def build_host():
         client_updates = training.make_client_updates(batch.model, batch.local_cfg, batch.strategy)
@@ -242,7 +259,7 @@ def batch_programs(batch, cache: ProgramCache) -> BatchPrograms:
     def host_step(state, consts, x_train, y_train):
         return host_round(state, consts, x_train, y_train, pair)
 
-    return BatchPrograms(host_step, evaluate, False)
+    return BatchPrograms(host_step, evaluate, False, evaluate if "val" in keys else None)
 
 
 def make_host_round(client_updates: Callable, pipeline, shape: round_lib.RoundShape, unravel: Callable, *,

@@ -26,7 +26,9 @@ def make_evaluate(model, batch_size: int = 1000) -> Callable:
       batch_size: examples per forward pass (>= 1).
 
     Returns:
-      `evaluate(variables, x_test [N, H, W, C], y_test [N] int) -> (accuracy, mean_loss)`, both
+      `evaluate(variables, x_test [N, H, W, C], y_test [N] int, index=None) -> (accuracy, mean_loss)`
+      (with `index` `[V]` int: on the samples `x_test[index]` only, e.g. a validation hold-out of
+      the training set, gathered batch by batch), both
       float32 scalars (jax arrays): accuracy = fraction of `argmax(logits) == y` (first maximum
       on ties, as `torch.argmax`), mean_loss = mean cross-entropy. Pass device arrays (host arrays
       are copied on every call).
@@ -34,9 +36,13 @@ def make_evaluate(model, batch_size: int = 1000) -> Callable:
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size={batch_size!r} must be an int >= 1.")
 
-    def batch_sums(variables, x, y, start, skip, b):
-        xb = jax.lax.dynamic_slice_in_dim(x, start, b, axis=0)
-        yb = jax.lax.dynamic_slice_in_dim(y, start, b, axis=0).astype(jnp.int32)
+    def batch_sums(variables, x, y, start, skip, b, index=None):
+        if index is None:
+            xb = jax.lax.dynamic_slice_in_dim(x, start, b, axis=0)
+            yb = jax.lax.dynamic_slice_in_dim(y, start, b, axis=0).astype(jnp.int32)
+        else:  # a subset of `x` (a validation hold-out): gather the window's samples
+            ib = jax.lax.dynamic_slice_in_dim(index, start, b, axis=0)
+            xb, yb = jnp.take(x, ib, axis=0), jnp.take(y, ib, axis=0).astype(jnp.int32)
         valid = jnp.arange(b) >= skip
         logits, _ = model.apply(variables, xb, False)
         logits = logits.astype(jnp.float32)
@@ -46,17 +52,18 @@ def make_evaluate(model, batch_size: int = 1000) -> Callable:
 
     batch_fn = jax.jit(batch_sums, static_argnums=(5,))
 
-    def evaluate(variables, x_test, y_test):
+    def evaluate(variables, x_test, y_test, index=None):
         x_test, y_test = jnp.asarray(x_test), jnp.asarray(y_test)
-        n = x_test.shape[0]
-        if n == 0 or y_test.shape != (n,):
-            raise ValueError(f"x_test {x_test.shape} and y_test {y_test.shape} must be [N, ...] and [N], N >= 1.")
+        n = x_test.shape[0] if index is None else index.shape[0]
+        if n == 0 or y_test.shape != (x_test.shape[0],):
+            raise ValueError(f"x_test {x_test.shape} and y_test {y_test.shape} must be [N, ...] and [N], N >= 1"
+                             + ("." if index is None else f", index {index.shape} non-empty."))
         b = min(batch_size, n)
         correct = jnp.int32(0)
         loss = jnp.float32(0.0)
         for start in range(0, n, b):
             s = min(start, n - b)
-            c, batch_loss = batch_fn(variables, x_test, y_test, jnp.int32(s), jnp.int32(start - s), b)
+            c, batch_loss = batch_fn(variables, x_test, y_test, jnp.int32(s), jnp.int32(start - s), b, index)
             correct, loss = correct + c, loss + batch_loss
         return correct.astype(jnp.float32) / n, loss / n
 
