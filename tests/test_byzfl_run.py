@@ -107,7 +107,8 @@ def test_run_writes_byzfl_layout(finished):
         hist = {h["round"] + 1: h for h in r["result"]["rounds"]}
         np.testing.assert_allclose(test[1:], [hist[s]["accuracy"] for s in (2, 4)], atol=5e-5)
         np.testing.assert_allclose(loss, [hist[s]["train_loss"] for s in range(1, STEPS + 1)], atol=5e-5)
-        assert json.load(open(os.path.join(d, "config.json")))["benchmark_config"]["training_seed"] == spec.seed
+        # One config.json per folder, the last seed's (ByzFL overwrites it run after run).
+        assert json.load(open(os.path.join(d, "config.json")))["benchmark_config"]["training_seed"] == 6
         assert os.path.exists(os.path.join(d, "day.txt")) and os.path.exists(os.path.join(d, f"train_time_{t}.txt"))
         assert os.path.exists(os.path.join(byzfl_results.run_dir(results, spec), "result.json"))
 
