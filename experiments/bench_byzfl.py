@@ -157,20 +157,39 @@ def probe(peer_python: str, root: str, models=("cnn_mnist", "fc_mnist")) -> dict
 
 
 def read_layout(cfg: dict, results_directory: str) -> dict:
-    """Every run of `cfg` read from ByzFL's result layout (either side's): {folder: {seed: {...}}}."""
+    """The finished runs of `cfg` (those with ByzFL's `train_time` file, written last) read from
+    ByzFL's result layout (either side's): {folder: {seed: {"test_acc", "train_time_s", "end"}}}."""
     from strike_jax import byzfl
 
     out: dict = {}
     for spec in byzfl.expand(cfg):
         d = os.path.join(results_directory, spec.folder)
         tag = f"tr_seed_{spec.seed}_dd_seed_{spec.data_seed}"
-        row = {"test_acc": np.atleast_1d(np.genfromtxt(os.path.join(d, f"test_accuracy_{tag}.txt"),
-                                                       delimiter=",")).tolist()}
         t = os.path.join(d, f"train_time_{tag}.txt")
-        if os.path.exists(t):
-            row["train_time_s"] = float(np.loadtxt(t))
+        if not os.path.exists(t):
+            continue
+        row = {"test_acc": np.atleast_1d(np.genfromtxt(os.path.join(d, f"test_accuracy_{tag}.txt"),
+                                                       delimiter=",")).tolist(),
+               "train_time_s": float(np.loadtxt(t)), "end": os.path.getmtime(t)}
         out.setdefault(spec.folder, {})[str(spec.seed)] = row
     return out
+
+
+def peer_side(cfg: dict, results_directory: str, wall_s: float | None = None) -> dict:
+    """ByzFL's side from its results folder. Without a measured `wall_s` (a run still going, or
+    one started by hand), the wall time is taken from the files: from the results folder's
+    config.json (written when `run_benchmark` starts) to the last finished run's train_time file."""
+    from strike_jax import byzfl
+
+    runs = read_layout(cfg, results_directory)
+    done = sum(len(v) for v in runs.values())
+    source = "measured around the subprocess"
+    if wall_s is None:
+        start = os.path.getmtime(os.path.join(results_directory, "config.json"))
+        wall_s = max(r["end"] for v in runs.values() for r in v.values()) - start
+        source = "file times: results/config.json to the last finished run's train_time file"
+    return {"config": cfg, "results_directory": results_directory, "wall_s": wall_s, "wall_source": source,
+            "finished_runs": done, "total_runs": len(byzfl.expand(cfg)), "runs_read": runs}
 
 
 def cell_label(folder: str) -> str:
@@ -180,68 +199,78 @@ def cell_label(folder: str) -> str:
 
 
 def _stats(values: list[float]) -> str:
+    if not values:
+        return "n/a"
     m = statistics.fmean(values)
     s = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{100 * m:.2f} ± {100 * s:.2f}"
 
 
+def compare(peer_runs: dict, ours_runs: dict) -> list[dict]:
+    cells = []
+    for folder, ours in ours_runs.items():
+        peer = peer_runs.get(folder, {})
+        cells.append({"cell": cell_label(folder), "folder": folder,
+                      "peer_seeds": sorted(peer), "ours_seeds": sorted(ours),
+                      "peer_final": [r["test_acc"][-1] for r in peer.values()],
+                      "ours_final": [r["test_acc"][-1] for r in ours.values()],
+                      "peer_best": [max(r["test_acc"]) for r in peer.values()],
+                      "ours_best": [max(r["test_acc"]) for r in ours.values()],
+                      "peer_curves": {k: r["test_acc"] for k, r in peer.items()},
+                      "ours_curves": {k: r["test_acc"] for k, r in ours.items()}})
+    return cells
+
+
 def write_table(payload: dict, path_md: str) -> None:
+    p, o = payload["peer"], payload["ours"]
+    steps = payload["steps"]
     lines = [
         "# ByzFL 0.0.11 `run_benchmark` vs `strike-jax byzfl`, same config, CPU",
         "",
-        f"Measured {payload['date']} on a 2-core CPU **shared with other agents** (timings are upper bounds "
-        "and noisy). Command: `" + payload["command"] + "`.",
+        f"Measured {payload['date']} on a 2-core CPU **shared with other agents** (load average 5-8 while "
+        "measuring: every timing here is an upper bound and noisy). Command: `" + payload["command"] + "`.",
         "",
-        f"Config: {payload['grid']}. Model `{payload['model']}` ({payload['model_reason']}).",
+        f"Config: {payload['grid']}. Model `{payload['model']}`: {payload['model_reason']}",
         "",
     ]
-    if payload.get("peer_reused"):
-        lines += [f"ByzFL's side reused from `{payload['peer_reused']}` (`--peer-results`), measured earlier "
-                  "by this script.", ""]
-    p, o = payload["peer"], payload["ours"]
-    runs = payload["runs"]
+    if payload.get("peer_source"):
+        lines += [f"ByzFL's side: {payload['peer_source']}.", ""]
+    if p["finished_runs"] < p["total_runs"]:
+        lines += [f"**ByzFL finished {p['finished_runs']} of its {p['total_runs']} runs** before this table was "
+                  "written; its per-run time is the mean over the finished ones, its whole-grid time extrapolated "
+                  "from it.", ""]
+    peer_run = p["wall_s"] / p["finished_runs"]
+    ours_run = o["wall_s"] / o["runs"]
     lines += [
         "| | ByzFL (torch, one run at a time) | strike_jax (one fresh process, compile included) |",
         "|---|---|---|",
-        f"| wall time, whole grid | {p['wall_s']:.1f} s | {o['wall_s']:.1f} s |",
-        f"| wall time per run | {p['wall_s'] / runs:.2f} s | {o['wall_s'] / runs:.2f} s |",
-        f"| steps per second (runs x steps / wall) | {p['steps_per_s']:.2f} | {o['steps_per_s']:.1f} |",
-        f"| speed-up | 1x | **{payload['speedup']:.1f}x** |",
+        f"| runs measured | {p['finished_runs']} | {o['runs']} |",
+        f"| wall time of those runs | {p['wall_s']:.1f} s | {o['wall_s']:.1f} s |",
+        f"| wall time, whole grid of {p['total_runs']} runs | {peer_run * p['total_runs']:.0f} s"
+        f"{' (extrapolated)' if p['finished_runs'] < p['total_runs'] else ''} | {o['wall_s']:.1f} s |",
+        f"| wall time per run | {peer_run:.1f} s | {ours_run:.2f} s |",
+        f"| steps per second (runs x {steps} steps / wall) | {steps / peer_run:.2f} | {steps / ours_run:.1f} |",
+        f"| speed-up (per run, end to end) | 1x | **{payload['speedup']:.0f}x** |",
         "",
-        f"{runs} runs x {payload['steps']} steps. ByzFL's wall time includes its evaluations (validation and "
-        "test every 50 steps) and data loading per run, as does ours.",
+        f"ByzFL's times include its evaluations (test set at steps 0, 50, 100, 150, 200) and its data loading "
+        f"per run; ours include the process start, imports, data loading, compilation and the same evaluations. "
+        f"ByzFL ran with {payload['peer_threads']}.",
         "",
-        "Test accuracy (%) after the last step, and the best over the evaluations (ByzFL's heatmap value "
-        "takes the seed mean's best), mean ± std over the training seeds:",
+        "Test accuracy (%) after the last step, and the best over the evaluations (the value ByzFL's heatmaps "
+        "take), mean ± std over the training seeds:",
         "",
-        "| cell | ByzFL final | ours final | ByzFL best | ours best | per seed final (ByzFL; ours) |",
+        "| cell | ByzFL final | strike_jax final | ByzFL best | strike_jax best | per seed final (ByzFL; strike_jax) |",
         "|---|---|---|---|---|---|",
     ]
     for c in payload["cells"]:
         lines.append(f"| {c['cell']} | {_stats(c['peer_final'])} | {_stats(c['ours_final'])} | "
                      f"{_stats(c['peer_best'])} | {_stats(c['ours_best'])} | "
-                     f"{', '.join(f'{100 * v:.1f}' for v in c['peer_final'])}; "
+                     f"{', '.join(f'{100 * v:.1f}' for v in c['peer_final']) or 'not run'}; "
                      f"{', '.join(f'{100 * v:.1f}' for v in c['ours_final'])} |")
     lines += ["", payload.get("notes", ""), ""]
     from strike_jax import atomic
 
     atomic.write_text(path_md, "\n".join(lines))
-
-
-def compare(cfg_peer: dict, peer_dir: str, cfg_ours: dict, ours_dir: str) -> list[dict]:
-    peer, ours = read_layout(cfg_peer, peer_dir), read_layout(cfg_ours, ours_dir)
-    cells = []
-    for folder in peer:
-        pf = [r["test_acc"][-1] for r in peer[folder].values()]
-        of = [r["test_acc"][-1] for r in ours[folder].values()]
-        cells.append({"cell": cell_label(folder), "folder": folder,
-                      "peer_final": pf, "ours_final": of,
-                      "peer_best": [max(r["test_acc"]) for r in peer[folder].values()],
-                      "ours_best": [max(r["test_acc"]) for r in ours[folder].values()],
-                      "peer_curves": {s: r["test_acc"] for s, r in peer[folder].items()},
-                      "ours_curves": {s: r["test_acc"] for s, r in ours[folder].items()},
-                      "peer_train_time_s": {s: r.get("train_time_s") for s, r in peer[folder].items()}})
-    return cells
 
 
 def main(argv=None) -> int:
@@ -257,10 +286,13 @@ def main(argv=None) -> int:
     ap.add_argument("--peer-only", action="store_true", help="only ByzFL's side; writes --peer-json")
     ap.add_argument("--peer-json", default=None, help="where --peer-only writes ByzFL's side")
     ap.add_argument("--peer-results", default=None, help="reuse ByzFL's side from this JSON (--peer-only's)")
-    ap.add_argument("--out", default=os.path.join(RESULTS, "bench_byzfl_cpu"))
+    ap.add_argument("--peer-dir", default=None,
+                    help="reuse ByzFL's side from its results folder, finished or not (times from its files)")
     ap.add_argument("--peer-threads", type=int, default=None,
                     help="torch threads for ByzFL (default: torch's own choice)")
     ap.add_argument("--evaluation-delta", type=int, default=50)
+    ap.add_argument("--notes", default="", help="a paragraph appended to the table")
+    ap.add_argument("--out", default=os.path.join(RESULTS, "bench_byzfl_cpu"))
     ap.add_argument("--peer-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.peer_worker:
@@ -275,7 +307,7 @@ def main(argv=None) -> int:
         res = probe(args.peer_python, data, (args.model,) if args.probe_one else ("cnn_mnist", "fc_mnist"))
         print(json.dumps(res, indent=2))
         for model, r in res.items():
-            est = 12 * args.seeds * (args.steps * r["step_s"] + (args.steps // 50 + 1) * 2 * r["evaluation_s"])
+            est = 12 * args.seeds * (args.steps * r["step_s"] + (args.steps // 50 + 1) * r["evaluation_s"])
             print(f"{model}: {r['step_s']:.3f} s/step, {r['evaluation_s']:.2f} s/evaluation -> "
                   f"~{est / 60:.1f} min for 12 cells x {args.seeds} seeds x {args.steps} steps")
         return 0
@@ -283,51 +315,58 @@ def main(argv=None) -> int:
     if args.peer_results:
         with open(args.peer_results) as fh:
             peer = json.load(fh)
-        cfg_peer = peer["config"]
+        source = f"reused from `{args.peer_results}` (`--peer-results`), measured earlier by this script"
+    elif args.peer_dir:
+        with open(os.path.join(args.peer_dir, "config.json")) as fh:
+            peer = peer_side(json.load(fh), args.peer_dir)
+        source = (f"read from ByzFL's results folder (`--peer-dir`), started earlier by this script's "
+                  f"`--peer-only`; wall time from {peer['wall_source']}")
     else:
         cfg_peer = bench_config(args.model, args.steps, args.seeds, data, os.path.join(workdir, "byzfl", "results"),
                                 evaluation_delta=args.evaluation_delta)
-        peer = run_peer(args.peer_python, cfg_peer, os.path.join(workdir, "byzfl"))
-        peer["config"] = cfg_peer
-        peer["runs_read"] = read_layout(cfg_peer, peer["results_directory"])
+        measured = run_peer(args.peer_python, cfg_peer, os.path.join(workdir, "byzfl"))
+        peer = peer_side(cfg_peer, measured["results_directory"], measured["wall_s"])
+        source = "run by this invocation"
         if args.peer_only:
             path = args.peer_json or os.path.join(workdir, "peer.json")
             with open(path, "w") as fh:
                 json.dump(peer, fh, indent=1)
             print(f"ByzFL side: {peer['wall_s']:.1f} s -> {path}")
             return 0
+    cfg_peer = peer["config"]
     model, steps = cfg_peer["model"]["name"], cfg_peer["benchmark_config"]["nb_steps"]
     cfg_ours = json.loads(json.dumps(cfg_peer))
     cfg_ours["evaluation_and_results"]["data_folder"] = data
-    cfg_ours["evaluation_and_results"]["results_directory"] = os.path.join(workdir, "ours", "results")
+    ours_dir = os.path.join(workdir, "ours", "results")
+    cfg_ours["evaluation_and_results"]["results_directory"] = ours_dir
+    if os.path.exists(ours_dir):  # a fresh run every time: nothing resumed
+        shutil.rmtree(ours_dir)
     os.makedirs(os.path.join(workdir, "ours"), exist_ok=True)
     cfg_path = os.path.join(workdir, "ours", "config.json")
     with open(cfg_path, "w") as fh:
         json.dump(cfg_ours, fh, indent=2)
     env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "strike_jax.cli", "byzfl", cfg_path], check=True, env=env)
+    subprocess.run([sys.executable, "-m", "strike_jax.cli", "byzfl", cfg_path, "--quiet"], check=True, env=env)
     ours_wall = time.perf_counter() - t0
-
-    # The peer's results are read from its JSON when reused (its folder may be gone).
-    peer_dir = peer["results_directory"]
-    cells = compare(cfg_peer, peer_dir, cfg_ours, cfg_ours["evaluation_and_results"]["results_directory"]) \
-        if os.path.isdir(peer_dir) else _compare_from_json(peer, cfg_ours)
-    from strike_jax import byzfl
-
-    runs = len(byzfl.expand(cfg_ours))
+    ours = read_layout(cfg_ours, ours_dir)
+    n_ours = sum(len(v) for v in ours.values())
     payload = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python -m experiments.bench_byzfl " + " ".join(argv if argv is not None else sys.argv[1:]),
         "model": model, "model_reason": args.model_reason or "chosen on the command line",
-        "grid": "Fashion-MNIST, DSGD, 10 honest + f=2, gamma_similarity_niid 1.0, size_train_set 1.0, NNM + {TrMean, GeometricMedian, MultiKrum, Median} x "
-                f"{{SignFlipping, ALittleIsEnough, InnerProductManipulation}}, {steps} steps, "
-                f"{cfg_peer['benchmark_config']['nb_training_seeds']} training seeds",
-        "steps": steps, "runs": runs, "peer_reused": args.peer_results,
-        "peer": {"wall_s": peer["wall_s"], "steps_per_s": runs * steps / peer["wall_s"]},
-        "ours": {"wall_s": ours_wall, "steps_per_s": runs * steps / ours_wall},
-        "speedup": peer["wall_s"] / ours_wall,
-        "cells": cells,
+        "grid": "Fashion-MNIST, DSGD, 10 honest + f=2, gamma_similarity_niid 1.0, size_train_set 1.0, NNM + "
+                "{TrMean, GeometricMedian, MultiKrum, Median} x {SignFlipping, ALittleIsEnough, "
+                f"InnerProductManipulation}}, {steps} steps, {cfg_peer['benchmark_config']['nb_training_seeds']} "
+                "training seeds",
+        "steps": steps, "peer_source": source,
+        "peer_threads": (f"{args.peer_threads} torch thread(s)" if args.peer_threads
+                         else "torch's default threads"),
+        "peer": {k: peer[k] for k in ("wall_s", "wall_source", "finished_runs", "total_runs")},
+        "ours": {"wall_s": ours_wall, "runs": n_ours},
+        "speedup": (peer["wall_s"] / peer["finished_runs"]) / (ours_wall / n_ours),
+        "cells": compare(peer["runs_read"], ours),
+        "notes": args.notes,
         "config": cfg_peer,
     }
     from strike_jax import atomic
@@ -337,20 +376,6 @@ def main(argv=None) -> int:
     write_table(payload, args.out + ".md")
     print(open(args.out + ".md").read())
     return 0
-
-
-def _compare_from_json(peer: dict, cfg_ours: dict) -> list[dict]:
-    """`compare` with ByzFL's side from its stored JSON (`--peer-results`)."""
-    tmp = tempfile.mkdtemp(prefix="bench_byzfl_peer_")
-    for folder, seeds in peer["runs_read"].items():
-        os.makedirs(os.path.join(tmp, folder), exist_ok=True)
-        for seed, row in seeds.items():
-            tag = f"tr_seed_{seed}_dd_seed_{peer['config']['benchmark_config']['data_distribution_seed']}"
-            np.savetxt(os.path.join(tmp, folder, f"test_accuracy_{tag}.txt"), [row["test_acc"]], fmt="%.4f",
-                       delimiter=",")
-            if row.get("train_time_s") is not None:
-                np.savetxt(os.path.join(tmp, folder, f"train_time_{tag}.txt"), [row["train_time_s"]], fmt="%.4f")
-    return compare(peer["config"], tmp, cfg_ours, cfg_ours["evaluation_and_results"]["results_directory"])
 
 
 if __name__ == "__main__":
