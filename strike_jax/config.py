@@ -228,9 +228,12 @@ class Config:
       defence_params: its hyper-parameters.
       preaggregation: pre-aggregators applied before the rule (`strike_jax.registry.names
         ("preaggregator")`: nnm, bucketing, clipping, arc), each at most once, e.g. ("nnm",),
-        ("nnm", "bucketing"); they run in the given order except that bucketing runs last (SPEC
-        §7: NNM before bucketing), and the config stores them in that order
-        (`preaggregation_order`).
+        ("nnm", "bucketing"); with `preaggregation_order="spec"` they run in the given order except
+        that bucketing runs last (SPEC §7: NNM before bucketing), and the config stores them in
+        that order (the function `preaggregation_order`); with "given" exactly in the given order.
+      preaggregation_order: "spec" (SPEC §7's order, above) or "given" (the pre-aggregators run in
+        the order `preaggregation` lists them, as ByzFL's ordered `pre_aggregators` list; e.g.
+        ("bucketing", "nnm"), or Clipping after NNM).
       preaggregation_params: {name: {hparam: value}}.
       eval_every: evaluate the global model every k rounds (and always after the last round).
       eval_at_start: also evaluate the initial global model (ByzFL evaluates at step 0): the
@@ -308,6 +311,7 @@ class Config:
     defence_params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     preaggregation: tuple[str, ...] = ()
     preaggregation_params: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    preaggregation_order: str = "spec"
     eval_every: int = 1
     eval_at_start: bool = False
     validation_fraction: float = 0.0
@@ -366,7 +370,8 @@ class Config:
             if unknown or len(set(self.preaggregation)) != len(self.preaggregation):
                 raise InputError(f"Config.preaggregation={self.preaggregation!r} is invalid: allowed: a subset "
                                  f"of ({', '.join(allowed)}), each once.")
-            object.__setattr__(self, "preaggregation", preaggregation_order(self.preaggregation))
+            if self.preaggregation_order != "given":
+                object.__setattr__(self, "preaggregation", preaggregation_order(self.preaggregation))
 
     @property
     def num_byzantine(self) -> int:
@@ -389,6 +394,8 @@ class Config:
             bad("num_clients", self.num_clients, "need at least 1 client")
         if not 1 <= self.clients_per_round <= self.num_clients:
             bad("clients_per_round", self.clients_per_round, f"need 1 <= n <= num_clients={self.num_clients}")
+        if self.preaggregation_order not in ("spec", "given"):
+            bad("preaggregation_order", self.preaggregation_order, "allowed: spec, given")
         if self.partition not in PARTITIONS:
             bad("partition", self.partition, f"allowed: {', '.join(PARTITIONS)}")
         if self.partition == "dirichlet" and not self.beta > 0:

@@ -152,16 +152,18 @@ class ServerGrid(NamedTuple):
       attacks: the attack stages (the identity attack for "none").
       preaggregation: the pre-aggregator stages, in order.
       rules: the rule stages.
+      preaggregation_order: "spec" or "given" (`stages.chain`: pre-aggregators in any order).
     """
 
     attacks: tuple
     preaggregation: tuple
     rules: tuple
+    preaggregation_order: str = "spec"
 
     def at(self, attack_index: Any, rule_index: Any) -> stages.Stage:
         """The pipeline of one (attack, rule) pair; indices may be traced (unbatched) int32 scalars."""
         return stages.chain(stages.select(self.attacks).at(attack_index), *self.preaggregation,
-                            stages.select(self.rules).at(rule_index))
+                            stages.select(self.rules).at(rule_index), preaggregation_order=self.preaggregation_order)
 
     def init(self, shape: Any) -> tuple:
         shape = stages.shape_of(shape)

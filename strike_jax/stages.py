@@ -193,11 +193,15 @@ def _key_split(key: Array | None, m: int) -> list:
     return list(jax.random.split(key, m))
 
 
-def chain(*stages: Any) -> Stage:
+PREAGGREGATION_ORDERS = ("spec", "given")
+
+
+def chain(*stages: Any, preaggregation_order: str = "spec") -> Stage:
     """Composes stages into one: `chain(attack, nnm, bucketing, rule)` (any part optional).
 
     The order must be: at most one attack, first; pre-aggregators (NNM before bucketing, SPEC
-    §7); at most one rule, last. Chains inside are flattened. The state is the tuple of the
+    §7; with `preaggregation_order="given"` in any order, as ByzFL's ordered `pre_aggregators`
+    list); at most one rule, last. Chains inside are flattened. The state is the tuple of the
     stages' states; `f` is rescaled by each stage (`ctx.f`), and each stage checks (concrete) or
     clamps (traced) it against its own limit for its input rows. Keys: see the module docstring.
     A white-box attack receives `ctx.downstream`, the chain of the stages after it.
@@ -223,16 +227,19 @@ def chain(*stages: Any) -> Stage:
     if kinds != sorted(kinds) or kinds.count(0) > 1 or kinds.count(2) > 1:
         raise ValueError(f"chain: stages must be an attack (at most one, first), pre-aggregators, then a rule "
                          f"(at most one, last); got {names} of kinds {[s.kind for s in flat]}.")
+    if preaggregation_order not in PREAGGREGATION_ORDERS:
+        raise ValueError(f"chain: preaggregation_order={preaggregation_order!r} is not allowed; allowed: "
+                         f"{', '.join(PREAGGREGATION_ORDERS)}.")
     pre = [s.name for s in flat if s.kind == "preaggregator"]
     order = [_PREAGG_ORDER.get(p, 0) for p in pre]
-    if order != sorted(order):
+    if preaggregation_order == "spec" and order != sorted(order):
         raise ValueError(f"chain: pre-aggregators must run uniformity first and NNM before bucketing (bucketing "
                          f"last); got {pre}.")
     if len(flat) == 1:
         return flat[0]
     has_attack = flat[0].kind == "attack"
     agg = flat[1:] if has_attack else flat
-    downstream = chain(*agg) if has_attack and agg else None
+    downstream = chain(*agg, preaggregation_order=preaggregation_order) if has_attack and agg else None
 
     def init(shape):
         cur = shape_of(shape)
@@ -480,14 +487,16 @@ def server_pipeline(defence: str, *, attack: str | None = None, preaggregation: 
                     attack_params: Mapping[str, Any] | None = None,
                     defence_params: Mapping[str, Any] | None = None,
                     preaggregation_params: Mapping[str, Mapping[str, Any]] | None = None,
-                    inject: bool = False, backend: ops.Backend | None = None) -> Stage:
+                    inject: bool = False, backend: ops.Backend | None = None,
+                    preaggregation_order: str = "spec") -> Stage:
     """The whole server pipeline `chain(attack, nnm, bucketing, rule)` from names.
 
     Args:
       defence: a rule name.
       attack: an attack name; None or "none" for the identity (the chain keeps the key layout of
         an attacked run, so the defence's randomness does not depend on the attack).
-      preaggregation: pre-aggregator names (applied NNM first, then bucketing, SPEC §7).
+      preaggregation: pre-aggregator names (applied NNM first, then bucketing, SPEC §7; with
+        `preaggregation_order="given"` in the order given).
       attack_params, defence_params: hyper-parameters; `preaggregation_params`: `{name: {...}}`.
       inject: build every stage with `inject_hyperparams`.
       backend: `ops.Backend`, resolved now.
@@ -506,16 +515,19 @@ def server_pipeline(defence: str, *, attack: str | None = None, preaggregation: 
     unknown = sorted(set(pp) - set(preaggregation))
     if unknown:
         raise InputError(f"preaggregation_params for {unknown} not in preaggregation={tuple(preaggregation)}.")
+    if preaggregation_order == "spec":
+        preaggregation = sorted(preaggregation, key=lambda p: _PREAGG_ORDER.get(p, 0))
     pres = [get("preaggregator", p, inject=inject, backend=backend, **dict(pp.get(p, {})))
-            for p in sorted(preaggregation, key=lambda p: _PREAGG_ORDER.get(p, 0))]
+            for p in preaggregation]
     rule = get("rule", defence, inject=inject, backend=backend, **dict(defence_params or {}))
-    return chain(att, *pres, rule)
+    return chain(att, *pres, rule, preaggregation_order=preaggregation_order)
 
 
 __all__ = [
     "EmptyState",
     "InjectState",
     "KINDS",
+    "PREAGGREGATION_ORDERS",
     "RoundContext",
     "Selection",
     "Stage",

@@ -47,7 +47,8 @@ class Grid:
             if pre is None:
                 pipe = pipe or components.make_pipeline(c, inject=True, backend=backend)
                 pre = tuple(pipe.parts[1:-1])
-        self.server_grid = server.ServerGrid(tuple(attacks), pre, tuple(rules))
+        self.server_grid = server.ServerGrid(tuple(attacks), pre, tuple(rules),
+                                             configs[0].preaggregation_order)
         self.branches = (tuple(self.attack_keys), tuple(self.rule_keys))
 
     def index(self, config) -> tuple[int, int]:

@@ -200,7 +200,8 @@ def make_pipeline(config: Config, *, inject: bool = False, backend: ops.Backend 
     return stages.server_pipeline(
         config.defence, attack=config.attack, preaggregation=config.preaggregation,
         attack_params=config.attack_params, defence_params=defence_params(config),
-        preaggregation_params=config.preaggregation_params, inject=inject, backend=backend)
+        preaggregation_params=config.preaggregation_params, inject=inject, backend=backend,
+        preaggregation_order=config.preaggregation_order)
 
 
 def _static_hparams(kind: str, name: str, params) -> tuple:
