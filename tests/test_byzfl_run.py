@@ -76,6 +76,21 @@ def test_grid_count_and_order_by_byzfl_rules(tmp_path):
     assert configs[1].seed == 6 and configs[2].attack == "lie"
 
 
+def test_pipeline_order_and_partition_map_to_config(tmp_path):
+    cfg = small_config("/nowhere", tmp_path, f=1, nb_training_seeds=1,
+                       data_distribution={"name": "gamma_similarity_niid", "distribution_parameter": 0.5})
+    cfg["attack"] = {"name": "SignFlipping"}
+    cfg["pre_aggregators"] = [{"name": "Bucketing", "parameters": {"s": 2}}, {"name": "NNM"}]
+    (r,) = byzfl.expand(cfg)
+    c = byzfl.to_config(r)
+    # ByzFL runs its list in the given order; strike_jax's SPEC order would put NNM first.
+    assert (c.preaggregation, c.preaggregation_order) == (("bucketing", "nnm"), "given")
+    assert (c.partition, c.gamma, c.validation_fraction, c.eval_at_start) == ("gamma_similarity_niid", 0.5,
+                                                                                pytest.approx(0.2), True)
+    cfg["pre_aggregators"] = [{"name": "NNM"}, {"name": "Bucketing", "parameters": {"s": 2}}]
+    assert byzfl.to_config(byzfl.expand(cfg)[0]).preaggregation_order == "spec"  # the same order either way
+
+
 def _read(path):
     return np.atleast_1d(np.genfromtxt(path, delimiter=","))
 
