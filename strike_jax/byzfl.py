@@ -53,7 +53,8 @@ exact top eigenvalues (ByzFL: one power iteration from a random vector); Dirichl
 are drawn without ByzFL's class-index order (the same distribution, `min_size=0`: no retry).
 
 ByzFL's Fashion-MNIST preprocessing (`RandomHorizontalFlip`, `ToTensor`: pixels in [0, 1], no
-normalisation, for the training, validation *and* test images) is `random_hflip` below.
+normalisation, for the training, validation *and* test images) is `random_hflip`
+(`strike_jax.data.augment`, re-exported here; in the simulation `Config.augmentation`, training images only).
 
 References:
   ByzFL 0.0.11 (`pip download byzfl==0.0.11`): `byzfl/benchmark/benchmark.py` (expansion),
@@ -72,9 +73,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+# ByzFL's `RandomHorizontalFlip()` (re-exported; the simulation's `Config.augmentation=("hflip",)`
+# draws the same flips as part of a round's plan).
+from strike_jax.data.augment import random_hflip
 from strike_jax.data.idx import find_idx_files
 from strike_jax.errors import InputError
 
@@ -910,27 +913,6 @@ def split_clients(spec: RunSpec, labels) -> tuple[Any, np.ndarray]:
     return P.split_training_set(np.asarray(labels), spec.num_honest, kind=p["kind"], seed=spec.data_seed,
                                 beta=p.get("beta", 0.5), gamma=p.get("gamma", 1.0), min_size=p.get("min_size", 10),
                                 validation_fraction=1.0 - spec.train_fraction)
-
-
-# ----------------------------------------------------------------------------- preprocessing
-
-
-def random_hflip(key: Array, images: Array) -> Array:
-    """ByzFL's `RandomHorizontalFlip()` (p = 0.5) on a batch: each image independently mirrored
-    left-right with probability 1/2.
-
-    Args:
-      key: PRNG key (one Bernoulli draw per image).
-      images: `[B, H, W, C]` (NHWC; or `[..., B, H, W, C]` with the draws over all leading axes).
-
-    Returns:
-      The images, the same shape and dtype. Pure and jittable; exact (a selection, no arithmetic).
-    """
-    images = jnp.asarray(images)
-    if images.ndim < 4:
-        raise ValueError(f"random_hflip: images must be [B, H, W, C]; got shape {images.shape}.")
-    flip = jax.random.bernoulli(key, 0.5, images.shape[:-3])
-    return jnp.where(flip[..., None, None, None], jnp.flip(images, axis=-2), images)
 
 
 __all__ = [

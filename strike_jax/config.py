@@ -241,6 +241,11 @@ class Config:
         (records are labelled by the 0-based round just run, so the initial model, after 0 rounds,
         is round -1: `round + 1` rounds done). It counts in `best_accuracy`, not in
         `completed_rounds`; a resumed run keeps it from its checkpoint and never re-evaluates.
+      augmentation: random augmentation of every training image: () or ("hflip",), ByzFL's
+        `RandomHorizontalFlip(p=0.5)` (`data.augment`): each image of every local step is mirrored
+        left-right with probability 1/2, drawn from `(seed, round, client, epoch, position)` by the
+        round's plan, so every strategy and batch trains on the same images. Images (4-d data) only;
+        the test and validation images are not flipped.
       validation_fraction: the share of the training set held out as a validation set (ByzFL's
         `1 - size_train_set`), drawn from the data seed before the clients' partition
         (`data.partition.holdout`; root set excluded); every evaluation also records the global
@@ -314,6 +319,7 @@ class Config:
     preaggregation_order: str = "spec"
     eval_every: int = 1
     eval_at_start: bool = False
+    augmentation: tuple[str, ...] = ()
     validation_fraction: float = 0.0
     seed: int = 0
     strategy: str = "auto"
@@ -394,6 +400,8 @@ class Config:
             bad("num_clients", self.num_clients, "need at least 1 client")
         if not 1 <= self.clients_per_round <= self.num_clients:
             bad("clients_per_round", self.clients_per_round, f"need 1 <= n <= num_clients={self.num_clients}")
+        if any(a not in ("hflip",) for a in self.augmentation) or len(set(self.augmentation)) != len(self.augmentation):
+            bad("augmentation", self.augmentation, "allowed: () or ('hflip',)")
         if self.preaggregation_order not in ("spec", "given"):
             bad("preaggregation_order", self.preaggregation_order, "allowed: spec, given")
         if self.partition not in PARTITIONS:

@@ -218,3 +218,103 @@ def test_given_order_runs_in_the_simulation():
                preaggregation_order="given", byzantine_data=False, rounds=2)
     given, spec = simulate(cfg), simulate(cfg.replace(preaggregation_order="spec"))
     assert [h["aggregate_norm"] for h in given["rounds"]] != [h["aggregate_norm"] for h in spec["rounds"]]
+
+
+# ------------------------------------------------------------------------------------ hflip
+
+
+def test_flip_bits_mark_and_hflip():
+    import jax
+    import jax.numpy as jnp
+
+    from strike_jax.data import augment
+
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i))(jnp.arange(40))
+    bits = np.asarray(augment.flip_bits(keys, 64))
+    assert 0.4 < bits.mean() < 0.6 and len({r.tobytes() for r in bits}) == 40  # fair, one stream per key
+    np.testing.assert_array_equal(np.asarray(augment.flip_bits(keys, 16)), bits[:, :16])  # padding-free
+    idx = jnp.arange(64, dtype=jnp.int32)
+    back, flip = augment.unmark(augment.mark(idx, bits[0]))
+    np.testing.assert_array_equal(np.asarray(back), np.asarray(idx))
+    np.testing.assert_array_equal(np.asarray(flip), bits[0])
+    x = np.random.default_rng(0).normal(size=(4, 3, 5, 2)).astype(np.float32)
+    out = np.asarray(augment.hflip(x, jnp.array([True, False, True, False])))
+    np.testing.assert_array_equal(out[[0, 2]], x[[0, 2], :, ::-1])
+    np.testing.assert_array_equal(out[[1, 3]], x[[1, 3]])
+    assert byzfl.random_hflip is augment.random_hflip
+    with pytest.raises(ValueError, match=r"must be \[B, H, W, C\]"):
+        augment.hflip(x[0], jnp.array([True]))
+
+
+def test_the_plan_draws_the_flips_and_the_step_applies_them():
+    import jax
+    import jax.numpy as jnp
+
+    from strike_jax import training
+    from strike_jax.data import augment
+    from strike_jax.training import schedule
+
+    cfg = tiny()
+    ds = components.load_dataset(cfg)
+    table = data_lib.make_client_data(components.make_partition(cfg, ds).indices, 16)
+    plan = jax.jit(schedule.client_batches, static_argnames=("per_round", "batch_size", "local_epochs", "augment"))
+    args = (jnp.asarray(table.index), jnp.asarray(table.counts), 3, 1)
+    plain = plan(*args, per_round=6, batch_size=16, local_epochs=1)
+    marked = plan(*args, per_round=6, batch_size=16, local_epochs=1, augment=True)
+    back, flip = augment.unmark(marked.order)
+    np.testing.assert_array_equal(np.asarray(back), np.asarray(plain.order))  # the same samples, same order
+    assert 0.3 < float(np.asarray(flip).mean()) < 0.7
+    other = plan(jnp.asarray(table.index), jnp.asarray(table.counts), 3, 2, per_round=6, batch_size=16,
+                 local_epochs=1, augment=True)
+    assert not np.array_equal(np.asarray(augment.unmark(other.order)[1]), np.asarray(flip))  # new round, new flips
+    # The local step on marked indices is the plain step on the mirrored images.
+    model = components.make_model(cfg, ds)
+    variables = components.init_variables(model, 0)
+    lc = training.LocalConfig(0.1, 0.0, 0.0, None, 10)
+    step_aug = training.make_local_step(model, lc._replace(augmentation=("hflip",))).step
+    step = training.make_local_step(model, lc).step
+    idx, fl = np.asarray(back[0, 0, :16]), np.asarray(flip[0, 0, :16])
+    x = np.asarray(ds.x_train).copy()
+    mirrored = x[idx].copy()
+    mirrored[fl] = mirrored[fl][:, :, ::-1]
+    mask = jnp.ones(16, bool)
+    opt = training.make_local_step(model, lc).init_opt(variables["params"])
+    a = step_aug(variables["params"], {}, opt, jnp.asarray(x), jnp.asarray(ds.y_train), marked.order[0, 0, :16],
+                 mask, False)[0]
+    b = step(variables["params"], {}, opt, jnp.asarray(mirrored), jnp.asarray(ds.y_train[idx]), jnp.arange(16),
+             mask, False)[0]
+    jax.tree_util.tree_map(lambda u, v: np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-6), a, b)
+    c = step(variables["params"], {}, opt, jnp.asarray(x), jnp.asarray(ds.y_train), jnp.asarray(idx), mask, False)[0]
+    assert fl.any() and not np.allclose(np.asarray(jax.tree_util.tree_leaves(a)[0]),
+                                        np.asarray(jax.tree_util.tree_leaves(c)[0]))
+
+
+def test_hflip_is_the_same_in_every_strategy_and_batch():
+    from strike_jax import simulate, simulate_many
+
+    cfg = tiny(augmentation=("hflip",), algorithm="fedavg", server_lr=1.0, local_steps=3, rounds=2, lr=0.1)
+    keys = ("aggregate_norm", "train_loss", "accuracy")
+    packed = simulate(cfg)
+    steps = simulate(cfg.replace(strategy="steps"))
+    for a, b in zip(packed["rounds"], steps["rounds"]):
+        for k in keys:
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6)
+    batch = simulate_many([cfg, cfg.replace(seed=4)])
+    assert batch[0]["batch"]["runs"] == 2
+    assert [h["aggregate_norm"] for h in batch[0]["rounds"]] == pytest.approx(
+        [h["aggregate_norm"] for h in packed["rounds"]], rel=1e-5)
+    plain = simulate(cfg.replace(augmentation=()))
+    assert [h["aggregate_norm"] for h in plain["rounds"]] != pytest.approx(
+        [h["aggregate_norm"] for h in packed["rounds"]], rel=1e-5)
+
+
+def test_hflip_needs_images():
+    import types
+
+    with pytest.raises(InputError, match="augmentation"):
+        tiny(augmentation=("crop",))
+    flat = types.SimpleNamespace(x_train=np.zeros((10, 16), np.float32))
+    with pytest.raises(InputError, match=r"augmentation=\('hflip',\) is not allowed with dataset='digits'.*\(16,\)"):
+        components.check_augmentation(tiny(augmentation=("hflip",)), flat)
+    components.check_augmentation(tiny(), flat)  # no augmentation: any data
+    components.check_augmentation(tiny(augmentation=("hflip",)), components.load_dataset(tiny()))

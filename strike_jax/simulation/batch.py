@@ -97,7 +97,7 @@ class Batch:
         local = components.local_config(cfg)
         self.local_cfg = training.LocalConfig(
             lr=local.lr, momentum=local.momentum, weight_decay=local.weight_decay, clip_norm=local.clip_norm,
-            num_classes=ds.num_classes, label_map=info.get("label_map"))
+            num_classes=ds.num_classes, label_map=info.get("label_map"), augmentation=cfg.augmentation)
         local_hp = LocalHparams(*(jnp.asarray([0.0 if v is None else v for v in vals], np.float32) for vals in zip(
             *[tuple(components.local_config(r.config))[:4] for r in runs])))
         # Milestones padded to the program group's most (a round never reached), so that the
@@ -185,7 +185,7 @@ class Batch:
         self.shape = round_lib.RoundShape(n, cfg.batch_size, cfg.local_epochs, L, plan.pow2(T),
                                           plan.pow2(int(group_steps.max())), int(self.ds.x_train.shape[0]),
                                           runs[0].root, schedule.batch_slots(cfg.batch_size, self.width), D,
-                                          cfg.local_steps)
+                                          cfg.local_steps, "hflip" in cfg.augmentation)
         self.calibration = None
         self.new_program = True  # set by simulate_many: whether it compiled a program of its own
         strategy = runs[0].strategy

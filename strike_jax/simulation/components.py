@@ -110,6 +110,13 @@ def make_partition(config: Config, ds, exclude: np.ndarray | None = None):
     return make_split(config, ds, exclude)[0]
 
 
+def check_augmentation(config: Config, ds) -> None:
+    """Refuses an augmentation the data cannot take (one line): "hflip" needs images `[N, H, W, C]`."""
+    if "hflip" in config.augmentation and np.ndim(ds.x_train) != 4:
+        raise InputError(f"augmentation=('hflip',) is not allowed with dataset={config.dataset!r}: its samples have "
+                         f"shape {tuple(np.shape(ds.x_train)[1:])}; allowed: image data [N, H, W, C].")
+
+
 def make_model(config: Config, ds):
     """The config's model; raw (uint8) stored data is normalised on the device inside `apply`."""
     model = model_lib.get(config.model, num_classes=ds.num_classes, input_shape=tuple(ds.x_train.shape[1:]))

@@ -131,6 +131,7 @@ def prepare(run: Run, settings: Settings) -> None:
     the same alone or batched."""
     cfg = run.config
     ds = components.load_dataset(cfg)
+    components.check_augmentation(cfg, ds)
     run.root = bool(components.make_pipeline(cfg).info.get("needs_root_update", False))
     root = components.root_set(cfg, ds) if run.root else None
     part, run.validation = components.make_split(cfg, ds, exclude=root)

@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from strike_jax.data import augment as augment_lib
+
 Array = jax.Array
 Variables = dict[str, Any]
 
@@ -51,6 +53,9 @@ class LocalConfig(NamedTuple):
         `clip_by_global_norm` up to rounding.
       label_map: `label_map(y, num_classes) -> y'`, the labels a flipped (LabelFlip) client trains on
         (`strike_jax.attacks` gives it as `Attack.label_map`); None: SPEC §6's `C - 1 - y`.
+      augmentation: `("hflip",)`: the batch indices carry a horizontal flip per image
+        (`data.augment.mark`, drawn by the round's plan) and the step mirrors those images; `()`:
+        plain indices.
 
     The numbers `lr`, `momentum`, `weight_decay` and `clip_norm` fix only defaults: the step also
     takes them as (traced) arrays (`LocalHparams`), so runs that differ in them share one compiled
@@ -65,6 +70,7 @@ class LocalConfig(NamedTuple):
     num_classes: int
     clip_eps: float = 1e-6
     label_map: Callable[[Any, int], Any] | None = None
+    augmentation: tuple = ()
 
     def hparams(self) -> LocalHparams:
         """The numbers as a `LocalHparams` of float32 scalars (clip_norm 0 when clipping is off)."""
@@ -287,8 +293,15 @@ def make_local_step(model, cfg: LocalConfig) -> LocalStep:
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
+    augment = "hflip" in cfg.augmentation
+
     def step(params, batch_stats, opt_state, x_train, y_train, idx, mask, flip, hp=None):
+        mirror = None
+        if augment:
+            idx, mirror = augment_lib.unmark(idx)
         x = jnp.take(x_train, idx, axis=0)
+        if mirror is not None:
+            x = augment_lib.hflip(x, mirror)
         y = jnp.take(y_train, idx, axis=0).astype(jnp.int32)
         y = jnp.where(jnp.asarray(flip, bool), jnp.asarray(label_map(y, num_classes), jnp.int32), y)
         (loss, new_bs), grads = grad_fn(params, batch_stats, x, y, mask)

@@ -140,6 +140,8 @@ class RoundShape(NamedTuple):
         `lanes` and `lane_steps` are then per device.
       local_steps: every client holding data takes this many steps instead of `local_epochs`
         epochs (`schedule.client_orders`); None: epochs.
+      augment: the plan draws a random horizontal flip of every training image
+        (`schedule.client_orders`, `Config.augmentation`).
     """
 
     per_round: int
@@ -153,6 +155,7 @@ class RoundShape(NamedTuple):
     batch_slots: int | None = None
     devices: int = 1
     local_steps: int | None = None
+    augment: bool = False
 
     @property
     def trained(self) -> int:
@@ -203,7 +206,7 @@ def _plan(consts_r: RunConsts, r, shape: RoundShape):
     cb = schedule.client_batches(consts_r.index, consts_r.counts, consts_r.seed, r, per_round=shape.per_round,
                                  batch_size=shape.batch_size, local_epochs=shape.local_epochs,
                                  max_samples=shape.max_samples, include_last=shape.root,
-                                 local_steps=shape.local_steps)
+                                 local_steps=shape.local_steps, augment=shape.augment)
     return cb, cb.clients < consts_r.num_byzantine
 
 
@@ -272,7 +275,8 @@ def _make_sharded_train(model, local_cfg: LocalConfig, shape: RoundShape, unrave
         valid = dev * b + jnp.arange(b) < rows
         cb = schedule.client_orders(consts_r.index, consts_r.counts, mine, consts_r.seed, r,
                                     batch_size=shape.batch_size, local_epochs=shape.local_epochs,
-                                    max_samples=shape.max_samples, valid=valid, local_steps=shape.local_steps)
+                                    max_samples=shape.max_samples, valid=valid, local_steps=shape.local_steps,
+                                    augment=shape.augment)
         plan, makespan, idx, mask = schedule.lane_schedule(cb, lanes=shape.lanes, lane_steps=shape.lane_steps,
                                                            batch_size=shape.batch_size, slots=shape.batch_slots)
         byz = (mine < consts_r.num_byzantine) & valid

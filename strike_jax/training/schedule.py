@@ -41,6 +41,7 @@ SAMPLING_TAG = 1
 SERVER_TAG = 2
 INIT_TAG = 3
 SCHEDULE_TAG = 4
+AUGMENT_TAG = 5
 
 _TIE_BITS = 40  # repeat sort passes until ties in every pass have probability < 2**-40 per pair
 
@@ -166,7 +167,7 @@ def epochs_drawn(local_epochs: int, local_steps: int | None = None) -> int:
 
 def client_batches(index: Array, counts: Array, seed, round_index, *, per_round: int, batch_size: int,
                    local_epochs: int, max_samples: int | None = None, include_last: bool = False,
-                   local_steps: int | None = None) -> ClientBatches:
+                   local_steps: int | None = None, augment: bool = False) -> ClientBatches:
     """Samples the round's clients and draws every local epoch's sample order (jit-able, one run).
 
     Args:
@@ -185,11 +186,12 @@ def client_batches(index: Array, counts: Array, seed, round_index, *, per_round:
         (then `n = per_round + 1` rows below).
       local_steps: every client holding data takes this many steps (its batches run on through
         `epochs_drawn` fresh epoch orders) instead of `local_epochs` epochs; None: epochs.
+      augment: draw a random horizontal flip for every visiting position (`client_orders`).
     """
     return client_orders(index, counts, round_clients(index.shape[0], seed, round_index, per_round=per_round,
                                                       include_last=include_last),
                          seed, round_index, batch_size=batch_size, local_epochs=local_epochs, max_samples=max_samples,
-                         local_steps=local_steps)
+                         local_steps=local_steps, augment=augment)
 
 
 def round_clients(num_rows: int, seed, round_index, *, per_round: int, include_last: bool = False) -> Array:
@@ -205,7 +207,7 @@ def round_clients(num_rows: int, seed, round_index, *, per_round: int, include_l
 
 def client_orders(index: Array, counts: Array, clients: Array, seed, round_index, *, batch_size: int,
                   local_epochs: int, max_samples: int | None = None, valid: Array | None = None,
-                  local_steps: int | None = None) -> ClientBatches:
+                  local_steps: int | None = None, augment: bool = False) -> ClientBatches:
     """Every local epoch's sample order of the given clients (`client_batches` without the sampling).
 
     Client `c`'s orders depend on `(seed, round, c)` only, so any subset of a round's clients (a
@@ -217,6 +219,10 @@ def client_orders(index: Array, counts: Array, clients: Array, seed, round_index
         `client_batches`.
       clients: `[k]` int32 rows of the table.
       valid: optional `[k]` bool; invalid entries (padding) get no samples and no steps.
+      augment: every visiting position `p` of client `c`'s epoch `e` also gets a fair coin from
+        `fold_in(key(seed, AUGMENT_TAG, round), c * E + e)` (`data.augment.flip_bits`): the image
+        is mirrored (ByzFL's `RandomHorizontalFlip`) where it is 1, stored in the order as
+        `data.augment.mark`'s `-1 - index` (the local step reads it back: `LocalConfig.augmentation`).
     """
     max_m = index.shape[1]
     width = -(-max_m // batch_size) * batch_size
@@ -237,6 +243,12 @@ def client_orders(index: Array, counts: Array, clients: Array, seed, round_index
     order = jnp.where(perm < m[:, None, None],
                       jnp.take_along_axis(table[:, None, :], jnp.minimum(perm, max_m - 1), axis=2),
                       first[:, None, :])
+    if augment:
+        from strike_jax.data import augment as augment_lib
+
+        akey = stream_key(seed, AUGMENT_TAG, round_index)
+        flips = augment_lib.flip_bits(jax.vmap(lambda i: jax.random.fold_in(akey, i))(rows), width)
+        order = augment_lib.mark(order, flips.reshape(order.shape))
     return ClientBatches(clients, m, steps.astype(jnp.int32), order.astype(jnp.int32))
 
 
