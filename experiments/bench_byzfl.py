@@ -153,6 +153,20 @@ def probe(peer_python: str, root: str, models=("cnn_mnist", "fc_mnist")) -> dict
     return out
 
 
+def byzfl_reads(peer_python: str, results_directory: str, plots: str) -> dict:
+    """ByzFL's own `evaluate_results` functions run on strike_jax's results (in the peers'
+    interpreter): whether they read them, and the figures they drew."""
+    code = ("import sys\nfrom byzfl.benchmark import evaluate_results as E\n"
+            "r, p = sys.argv[1], sys.argv[2]\n"
+            "for f in (E.test_heatmap, E.loss_heatmap, E.aggregated_test_heatmap, E.test_accuracy_curve):\n"
+            "    f(r, p)\n")
+    proc = subprocess.run([peer_python, "-c", code, results_directory, plots], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH="", MPLBACKEND="Agg"))
+    drawn = sorted(os.listdir(plots)) if os.path.isdir(plots) else []
+    return {"ok": proc.returncode == 0 and "ERROR" not in proc.stdout, "figures": drawn,
+            "output": (proc.stdout + proc.stderr)[-2000:]}
+
+
 # ------------------------------------------------------------------------------ reading results
 
 
@@ -267,6 +281,10 @@ def write_table(payload: dict, path_md: str) -> None:
                      f"{_stats(c['peer_best'])} | {_stats(c['ours_best'])} | "
                      f"{', '.join(f'{100 * v:.1f}' for v in c['peer_final']) or 'not run'}; "
                      f"{', '.join(f'{100 * v:.1f}' for v in c['ours_final'])} |")
+    r = payload["byzfl_reads_ours"]
+    lines += ["", ("ByzFL's own `evaluate_results` functions (`test_heatmap`, `loss_heatmap`, "
+                   "`aggregated_test_heatmap`, `test_accuracy_curve`) read strike_jax's result folders: "
+                   + (f"yes, {len(r['figures'])} figures drawn." if r["ok"] else "**no**: " + r["output"][-300:]))]
     lines += ["", payload.get("notes", ""), ""]
     from strike_jax import atomic
 
@@ -351,6 +369,7 @@ def main(argv=None) -> int:
     ours_wall = time.perf_counter() - t0
     ours = read_layout(cfg_ours, ours_dir)
     n_ours = sum(len(v) for v in ours.values())
+    reads = byzfl_reads(args.peer_python, ours_dir, os.path.join(workdir, "ours", "byzfl_plots"))
     payload = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python -m experiments.bench_byzfl " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -367,6 +386,7 @@ def main(argv=None) -> int:
         "speedup": (peer["wall_s"] / peer["finished_runs"]) / (ours_wall / n_ours),
         "cells": compare(peer["runs_read"], ours),
         "notes": args.notes,
+        "byzfl_reads_ours": reads,
         "config": cfg_peer,
     }
     from strike_jax import atomic
