@@ -26,6 +26,10 @@ from strike_jax.errors import InputError
 
 PARTITIONS = ("dirichlet", "iid", "natural", "gamma_similarity_niid", "extreme_niid")
 ALGORITHMS = ("fedavg", "dsgd")
+#: `Config.preaggregation_order` (`stages.chain`'s `preaggregation_order`).
+PREAGGREGATION_ORDERS = ("spec", "given")
+#: `Config.augmentation` (`strike_jax.data.augment`).
+AUGMENTATIONS = ("hflip",)
 MAPPING_FIELDS = ("dataset_params", "attack_params", "defence_params", "preaggregation_params")
 
 
@@ -400,10 +404,11 @@ class Config:
             bad("num_clients", self.num_clients, "need at least 1 client")
         if not 1 <= self.clients_per_round <= self.num_clients:
             bad("clients_per_round", self.clients_per_round, f"need 1 <= n <= num_clients={self.num_clients}")
-        if any(a not in ("hflip",) for a in self.augmentation) or len(set(self.augmentation)) != len(self.augmentation):
-            bad("augmentation", self.augmentation, "allowed: () or ('hflip',)")
-        if self.preaggregation_order not in ("spec", "given"):
-            bad("preaggregation_order", self.preaggregation_order, "allowed: spec, given")
+        if any(a not in AUGMENTATIONS for a in self.augmentation) or len(set(self.augmentation)) != len(
+                self.augmentation):
+            bad("augmentation", self.augmentation, f"allowed: each of {', '.join(AUGMENTATIONS)} at most once")
+        if self.preaggregation_order not in PREAGGREGATION_ORDERS:
+            bad("preaggregation_order", self.preaggregation_order, f"allowed: {', '.join(PREAGGREGATION_ORDERS)}")
         if self.partition not in PARTITIONS:
             bad("partition", self.partition, f"allowed: {', '.join(PARTITIONS)}")
         if self.partition == "dirichlet" and not self.beta > 0:

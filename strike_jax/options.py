@@ -33,7 +33,16 @@ import itertools
 import re
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
-from strike_jax.config import ALGORITHMS, PARTITIONS, STRATEGIES, Config, check_field, field_need, field_types
+from strike_jax.config import (
+    ALGORITHMS,
+    PARTITIONS,
+    PREAGGREGATION_ORDERS,
+    STRATEGIES,
+    Config,
+    check_field,
+    field_need,
+    field_types,
+)
 from strike_jax.errors import InputError
 
 #: Fields with their own spelling on the command line (others: `--field-name`).
@@ -42,7 +51,7 @@ FLAGS = {"preaggregation": "--preagg", "defence": "--defence"}
 #: that `--clip-norm None` (set to None) differs from no `--clip-norm` (the preset's value).
 UNSET = argparse.SUPPRESS
 #: String fields offered as argparse choices (the others' names are checked by their type).
-CHOICE_FIELDS = ("dataset", "model", "partition", "strategy", "algorithm")
+CHOICE_FIELDS = ("dataset", "model", "partition", "strategy", "algorithm", "preaggregation_order")
 #: Mapping fields and their KEY=VALUE option.
 PARAM_FLAGS = {"attack_params": "--attack-param", "defence_params": "--defence-param",
                "dataset_params": "--dataset-param", "preaggregation_params": "--preagg-param"}
@@ -83,7 +92,8 @@ def allowed_names(field: str) -> tuple[str, ...] | None:
         from strike_jax import models
 
         return models.names()
-    return {"partition": PARTITIONS, "strategy": STRATEGIES, "algorithm": ALGORITHMS}.get(field)
+    return {"partition": PARTITIONS, "strategy": STRATEGIES, "algorithm": ALGORITHMS,
+            "preaggregation_order": PREAGGREGATION_ORDERS}.get(field)
 
 
 _LABEL = {"defence": "defence", "attack": "attack", "preaggregation": "pre-aggregator", "dataset": "data set"}

@@ -56,7 +56,7 @@ class RoundMetrics(NamedTuple):
 
 def server_step(w, updates, byzantine_mask, stage_state, key, pipeline, *, with_skew: bool = False,
                 train_loss=None, clients=None, root_update=None, tolerated_f=None, server_lr=None,
-                server_weight_decay=0.0):
+                server_weight_decay=0.0, flipped=None):
     """The server side of one round of one run, pure.
 
     Args:
@@ -76,6 +76,7 @@ def server_step(w, updates, byzantine_mask, stage_state, key, pipeline, *, with_
         attack reads the real count from the mask.
       server_lr: None: FedAvg's `w' = w + g`; else DSGD's server SGD step `w' = w - server_lr *
         (g + server_weight_decay * w)` (the rows are gradients, `g` their aggregate).
+      flipped: `[n, d]` the clients' flipped-label gradients (`RoundContext.flipped`), or None.
 
     Returns:
       `(w', stage_state', RoundMetrics, sent)`; `sent` is the `[n, d]` matrix the aggregation
@@ -93,7 +94,7 @@ def server_step(w, updates, byzantine_mask, stage_state, key, pipeline, *, with_
         skewness = med_dist = jnp.float32(jnp.nan)
     f = byzantine_mask.sum()
     told = f if tolerated_f is None else jnp.where(tolerated_f >= 0, tolerated_f, f).astype(f.dtype)
-    ctx = stages.RoundContext(byzantine_mask, told, key, clients=clients, root_update=root_update)
+    ctx = stages.RoundContext(byzantine_mask, told, key, clients=clients, root_update=root_update, flipped=flipped)
     g, stage_state, out_ctx = pipeline.update(updates, stage_state, ctx)
     sent = out_ctx.attacked
     finite = jnp.all(jnp.isfinite(g))
@@ -216,7 +217,7 @@ def _server(pipeline, with_skew: bool, with_updates: bool) -> Callable:
             state_r.w, updates, t.byzantine_mask, state_r.stage_state, round_key(seed, state_r.round), pipeline,
             with_skew=with_skew, train_loss=t.train_loss, clients=t.clients, root_update=root_update,
             tolerated_f=hp.tolerated_f, server_lr=hp.server_lr(state_r.round) if dsgd else None,
-            server_weight_decay=hp.weight_decay)
+            server_weight_decay=hp.weight_decay, flipped=t.flipped)
         act = state_r.active
         keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(act, a, b), new, old)  # noqa: E731
         nxt = state_r.round + act.astype(jnp.int32)

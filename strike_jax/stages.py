@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from strike_jax import ops, registry
+from strike_jax.config import PREAGGREGATION_ORDERS  # config imports stages lazily: no cycle
 from strike_jax.errors import InputError
 
 Array = jax.Array
@@ -45,7 +46,7 @@ _ORDER = {"attack": 0, "preaggregator": 1, "rule": 2}
 # the raw rows first: NNM and bucketing blend rows and would hide the duplicates it looks for.
 _PREAGG_ORDER = {"uniformity": -1, "nnm": 0, "bucketing": 1}
 #: `info` flags a chain has when any of its stages has them.
-_ANY_FLAGS = ("stateful", "needs_key", "needs_clients", "needs_root_update")
+_ANY_FLAGS = ("stateful", "needs_key", "needs_clients", "needs_root_update", "needs_flipped_rows")
 
 
 class RoundContext(NamedTuple):
@@ -66,6 +67,9 @@ class RoundContext(NamedTuple):
       attacked: set by `chain` in the context it returns: the `[n, d]` matrix its attack produced
         (what the aggregation received; the input itself when the chain has no attack), so that
         the server reports it without re-running the chain's parts.
+      flipped: `[n, d]` each sampled client's gradient on its round's batch with flipped labels
+        (ByzFL's LabelFlipping, `labelflip(mode="honest_mean")`, whose stage has
+        `info["needs_flipped_rows"]`; the simulation fills it for such an attack), else None.
     """
 
     byzantine_mask: Array | None
@@ -76,6 +80,7 @@ class RoundContext(NamedTuple):
     downstream: Any = None
     downstream_state: Any = None
     attacked: Array | None = None
+    flipped: Array | None = None
 
 
 class EmptyState(NamedTuple):
@@ -191,9 +196,6 @@ def _key_split(key: Array | None, m: int) -> list:
     if m == 1:
         return [key]
     return list(jax.random.split(key, m))
-
-
-PREAGGREGATION_ORDERS = ("spec", "given")
 
 
 def chain(*stages: Any, preaggregation_order: str = "spec") -> Stage:
@@ -516,7 +518,7 @@ def server_pipeline(defence: str, *, attack: str | None = None, preaggregation: 
     if unknown:
         raise InputError(f"preaggregation_params for {unknown} not in preaggregation={tuple(preaggregation)}.")
     if preaggregation_order == "spec":
-        preaggregation = sorted(preaggregation, key=lambda p: _PREAGG_ORDER.get(p, 0))
+        preaggregation = tuple(sorted(preaggregation, key=lambda p: _PREAGG_ORDER.get(p, 0)))
     pres = [get("preaggregator", p, inject=inject, backend=backend, **dict(pp.get(p, {})))
             for p in preaggregation]
     rule = get("rule", defence, inject=inject, backend=backend, **dict(defence_params or {}))

@@ -318,3 +318,64 @@ def test_hflip_needs_images():
         components.check_augmentation(tiny(augmentation=("hflip",)), flat)
     components.check_augmentation(tiny(), flat)  # no augmentation: any data
     components.check_augmentation(tiny(augmentation=("hflip",)), components.load_dataset(tiny()))
+
+
+# ------------------------------------------------------------------------------- LabelFlipping
+
+
+def _labelflip(**changes) -> Config:
+    return tiny(attack="labelflip", attack_params={"mode": "honest_mean"}, byzantine_ratio=2 / 6,
+                byzantine_data=False, clients_per_round=5, rounds=2, **changes)
+
+
+def _flipped_mean_by_hand(cfg: Config, round_index: int = 0) -> np.ndarray:
+    """ByzFL's LabelFlipping vector at the initial model: the mean over the round's honest clients of
+    their gradient (eval mode, no momentum) on their batch with labels C - 1 - y."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from strike_jax import training
+    from strike_jax.training import schedule
+
+    ds = components.load_dataset(cfg)
+    model = components.make_model(cfg, ds)
+    w0, unravel = training.flatten_variables(components.init_variables(model, cfg.seed))
+    table = data_lib.make_client_data(components.make_partition(cfg, ds).indices, cfg.batch_size)
+    cb = jax.jit(schedule.client_batches, static_argnames=("per_round", "batch_size", "local_epochs", "max_samples",
+                                                           "local_steps"))(
+        jnp.asarray(table.index), jnp.asarray(table.counts), cfg.seed, round_index, per_round=cfg.clients_per_round,
+        batch_size=cfg.batch_size, local_epochs=1, max_samples=len(ds.y_train), local_steps=1)
+    idx, mask = schedule.padded_schedule(cb, batch_size=cfg.batch_size, num_steps=1)
+    x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
+
+    def loss(flat, i, m):
+        logits, _ = model.apply(unravel(flat), x[i], False)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, 9 - y[i].astype(jnp.int32))
+        return jnp.where(m, ce, 0.0).sum() / jnp.maximum(m.sum(), 1)
+
+    honest = [j for j, c in enumerate(np.asarray(cb.clients)) if c >= cfg.num_byzantine]
+    grads = [np.asarray(jax.grad(loss)(w0, idx[j, 0], mask[j, 0]), np.float64) for j in honest]
+    return np.mean(grads, axis=0)
+
+
+@pytest.mark.parametrize("strategy", ["packed", "steps"])
+def test_labelflip_honest_mean_sends_the_honest_clients_flipped_gradient(strategy):
+    from strike_jax import simulate
+
+    cfg = _labelflip(strategy=strategy)
+    seen = {}
+    simulate(cfg, on_updates=lambda r, U, byz, sent: seen.setdefault(r, (np.asarray(byz), np.asarray(sent))))
+    byz, sent = seen[0]
+    want = _flipped_mean_by_hand(cfg)
+    assert byz.sum() >= 1
+    for row in sent[byz]:
+        np.testing.assert_allclose(row, want, rtol=2e-4, atol=1e-6)
+    assert not np.allclose(sent[~byz].mean(0), want, atol=1e-3)  # the honest momenta are not it
+
+
+def test_labelflip_honest_mean_needs_dsgd():
+    from strike_jax import simulate
+
+    with pytest.raises(InputError, match="LabelFlipping.*allowed: algorithm='dsgd'"):
+        simulate(_labelflip(algorithm="fedavg", server_lr=1.0))

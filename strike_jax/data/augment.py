@@ -16,10 +16,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from strike_jax.config import AUGMENTATIONS  # the names a `Config` may give
+
 Array = jax.Array
 
-#: Augmentations a `Config` may name.
-AUGMENTATIONS = ("hflip",)
 
 
 def check_images(shape, what: str = "images") -> None:

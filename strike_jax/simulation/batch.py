@@ -91,6 +91,8 @@ class Batch:
         self.limit = self.run_pipes[0].max_f(cfg.clients_per_round)
         info = self.run_pipes[0].info
         self.flip = bool(info.get("data_level", False))
+        # ByzFL's LabelFlipping: the training half also computes the flipped-label gradients.
+        self.flipped_rows = bool(info.get("needs_flipped_rows", False))
         self.dsgd = cfg.algorithm == "dsgd"
         # DSGD: the clients' step is one plain SGD step of size 1 from the global model, so a row is
         # `-g_i` (the server half keeps the worker momentum: `server.worker_momentum`).

@@ -246,7 +246,8 @@ def training_flags(config: Config) -> tuple:
     root update (FLTrust: the root set is trained every round)."""
     info = make_pipeline(config).info
     # `label_map` is the attack's module-level function (`attacks.labelflip.flip_labels`): hashable.
-    return (bool(info.get("data_level", False)), info.get("label_map"), bool(info.get("needs_root_update", False)))
+    return (bool(info.get("data_level", False)), info.get("label_map"), bool(info.get("needs_root_update", False)),
+            bool(info.get("needs_flipped_rows", False)))
 
 
 def round_f_to_check(config: Config) -> int:
@@ -278,6 +279,11 @@ def check_config(config: Config):
     pipe = make_pipeline(config)
     stages.check_f(pipe, config.clients_per_round, round_f_to_check(config),
                    allow_beyond_breakdown=config.allow_beyond_breakdown)
+    if pipe.info.get("needs_flipped_rows", False) and (config.algorithm != "dsgd" or config.num_devices > 1):
+        raise InputError(f"attack={config.attack!r} with {dict(config.attack_params)} (ByzFL's LabelFlipping: the "
+                         "honest clients' flipped-label gradients) is not allowed with "
+                         f"algorithm={config.algorithm!r}, num_devices={config.num_devices}; allowed: "
+                         "algorithm='dsgd' on one device.")
     if not config.byzantine_data and pipe.info.get("data_level", False):
         raise InputError(f"byzantine_data=False is not allowed with attack={config.attack!r}: its Byzantine clients "
                          "train on their own data; allowed: byzantine_data=True, or an attack on the updates.")

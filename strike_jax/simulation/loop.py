@@ -216,8 +216,9 @@ def _dispatch_evaluation(batch: Batch, programs, which: list[int]) -> Any:
                                                                         batch.val_index)
         return which, test, val
     test = {i: programs.evaluate(batch.unravel(w[i]), batch.x_test, batch.y_test) for i in which}
-    val = None if programs.validate is None else {
-        i: programs.validate(batch.unravel(w[i]), batch.x_train, batch.y_train, batch.val_index[i]) for i in which}
+    index = batch.val_index
+    val = None if programs.validate is None or index is None else {
+        i: programs.validate(batch.unravel(w[i]), batch.x_train, batch.y_train, index[i]) for i in which}
     return which, test, val
 
 

@@ -192,7 +192,8 @@ def submit_programs(batch, cache: ProgramCache) -> dict[str, ProgramKey]:
     keys = program_keys(batch)
     if batch.device and batch.mesh is None:
         train = round_lib.make_device_train(batch.model, batch.local_cfg, batch.shape, batch.unravel,
-                                            flip_byzantine=batch.flip, mesh=batch.mesh)
+                                            flip_byzantine=batch.flip, mesh=batch.mesh,
+                                            flipped_rows=batch.flipped_rows)
         train_args = (batch.state.w, batch.state.round, train_consts(batch.consts), batch.x_train, batch.y_train)
         if keys["train"] not in cache:
             cache.submit(keys["train"], lambda: _aot(train, *train_args))
@@ -251,7 +252,9 @@ def batch_programs(batch, cache: ProgramCache) -> BatchPrograms:
     def build_host():
         client_updates = training.make_client_updates(batch.model, batch.local_cfg, batch.strategy)
         return make_host_round(client_updates, batch.grid, batch.shape, batch.unravel, flip_byzantine=batch.flip,
-                               with_skew=batch.cfg.skew_metrics, with_updates=batch.with_updates)
+                               with_skew=batch.cfg.skew_metrics, with_updates=batch.with_updates,
+                               flipped=(training.make_flipped_gradients(batch.model, batch.local_cfg)
+                                        if batch.flipped_rows else None))
 
     host_round = cache.get(keys["host_round"], build_host)
     evaluate = cache.get(keys["eval"], lambda: training.make_evaluate(batch.model))
@@ -263,9 +266,12 @@ def batch_programs(batch, cache: ProgramCache) -> BatchPrograms:
 
 
 def make_host_round(client_updates: Callable, pipeline, shape: round_lib.RoundShape, unravel: Callable, *,
-                    flip_byzantine: bool, with_skew: bool = False, with_updates: bool = False) -> Callable:
+                    flip_byzantine: bool, with_skew: bool = False, with_updates: bool = False,
+                    flipped: Callable | None = None) -> Callable:
     """The host-loop path: the same plan and server step as the device round, local training by
-    `client_updates` (a `training.make_client_updates` strategy such as "steps") called per run.
+    `client_updates` (a `training.make_client_updates` strategy such as "steps") called per run;
+    `flipped` (`training.make_flipped_gradients`): also each client's flipped-label gradient on its
+    first batch (ByzFL's LabelFlipping).
 
     Returns:
       `round_step(state, consts, x_train, y_train, pair) -> (state', RoundOutput, timings)` with
@@ -281,13 +287,16 @@ def make_host_round(client_updates: Callable, pipeline, shape: round_lib.RoundSh
     plans = jax.jit(jax.vmap(plan_one))
     srv = server.make_device_server(pipeline, with_skew=with_skew, with_updates=with_updates)
     unravel_jit = jax.jit(unravel)
+    flipped_jit = None if flipped is None else jax.jit(flipped)
 
     def round_step(state, consts, x_train, y_train, pair):
         t0 = time.perf_counter()
         idx, mask, byz, clients, overflow = jax.device_get(plans(consts, state.round))
         active = np.asarray(state.active)
-        rows, losses = [], []
+        rows, losses, flips = [], [], []
         for i in range(idx.shape[0]):
+            if flipped_jit is not None:
+                flips.append(flipped_jit(unravel_jit(state.w[i]), x_train, y_train, idx[i][:, 0], mask[i][:, 0]))
             if active[i]:
                 hp_i = jax.tree_util.tree_map(lambda a, i=i: a[i], consts.local)
                 U_i, st = client_updates(unravel_jit(state.w[i]), x_train, y_train, idx[i], mask[i],
@@ -302,7 +311,7 @@ def make_host_round(client_updates: Callable, pipeline, shape: round_lib.RoundSh
         U.block_until_ready()
         t1 = time.perf_counter()
         t = round_lib._split_root(U, jnp.asarray(byz), jnp.stack(losses), jnp.asarray(clients), shape,
-                                  jnp.asarray(overflow))
+                                  jnp.asarray(overflow), jnp.stack(flips) if flips else None)
         new, out = srv(state, consts, t, pair)
         jax.block_until_ready(out.metrics)
         return new, out, (t1 - t0, time.perf_counter() - t1)

@@ -27,6 +27,7 @@ from strike_jax.training.local import (
     default_skip,
     flat_delta,
     flatten_variables,
+    make_flipped_gradients,
     make_local_step,
     make_local_train,
     make_optimizer,
@@ -57,5 +58,5 @@ __all__ = [
     "make_client_updates", "make_plan_updates", "resolve_auto", "choose_strategy", "STRATEGIES",
     "DEVICE_STRATEGIES", "HOST_STRATEGIES", "MAX_PADDED_FRACTION",
     "choose_lanes", "default_lanes", "makespans", "measure_strategies", "strategy_lanes", "make_evaluate",
-    "LocalHparams",
+    "LocalHparams", "make_flipped_gradients",
 ]

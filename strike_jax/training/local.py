@@ -315,6 +315,43 @@ def make_local_step(model, cfg: LocalConfig) -> LocalStep:
     return LocalStep(init_opt=tx.init, step=step, min_examples=2 if has_bs else 1)
 
 
+def make_flipped_gradients(model, cfg: LocalConfig) -> Callable:
+    """ByzFL 0.0.11's LabelFlipping rows (`Client.compute_gradients` with `LabelFlipping`): each
+    client's gradient of the mean cross-entropy on its batch with flipped labels
+    (`cfg.label_map`, SPEC §6's `C - 1 - y` by default) at the given model in eval mode (BatchNorm
+    with its running statistics, as ByzFL's `model.eval()`), without momentum or weight decay: the
+    raw gradient, not a worker momentum (ByzFL sends `get_flat_flipped_gradients`). Images are
+    augmented as the training step does (`cfg.augmentation`).
+
+    Returns:
+      `flipped(variables, x_train, y_train, idx [n, B], mask [n, B]) -> [n, d]` float32 rows in the
+      layout of `flatten_variables` (the parameters' gradient, zeros for BatchNorm statistics); a
+      client with no real example gets zeros.
+    """
+    label_map = cfg.label_map or (lambda y, c: c - 1 - y)
+    augment = "hflip" in cfg.augmentation
+
+    def one(variables, x_train, y_train, idx, mask):
+        mirror = None
+        if augment:
+            idx, mirror = augment_lib.unmark(idx)
+        x = jnp.take(x_train, idx, axis=0)
+        if mirror is not None:
+            x = augment_lib.hflip(x, mirror)
+        y = jnp.asarray(label_map(jnp.take(y_train, idx, axis=0).astype(jnp.int32), cfg.num_classes), jnp.int32)
+
+        def loss(params):
+            logits, _ = model.apply({**variables, "params": params}, x, False)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
+            return jnp.where(mask, ce, 0.0).sum() / jnp.maximum(mask.sum(), 1).astype(jnp.float32)
+
+        g = jax.grad(loss)(variables["params"])
+        stats = jax.tree_util.tree_map(jnp.zeros_like, variables.get("batch_stats", {}))
+        return _ravel_leaves(jax.tree_util.tree_leaves((g, stats))).astype(jnp.float32)
+
+    return jax.vmap(one, in_axes=(None, None, None, 0, 0))
+
+
 def default_skip() -> str:
     """How a padding step is skipped by default: "select" on CPU, "cond" elsewhere.
 

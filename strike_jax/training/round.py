@@ -29,7 +29,7 @@ import numpy as np
 
 from strike_jax import sharding
 from strike_jax.training import schedule
-from strike_jax.training.local import LocalConfig, LocalHparams
+from strike_jax.training.local import LocalConfig, LocalHparams, make_flipped_gradients
 from strike_jax.training.packed import make_packed_train
 
 # Arrays with the run axis: device arrays in a round, NumPy arrays while a batch is assembled.
@@ -192,6 +192,9 @@ class TrainOutput(NamedTuple):
       clients: `[R, n]` int32 sampled client ids.
       root_update: `[R, d]` the server's own update on its root set (FLTrust), or None.
       overflow: `[R]` bool, a run's clients did not fit the planned lanes (an internal error).
+      flipped: `[R, n, d]` each client's gradient at the global model on its round's first batch
+        with flipped labels, in eval mode (ByzFL's LabelFlipping: `make_flipped_gradients`), or
+        None when the attack does not need them.
     """
 
     updates: Array
@@ -200,6 +203,7 @@ class TrainOutput(NamedTuple):
     clients: Array
     root_update: Array | None
     overflow: Array
+    flipped: Array | None = None
 
 
 def _plan(consts_r: RunConsts, r, shape: RoundShape):
@@ -210,16 +214,17 @@ def _plan(consts_r: RunConsts, r, shape: RoundShape):
     return cb, cb.clients < consts_r.num_byzantine
 
 
-def _split_root(U, byz, loss, clients, shape: RoundShape, overflow):
+def _split_root(U, byz, loss, clients, shape: RoundShape, overflow, flipped=None):
     """With a root set (the table's last client, always trained last), its row is the root update."""
     n = shape.per_round
     if not shape.root:
-        return TrainOutput(U, byz, loss, clients, None, overflow)
-    return TrainOutput(U[:, :n], byz[:, :n], loss[:, :n], clients[:, :n], U[:, n], overflow)
+        return TrainOutput(U, byz, loss, clients, None, overflow, flipped)
+    return TrainOutput(U[:, :n], byz[:, :n], loss[:, :n], clients[:, :n], U[:, n], overflow,
+                       None if flipped is None else flipped[:, :n])
 
 
 def make_device_train(model, local_cfg: LocalConfig, shape: RoundShape, unravel: Callable, *,
-                      flip_byzantine: bool, mesh=None) -> Callable:
+                      flip_byzantine: bool, mesh=None, flipped_rows: bool = False) -> Callable:
     """The local-training half of a packed round for a whole group: plan (sampling, batches, lanes,
     drawn on the device) and packed training. It depends on the model, the data's shapes and the
     round's shape only, not on the attack or the defence, so every group of a sweep that shares them
@@ -232,26 +237,37 @@ def make_device_train(model, local_cfg: LocalConfig, shape: RoundShape, unravel:
     rows. Every client's batches are those of the single-device round (`schedule.client_orders`),
     so the rows equal the single-device ones up to float rounding.
 
+    With `flipped_rows` (ByzFL's LabelFlipping, DSGD), the output also holds every trained client's
+    flipped-label gradient on its first batch (`TrainOutput.flipped`, `make_flipped_gradients`).
+
     Returns:
       `train_round(w [R, d], round [R], consts, x_train, y_train) -> TrainOutput`, jitted.
     """
     if mesh is not None:
+        if flipped_rows:
+            raise ValueError("flipped_rows (ByzFL's LabelFlipping) runs on one device; got a mesh.")
         return _make_sharded_train(model, local_cfg, shape, unravel, flip_byzantine=flip_byzantine, mesh=mesh)
     train = make_packed_train(model, local_cfg)
+    flipped_fn = make_flipped_gradients(model, local_cfg) if flipped_rows else None
 
     def plan_one(consts_r: RunConsts, r):
         cb, byz = _plan(consts_r, r, shape)
         plan, makespan, idx, mask = schedule.lane_schedule(cb, lanes=shape.lanes, lane_steps=shape.lane_steps,
                                                            batch_size=shape.batch_size, slots=shape.batch_slots)
-        return plan, makespan, idx, mask, byz, cb.clients
+        first = schedule.padded_schedule(cb, batch_size=shape.batch_size, num_steps=1) if flipped_rows else None
+        return plan, makespan, idx, mask, byz, cb.clients, first
 
     def train_round(w, rounds, consts: RunConsts, x_train, y_train):
-        plan, makespan, idx, mask, byz, clients = jax.vmap(plan_one)(consts, rounds)
+        plan, makespan, idx, mask, byz, clients, first = jax.vmap(plan_one)(consts, rounds)
         # One loop for the whole batch, as long as its longest makespan (training.packed).
         steps = jnp.minimum(makespan.max(), shape.lane_steps)
-        U, stats = train(jax.vmap(unravel)(w), x_train, y_train, plan, idx, mask, byz & flip_byzantine,
-                         consts.local, steps)
-        return _split_root(U, byz, stats.loss, clients, shape, makespan > shape.lane_steps)
+        variables = jax.vmap(unravel)(w)
+        U, stats = train(variables, x_train, y_train, plan, idx, mask, byz & flip_byzantine, consts.local, steps)
+        flipped = None
+        if flipped_fn is not None:
+            flipped = jax.vmap(flipped_fn, in_axes=(0, None, None, 0, 0))(
+                variables, x_train, y_train, first[0][:, :, 0], first[1][:, :, 0])
+        return _split_root(U, byz, stats.loss, clients, shape, makespan > shape.lane_steps, flipped)
 
     return jax.jit(train_round)
 
