@@ -97,14 +97,19 @@ def _accuracy_by_hand(cfg: Config, w: np.ndarray, idx: np.ndarray) -> float:
     return float(np.mean(np.argmax(np.asarray(logits), axis=-1) == ds.y_train[idx]))
 
 
+# One validation config for these tests (the round -1 test too), so they share compiled programs.
+def _val(**changes) -> Config:
+    return tiny(validation_fraction=0.2, **changes)
+
+
 @pytest.mark.parametrize("strategy", ["packed", "steps"])
 def test_validation_accuracy_is_the_global_models_on_the_hold_out(tmp_path, strategy):
     from strike_jax import simulate
 
-    cfg = tiny(validation_fraction=0.25, partition="gamma_similarity_niid", gamma=0.5, strategy=strategy)
+    cfg = _val(strategy=strategy)
     ds = components.load_dataset(cfg)
     part, val = components.make_split(cfg, ds)
-    assert val.size == len(ds.y_train) - int(0.75 * len(ds.y_train))
+    assert val.size == len(ds.y_train) - int(0.8 * len(ds.y_train))
     assert not np.intersect1d(np.concatenate(part.indices), val).size  # held out from every client
     assert np.array_equal(np.sort(np.concatenate(list(part.indices) + [val])), np.arange(len(ds.y_train)))
     res = simulate(cfg, run_dir=str(tmp_path))
@@ -113,12 +118,15 @@ def test_validation_accuracy_is_the_global_models_on_the_hold_out(tmp_path, stra
     assert res["final_val_accuracy"] == last["val_accuracy"]
     assert res["best_val_accuracy"] == max(h["val_accuracy"] for h in res["rounds"])
     assert all("val_accuracy" in h and "val_loss" in h for h in res["rounds"])
+    # ByzFL's kinds hold out the same way (split_clients agrees: the first test above).
+    gp, gv = components.make_split(_val(partition="gamma_similarity_niid", gamma=0.5), ds)
+    assert gv.size == val.size and not np.intersect1d(np.concatenate(gp.indices), gv).size
 
 
 def test_validation_in_a_batch_equals_each_run_alone():
     from strike_jax import simulate, simulate_many
 
-    cfgs = [tiny(validation_fraction=0.2, data_seed=s, rounds=2) for s in (1, 2)]
+    cfgs = [_val(data_seed=s) for s in (1, 2)]
     together = simulate_many(cfgs)
     for c, r in zip(cfgs, together):
         alone = simulate(c)
@@ -155,7 +163,7 @@ def _test_accuracy_by_hand(cfg: Config, w: np.ndarray) -> float:
 def test_eval_at_start_records_the_initial_model_and_survives_a_resume(tmp_path):
     from strike_jax import simulate, training
 
-    cfg = tiny(eval_at_start=True, validation_fraction=0.2, rounds=3)
+    cfg = _val(eval_at_start=True, rounds=3)
     ds = components.load_dataset(cfg)
     w0 = np.asarray(training.flatten_variables(components.init_variables(components.make_model(cfg, ds),
                                                                          cfg.seed))[0])
@@ -212,12 +220,25 @@ def test_given_order_is_the_stages_composed_by_hand_in_that_order():
 
 
 def test_given_order_runs_in_the_simulation():
-    from strike_jax import simulate
+    import jax
+    import jax.numpy as jnp
+
+    from strike_jax import simulate, stages
+    from strike_jax.simulation.batch import Grid
 
     cfg = tiny(attack="signflip", byzantine_ratio=1 / 6, defence="median", preaggregation=("bucketing", "nnm"),
                preaggregation_order="given", byzantine_data=False, rounds=2)
-    given, spec = simulate(cfg), simulate(cfg.replace(preaggregation_order="spec"))
-    assert [h["aggregate_norm"] for h in given["rounds"]] != [h["aggregate_norm"] for h in spec["rounds"]]
+    # The batch's grid pipeline keeps the order (and equals the run's own pipeline).
+    grid = Grid([cfg], None).server_grid
+    U = jax.random.normal(jax.random.PRNGKey(1), (6, 5))
+    ctx = stages.RoundContext(jnp.arange(6) < 1, 1, jax.random.PRNGKey(2))
+    pipe = components.make_pipeline(cfg, inject=True)
+    at = grid.at(0, 0)
+    assert [p.name for p in at.parts[1:3]] == ["bucketing", "nnm"]
+    np.testing.assert_allclose(np.asarray(at.update(U, grid.init(U), ctx)[0]),
+                               np.asarray(pipe.update(U, pipe.init(U), ctx)[0]), rtol=1e-6)
+    res = simulate(cfg)
+    assert all(h["finite"] for h in res["rounds"]) and res["completed_rounds"] == 2
 
 
 # ------------------------------------------------------------------------------------ hflip
@@ -292,7 +313,7 @@ def test_the_plan_draws_the_flips_and_the_step_applies_them():
 def test_hflip_is_the_same_in_every_strategy_and_batch():
     from strike_jax import simulate, simulate_many
 
-    cfg = tiny(augmentation=("hflip",), algorithm="fedavg", server_lr=1.0, local_steps=3, rounds=2, lr=0.1)
+    cfg = tiny(augmentation=("hflip",))
     keys = ("aggregate_norm", "train_loss", "accuracy")
     packed = simulate(cfg)
     steps = simulate(cfg.replace(strategy="steps"))
@@ -303,7 +324,7 @@ def test_hflip_is_the_same_in_every_strategy_and_batch():
     assert batch[0]["batch"]["runs"] == 2
     assert [h["aggregate_norm"] for h in batch[0]["rounds"]] == pytest.approx(
         [h["aggregate_norm"] for h in packed["rounds"]], rel=1e-5)
-    plain = simulate(cfg.replace(augmentation=()))
+    plain = simulate(cfg.replace(augmentation=()))  # tiny(): the program of test_no_validation_keeps_the_history
     assert [h["aggregate_norm"] for h in plain["rounds"]] != pytest.approx(
         [h["aggregate_norm"] for h in packed["rounds"]], rel=1e-5)
 
