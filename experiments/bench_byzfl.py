@@ -241,7 +241,7 @@ def write_table(payload: dict, path_md: str) -> None:
     lines = [
         "# ByzFL 0.0.11 `run_benchmark` vs `strike-jax byzfl`, same config, CPU",
         "",
-        f"Measured {payload['date']} on a 2-core CPU **shared with other agents** (load average 5-8 while "
+        f"Measured {payload['date']} on a 2-core CPU **shared with other agents** (load average 5-13 while "
         "measuring: every timing here is an upper bound and noisy). Command: `" + payload["command"] + "`.",
         "",
         f"Config: {payload['grid']}. Model `{payload['model']}`: {payload['model_reason']}",
