@@ -70,7 +70,7 @@ import itertools
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -79,6 +79,10 @@ import numpy as np
 # draws the same flips as part of a round's plan).
 from strike_jax.data.augment import random_hflip
 from strike_jax.data.idx import find_idx_files
+from strike_jax.errors import InputError
+
+if TYPE_CHECKING:
+    from strike_jax.config import Config
 
 Array = jax.Array
 
@@ -673,6 +677,210 @@ def expand(cfg: Mapping[str, Any]) -> list[RunSpec]:
     return [map_setting(s, i) for i, s in enumerate(settings(cfg))]
 
 
+# ------------------------------------------------------------------------------- to our Config
+
+#: Config fields the mapping needs beyond the DSGD ones, with the ByzFL feature that needs each
+#: (issue 22, item 2, added separately): while a field is missing, a config using the feature is a
+#: one-line error, never a run that silently differs.
+_NEEDS = {
+    "partition_gamma": ("gamma", "data_distribution gamma_similarity_niid / extreme_niid"),
+    "validation": ("validation_fraction", "size_train_set < 1 (ByzFL's validation split)"),
+    "eval_at_start": ("eval_at_start", "ByzFL's evaluation at step 0"),
+    "given_order": ("preaggregation_order", "pre_aggregators in an order other than strike_jax's"),
+    "augmentation": ("augmentation", "ByzFL's random horizontal flip"),
+}
+
+
+def _config_fields() -> frozenset[str]:
+    from strike_jax.config import Config
+
+    return frozenset(f.name for f in dataclasses.fields(Config))
+
+
+def _need(feature: str, spec: RunSpec) -> None:
+    field, what = _NEEDS[feature]
+    if field not in _config_fields():
+        raise InputError(f"ByzFL config: {what} is not supported yet (needs strike_jax's Config.{field}); "
+                         f"run {spec.folder!r} uses it.")
+
+
+def _byzfl_fields(spec: RunSpec) -> dict[str, Any]:
+    """The Config fields of ByzFL's data handling and evaluation (partition, validation split,
+    evaluation at step 0, augmentation, the pre-aggregators' given order)."""
+    from strike_jax.config import preaggregation_order
+
+    kw: dict[str, Any] = {}
+    kind = spec.partition["kind"]
+    if kind in ("gamma_similarity_niid", "extreme_niid"):
+        _need("partition_gamma", spec)
+        kw["partition"] = kind
+        if kind == "gamma_similarity_niid":
+            kw["gamma"] = spec.partition["gamma"]
+    elif kind == "dirichlet":
+        kw.update(partition="dirichlet", beta=spec.partition["beta"])
+    else:
+        kw["partition"] = "iid"
+    if spec.train_fraction < 1:
+        _need("validation", spec)
+        kw["validation_fraction"] = 1.0 - spec.train_fraction
+    _need("eval_at_start", spec)
+    kw["eval_at_start"] = True
+    if spec.augmentation:
+        _need("augmentation", spec)
+        unsupported = [a for a in spec.augmentation if a != "hflip"]
+        if unsupported:
+            raise InputError(f"ByzFL config: {spec.dataset}'s training augmentation {unsupported} (ByzFL's "
+                             "RandomCrop(32, padding=4)) is not supported; allowed: data sets with at most a random "
+                             "horizontal flip (mnist, fashionmnist).")
+        kw["augmentation"] = tuple(spec.augmentation)
+    pre = tuple(p.name for p in spec.preaggregators)
+    if len(set(pre)) != len(pre):
+        raise InputError(f"ByzFL config: pre_aggregators {[p.name for p in spec.preaggregators]} repeat a stage; "
+                         "allowed: each pre-aggregator once.")
+    if pre and preaggregation_order(pre) != pre:
+        _need("given_order", spec)
+        kw["preaggregation_order"] = "given"
+    # ByzFL also flips Fashion-MNIST's validation and test images at random; strike_jax evaluates them
+    # as they are (docs/byzfl.md: a remaining convention difference).
+    return kw
+
+
+def to_config(spec: RunSpec) -> Config:
+    """The strike_jax `Config` of one ByzFL run.
+
+    DSGD with worker momentum (`algorithm="dsgd"`: the clients' momentum `b`, the server's SGD step
+    `lr` with weight decay and `MultiStepLR` milestones), `num_clients = honest + f` with the
+    Byzantine clients `0 .. f-1` holding no data (`byzantine_data=False`, ByzFL gives data to the
+    honest clients only), every client every step, the rules told `tolerated_f`, the partition
+    drawn from `data_seed` and everything else from `seed`, an evaluation every `evaluation_delta`
+    steps (and at step 0 and after the last, as ByzFL).
+
+    Raises:
+      InputError: a feature strike_jax cannot run the ByzFL way (one line naming it).
+    """
+    from strike_jax.config import Config
+
+    if spec.algorithm != "dsgd":
+        raise InputError("ByzFL config: training_algorithm FedAvg is not supported (ByzFL's FedAvg averages model "
+                         "weights with each client's optimiser state kept across rounds; strike_jax's aggregates "
+                         "updates); allowed: DSGD.")
+    kw = _byzfl_fields(spec)
+    pre = tuple(p.name for p in spec.preaggregators)
+    attack = spec.attack.name if spec.f > 0 else "none"
+    config = Config(
+        dataset=spec.dataset, data_dir=spec.data_dir, dataset_params=dict(spec.load_kwargs), model=spec.model,
+        num_clients=spec.num_clients, clients_per_round=spec.num_clients,
+        byzantine_ratio=spec.f / spec.num_clients, byzantine_data=False, rounds=spec.steps,
+        batch_size=spec.batch_size, momentum=spec.momentum, clip_norm=None,
+        attack=attack, attack_params=dict(spec.attack.params) if attack != "none" else {},
+        defence=spec.rule.name, defence_params=dict(spec.rule.params),
+        preaggregation=pre, preaggregation_params={p.name: dict(p.params) for p in spec.preaggregators if p.params},
+        eval_every=spec.eval_every, seed=spec.seed, data_seed=spec.data_seed, tolerated_f=spec.tolerated_f,
+        algorithm="dsgd", local_steps=1, server_lr=spec.lr, server_weight_decay=spec.weight_decay,
+        lr_milestones=tuple(spec.milestones), lr_decay=spec.lr_decay, **kw)
+    if config.num_byzantine != spec.f:  # ceil(r * N) must give back f exactly
+        raise InputError(f"ByzFL config: f={spec.f} of {spec.num_clients} clients does not map to strike_jax's "
+                         f"byzantine_ratio (got {config.num_byzantine}).")
+    return config
+
+
+def _val_key() -> str | None:
+    """The history key of the validation accuracy (set with `Config.validation_fraction`)."""
+    return "val_accuracy" if "validation_fraction" in _config_fields() else None
+
+
+def prepare(cfg: Mapping[str, Any], results_dir: str | os.PathLike | None = None
+            ) -> tuple[list[RunSpec], list[Config], str]:
+    """Every check of a ByzFL config that can fail before any work: the expansion, each run's
+    mapping and `Config`, its pipeline and `f` (`simulation.check_config`), duplicate result
+    folders, the results directory.
+
+    Returns:
+      `(specs, configs, results_directory)`.
+
+    Raises:
+      InputError: one line naming the key or value.
+    """
+    from strike_jax.simulation import check_config
+
+    try:
+        specs = expand(cfg)
+    except InputError:
+        raise
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    if not specs:
+        raise InputError("ByzFL config: no run left after the expansion (every f > tolerated_f); allowed: at least "
+                         "one f <= tolerated_f.")
+    configs = [to_config(s) for s in specs]
+    seen: dict[tuple, int] = {}
+    for s in specs:
+        key = (s.folder, s.seed, s.data_seed)
+        if key in seen:
+            raise InputError(f"ByzFL config: runs {seen[key]} and {s.index} write the same result files "
+                             f"({s.folder}, training seed {s.seed}, data seed {s.data_seed}); ByzFL's folder name "
+                             "holds only data set, model, n, f, d, distribution, rules, attack, lr, momentum, "
+                             "weight decay: make those differ.")
+        seen[key] = s.index
+    for c in dict.fromkeys(configs):
+        check_config(c)
+    out = os.fspath(results_dir) if results_dir is not None else specs[0].results_directory
+    from strike_jax.simulation import check_run_dir
+
+    check_run_dir(out)
+    return specs, configs, out
+
+
+def run(path: str | os.PathLike | Mapping[str, Any], *, results_dir: str | os.PathLike | None = None,
+        progress: bool = False, plots: bool = True, settings=None) -> dict[str, Any]:
+    """Runs a ByzFL 0.0.11 benchmark config on strike_jax and writes ByzFL's results and summaries.
+
+    All runs go through one `simulate_many` call (runs that differ only in numbers share a batch;
+    each attack and rule is compiled once), each with its own run directory inside its ByzFL
+    folder, so a rerun returns finished runs as stored and resumes interrupted ones exactly.
+
+    Args:
+      path: the config file (or the config as a dict).
+      results_dir: where the results go (default: the config's `results_directory`, relative to
+        the working directory as in ByzFL).
+      progress: progress bars.
+      plots: draw the summary figures (matplotlib); the numbers are written either way.
+      settings: `simulation.Settings`.
+
+    Returns:
+      {"results_directory", "runs": [{"folder", "seed", "data_seed", "result"}], "summary"}.
+
+    Raises:
+      InputError: an unsupported key or value, before any data loads (one line).
+    """
+    from strike_jax import byzfl_results as R
+    from strike_jax.simulation import simulate_many
+
+    try:
+        cfg = load_config(path) if not isinstance(path, Mapping) else dict(path)
+    except OSError as err:
+        raise InputError(f"ByzFL config {os.fspath(path)!r} cannot be read ({err.strerror}).") from None  # type: ignore[arg-type]
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    specs, configs, out = prepare(cfg, results_dir)
+    os.makedirs(out, exist_ok=True)
+    from strike_jax import atomic
+
+    atomic.write_json(os.path.join(out, "config.json"), _with_optional_defaults(cfg), indent=4)
+    dirs = [R.run_dir(out, s) for s in specs]
+    results = simulate_many(configs, run_dirs=dirs, progress=progress, settings=settings)
+    val_key = _val_key()
+    arrays = []
+    for spec, res in zip(specs, results):
+        arr = R.run_arrays(res, spec, val_key if spec.train_fraction < 1 else None)
+        R.write_run(out, spec, res, arr)
+        arrays.append(arr)
+    summary = R.summarize(out, specs, arrays, declared="tolerated_f" in cfg["benchmark_config"], plots=plots)
+    return {"results_directory": out, "summary": summary,
+            "runs": [{"folder": s.folder, "seed": s.seed, "data_seed": s.data_seed, "result": r}
+                     for s, r in zip(specs, results)]}
+
+
 # ----------------------------------------------------------------------------------- data
 
 
@@ -731,6 +939,9 @@ __all__ = [
     "map_setting",
     "map_stage",
     "random_hflip",
+    "prepare",
+    "run",
     "settings",
     "split_clients",
+    "to_config",
 ]

@@ -4,6 +4,7 @@
   strike-jax sweep --preset digits --grid attack=lie,strike --grid defence=median,dnc --grid seed=0-2
   strike-jax demo            # the README's main job: attacks x defences on the embedded digits data
   strike-jax plot RUN_DIR... # accuracy curves of finished or running runs (PNG)
+  strike-jax byzfl CONFIG.json  # a ByzFL 0.0.11 benchmark config (its grid, result layout, summaries)
   strike-jax list            # what each registry accepts
 
 Bad input (an unknown name, a value a field does not allow, more Byzantine clients than the defence
@@ -186,6 +187,18 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_byzfl(args) -> int:
+    """A ByzFL benchmark config: every run batched, ByzFL's result files and summaries."""
+    from strike_jax import byzfl
+
+    t0 = time.perf_counter()
+    out = byzfl.run(args.config, results_dir=args.results_dir, progress=not args.quiet, plots=not args.no_plots)
+    runs = out["runs"]
+    done = sum(bool(r["result"].get("finished")) for r in runs)
+    print(f"byzfl: {done}/{len(runs)} runs finished ({time.perf_counter() - t0:.1f} s) -> {out['results_directory']}")
+    return 0
+
+
 def _name(text: str) -> str:
     if not text or not text.replace("_", "").replace("-", "").isalnum():
         raise argparse.ArgumentTypeError(f"{text!r}: letters, digits, '-' and '_' only")
@@ -289,6 +302,16 @@ seeds, one table per value of the other varied fields) go to RESULTS_DIR/<name>.
     pl.add_argument("--out", help="the PNG (default: RUN_DIR/<metric>.png of the first run)")
     pl.set_defaults(func=cmd_plot)
 
+    bz = sub.add_parser("byzfl", help="run a ByzFL 0.0.11 benchmark config (resumable)", formatter_class=fmt,
+                        description="Runs a ByzFL benchmark config (its grid expansion, every run batched "
+                                    "and resumable) and writes ByzFL's result layout and summaries "
+                                    "(docs/byzfl.md).")
+    bz.add_argument("config", metavar="CONFIG.json")
+    bz.add_argument("--results-dir", help="where the results go (default: the config's results_directory)")
+    bz.add_argument("--no-plots", action="store_true", help="write the summaries' numbers, not their figures")
+    bz.add_argument("--quiet", action="store_true", help="no progress bars")
+    bz.set_defaults(func=cmd_byzfl)
+
     ls = sub.add_parser("list", help="list presets, datasets, models, attacks, defences, pre-aggregators")
     ls.set_defaults(func=cmd_list)
     return p
@@ -298,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from strike_jax.simulation import Interrupted
 
     args = build_parser().parse_args(argv)
-    if args.func in (cmd_run, cmd_demo):
+    if args.func in (cmd_run, cmd_demo, cmd_byzfl):
         from strike_jax import compile_cache
 
         compile_cache.enable()
