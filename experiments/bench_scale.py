@@ -40,8 +40,9 @@ ROOT = os.path.dirname(HERE)
 def _config(args, n: int, devices: int):
     from strike_jax.config import Config
 
-    common = dict(model=args.model, clients_per_round=n, num_clients=n, rounds=args.rounds, attack=args.attack,
-                  defence=args.defence, byzantine_ratio=0.1, strategy="packed", eval_every=1,
+    extra = {} if args.local_steps is None else {"local_steps": args.local_steps}
+    common = dict(**extra, model=args.model, clients_per_round=n, num_clients=n, rounds=args.rounds, attack=args.attack,
+                  defence=args.defence, byzantine_ratio=0.1, strategy=args.strategy, eval_every=1,
                   max_test_samples=200, seed=0, num_devices=devices, batch_size=args.batch_size,
                   partition="natural" if args.dataset == "synthetic" else "iid")
     if args.dataset == "synthetic":
@@ -84,6 +85,7 @@ def child(args) -> None:
            "first_round_s": r["rounds"][0]["time_round_s"], "wall_s": wall,
            "max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20),
            "lanes": r["batch"]["lanes"], "batch_slots": r["batch"]["batch_slots"],
+           "strategy": r["batch"]["strategy"],
            "device_peak_gib": _device_peak_gib(),
            "final_accuracy": r["final_accuracy"], "backend": jax.default_backend(),
            "device_kind": jax.devices()[0].device_kind}
@@ -147,7 +149,9 @@ def _point(args, n: int, devices: int, layout: str) -> dict:
     cmd = [sys.executable, "-m", "experiments.bench_scale", "--child", "--n", str(n), "--num-devices", str(devices),
            "--layout", layout, "--rounds", str(args.rounds), "--dataset", args.dataset, "--model", args.model,
            "--attack", args.attack, "--defence", args.defence, "--samples", str(args.samples),
-           "--batch-size", str(args.batch_size)]
+           "--batch-size", str(args.batch_size), "--strategy", args.strategy]
+    if args.local_steps is not None:
+        cmd += ["--local-steps", str(args.local_steps)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -169,15 +173,17 @@ def write_tables(rows: list[dict], args, path: str) -> None:
              "Round time: median of the rounds after the first (compiling) one; memory: the process's peak "
              "resident set (`ru_maxrss`, host memory; on CPU the devices' buffers live there).", "",
              "| n | devices | server layout | round (s) | training (s) | server (s) | server share | first round (s) "
-             "| peak RSS (GiB) | device peak (GiB) | lanes | accuracy |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| peak RSS (GiB) | device peak (GiB) | strategy | lanes | accuracy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['n']} | {r['devices']} | {r['layout']} | error: {r['error']} ||||||||")
+            lines.append(f"| {r['n']} | {r['devices']} | {r['layout']} | error: {r['error']} |||||||||")
             continue
         share = r["server_s"] / r["round_s"] if r.get("server_s") and r.get("round_s") else None
         lines.append(f"| {r['n']} | {r['devices']} | {r['layout']} | {_fmt(r['round_s'])} | {_fmt(r['train_s'])} | "
                      f"{_fmt(r['server_s'])} | {_fmt(share, '.0%')} | {_fmt(r['first_round_s'], '.1f')} | "
-                     f"{_fmt(r['max_rss_gib'], '.2f')} | {_fmt(r.get('device_peak_gib'), '.2f')} | {r['lanes']} | "
+                     f"{_fmt(r['max_rss_gib'], '.2f')} | {_fmt(r.get('device_peak_gib'), '.2f')} | "
+                     f"{r.get('strategy', 'packed')} | {r['lanes']} | "
                      f"{_fmt(r['final_accuracy'])} |")
     with open(path, "w") as fh:
         fh.write("\n".join(lines) + "\n")
@@ -221,6 +227,9 @@ def main(argv=None) -> None:
     p.add_argument("--defence", default="median")
     p.add_argument("--samples", type=int, default=16, help="synthetic: samples per client")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=16)
+    p.add_argument("--strategy", default="auto", help="the training strategy (Config.strategy)")
+    p.add_argument("--local-steps", dest="local_steps", type=int, default=None,
+                   help="every client takes this many steps (Config.local_steps); default: one epoch")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per point")
     p.add_argument("--backend", default=None, help="cpu (host devices from XLA_FLAGS) or gpu (default: jax's)")
     p.add_argument("--tag", default=None, help="suffix of the result files")

@@ -55,11 +55,12 @@ def _reference_rows(local, variables, X, Y, cb, B, flip):
 @pytest.mark.parametrize(
     "name,strategies,with_reference",
     [
-        ("mlp", [("steps", None), ("loop", None), ("vmap", None), ("packed", 2), ("packed", None), ("map", None)],
+        ("mlp", [("steps", None), ("loop", None), ("vmap", None), ("vmap", 2), ("packed", 2), ("packed", None),
+                 ("map", None)],
          True),
         # BatchNorm in lanes (masked statistics, skipped size-1 batch) against the per-client loop;
         # the per-client program itself is checked against NumPy in test_local_training.py.
-        ("small_cnn_bn", [("steps", None), ("packed", 2)], False),
+        ("small_cnn_bn", [("steps", None), ("packed", 2), ("vmap", 2)], False),
     ],
 )
 def test_strategies_agree_on_the_plan_and_do_not_recompile(name, strategies, with_reference):

@@ -41,6 +41,7 @@ from strike_jax.training.strategies import (
     STRATEGIES,
     choose_lanes,
     choose_strategy,
+    client_chunk,
     default_lanes,
     make_client_updates,
     make_plan_updates,
@@ -48,6 +49,7 @@ from strike_jax.training.strategies import (
     measure_strategies,
     resolve_auto,
     strategy_lanes,
+    vmap_layout,
 )
 
 __all__ = [
@@ -56,6 +58,6 @@ __all__ = [
     "flatten_variables", "unflatten", "flat_delta", "write_delta_row", "num_params",
     "make_client_updates", "make_plan_updates", "resolve_auto", "choose_strategy", "STRATEGIES",
     "DEVICE_STRATEGIES", "HOST_STRATEGIES", "MAX_PADDED_FRACTION",
-    "choose_lanes", "default_lanes", "makespans", "measure_strategies", "strategy_lanes", "make_evaluate",
+    "choose_lanes", "client_chunk", "vmap_layout", "default_lanes", "makespans", "measure_strategies", "strategy_lanes", "make_evaluate",
     "LocalHparams",
 ]

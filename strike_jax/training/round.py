@@ -30,7 +30,7 @@ import numpy as np
 from strike_jax import sharding
 from strike_jax.training import schedule
 from strike_jax.training.local import LocalConfig, LocalHparams
-from strike_jax.training.packed import make_packed_train
+from strike_jax.training.packed import make_client_train, make_packed_train
 
 # Arrays with the run axis: device arrays in a round, NumPy arrays while a batch is assembled.
 Array = Any
@@ -140,6 +140,8 @@ class RoundShape(NamedTuple):
         `lanes` and `lane_steps` are then per device.
       local_steps: every client holding data takes this many steps instead of `local_epochs`
         epochs (`schedule.client_orders`); None: epochs.
+      per_client: the "vmap" layout (one device): the clients in chunks of `lanes`, one lane each,
+        padded to `lane_steps` (`training.packed.make_client_train`) instead of packed lanes.
     """
 
     per_round: int
@@ -153,6 +155,7 @@ class RoundShape(NamedTuple):
     batch_slots: int | None = None
     devices: int = 1
     local_steps: int | None = None
+    per_client: bool = False
 
     @property
     def trained(self) -> int:
@@ -234,6 +237,8 @@ def make_device_train(model, local_cfg: LocalConfig, shape: RoundShape, unravel:
     """
     if mesh is not None:
         return _make_sharded_train(model, local_cfg, shape, unravel, flip_byzantine=flip_byzantine, mesh=mesh)
+    if shape.per_client:
+        return _make_client_train(model, local_cfg, shape, unravel, flip_byzantine=flip_byzantine)
     train = make_packed_train(model, local_cfg)
 
     def plan_one(consts_r: RunConsts, r):
@@ -249,6 +254,27 @@ def make_device_train(model, local_cfg: LocalConfig, shape: RoundShape, unravel:
         U, stats = train(jax.vmap(unravel)(w), x_train, y_train, plan, idx, mask, byz & flip_byzantine,
                          consts.local, steps)
         return _split_root(U, byz, stats.loss, clients, shape, makespan > shape.lane_steps)
+
+    return jax.jit(train_round)
+
+
+def _make_client_train(model, local_cfg: LocalConfig, shape: RoundShape, unravel: Callable, *,
+                       flip_byzantine: bool) -> Callable:
+    """`make_device_train` for the "vmap" layout (`shape.per_client`): the per-client schedule
+    padded to `shape.lane_steps`, trained in chunks of `shape.lanes` clients."""
+    train = make_client_train(model, local_cfg)
+
+    def plan_one(consts_r: RunConsts, r):
+        cb, byz = _plan(consts_r, r, shape)
+        idx, mask = schedule.padded_schedule(cb, batch_size=shape.batch_size, num_steps=shape.lane_steps,
+                                             slots=shape.batch_slots)
+        return idx, mask, cb.steps.max(), byz, cb.clients
+
+    def train_round(w, rounds, consts: RunConsts, x_train, y_train):
+        idx, mask, longest, byz, clients = jax.vmap(plan_one)(consts, rounds)
+        U, stats = train(jax.vmap(unravel)(w), x_train, y_train, idx, mask, byz & flip_byzantine, consts.local,
+                         shape.lanes, jnp.minimum(longest.max(), shape.lane_steps))
+        return _split_root(U, byz, stats.loss, clients, shape, longest > shape.lane_steps)
 
     return jax.jit(train_round)
 
