@@ -21,6 +21,7 @@ Usage:
   python -m experiments.bench_scale --n 10,100 --devices 1 --rounds 3 --tag quick
   python -m experiments.bench_scale --dataset fashion_mnist --n 10000 --devices 1   # d = 101,770
   python -m experiments.bench_scale --rules --rules-n 10000 --rules-d 1000          # every rule alone
+  python -m experiments.bench_scale --server-parts --n 10000 --server-d 20000 --server-f 2000 --baseline-src ../main
 """
 
 from __future__ import annotations
@@ -141,6 +142,121 @@ def rules(args) -> None:
     print(f"wrote {path}")
 
 
+SERVER_PARTS = ("one pass: ones(n) @ U", "Gram of the skewed rows", "median", "lie + median", "strike + median")
+
+
+def server_parts(args) -> None:
+    """The server step's parts at `--n` x `--server-d` with `f = --server-f` Byzantine rows, in this
+    process (one JSON line): one pass over `U` (`ones(n) @ U`, the unit of "passes"), the Gram
+    product of STRIKE's `n - 2f` skewed rows (`S @ S.T`, its floor), the Median alone, and the
+    whole server step (`server.server_step`: attack, rule, metrics) for LIE + Median and STRIKE +
+    Median. Each part is compiled first, then timed `--server-repeats` times (wall and process CPU
+    time, which includes the kernel's page faults); the peak RSS is read after each part (monotone)."""
+    import resource
+
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.bench_attacks import skewed_updates
+    from strike_jax import aggregators, attacks, ops, server, stages
+
+    n, d, f = args.n if isinstance(args.n, int) else int(args.n), args.server_d, args.server_f
+    U = jnp.asarray(skewed_updates(n, d))
+    byz = jnp.arange(n) < f
+    key = jax.random.PRNGKey(1)
+    w = jnp.zeros((d,), jnp.float32)
+
+    def step(attack):
+        pipe = stages.chain(attacks.get(attack), aggregators.get("median"))
+        st = pipe.init(U)
+        return jax.jit(lambda u: server.server_step(w, u, byz, st, key, pipe)[0])
+
+    parts = {
+        "one pass: ones(n) @ U": jax.jit(lambda u: jnp.ones((n,), u.dtype) @ u),
+        "Gram of the skewed rows": jax.jit(lambda u: (lambda s: s @ s.T)(u[2 * f:])),
+        "median": jax.jit(lambda u: ops.lower_median(u)),
+        "lie + median": step("lie"),
+        "strike + median": step("strike"),
+    }
+    out = {"n": n, "d": d, "f": f, "parts": {}}
+    for name, fn in parts.items():
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(U))
+        rec = {"first_s": time.perf_counter() - t0, "wall_s": [], "cpu_s": []}
+        for _ in range(args.server_repeats):
+            t0, c0 = time.perf_counter(), time.process_time()
+            jax.block_until_ready(fn(U))
+            rec["wall_s"].append(time.perf_counter() - t0)
+            rec["cpu_s"].append(time.process_time() - c0)
+        rec["max_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
+        out["parts"][name] = rec
+        print(name, json.dumps(rec), file=sys.stderr, flush=True)
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def server_table(results: list[tuple[str, dict]], args) -> str:
+    """Markdown of `server_parts` results (one column pair per source tree)."""
+    import statistics
+
+    r0 = results[0][1]
+    lines = [f"# The server step's parts at n = {r0['n']:,}, d = {r0['d']:,}, f = {r0['f']:,} (Median rule)", "",
+             f"`python -m experiments.bench_scale --server-parts --n {r0['n']} --server-d {r0['d']} --server-f "
+             f"{r0['f']} --server-repeats {args.server_repeats}" + (" --baseline-src <main checkout>"
+                                                                  if len(results) > 1 else "") + "`; "
+             f"{os.cpu_count()} cores, shared (load at the start: {_load()}). Median of the repeats; passes = "
+             "time / time of one pass (`ones(n) @ U`) in the same process; CPU time is the process's (all "
+             "threads, page faults included). Peak RSS: the process's so far (monotone, parts in this order); "
+             f"the update matrix is {r0['n'] * r0['d'] * 4 / (1 << 30):.2f} GiB.", "",
+             "| tree | part | wall (s) | CPU (s) | passes (wall) | passes (CPU) | peak RSS (GiB) |",
+             "|---|---|---|---|---|---|---|"]
+    for tree, res in results:
+        p = res["parts"]
+        one_w = statistics.median(p[SERVER_PARTS[0]]["wall_s"])
+        one_c = statistics.median(p[SERVER_PARTS[0]]["cpu_s"])
+        for name in SERVER_PARTS:
+            wl, cp = statistics.median(p[name]["wall_s"]), statistics.median(p[name]["cpu_s"])
+            lines.append(f"| {tree} | {name} | {wl:.3f} | {cp:.3f} | {wl / one_w:.1f} | {cp / one_c:.1f} | "
+                         f"{p[name]['max_rss_gib']:.2f} |")
+        gram_w = statistics.median(p["Gram of the skewed rows"]["wall_s"])
+        st_w = statistics.median(p["strike + median"]["wall_s"])
+        lines.append(f"| {tree} | target: STRIKE + Median <= 1.5 x Gram + 40 passes | {1.5 * gram_w + 40 * one_w:.3f} "
+                     f"| | | | {'met' if st_w <= 1.5 * gram_w + 40 * one_w else 'not met'} (wall) |")
+    return "\n".join(lines) + "\n"
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def run_server_parts(args) -> None:
+    """`--server-parts`: a fresh process per source tree (`--baseline-src` first when given)."""
+    trees = [("after", ROOT)]
+    if args.baseline_src:
+        trees.insert(0, (f"before ({args.baseline_src})", args.baseline_src))
+    results = []
+    for tree, src in trees:
+        # This file runs as a script; `strike_jax` (and experiments.bench_attacks) come from `src`.
+        env = dict(os.environ, PYTHONPATH=src, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+        cmd = [sys.executable, os.path.abspath(__file__), "--server-parts-child", "--n", str(args.n), "--server-d",
+               str(args.server_d), "--server-f", str(args.server_f), "--server-repeats", str(args.server_repeats)]
+        proc = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True, timeout=args.timeout)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            raise SystemExit(f"{tree}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        results.append((tree, json.loads(lines[-1][len("RESULT "):])))
+    os.makedirs(args.results_dir, exist_ok=True)
+    name = f"bench_scale_server_{args.tag or 'cpu'}"
+    with open(os.path.join(args.results_dir, name + ".json"), "w") as fh:
+        json.dump({"args": vars(args), "results": results}, fh, indent=1)
+    md = server_table(results, args)
+    with open(os.path.join(args.results_dir, name + ".md"), "w") as fh:
+        fh.write(md)
+    print(md)
+
+
 def _point(args, n: int, devices: int, layout: str) -> dict:
     env = dict(os.environ, PYTHONPATH=ROOT)
     if args.backend == "cpu":
@@ -239,6 +355,14 @@ def main(argv=None) -> None:
     p.add_argument("--rules-n", dest="rules_n", type=int, default=10000)
     p.add_argument("--rules-d", dest="rules_d", type=int, default=1000)
     p.add_argument("--bulyan-max-rows", dest="bulyan_max_rows", type=int, default=2000)
+    p.add_argument("--server-parts", dest="server_parts", action="store_true",
+                   help="instead: time the server step's parts (pass, Gram of S, Median, LIE/STRIKE + Median)")
+    p.add_argument("--server-d", dest="server_d", type=int, default=20000)
+    p.add_argument("--server-f", dest="server_f", type=int, default=2000)
+    p.add_argument("--server-repeats", dest="server_repeats", type=int, default=2)
+    p.add_argument("--baseline-src", dest="baseline_src", default=None,
+                   help="--server-parts: also run these parts on another checkout's strike_jax (before)")
+    p.add_argument("--server-parts-child", dest="server_parts_child", action="store_true", help=argparse.SUPPRESS)
     # child mode (one point per fresh process)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--num-devices", dest="num_devices", type=int, default=1, help=argparse.SUPPRESS)
@@ -247,6 +371,12 @@ def main(argv=None) -> None:
     if args.child:
         args.n = int(args.n)
         return child(args)
+    if args.server_parts_child:
+        args.n = int(args.n)
+        return server_parts(args)
+    if args.server_parts:
+        args.n = int(args.n)
+        return run_server_parts(args)
     if args.rules:
         return rules(args)
     if args.backend is None:
