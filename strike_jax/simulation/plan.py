@@ -179,6 +179,8 @@ def prepare(run: Run, settings: Settings) -> None:
     if strategy == "vmap" and D > 1:  # several devices: the packed program, one lane per client of a block
         run.lanes = blocks.shape[1]
         return
+    if strategy == "vmap":  # chunks whose temporaries stay small (`training.VMAP_CHUNK_BYTES`)
+        max_lanes = min(max_lanes, max(1, training.VMAP_CHUNK_BYTES // (4 * 6 * d)))
     run.lanes = training.strategy_lanes(strategy, blocks, blocks.shape[1], cfg.lanes, max_lanes)[0]
 
 
