@@ -217,10 +217,13 @@ def server_table(results: list[tuple[str, dict]], args) -> str:
             wl, cp = statistics.median(p[name]["wall_s"]), statistics.median(p[name]["cpu_s"])
             lines.append(f"| {tree} | {name} | {wl:.3f} | {cp:.3f} | {wl / one_w:.1f} | {cp / one_c:.1f} | "
                          f"{p[name]['max_rss_gib']:.2f} |")
-        gram_w = statistics.median(p["Gram of the skewed rows"]["wall_s"])
-        st_w = statistics.median(p["strike + median"]["wall_s"])
-        lines.append(f"| {tree} | target: STRIKE + Median <= 1.5 x Gram + 40 passes | {1.5 * gram_w + 40 * one_w:.3f} "
-                     f"| | | | {'met' if st_w <= 1.5 * gram_w + 40 * one_w else 'not met'} (wall) |")
+        bound = {}
+        for kind, one in (("wall_s", one_w), ("cpu_s", one_c)):
+            gram = statistics.median(p["Gram of the skewed rows"][kind])
+            bound[kind] = (1.5 * gram + 40 * one, statistics.median(p["strike + median"][kind]))
+        verdict = ", ".join(f"{'met' if t >= v else 'not met'} by {k[:-2]} time" for k, (t, v) in bound.items())
+        lines.append(f"| {tree} | target: STRIKE + Median <= 1.5 x Gram + 40 passes | {bound['wall_s'][0]:.3f} | "
+                     f"{bound['cpu_s'][0]:.3f} | | | {verdict} |")
     return "\n".join(lines) + "\n"
 
 
