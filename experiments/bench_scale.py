@@ -21,6 +21,7 @@ Usage:
   python -m experiments.bench_scale --n 10,100 --devices 1 --rounds 3 --tag quick
   python -m experiments.bench_scale --dataset fashion_mnist --n 10000 --devices 1   # d = 101,770
   python -m experiments.bench_scale --rules --rules-n 10000 --rules-d 1000          # every rule alone
+  python -m experiments.bench_scale --server-parts --n 10000 --server-d 20000 --server-f 2000 --baseline-src ../main
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ ROOT = os.path.dirname(HERE)
 def _config(args, n: int, devices: int):
     from strike_jax.config import Config
 
-    common = dict(model=args.model, clients_per_round=n, num_clients=n, rounds=args.rounds, attack=args.attack,
-                  defence=args.defence, byzantine_ratio=0.1, strategy="packed", eval_every=1,
+    extra = {} if args.local_steps is None else {"local_steps": args.local_steps}
+    common = dict(**extra, model=args.model, clients_per_round=n, num_clients=n, rounds=args.rounds, attack=args.attack,
+                  defence=args.defence, byzantine_ratio=0.1, strategy=args.strategy, eval_every=1,
                   max_test_samples=200, seed=0, num_devices=devices, batch_size=args.batch_size,
                   partition="natural" if args.dataset == "synthetic" else "iid")
     if args.dataset == "synthetic":
@@ -84,6 +86,7 @@ def child(args) -> None:
            "first_round_s": r["rounds"][0]["time_round_s"], "wall_s": wall,
            "max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20),
            "lanes": r["batch"]["lanes"], "batch_slots": r["batch"]["batch_slots"],
+           "strategy": r["batch"]["strategy"],
            "device_peak_gib": _device_peak_gib(),
            "final_accuracy": r["final_accuracy"], "backend": jax.default_backend(),
            "device_kind": jax.devices()[0].device_kind}
@@ -139,6 +142,124 @@ def rules(args) -> None:
     print(f"wrote {path}")
 
 
+SERVER_PARTS = ("one pass: ones(n) @ U", "Gram of the skewed rows", "median", "lie + median", "strike + median")
+
+
+def server_parts(args) -> None:
+    """The server step's parts at `--n` x `--server-d` with `f = --server-f` Byzantine rows, in this
+    process (one JSON line): one pass over `U` (`ones(n) @ U`, the unit of "passes"), the Gram
+    product of STRIKE's `n - 2f` skewed rows (`S @ S.T`, its floor), the Median alone, and the
+    whole server step (`server.server_step`: attack, rule, metrics) for LIE + Median and STRIKE +
+    Median. Each part is compiled first, then timed `--server-repeats` times (wall and process CPU
+    time, which includes the kernel's page faults); the peak RSS is read after each part (monotone)."""
+    import resource
+
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.bench_attacks import skewed_updates
+    from strike_jax import aggregators, attacks, ops, server, stages
+
+    n, d, f = args.n if isinstance(args.n, int) else int(args.n), args.server_d, args.server_f
+    U = jnp.asarray(skewed_updates(n, d))
+    byz = jnp.arange(n) < f
+    key = jax.random.PRNGKey(1)
+    w = jnp.zeros((d,), jnp.float32)
+
+    def step(attack):
+        pipe = stages.chain(attacks.get(attack), aggregators.get("median"))
+        st = pipe.init(U)
+        return jax.jit(lambda u: server.server_step(w, u, byz, st, key, pipe)[0])
+
+    parts = {
+        "one pass: ones(n) @ U": jax.jit(lambda u: jnp.ones((n,), u.dtype) @ u),
+        "Gram of the skewed rows": jax.jit(lambda u: (lambda s: s @ s.T)(u[2 * f:])),
+        "median": jax.jit(lambda u: ops.lower_median(u)),
+        "lie + median": step("lie"),
+        "strike + median": step("strike"),
+    }
+    out = {"n": n, "d": d, "f": f, "parts": {}}
+    for name, fn in parts.items():
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(U))
+        rec = {"first_s": time.perf_counter() - t0, "wall_s": [], "cpu_s": []}
+        for _ in range(args.server_repeats):
+            t0, c0 = time.perf_counter(), time.process_time()
+            jax.block_until_ready(fn(U))
+            rec["wall_s"].append(time.perf_counter() - t0)
+            rec["cpu_s"].append(time.process_time() - c0)
+        rec["max_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
+        out["parts"][name] = rec
+        print(name, json.dumps(rec), file=sys.stderr, flush=True)
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def server_table(results: list[tuple[str, dict]], args) -> str:
+    """Markdown of `server_parts` results (one column pair per source tree)."""
+    import statistics
+
+    r0 = results[0][1]
+    lines = [f"# The server step's parts at n = {r0['n']:,}, d = {r0['d']:,}, f = {r0['f']:,} (Median rule)", "",
+             f"`python -m experiments.bench_scale --server-parts --n {r0['n']} --server-d {r0['d']} --server-f "
+             f"{r0['f']} --server-repeats {args.server_repeats}" + (" --baseline-src <main checkout>"
+                                                                  if len(results) > 1 else "") + "`; "
+             f"{os.cpu_count()} cores, shared (load at the start: {_load()}). Median of the repeats; passes = "
+             "time / time of one pass (`ones(n) @ U`) in the same process; CPU time is the process's (all "
+             "threads, page faults included). Peak RSS: the process's so far (monotone, parts in this order); "
+             f"the update matrix is {r0['n'] * r0['d'] * 4 / (1 << 30):.2f} GiB.", "",
+             "| tree | part | wall (s) | CPU (s) | passes (wall) | passes (CPU) | peak RSS (GiB) |",
+             "|---|---|---|---|---|---|---|"]
+    for tree, res in results:
+        p = res["parts"]
+        one_w = statistics.median(p[SERVER_PARTS[0]]["wall_s"])
+        one_c = statistics.median(p[SERVER_PARTS[0]]["cpu_s"])
+        for name in SERVER_PARTS:
+            wl, cp = statistics.median(p[name]["wall_s"]), statistics.median(p[name]["cpu_s"])
+            lines.append(f"| {tree} | {name} | {wl:.3f} | {cp:.3f} | {wl / one_w:.1f} | {cp / one_c:.1f} | "
+                         f"{p[name]['max_rss_gib']:.2f} |")
+        bound = {}
+        for kind, one in (("wall_s", one_w), ("cpu_s", one_c)):
+            gram = statistics.median(p["Gram of the skewed rows"][kind])
+            bound[kind] = (1.5 * gram + 40 * one, statistics.median(p["strike + median"][kind]))
+        verdict = ", ".join(f"{'met' if t >= v else 'not met'} by {k[:-2]} time" for k, (t, v) in bound.items())
+        lines.append(f"| {tree} | target: STRIKE + Median <= 1.5 x Gram + 40 passes | {bound['wall_s'][0]:.3f} | "
+                     f"{bound['cpu_s'][0]:.3f} | | | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def run_server_parts(args) -> None:
+    """`--server-parts`: a fresh process per source tree (`--baseline-src` first when given)."""
+    trees = [("after", ROOT)]
+    if args.baseline_src:
+        trees.insert(0, (f"before ({args.baseline_src})", args.baseline_src))
+    results = []
+    for tree, src in trees:
+        # This file runs as a script; `strike_jax` (and experiments.bench_attacks) come from `src`.
+        env = dict(os.environ, PYTHONPATH=src, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+        cmd = [sys.executable, os.path.abspath(__file__), "--server-parts-child", "--n", str(args.n), "--server-d",
+               str(args.server_d), "--server-f", str(args.server_f), "--server-repeats", str(args.server_repeats)]
+        proc = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True, timeout=args.timeout)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            raise SystemExit(f"{tree}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        results.append((tree, json.loads(lines[-1][len("RESULT "):])))
+    os.makedirs(args.results_dir, exist_ok=True)
+    name = f"bench_scale_server_{args.tag or 'cpu'}"
+    with open(os.path.join(args.results_dir, name + ".json"), "w") as fh:
+        json.dump({"args": vars(args), "results": results}, fh, indent=1)
+    md = server_table(results, args)
+    with open(os.path.join(args.results_dir, name + ".md"), "w") as fh:
+        fh.write(md)
+    print(md)
+
+
 def _point(args, n: int, devices: int, layout: str) -> dict:
     env = dict(os.environ, PYTHONPATH=ROOT)
     if args.backend == "cpu":
@@ -147,7 +268,9 @@ def _point(args, n: int, devices: int, layout: str) -> dict:
     cmd = [sys.executable, "-m", "experiments.bench_scale", "--child", "--n", str(n), "--num-devices", str(devices),
            "--layout", layout, "--rounds", str(args.rounds), "--dataset", args.dataset, "--model", args.model,
            "--attack", args.attack, "--defence", args.defence, "--samples", str(args.samples),
-           "--batch-size", str(args.batch_size)]
+           "--batch-size", str(args.batch_size), "--strategy", args.strategy]
+    if args.local_steps is not None:
+        cmd += ["--local-steps", str(args.local_steps)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -169,15 +292,17 @@ def write_tables(rows: list[dict], args, path: str) -> None:
              "Round time: median of the rounds after the first (compiling) one; memory: the process's peak "
              "resident set (`ru_maxrss`, host memory; on CPU the devices' buffers live there).", "",
              "| n | devices | server layout | round (s) | training (s) | server (s) | server share | first round (s) "
-             "| peak RSS (GiB) | device peak (GiB) | lanes | accuracy |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| peak RSS (GiB) | device peak (GiB) | strategy | lanes | accuracy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['n']} | {r['devices']} | {r['layout']} | error: {r['error']} ||||||||")
+            lines.append(f"| {r['n']} | {r['devices']} | {r['layout']} | error: {r['error']} |||||||||")
             continue
         share = r["server_s"] / r["round_s"] if r.get("server_s") and r.get("round_s") else None
         lines.append(f"| {r['n']} | {r['devices']} | {r['layout']} | {_fmt(r['round_s'])} | {_fmt(r['train_s'])} | "
                      f"{_fmt(r['server_s'])} | {_fmt(share, '.0%')} | {_fmt(r['first_round_s'], '.1f')} | "
-                     f"{_fmt(r['max_rss_gib'], '.2f')} | {_fmt(r.get('device_peak_gib'), '.2f')} | {r['lanes']} | "
+                     f"{_fmt(r['max_rss_gib'], '.2f')} | {_fmt(r.get('device_peak_gib'), '.2f')} | "
+                     f"{r.get('strategy', 'packed')} | {r['lanes']} | "
                      f"{_fmt(r['final_accuracy'])} |")
     with open(path, "w") as fh:
         fh.write("\n".join(lines) + "\n")
@@ -221,6 +346,9 @@ def main(argv=None) -> None:
     p.add_argument("--defence", default="median")
     p.add_argument("--samples", type=int, default=16, help="synthetic: samples per client")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=16)
+    p.add_argument("--strategy", default="auto", help="the training strategy (Config.strategy)")
+    p.add_argument("--local-steps", dest="local_steps", type=int, default=None,
+                   help="every client takes this many steps (Config.local_steps); default: one epoch")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per point")
     p.add_argument("--backend", default=None, help="cpu (host devices from XLA_FLAGS) or gpu (default: jax's)")
     p.add_argument("--tag", default=None, help="suffix of the result files")
@@ -230,6 +358,14 @@ def main(argv=None) -> None:
     p.add_argument("--rules-n", dest="rules_n", type=int, default=10000)
     p.add_argument("--rules-d", dest="rules_d", type=int, default=1000)
     p.add_argument("--bulyan-max-rows", dest="bulyan_max_rows", type=int, default=2000)
+    p.add_argument("--server-parts", dest="server_parts", action="store_true",
+                   help="instead: time the server step's parts (pass, Gram of S, Median, LIE/STRIKE + Median)")
+    p.add_argument("--server-d", dest="server_d", type=int, default=20000)
+    p.add_argument("--server-f", dest="server_f", type=int, default=2000)
+    p.add_argument("--server-repeats", dest="server_repeats", type=int, default=2)
+    p.add_argument("--baseline-src", dest="baseline_src", default=None,
+                   help="--server-parts: also run these parts on another checkout's strike_jax (before)")
+    p.add_argument("--server-parts-child", dest="server_parts_child", action="store_true", help=argparse.SUPPRESS)
     # child mode (one point per fresh process)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--num-devices", dest="num_devices", type=int, default=1, help=argparse.SUPPRESS)
@@ -238,6 +374,12 @@ def main(argv=None) -> None:
     if args.child:
         args.n = int(args.n)
         return child(args)
+    if args.server_parts_child:
+        args.n = int(args.n)
+        return server_parts(args)
+    if args.server_parts:
+        args.n = int(args.n)
+        return run_server_parts(args)
     if args.rules:
         return rules(args)
     if args.backend is None:

@@ -260,8 +260,10 @@ class Config:
         `training.resolve_auto`; recorded in the checkpoint and result, kept on resume), "measure"
         (timed on this machine: an explicit opt-in whose choice may differ between machines),
         "packed" (lanes of clients back to back, one device program per round), "vmap" (one padded
-        lane per client), "map" (one lane), or the host loops "steps" and "loop".
-      lanes: lanes of the packed strategy (None: chosen from the clients' step counts and memory).
+        lane per client, in chunks of `lanes` clients; the first step one batched gradient at the
+        shared global model), "map" (one lane), or the host loops "steps" and "loop".
+      lanes: lanes of the packed strategy, clients per chunk of "vmap" (None: chosen from the
+        clients' step counts and memory).
       max_test_samples: evaluate on at most this many test samples (None: all).
       skew_metrics: compute the gradient-skew diagnostic every round (about one pass over `U`).
       allow_beyond_breakdown: run with more Byzantine clients than the pipeline's rules tolerate

@@ -147,6 +147,22 @@ def test_strategies_give_the_same_run(strategy):
     assert_same_history(packed, other, rtol=2e-3, atol=2e-4)
 
 
+def test_uniform_rounds_resolve_to_vmap_and_match_packed():
+    """Every client one step (`local_steps=1`): "auto" picks the per-client layout ("vmap": chunks of
+    clients, the first step a batched gradient at the shared model), which matches "packed"; two runs
+    batched in it (chunks of 3 rows of 8: the last chunk overlaps) each match themselves alone."""
+    cfg = tiny(rounds=2, attack="lie", defence="median", num_clients=12, clients_per_round=8, partition="iid",
+               local_steps=1, strategy="auto")
+    auto = simulate(cfg)
+    assert auto["batch"]["strategy"] == "vmap" and auto["batch"]["padded_fraction"] == 0.0
+    assert_same_history(simulate(cfg.replace(strategy="packed")), auto, rtol=2e-3, atol=2e-4)
+    configs = [cfg.replace(lanes=3), cfg.replace(lanes=3, seed=1, lr=0.05)]
+    batched = simulate_many(configs)
+    assert [r["batch"]["runs"] for r in batched] == [2, 2] and batched[0]["batch"]["lanes"] == 3
+    for c, res in zip(configs, batched):
+        assert_same_history(res, simulate(c))
+
+
 def test_host_loop_batch_uses_each_runs_numbers():
     configs = [tiny(strategy="steps", rounds=2, seed=s, lr=lr, momentum=m, attack="lie", attack_params={"z": z})
                for s, lr, m, z in ((0, 0.1, 0.9, 1.5), (1, 0.02, 0.5, 1.0))]

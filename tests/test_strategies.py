@@ -55,11 +55,12 @@ def _reference_rows(local, variables, X, Y, cb, B, flip):
 @pytest.mark.parametrize(
     "name,strategies,with_reference",
     [
-        ("mlp", [("steps", None), ("loop", None), ("vmap", None), ("packed", 2), ("packed", None), ("map", None)],
+        ("mlp", [("steps", None), ("loop", None), ("vmap", None), ("vmap", 2), ("packed", 2), ("packed", None),
+                 ("map", None)],
          True),
         # BatchNorm in lanes (masked statistics, skipped size-1 batch) against the per-client loop;
         # the per-client program itself is checked against NumPy in test_local_training.py.
-        ("small_cnn_bn", [("steps", None), ("packed", 2)], False),
+        ("small_cnn_bn", [("steps", None), ("packed", 2), ("vmap", 2)], False),
     ],
 )
 def test_strategies_agree_on_the_plan_and_do_not_recompile(name, strategies, with_reference):
@@ -133,6 +134,20 @@ def test_resolve_auto_is_a_fixed_rule_of_backend_and_model(monkeypatch):
             assert training.resolve_auto(platform=platform, model=m, **shapes) == "packed"
     assert training.resolve_auto(platform="cpu", model="digits_mlp", d=9_610, input_size=64, batch_size=32,
                                  lanes=1) == "packed"
+    # Every client the same number of steps (bench_scale_cpu_fmnist.md): the per-client layout on a
+    # CPU for models without convolutions; convolutions and accelerators keep their rule.
+    assert training.resolve_auto(platform="cpu", model="mlp", uniform_steps=True, **shapes) == "vmap"
+    assert training.resolve_auto(platform="cpu", model="small_cnn", uniform_steps=True, **shapes) == "steps"
+    assert training.resolve_auto(platform="gpu", model="mlp", uniform_steps=True, **shapes) == "packed"
+
+
+def test_vmap_layout_chunks_and_padding():
+    steps = np.array([[1, 1, 1, 1, 1], [2, 1, 0, 1, 1]])
+    C, T, padded = training.vmap_layout(steps, 5)
+    assert (C, T) == (5, 2) and padded == pytest.approx(1 - 10 / (5 * 1 + 5 * 2))
+    assert training.vmap_layout(steps[:1], 5)[2] == 0.0
+    assert training.client_chunk(10_000, max_lanes=1_800) == 1_024  # a power of two below the memory bound
+    assert training.client_chunk(10, max_lanes=1_800) == 10 and training.client_chunk(10, lanes=3) == 3
 
 
 @pytest.mark.parametrize("kwargs,match", [

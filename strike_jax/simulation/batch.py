@@ -177,17 +177,24 @@ class Batch:
         runs, group = self.runs, self.group
         steps = plan.device_blocks(np.concatenate([r.steps for r in runs]), D)
         trained = runs[0].steps.shape[1]  # n, plus the root set
-        L, _, padded = training.choose_lanes(steps, steps.shape[1], runs[0].lanes)
         group_steps = plan.device_blocks(np.concatenate([r.steps for r in group]), D)
-        T = training.choose_lanes(group_steps, steps.shape[1], L)[1]
+        # "vmap" on one device: chunks of clients, each padded to its round's longest (no packing).
+        per_client = runs[0].strategy == "vmap" and D == 1
+        if per_client:
+            L, _, padded = training.vmap_layout(steps, steps.shape[1], runs[0].lanes)
+            T = training.vmap_layout(group_steps, steps.shape[1], L)[1]
+        else:
+            L, _, padded = training.choose_lanes(steps, steps.shape[1], runs[0].lanes)
+            T = training.choose_lanes(group_steps, steps.shape[1], L)[1]
         if plan.plan_rounds(cfg, self.settings)[1]:  # the plan saw a few rounds only: any round fits the worst case
-            T = max(T, max(plan.lane_capacity_bound(r.table, r.config, trained, L) for r in group))
+            bound = plan.longest_client if per_client else plan.lane_capacity_bound
+            T = max(T, max(bound(r.table, r.config, trained, L) for r in group))
         # Capacities rounded up to a power of two, so that later calls whose partitions differ a
         # little reuse the program (a round runs its own makespan, not the capacity).
         self.shape = round_lib.RoundShape(n, cfg.batch_size, cfg.local_epochs, L, plan.pow2(T),
                                           plan.pow2(int(group_steps.max())), int(self.ds.x_train.shape[0]),
                                           runs[0].root, schedule.batch_slots(cfg.batch_size, self.width), D,
-                                          cfg.local_steps, "hflip" in cfg.augmentation)
+                                          cfg.local_steps, "hflip" in cfg.augmentation, per_client)
         self.calibration = None
         self.new_program = True  # set by simulate_many: whether it compiled a program of its own
         strategy = runs[0].strategy

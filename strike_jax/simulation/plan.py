@@ -107,8 +107,26 @@ def lane_capacity_bound(table, config: Config, rows: int, lanes: int) -> int:
     return int(-(-int(steps[:b].sum()) // lanes) + int(steps[0]))
 
 
+def uniform_steps(table, config: Config) -> bool:
+    """Whether every client of the table that holds data (the root set included) takes the same
+    number of local steps a round: a property of the config and its partition, never of a round's
+    sample (`training.resolve_auto`'s `uniform_steps`)."""
+    steps = schedule.local_step_counts(np.asarray(table.counts, np.int64), config.batch_size, config.local_epochs,
+                                       config.local_steps)
+    return np.unique(np.asarray(steps)[np.asarray(steps) > 0]).size <= 1
+
+
+def longest_client(table, config: Config, rows: int, lanes: int) -> int:
+    """An upper bound on any client's local steps in any round (the "vmap" layout's capacity; the
+    signature of `lane_capacity_bound`)."""
+    del rows, lanes
+    steps = schedule.local_step_counts(np.asarray(table.counts, np.int64), config.batch_size, config.local_epochs,
+                                       config.local_steps)
+    return int(np.max(steps, initial=1))
+
+
 def resolve_strategy(config: Config, *, d: int, input_size: int, is_conv: bool,
-                     recorded: str | None = None) -> str:
+                     recorded: str | None = None, uniform: bool = False) -> str:
     """The run's training strategy: the config's, or for "auto" a deterministic choice from the
     model, shapes and platform (`training.resolve_auto`), never a timing; a resumed run keeps the
     strategy recorded in its checkpoint. "measure" times the candidates (an explicit opt-in whose
@@ -122,7 +140,8 @@ def resolve_strategy(config: Config, *, d: int, input_size: int, is_conv: bool,
     if config.strategy == "measure":
         return "measure"  # resolved by timing when the batch is built (`programs.build_programs`)
     return training.resolve_auto(platform=jax.default_backend(), model=config.model, d=d, input_size=input_size,
-                                 batch_size=config.batch_size, lanes=config.lanes or 1, is_conv=is_conv)
+                                 batch_size=config.batch_size, lanes=config.lanes or 1, is_conv=is_conv,
+                                 uniform_steps=uniform)
 
 
 def prepare(run: Run, settings: Settings) -> None:
@@ -148,7 +167,8 @@ def prepare(run: Run, settings: Settings) -> None:
         meta = None  # another config's checkpoint: refused when the batch restores it
     input_size = int(np.prod(ds.x_train.shape[1:]))
     run.strategy = resolve_strategy(cfg, d=d, input_size=input_size, is_conv=bool(model.is_conv),
-                                    recorded=None if meta is None else meta.get("strategy"))
+                                    recorded=None if meta is None else meta.get("strategy"),
+                                    uniform=uniform_steps(run.table, cfg))
     if meta is not None and meta.get("lanes") is not None:
         run.lanes = int(meta["lanes"])  # a resumed run keeps its lanes
         return
@@ -159,6 +179,11 @@ def prepare(run: Run, settings: Settings) -> None:
     max_lanes = max(1, memory_budget() // runs_per_program(cfg, settings) // per_lane // D)
     strategy = run.strategy if run.strategy in training.DEVICE_STRATEGIES else "packed"
     blocks = device_blocks(run.steps, D)
+    if strategy == "vmap" and D > 1:  # several devices: the packed program, one lane per client of a block
+        run.lanes = blocks.shape[1]
+        return
+    if strategy == "vmap":  # chunks whose temporaries stay small (`training.VMAP_CHUNK_BYTES`)
+        max_lanes = min(max_lanes, max(1, training.VMAP_CHUNK_BYTES // (4 * 6 * d)))
     run.lanes = training.strategy_lanes(strategy, blocks, blocks.shape[1], cfg.lanes, max_lanes)[0]
 
 

@@ -40,8 +40,10 @@ from strike_jax.training.strategies import (
     HOST_STRATEGIES,
     MAX_PADDED_FRACTION,
     STRATEGIES,
+    VMAP_CHUNK_BYTES,
     choose_lanes,
     choose_strategy,
+    client_chunk,
     default_lanes,
     make_client_updates,
     make_plan_updates,
@@ -49,6 +51,7 @@ from strike_jax.training.strategies import (
     measure_strategies,
     resolve_auto,
     strategy_lanes,
+    vmap_layout,
 )
 
 __all__ = [
@@ -56,7 +59,8 @@ __all__ = [
     "make_optimizer", "clip_by_global_norm_torch",
     "flatten_variables", "unflatten", "flat_delta", "write_delta_row", "num_params",
     "make_client_updates", "make_plan_updates", "resolve_auto", "choose_strategy", "STRATEGIES",
-    "DEVICE_STRATEGIES", "HOST_STRATEGIES", "MAX_PADDED_FRACTION",
-    "choose_lanes", "default_lanes", "makespans", "measure_strategies", "strategy_lanes", "make_evaluate",
+    "DEVICE_STRATEGIES", "HOST_STRATEGIES", "MAX_PADDED_FRACTION", "VMAP_CHUNK_BYTES",
+    "choose_lanes", "client_chunk", "vmap_layout",
+    "default_lanes", "makespans", "measure_strategies", "strategy_lanes", "make_evaluate",
     "LocalHparams", "make_flipped_gradients",
 ]

@@ -30,7 +30,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from strike_jax.training.local import LocalConfig, LocalHparams, LocalStats, make_local_step
+from strike_jax.training.local import LocalConfig, LocalHparams, LocalStats, _ravel_leaves, make_local_step
 from strike_jax.training.schedule import LanePlan
 
 Array = jax.Array
@@ -118,5 +118,106 @@ def make_packed_train(model, cfg: LocalConfig) -> Callable:
         stats = LocalStats(loss=loss_sum[:, :n] / jnp.maximum(examples[:, :n], 1).astype(jnp.float32),
                            num_steps=steps[:, :n], num_examples=examples[:, :n])
         return U, stats
+
+    return train
+
+
+def make_client_train(model, cfg: LocalConfig) -> Callable:
+    """Builds the per-client ("vmap") local training of a batch of runs (pure, unjitted): one lane
+    per client, the clients in chunks of `chunk` lanes, every client's steps padded to the round's
+    longest (no packing: a client's row is its lane's).
+
+    What it saves over the packed layout when every client takes the same number of steps (e.g.
+    `local_steps=1`, or IID clients of at most `B` samples): every client's first step starts from
+    the one global model, so it is one batched gradient at shared parameters (`vmap` with the
+    parameters unbatched: the forward pass is one matrix product over all the chunk's examples,
+    no `[L, d]` broadcast of the model, no lane restarts), and rows are written as contiguous
+    slices of `U` (no scatter). A round of one step per client runs no loop over steps at all.
+
+    Args:
+      model: a `strike_jax.models.ModelSpec`.
+      cfg: `LocalConfig` (the optimizer's structure; numbers come as `hp`).
+
+    Returns:
+      `train(variables, x_train, y_train, batch_idx, batch_mask, flip, hp, chunk, num_steps=None) ->
+      (U, LocalStats)`, with a leading run axis `R` on every argument but the shared `x_train`,
+      `y_train`, `chunk` and `num_steps`: `batch_idx` / `batch_mask` `[R, n, S, B]` (the per-client
+      layout, `schedule.padded_schedule`); `flip` `[R, n]`; `hp` a `LocalHparams` of `[R]`; `chunk`
+      (static) the clients trained together (memory: `chunk` models in flight; the last chunk
+      overlaps the one before when `chunk` does not divide `n`, recomputing the same rows);
+      `num_steps` the steps to run (a traced scalar <= S: the batch's longest client; None: S).
+      `U` `[R, n, d]` float32 in the layout of `flatten_variables` (rows of clients without a step
+      stay zero); stats `[R, n]`. Equal to the packed layout and to per-client training up to float
+      rounding (same batches, same order, same step).
+    """
+    ls = make_local_step(model, cfg)
+    has_bs = model.has_batch_stats
+
+    def one_run(params0, bs0, x_train, y_train, batch_idx, batch_mask, flip, hp, chunk, num_steps):
+        n, S = batch_idx.shape[:2]
+        C = max(1, min(int(chunk), n))
+        opt0 = ls.init_opt(params0)
+        leaves0 = jax.tree_util.tree_leaves((params0, bs0))
+        d = sum(math.prod(a.shape) for a in leaves0)
+
+        def count_of(mask):
+            count = mask.sum(-1).astype(jnp.int32)
+            return count, count >= ls.min_examples
+
+        def first_step(idx, mask, fl):
+            # Every client starts from the shared global model: parameters unbatched.
+            p, bs, o, loss = jax.vmap(lambda i, m, f: ls.step(params0, bs0, opt0, x_train, y_train, i, m, f, hp))(
+                idx, mask, fl)
+            count, active = count_of(mask)
+            keep = lambda new, old: jnp.where(  # noqa: E731 - an inactive client keeps the global model
+                active.reshape((-1,) + (1,) * old.ndim), new, old)
+            state = jax.tree_util.tree_map(keep, (p, bs, o), (params0, bs0, opt0))
+            return state, jnp.where(active, loss, 0.0), jnp.where(active, count, 0)
+
+        def later_step(state, idx, mask, fl):
+            p2, bs2, o2, loss = jax.vmap(
+                lambda s, i, m, f: ls.step(*s, x_train, y_train, i, m, f, hp))(state, idx, mask, fl)
+            count, active = count_of(mask)
+            state = jax.tree_util.tree_map(
+                lambda a, b: jnp.where(active.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), (p2, bs2, o2), state)
+            return state, jnp.where(active, loss, 0.0), jnp.where(active, count, 0)
+
+        def chunk_body(c, carry):
+            U, loss_sum, examples, steps = carry
+            s = jnp.minimum(c * C, n - C)
+            idx = jax.lax.dynamic_slice_in_dim(batch_idx, s, C)
+            mask = jax.lax.dynamic_slice_in_dim(batch_mask, s, C)
+            fl = jax.lax.dynamic_slice_in_dim(flip, s, C)
+            state, loss, count = first_step(idx[:, 0], mask[:, 0], fl)
+            ls_c, ex_c, st_c = loss * count.astype(jnp.float32), count, (count > 0).astype(jnp.int32)
+            if S > 1:
+                def step_body(t, inner):
+                    state, ls_c, ex_c, st_c = inner
+                    state, loss, count = later_step(state, idx[:, t], mask[:, t], fl)
+                    return (state, ls_c + loss * count.astype(jnp.float32), ex_c + count,
+                            st_c + (count > 0).astype(jnp.int32))
+
+                stop = S if num_steps is None else jnp.clip(num_steps, 1, S)
+                state, ls_c, ex_c, st_c = jax.lax.fori_loop(1, stop, step_body, (state, ls_c, ex_c, st_c))
+            new = jax.tree_util.tree_leaves((state[0], state[1]))
+            rows = _ravel_leaves([a - jnp.expand_dims(b, 0) for a, b in zip(new, leaves0)], (C,))
+            U = jax.lax.dynamic_update_slice_in_dim(U, rows.astype(U.dtype), s, 0)
+            put = lambda a, v: jax.lax.dynamic_update_slice_in_dim(a, v, s, 0)  # noqa: E731
+            return U, put(loss_sum, ls_c), put(examples, ex_c), put(steps, st_c)
+
+        carry = (jnp.zeros((n, d), jnp.float32), jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.int32),
+                 jnp.zeros((n,), jnp.int32))
+        U, loss_sum, examples, steps = jax.lax.fori_loop(0, -(-n // C), chunk_body, carry)
+        stats = LocalStats(loss=loss_sum / jnp.maximum(examples, 1).astype(jnp.float32), num_steps=steps,
+                           num_examples=examples)
+        return U, stats
+
+    def train(variables, x_train, y_train, batch_idx, batch_mask, flip, hp: LocalHparams, chunk: int,
+              num_steps=None):
+        params0 = variables["params"]
+        bs0 = variables.get("batch_stats", {}) if has_bs else {}
+        run = lambda p, b, i, m, f, h: one_run(p, b, x_train, y_train, i, m, f.astype(bool), h, chunk,  # noqa: E731
+                                               num_steps)
+        return jax.vmap(run)(params0, bs0, batch_idx, batch_mask, flip, hp)
 
     return train

@@ -30,7 +30,7 @@ import numpy as np
 from strike_jax import sharding
 from strike_jax.training import schedule
 from strike_jax.training.local import LocalConfig, LocalHparams, make_flipped_gradients
-from strike_jax.training.packed import make_packed_train
+from strike_jax.training.packed import make_client_train, make_packed_train
 
 # Arrays with the run axis: device arrays in a round, NumPy arrays while a batch is assembled.
 Array = Any
@@ -142,6 +142,8 @@ class RoundShape(NamedTuple):
         epochs (`schedule.client_orders`); None: epochs.
       augment: the plan draws a random horizontal flip of every training image
         (`schedule.client_orders`, `Config.augmentation`).
+      per_client: the "vmap" layout (one device): the clients in chunks of `lanes`, one lane each,
+        padded to `lane_steps` (`training.packed.make_client_train`) instead of packed lanes.
     """
 
     per_round: int
@@ -156,6 +158,7 @@ class RoundShape(NamedTuple):
     devices: int = 1
     local_steps: int | None = None
     augment: bool = False
+    per_client: bool = False
 
     @property
     def trained(self) -> int:
@@ -247,8 +250,11 @@ def make_device_train(model, local_cfg: LocalConfig, shape: RoundShape, unravel:
         if flipped_rows:
             raise ValueError("flipped_rows (ByzFL's LabelFlipping) runs on one device; got a mesh.")
         return _make_sharded_train(model, local_cfg, shape, unravel, flip_byzantine=flip_byzantine, mesh=mesh)
-    train = make_packed_train(model, local_cfg)
     flipped_fn = make_flipped_gradients(model, local_cfg) if flipped_rows else None
+    if shape.per_client:
+        return _make_client_train(model, local_cfg, shape, unravel, flip_byzantine=flip_byzantine,
+                                  flipped_fn=flipped_fn)
+    train = make_packed_train(model, local_cfg)
 
     def plan_one(consts_r: RunConsts, r):
         cb, byz = _plan(consts_r, r, shape)
@@ -268,6 +274,33 @@ def make_device_train(model, local_cfg: LocalConfig, shape: RoundShape, unravel:
             flipped = jax.vmap(flipped_fn, in_axes=(0, None, None, 0, 0))(
                 variables, x_train, y_train, first[0][:, :, 0], first[1][:, :, 0])
         return _split_root(U, byz, stats.loss, clients, shape, makespan > shape.lane_steps, flipped)
+
+    return jax.jit(train_round)
+
+
+def _make_client_train(model, local_cfg: LocalConfig, shape: RoundShape, unravel: Callable, *,
+                       flip_byzantine: bool, flipped_fn: Callable | None = None) -> Callable:
+    """`make_device_train` for the "vmap" layout (`shape.per_client`): the per-client schedule
+    padded to `shape.lane_steps`, trained in chunks of `shape.lanes` clients; `flipped_fn`
+    (`make_flipped_gradients`) adds the flipped-label rows on each client's first batch."""
+    train = make_client_train(model, local_cfg)
+
+    def plan_one(consts_r: RunConsts, r):
+        cb, byz = _plan(consts_r, r, shape)
+        idx, mask = schedule.padded_schedule(cb, batch_size=shape.batch_size, num_steps=shape.lane_steps,
+                                             slots=shape.batch_slots)
+        return idx, mask, cb.steps.max(), byz, cb.clients
+
+    def train_round(w, rounds, consts: RunConsts, x_train, y_train):
+        idx, mask, longest, byz, clients = jax.vmap(plan_one)(consts, rounds)
+        variables = jax.vmap(unravel)(w)
+        U, stats = train(variables, x_train, y_train, idx, mask, byz & flip_byzantine, consts.local,
+                         shape.lanes, jnp.minimum(longest.max(), shape.lane_steps))
+        flipped = None
+        if flipped_fn is not None:
+            flipped = jax.vmap(flipped_fn, in_axes=(0, None, None, 0, 0))(
+                variables, x_train, y_train, idx[:, :, 0], mask[:, :, 0])
+        return _split_root(U, byz, stats.loss, clients, shape, longest > shape.lane_steps, flipped)
 
     return jax.jit(train_round)
 

@@ -252,11 +252,14 @@ def client_orders(index: Array, counts: Array, clients: Array, seed, round_index
     return ClientBatches(clients, m, steps.astype(jnp.int32), order.astype(jnp.int32))
 
 
-def padded_schedule(cb: ClientBatches, *, batch_size: int, num_steps: int) -> tuple[Array, Array]:
+def padded_schedule(cb: ClientBatches, *, batch_size: int, num_steps: int,
+                    slots: int | None = None) -> tuple[Array, Array]:
     """The classic per-client layout: `(batch_idx [n, S, B], batch_mask [n, S, B])`, client `j`'s real
-    steps first (`S >= max_j s_j`), then fully masked padding steps (for the per-client strategies)."""
+    steps first (`S >= max_j s_j`), then fully masked padding steps (for the per-client strategies).
+    `slots`: a step's batch slots instead of `B` (fewer only when every client holds at most
+    `slots` samples, `batch_slots`)."""
     k = jnp.arange(num_steps)
-    idx, mask = jax.vmap(lambda o, m, s: _step_batch(o, m, s, k, batch_size))(cb.order, cb.counts, cb.steps)
+    idx, mask = jax.vmap(lambda o, m, s: _step_batch(o, m, s, k, batch_size, slots))(cb.order, cb.counts, cb.steps)
     return idx, mask
 
 

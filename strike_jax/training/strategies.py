@@ -8,8 +8,12 @@ sees the clients:
   a list of clients one after another (`schedule.lane_schedule`, `training.packed`), one loop over
   steps of a `vmap` over lanes. No padded steps beyond the packing's slack, device memory bounded
   by `L` models in flight. The path of the vectorised simulation (`training.round`).
-- `"vmap"`: the packed program with one lane per client (`L = n`), each padded to the longest
-  client: the classic vmapped layout (about half of the work is masked on a Dirichlet(0.5) split).
+- `"vmap"`: one lane per client, each padded to its round's longest client (the classic vmapped
+  layout: about half of the work is masked on a Dirichlet(0.5) split, none when every client takes
+  the same number of steps), the clients in chunks of `L` (memory: `client_chunk`); every client's
+  first step is one batched gradient at the shared global model and rows are written as slices
+  (`training.packed.make_client_train`). With several devices: the packed program with one lane
+  per client of a device's block.
 - `"map"`: the packed program with a single lane (every client after another in one program).
 - `"steps"`: a host loop over clients *and* their real steps of the plan's per-client layout
   (`schedule.padded_schedule`), calling one jitted SGD step (buffers donated from the second step
@@ -52,7 +56,7 @@ from strike_jax.training.local import (
     make_local_train,
     write_delta_row,
 )
-from strike_jax.training.packed import make_packed_train
+from strike_jax.training.packed import make_client_train, make_packed_train
 
 Array = jax.Array
 _F = TypeVar("_F", bound=Callable)
@@ -131,11 +135,42 @@ def choose_lanes(steps_per_round: np.ndarray, n: int, lanes: int | None = None,
     return out
 
 
+# The "vmap" layout's chunk of clients is sized so that its temporaries (~6 model-sized buffers a
+# client) stay within this many bytes: XLA:CPU allocates a program's temporaries afresh at every call
+# and their first touch (page faults) costs more than the arithmetic on them. Measured: 10,000
+# Fashion-MNIST MLP clients (d = 101,770) one step each, 2-core CPU, loaded, process CPU time of a
+# round: chunks of 32 17.1-19.1 s, 128 15.9-17.1 s, 512 19.2-19.7 s, 1,024 18.7-21.9 s.
+VMAP_CHUNK_BYTES = 512 << 20
+
+
+def client_chunk(n: int, lanes: int | None = None, max_lanes: int | None = None) -> int:
+    """Clients the "vmap" layout trains together: `lanes` if given, else all `n` up to the memory
+    bound `max_lanes` (then the largest power of two below it, so that similar configs share a
+    program); at most `n`."""
+    if lanes is not None:
+        return max(1, min(int(lanes), n))
+    if max_lanes is None or max_lanes >= n:
+        return n
+    return 1 << (max(1, int(max_lanes)).bit_length() - 1)
+
+
+def vmap_layout(steps_per_round: np.ndarray, n: int, lanes: int | None = None,
+                max_lanes: int | None = None) -> tuple[int, int, float]:
+    """`(C, T, padded fraction)` of the "vmap" layout: chunks of `C` clients (`client_chunk`), every
+    client padded to its round's longest (`T` the longest over the rounds); the padded fraction is
+    `1 - real steps / (n * sum of the rounds' longest)`."""
+    steps_per_round = np.asarray(steps_per_round, np.int32).reshape(-1, n)
+    longest = steps_per_round.max(axis=1)
+    padded = 1.0 - steps_per_round.sum() / max(1, n * int(longest.sum()))
+    return client_chunk(n, lanes, max_lanes), max(int(longest.max()), 1), float(padded)
+
+
 def strategy_lanes(strategy: str, steps_per_round: np.ndarray, n: int, lanes: int | None = None,
                    max_lanes: int | None = None) -> tuple[int, int, float]:
-    """`choose_lanes` for a device strategy: "vmap" one lane per client, "map" one lane."""
+    """The lanes of a device strategy: "packed" `choose_lanes`, "vmap" `vmap_layout` (chunks of
+    clients, one lane each), "map" one lane."""
     if strategy == "vmap":
-        return choose_lanes(steps_per_round, n, n)
+        return vmap_layout(steps_per_round, n, lanes, max_lanes)
     if strategy == "map":
         return choose_lanes(steps_per_round, n, 1)
     return choose_lanes(steps_per_round, n, lanes, max_lanes)
@@ -149,7 +184,7 @@ _ACCELERATORS = ("gpu", "cuda", "rocm", "tpu")
 
 
 def resolve_auto(*, platform: str, model: str, d: int, input_size: int, batch_size: int, lanes: int,
-                 is_conv: bool | None = None) -> str:
+                 is_conv: bool | None = None, uniform_steps: bool = False) -> str:
     """The strategy `strategy="auto"` runs: a fixed rule of the backend and the model, no timing.
 
     The same config therefore gets the same strategy, hence the same numbers (strategies agree only
@@ -164,7 +199,12 @@ def resolve_auto(*, platform: str, model: str, d: int, input_size: int, batch_si
       that bounds device memory by the lanes). TPUs are not measured; they get the one-program
       path for the same reason as GPUs (a dispatch per step costs more than a step).
     * a CPU and a model without convolutions: "packed" (bench_strategies_cpu.md: digits MLP 6.2 ms
-      against 10.3 ms "steps" and 9.8 ms "vmap"; Fashion-MNIST MLP 375 ms against 452 ms "steps").
+      against 10.3 ms "steps" and 9.8 ms "vmap"; Fashion-MNIST MLP 375 ms against 452 ms "steps"),
+      except when every client takes the same number of steps (`uniform_steps`: `local_steps`, or
+      every client within one batch of `B`): then "vmap", whose per-client layout has nothing to
+      pad and whose first step is one batched gradient at the shared global model
+      (experiments/results/bench_scale_cpu_fmnist.md: 10,000 Fashion-MNIST clients of 6 images,
+      one step each).
     * a CPU and a convolutional model: "steps". In every convolutional case of
       bench_strategies_cpu.md (small CNN on digits and Fashion-MNIST, FEMNIST CNN at B = 32 and 128,
       LEAF CNN) "steps" was the fastest or within 1.02x of it ("loop" at FEMNIST CNN B = 128), and
@@ -186,9 +226,11 @@ def resolve_auto(*, platform: str, model: str, d: int, input_size: int, batch_si
       input_size: values per example (H * W * C), >= 1.
       batch_size: B, >= 1.
       lanes: the packed layout's lanes, >= 1.
+      uniform_steps: every client that can be sampled takes the same number of local steps (a
+        property of the config and its partition, so the rule stays a fixed one).
 
     Returns:
-      "packed" or "steps".
+      "packed", "vmap" or "steps".
 
     Raises:
       ValueError: one line naming the bad value and what is allowed.
@@ -208,7 +250,9 @@ def resolve_auto(*, platform: str, model: str, d: int, input_size: int, batch_si
         return "packed"
     if is_conv is None:  # building the spec traces nothing; "lax" skips the CPU convolution planner
         is_conv = models.get(model, 1, (8, 8, 1), conv_impl="lax").is_conv
-    return "steps" if is_conv else "packed"
+    if is_conv:
+        return "steps"
+    return "vmap" if uniform_steps else "packed"
 
 
 _MEASURED: dict[Any, dict[str, float]] = {}
@@ -401,6 +445,8 @@ def make_plan_updates(model, cfg: LocalConfig, strategy: str, *, batch_size: int
 
         return _with_strategy(host_updates, strategy)
 
+    if strategy == "vmap":
+        return _with_strategy(_make_vmap_plan_updates(model, cfg, batch_size, lanes), strategy)
     train = make_packed_train(model, cfg)
 
     @jax.jit
@@ -419,6 +465,29 @@ def make_plan_updates(model, cfg: LocalConfig, strategy: str, *, batch_size: int
                    cfg.hparams() if hp is None else hp, jnp.zeros((L,), bool), jnp.zeros((_pow2(T),), bool))
 
     return _with_strategy(updates, strategy)
+
+
+def _make_vmap_plan_updates(model, cfg: LocalConfig, batch_size: int, lanes: int | None) -> Callable:
+    """"vmap" on one run's plan: the per-client layout padded to the round's longest client, trained
+    in chunks of `lanes` clients (None: all `n` at once), `training.packed.make_client_train`."""
+    train = make_client_train(model, cfg)
+
+    @jax.jit
+    def run(variables, x_train, y_train, cb, flip, hp, chunk_marker, cap_marker):
+        idx, mask = schedule.padded_schedule(cb, batch_size=batch_size, num_steps=cap_marker.shape[0])
+        one = lambda a: jnp.expand_dims(a, 0)  # noqa: E731 - a batch of one run
+        U, stats = train(jax.tree_util.tree_map(one, variables), x_train, y_train, one(idx), one(mask), one(flip),
+                         jax.tree_util.tree_map(one, hp), chunk_marker.shape[0], cb.steps.max())
+        return U[0], jax.tree_util.tree_map(lambda a: a[0], stats)
+
+    def updates(variables, x_train, y_train, cb, flip=None, hp=None):
+        n = int(cb.clients.shape[0])
+        S = _pow2(int(jax.device_get(cb.steps).max(initial=1)))
+        flip = jnp.zeros((n,), bool) if flip is None else jnp.asarray(flip, bool)
+        return run(variables, jnp.asarray(x_train), jnp.asarray(y_train), cb, flip,
+                   cfg.hparams() if hp is None else hp, jnp.zeros((min(n, lanes or n),), bool), jnp.zeros((S,), bool))
+
+    return updates
 
 
 def _make_loop_strategy(model, cfg: LocalConfig) -> ClientUpdates:
