@@ -380,7 +380,7 @@ def _flipped_mean_by_hand(cfg: Config, round_index: int = 0) -> np.ndarray:
     return np.mean(grads, axis=0)
 
 
-@pytest.mark.parametrize("strategy", ["packed", "steps"])
+@pytest.mark.parametrize("strategy", ["packed", "vmap", "steps"])
 def test_labelflip_honest_mean_sends_the_honest_clients_flipped_gradient(strategy):
     from strike_jax import simulate
 
