@@ -296,12 +296,7 @@ def make_local_step(model, cfg: LocalConfig) -> LocalStep:
     augment = "hflip" in cfg.augmentation
 
     def step(params, batch_stats, opt_state, x_train, y_train, idx, mask, flip, hp=None):
-        mirror = None
-        if augment:
-            idx, mirror = augment_lib.unmark(idx)
-        x = jnp.take(x_train, idx, axis=0)
-        if mirror is not None:
-            x = augment_lib.hflip(x, mirror)
+        x, idx = _batch_images(x_train, idx, augment)
         y = jnp.take(y_train, idx, axis=0).astype(jnp.int32)
         y = jnp.where(jnp.asarray(flip, bool), jnp.asarray(label_map(y, num_classes), jnp.int32), y)
         (loss, new_bs), grads = grad_fn(params, batch_stats, x, y, mask)
@@ -313,6 +308,15 @@ def make_local_step(model, cfg: LocalConfig) -> LocalStep:
 
     # BatchNorm needs two examples for a batch variance; PyTorch's reference skips size-1 batches.
     return LocalStep(init_opt=tx.init, step=step, min_examples=2 if has_bs else 1)
+
+
+def _batch_images(x_train, idx, augment: bool):
+    """The batch's images `x_train[idx]` and the plain sample indices: with `augment`, `idx`
+    carries each image's horizontal flip (`data.augment.mark`), decoded and applied here."""
+    if not augment:
+        return jnp.take(x_train, idx, axis=0), idx
+    idx, mirror = augment_lib.unmark(idx)
+    return augment_lib.hflip(jnp.take(x_train, idx, axis=0), mirror), idx
 
 
 def make_flipped_gradients(model, cfg: LocalConfig) -> Callable:
@@ -332,12 +336,7 @@ def make_flipped_gradients(model, cfg: LocalConfig) -> Callable:
     augment = "hflip" in cfg.augmentation
 
     def one(variables, x_train, y_train, idx, mask):
-        mirror = None
-        if augment:
-            idx, mirror = augment_lib.unmark(idx)
-        x = jnp.take(x_train, idx, axis=0)
-        if mirror is not None:
-            x = augment_lib.hflip(x, mirror)
+        x, idx = _batch_images(x_train, idx, augment)
         y = jnp.asarray(label_map(jnp.take(y_train, idx, axis=0).astype(jnp.int32), cfg.num_classes), jnp.int32)
 
         def loss(params):
