@@ -40,9 +40,9 @@ def _require_partitionable_threefry(error: type[Exception] = RuntimeError) -> No
 
 _require_partitionable_threefry(ImportError)
 
-_SUBMODULES = ("aggregators", "analysis", "atomic", "attacks", "byzfl", "cli", "compile_cache", "config", "data",
-               "distributed", "errors", "fingerprints", "models", "ops", "optax", "options", "registry", "report",
-               "server", "sharding", "simulation", "stages", "studies", "sweep", "training")
+_SUBMODULES = ("aggregators", "analysis", "atomic", "attacks", "byzfl", "byzfl_results", "cli", "compile_cache",
+               "config", "data", "distributed", "errors", "fingerprints", "models", "ops", "optax", "options",
+               "registry", "report", "server", "sharding", "simulation", "stages", "studies", "sweep", "training")
 _ATTRIBUTES = {
     "simulate": "strike_jax.simulation",
     "simulate_many": "strike_jax.simulation",
@@ -61,6 +61,7 @@ if TYPE_CHECKING:
         atomic,
         attacks,
         byzfl,
+        byzfl_results,
         cli,
         compile_cache,
         config,
