@@ -230,7 +230,7 @@ def _server(pipeline, with_skew: bool, with_updates: bool) -> Callable:
 
 
 def make_device_server(pipeline, *, with_skew: bool = False, with_updates: bool = False, mesh=None,
-                       layout: str = "rows") -> ServerRound:
+                       layout: str = "rows", recycle: bool = False) -> ServerRound:
     """The server half of a round for a whole batch of runs (attack, pre-aggregation, rule, `w += g`,
     metrics), one jitted program.
 
@@ -246,6 +246,10 @@ def make_device_server(pipeline, *, with_skew: bool = False, with_updates: bool 
         reduced across devices), "columns" (an all-to-all first: coordinate-wise work is local)
         or "replicated" (gathered: every device runs the whole server step). The new state and the
         metrics come out replicated.
+      recycle: the update matrix is donated too and comes back as a third output, the `[R, n, d]`
+        buffer the next round's training writes into (`training.round.writes_into`; one device,
+        not with `with_updates`): the attack's rows are written into it in place and no round
+        allocates a fresh matrix.
 
     Returns:
       `server_round(state, consts, train_output, pair=None) -> (state', RoundOutput)`, `state`
@@ -272,34 +276,47 @@ def make_device_server(pipeline, *, with_skew: bool = False, with_updates: bool 
                 return t
             return t._replace(updates=jax.lax.with_sharding_constraint(t.updates, NamedSharding(mesh, spec)))
 
-    def server_all(state: RunState, seed, end_round, hp, t: TrainOutput, pair):
+    if recycle and (mesh is not None or with_updates):
+        raise ValueError("recycle=True needs one device and with_updates=False.")
+
+    def server_all(state: RunState, seed, end_round, hp, t: TrainOutput, pair, updates=None):
         pipe = pipeline.at(pair[0], pair[1]) if grid else pipeline
-        server_one = _server(pipe, with_skew, with_updates)
+        server_one = _server(pipe, with_skew, with_updates or recycle)
+        if recycle:
+            t = t._replace(updates=updates)
         new, (metrics, *extra) = jax.vmap(server_one)(state, seed, end_round, hp,
                                                       constrain(t)._replace(overflow=None))
+        if recycle:  # the matrix the aggregation received, written over the donated updates
+            return new, RoundOutput(metrics, state.active, t.overflow), extra[2]
         return new, RoundOutput(metrics, state.active, t.overflow, *extra)
 
     if mesh is None:
-        compiled = jax.jit(server_all, donate_argnums=(0,))
+        compiled = jax.jit(server_all, donate_argnums=(0, 6) if recycle else (0,))
     else:
         rep = sharding.replicated(mesh)
         compiled = jax.jit(server_all, donate_argnums=(0,), out_shardings=(rep, RoundOutput(
             rep, rep, rep, None, None, None)))
 
-    return ServerRound(compiled)
+    return ServerRound(compiled, recycle)
 
 
 class ServerRound:
-    """`server_round(state, consts, train_output, pair=None) -> (state', RoundOutput)`; `jitted` is
-    the underlying `jax.jit` object (called as `jitted(state, seed, end_round, server_hparams, t,
-    pair)`; for ahead-of-time lowering)."""
+    """`server_round(state, consts, train_output, pair=None) -> (state', RoundOutput)` (with
+    `recycle`: `(state', RoundOutput, spare [R, n, d])`); `jitted` is the underlying `jax.jit`
+    object (called as `jitted(state, seed, end_round, server_hparams, t, pair)`; with `recycle`
+    `jitted(state, seed, end_round, server_hparams, t without its updates, pair, updates)`; for
+    ahead-of-time lowering)."""
 
-    def __init__(self, jitted):
+    def __init__(self, jitted, recycle: bool = False):
         self.jitted = jitted
+        self.recycle = recycle
 
     def __call__(self, state: RunState, consts, t: TrainOutput, pair=None):
         if pair is None:
             pair = np.zeros(2, np.int32)
+        if self.recycle:
+            return self.jitted(state, consts.seed, consts.end_round, consts.server, t._replace(updates=None), pair,
+                               t.updates)
         return self.jitted(state, consts.seed, consts.end_round, consts.server, t, pair)
 
 

@@ -163,6 +163,34 @@ def test_uniform_rounds_resolve_to_vmap_and_match_packed():
         assert_same_history(res, simulate(c))
 
 
+def test_vmap_rounds_recycle_the_update_matrix(monkeypatch):
+    """The "vmap" layout writes each round's matrix into the buffer the previous round's server
+    handed back (`training.round.writes_into`): one `[R, n, d]` buffer is allocated for the whole
+    run, not one per round, and the numbers equal a run whose loop reads the matrices (which
+    allocates a fresh one every round)."""
+    from strike_jax.simulation import programs
+
+    cfg = tiny(rounds=3, attack="lie", defence="median", num_clients=12, clients_per_round=8, partition="iid",
+               local_steps=1, strategy="vmap")
+    allocated = []
+
+    class CountingNumpy:
+        def __getattr__(self, name):
+            return getattr(jax.numpy, name)
+
+        def zeros(self, shape, *args, **kwargs):
+            allocated.append(tuple(shape))
+            return jax.numpy.zeros(shape, *args, **kwargs)
+
+    monkeypatch.setattr(programs, "jnp", CountingNumpy())
+    recycled = simulate(cfg)
+    assert recycled["batch"]["strategy"] == "vmap" and allocated == [(1, 8, allocated[0][2])]
+    allocated.clear()
+    read = simulate(cfg, on_updates=lambda *a: None)
+    assert len(allocated) == 3
+    assert_same_history(read, recycled)
+
+
 def test_host_loop_batch_uses_each_runs_numbers():
     configs = [tiny(strategy="steps", rounds=2, seed=s, lr=lr, momentum=m, attack="lie", attack_params={"z": z})
                for s, lr, m, z in ((0, 0.1, 0.9, 1.5), (1, 0.02, 0.5, 1.0))]

@@ -208,6 +208,10 @@ class Batch:
         self.strategy = strategy
         self.device = strategy in training.DEVICE_STRATEGIES
         self.padded_fraction = padded if self.device else 0.0
+        # The training writes its matrix into a donated buffer: the server's, handed back each round
+        # (`recycle`), unless the loop reads the matrices (`with_updates`).
+        self.writes_into = self.device and round_lib.writes_into(self.shape, self.mesh)
+        self.recycle = self.writes_into and not self.with_updates
 
     def describe(self) -> dict[str, Any]:
         """How the batch ran (a result's `batch` entry)."""

@@ -173,7 +173,7 @@ def program_keys(batch) -> dict[str, ProgramKey]:
     tables = (tuple(batch.consts.index.shape[1:]), tuple(batch.x_train.shape), tuple(batch.x_test.shape))
     keys = {
         "server": ProgramKey("server", structure, None, R, "", batch.grid_branches, batch.backend, layout, mesh,
-                             (cfg.skew_metrics, batch.with_updates, batch.milestones_width)),
+                             (cfg.skew_metrics, batch.with_updates, batch.milestones_width, batch.recycle)),
         "eval": ProgramKey("eval", structure, None, R, batch.strategy, (), None, None, mesh, tables),
     }
     if batch.val_index is not None:
@@ -194,16 +194,22 @@ def submit_programs(batch, cache: ProgramCache) -> dict[str, ProgramKey]:
         train = round_lib.make_device_train(batch.model, batch.local_cfg, batch.shape, batch.unravel,
                                             flip_byzantine=batch.flip, mesh=batch.mesh,
                                             flipped_rows=batch.flipped_rows)
-        train_args = (batch.state.w, batch.state.round, train_consts(batch.consts), batch.x_train, batch.y_train)
+        train_args: tuple = (batch.state.w, batch.state.round, train_consts(batch.consts), batch.x_train,
+                             batch.y_train)
+        t_shape = jax.eval_shape(train, *train_args)
+        if batch.writes_into:
+            train_args += (t_shape.updates,)
         if keys["train"] not in cache:
             cache.submit(keys["train"], lambda: _aot(train, *train_args))
         if keys["server"] not in cache:
             srv = server.make_device_server(batch.grid, with_skew=batch.cfg.skew_metrics,
                                             with_updates=batch.with_updates, mesh=batch.mesh,
-                                            layout=batch.settings.server_layout)
-            t_shape = jax.eval_shape(train, *train_args)
-            server_args = (_abstract(batch.state), batch.consts.seed, batch.consts.end_round, batch.consts.server,
-                           t_shape, batch.pair)
+                                            layout=batch.settings.server_layout, recycle=batch.recycle)
+            server_args: tuple = (_abstract(batch.state), batch.consts.seed, batch.consts.end_round,
+                                  batch.consts.server, t_shape._replace(updates=None) if batch.recycle else t_shape,
+                                  batch.pair)
+            if batch.recycle:
+                server_args += (t_shape.updates,)
             cache.submit(keys["server"], lambda: _aot(srv.jitted, *server_args))
         if keys["eval"] not in cache:
             ev = jax.jit(_vmapped_eval(training.make_evaluate(batch.model), batch.unravel))
@@ -236,15 +242,35 @@ def batch_programs(batch, cache: ProgramCache) -> BatchPrograms:
     if batch.device and "val" in keys:
         va = cache.get(keys["val"], lambda: jax.jit(_vmapped_val(training.make_evaluate(batch.model), batch.unravel)))
     if batch.device:
+        # The update matrix's buffer, handed from the server back to the next round's training
+        # (`batch.writes_into`, `batch.recycle`): donated each time, so no round allocates it anew.
+        spare: dict[str, Any] = {"U": None}
+        U_shape = (len(batch.runs), batch.shape.per_round, batch.state.w.shape[-1])
+
+        def train_half(state, consts, x_train, y_train):
+            args = (state.w, state.round, train_consts(consts), x_train, y_train)
+            if not batch.writes_into:
+                return train(*args)
+            U, spare["U"] = spare["U"], None
+            if U is None:  # the first round (or the matrices went to the loop): a new buffer
+                U = jnp.zeros(U_shape, jnp.float32)
+            return train(*args, U)
+
+        def server_half(state, consts, t):
+            if not batch.recycle:
+                return srv(state, consts.seed, consts.end_round, consts.server, t, pair)
+            new, out, spare["U"] = srv(state, consts.seed, consts.end_round, consts.server,
+                                       t._replace(updates=None), pair, t.updates)
+            return new, out
+
         def round_step(state, consts, x_train, y_train):
-            t = train(state.w, state.round, train_consts(consts), x_train, y_train)
-            return (*srv(state, consts.seed, consts.end_round, consts.server, t, pair), None)
+            return (*server_half(state, consts, train_half(state, consts, x_train, y_train)), None)
 
         def timed_round_step(state, consts, x_train, y_train):
             t0 = time.perf_counter()
-            t = jax.block_until_ready(train(state.w, state.round, train_consts(consts), x_train, y_train))
+            t = jax.block_until_ready(train_half(state, consts, x_train, y_train))
             t1 = time.perf_counter()
-            new, out = jax.block_until_ready(srv(state, consts.seed, consts.end_round, consts.server, t, pair))
+            new, out = jax.block_until_ready(server_half(state, consts, t))
             return new, out, (t1 - t0, time.perf_counter() - t1)
 
         return BatchPrograms(timed_round_step if batch.settings.time_halves else round_step, ev, True, va)

@@ -139,13 +139,15 @@ def make_client_train(model, cfg: LocalConfig) -> Callable:
       cfg: `LocalConfig` (the optimizer's structure; numbers come as `hp`).
 
     Returns:
-      `train(variables, x_train, y_train, batch_idx, batch_mask, flip, hp, chunk, num_steps=None) ->
-      (U, LocalStats)`, with a leading run axis `R` on every argument but the shared `x_train`,
-      `y_train`, `chunk` and `num_steps`: `batch_idx` / `batch_mask` `[R, n, S, B]` (the per-client
+      `train(variables, x_train, y_train, batch_idx, batch_mask, flip, hp, chunk, num_steps=None,
+      out=None) -> (U, LocalStats)`, with a leading run axis `R` on every argument but the shared
+      `x_train`, `y_train`, `chunk` and `num_steps`: `batch_idx` / `batch_mask` `[R, n, S, B]` (the per-client
       layout, `schedule.padded_schedule`); `flip` `[R, n]`; `hp` a `LocalHparams` of `[R]`; `chunk`
       (static) the clients trained together (memory: `chunk` models in flight; the last chunk
       overlaps the one before when `chunk` does not divide `n`, recomputing the same rows);
-      `num_steps` the steps to run (a traced scalar <= S: the batch's longest client; None: S).
+      `num_steps` the steps to run (a traced scalar <= S: the batch's longest client; None: S);
+      `out` an `[R, n, d]` float32 buffer that `U` is written into (every row is overwritten: pass
+      it donated, e.g. the previous round's matrix, and no fresh `[R, n, d]` is allocated; None: zeros).
       `U` `[R, n, d]` float32 in the layout of `flatten_variables` (rows of clients without a step
       stay zero); stats `[R, n]`. Equal to the packed layout and to per-client training up to float
       rounding (same batches, same order, same step).
@@ -153,7 +155,7 @@ def make_client_train(model, cfg: LocalConfig) -> Callable:
     ls = make_local_step(model, cfg)
     has_bs = model.has_batch_stats
 
-    def one_run(params0, bs0, x_train, y_train, batch_idx, batch_mask, flip, hp, chunk, num_steps):
+    def one_run(params0, bs0, x_train, y_train, batch_idx, batch_mask, flip, hp, chunk, num_steps, out):
         n, S = batch_idx.shape[:2]
         C = max(1, min(int(chunk), n))
         opt0 = ls.init_opt(params0)
@@ -205,19 +207,19 @@ def make_client_train(model, cfg: LocalConfig) -> Callable:
             put = lambda a, v: jax.lax.dynamic_update_slice_in_dim(a, v, s, 0)  # noqa: E731
             return U, put(loss_sum, ls_c), put(examples, ex_c), put(steps, st_c)
 
-        carry = (jnp.zeros((n, d), jnp.float32), jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.int32),
-                 jnp.zeros((n,), jnp.int32))
+        U0 = jnp.zeros((n, d), jnp.float32) if out is None else out
+        carry = (U0, jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.int32), jnp.zeros((n,), jnp.int32))
         U, loss_sum, examples, steps = jax.lax.fori_loop(0, -(-n // C), chunk_body, carry)
         stats = LocalStats(loss=loss_sum / jnp.maximum(examples, 1).astype(jnp.float32), num_steps=steps,
                            num_examples=examples)
         return U, stats
 
     def train(variables, x_train, y_train, batch_idx, batch_mask, flip, hp: LocalHparams, chunk: int,
-              num_steps=None):
+              num_steps=None, out=None):
         params0 = variables["params"]
         bs0 = variables.get("batch_stats", {}) if has_bs else {}
-        run = lambda p, b, i, m, f, h: one_run(p, b, x_train, y_train, i, m, f.astype(bool), h, chunk,  # noqa: E731
-                                               num_steps)
-        return jax.vmap(run)(params0, bs0, batch_idx, batch_mask, flip, hp)
+        run = lambda p, b, i, m, f, h, o: one_run(p, b, x_train, y_train, i, m, f.astype(bool), h,  # noqa: E731
+                                                  chunk, num_steps, o)
+        return jax.vmap(run)(params0, bs0, batch_idx, batch_mask, flip, hp, out)
 
     return train

@@ -244,7 +244,9 @@ def make_device_train(model, local_cfg: LocalConfig, shape: RoundShape, unravel:
     flipped-label gradient on its first batch (`TrainOutput.flipped`, `make_flipped_gradients`).
 
     Returns:
-      `train_round(w [R, d], round [R], consts, x_train, y_train) -> TrainOutput`, jitted.
+      `train_round(w [R, d], round [R], consts, x_train, y_train) -> TrainOutput`, jitted; where
+      `writes_into(shape, mesh)`, `train_round(..., out)` writes the `[R, n, d]` matrix into the
+      donated `out` (None: a fresh one).
     """
     if mesh is not None:
         if flipped_rows:
@@ -291,18 +293,28 @@ def _make_client_train(model, local_cfg: LocalConfig, shape: RoundShape, unravel
                                              slots=shape.batch_slots)
         return idx, mask, cb.steps.max(), byz, cb.clients
 
-    def train_round(w, rounds, consts: RunConsts, x_train, y_train):
+    def train_round(w, rounds, consts: RunConsts, x_train, y_train, out=None):
         idx, mask, longest, byz, clients = jax.vmap(plan_one)(consts, rounds)
         variables = jax.vmap(unravel)(w)
         U, stats = train(variables, x_train, y_train, idx, mask, byz & flip_byzantine, consts.local,
-                         shape.lanes, jnp.minimum(longest.max(), shape.lane_steps))
+                         shape.lanes, jnp.minimum(longest.max(), shape.lane_steps), out)
         flipped = None
         if flipped_fn is not None:
             flipped = jax.vmap(flipped_fn, in_axes=(0, None, None, 0, 0))(
                 variables, x_train, y_train, idx[:, :, 0], mask[:, :, 0])
         return _split_root(U, byz, stats.loss, clients, shape, longest > shape.lane_steps, flipped)
 
-    return jax.jit(train_round)
+    # Every row is written: the matrix can go into a recycled buffer (`writes_into`).
+    return jax.jit(train_round, donate_argnums=(5,) if writes_into(shape) else ())
+
+
+def writes_into(shape: RoundShape, mesh=None) -> bool:
+    """Whether `make_device_train(...)` for this shape takes a sixth argument `out`, a donated
+    `[R, n, d]` float32 buffer its update matrix is written into (the "vmap" layout on one device
+    without a root set, where every row is overwritten). A large round then allocates no fresh
+    matrix: on XLA:CPU a fresh 4 GB output costs ~1 s of first-touch page faults per GB, more than
+    the training of a one-step MLP round (issue 24, `experiments/bench_scale.py`)."""
+    return shape.per_client and not shape.root and mesh is None
 
 
 def _make_sharded_train(model, local_cfg: LocalConfig, shape: RoundShape, unravel: Callable, *,
