@@ -56,7 +56,7 @@ class RoundMetrics(NamedTuple):
 
 def server_step(w, updates, byzantine_mask, stage_state, key, pipeline, *, with_skew: bool = False,
                 train_loss=None, clients=None, root_update=None, tolerated_f=None, server_lr=None,
-                server_weight_decay=0.0, flipped=None):
+                server_weight_decay=0.0, flipped=None, honest_mean=None):
     """The server side of one round of one run, pure.
 
     Args:
@@ -77,6 +77,8 @@ def server_step(w, updates, byzantine_mask, stage_state, key, pipeline, *, with_
       server_lr: None: FedAvg's `w' = w + g`; else DSGD's server SGD step `w' = w - server_lr *
         (g + server_weight_decay * w)` (the rows are gradients, `g` their aggregate).
       flipped: `[n, d]` the clients' flipped-label gradients (`RoundContext.flipped`), or None.
+      honest_mean: `[d]` the mean of the honest rows of `updates` when the caller has it
+        (`TrainOutput.honest_mean`); None: computed here.
 
     Returns:
       `(w', stage_state', RoundMetrics, sent)`; `sent` is the `[n, d]` matrix the aggregation
@@ -86,7 +88,8 @@ def server_step(w, updates, byzantine_mask, stage_state, key, pipeline, *, with_
     from strike_jax.analysis import skew as skew_lib
 
     honest = ~byzantine_mask
-    honest_mean = ops.masked_mean(updates, honest)
+    if honest_mean is None:
+        honest_mean = ops.masked_mean(updates, honest)
     if with_skew:
         diag = skew_lib.gradient_skew(updates, honest)
         skewness, med_dist = diag.skewness, diag.median_mean_distance
@@ -217,7 +220,8 @@ def _server(pipeline, with_skew: bool, with_updates: bool) -> Callable:
             state_r.w, updates, t.byzantine_mask, state_r.stage_state, round_key(seed, state_r.round), pipeline,
             with_skew=with_skew, train_loss=t.train_loss, clients=t.clients, root_update=root_update,
             tolerated_f=hp.tolerated_f, server_lr=hp.server_lr(state_r.round) if dsgd else None,
-            server_weight_decay=hp.weight_decay, flipped=t.flipped)
+            server_weight_decay=hp.weight_decay, flipped=t.flipped,
+            honest_mean=None if dsgd else t.honest_mean)  # DSGD sends momenta: their mean is the server's
         act = state_r.active
         keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(act, a, b), new, old)  # noqa: E731
         nxt = state_r.round + act.astype(jnp.int32)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from strike_jax import sharding
+from strike_jax import ops, sharding
 from strike_jax.training import schedule
 from strike_jax.training.local import LocalConfig, LocalHparams, make_flipped_gradients
 from strike_jax.training.packed import make_client_train, make_packed_train
@@ -198,6 +198,10 @@ class TrainOutput(NamedTuple):
       flipped: `[R, n, d]` each client's gradient at the global model on its round's first batch
         with flipped labels, in eval mode (ByzFL's LabelFlipping: `make_flipped_gradients`), or
         None when the attack does not need them.
+      honest_mean: `[R, d]` the mean of the honest rows of `updates` (for the round's metrics),
+        computed where the matrix is made: the server then reads the unattacked matrix only
+        through the attack, whose row writes can go into the donated matrix in place (XLA copies
+        the whole matrix when an unordered read of it remains); None: the server computes it.
     """
 
     updates: Array
@@ -207,6 +211,7 @@ class TrainOutput(NamedTuple):
     root_update: Array | None
     overflow: Array
     flipped: Array | None = None
+    honest_mean: Array | None = None
 
 
 def _plan(consts_r: RunConsts, r, shape: RoundShape):
@@ -221,9 +226,13 @@ def _split_root(U, byz, loss, clients, shape: RoundShape, overflow, flipped=None
     """With a root set (the table's last client, always trained last), its row is the root update."""
     n = shape.per_round
     if not shape.root:
-        return TrainOutput(U, byz, loss, clients, None, overflow, flipped)
+        return TrainOutput(U, byz, loss, clients, None, overflow, flipped, jax.vmap(_honest_mean)(U, byz))
     return TrainOutput(U[:, :n], byz[:, :n], loss[:, :n], clients[:, :n], U[:, n], overflow,
-                       None if flipped is None else flipped[:, :n])
+                       None if flipped is None else flipped[:, :n], jax.vmap(_honest_mean)(U[:, :n], byz[:, :n]))
+
+
+def _honest_mean(U, byz):
+    return ops.masked_mean(U, ~byz)
 
 
 def make_device_train(model, local_cfg: LocalConfig, shape: RoundShape, unravel: Callable, *,
@@ -368,5 +377,6 @@ def _make_sharded_train(model, local_cfg: LocalConfig, shape: RoundShape, unrave
     # Sharded by rows when the sampled clients split evenly; else (a few rows) XLA's choice.
     rows_sharding = NamedSharding(mesh, P(None, sharding.CLIENTS_AXIS)) if shape.per_round % D == 0 else None
     out = TrainOutput(rows_sharding, rows_sharding, rows_sharding, rows_sharding,
-                      NamedSharding(mesh, P()) if shape.root else None, NamedSharding(mesh, P()))
+                      NamedSharding(mesh, P()) if shape.root else None, NamedSharding(mesh, P()), None,
+                      NamedSharding(mesh, P()))
     return jax.jit(train_round, out_shardings=out)
