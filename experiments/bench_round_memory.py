@@ -83,7 +83,8 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=3600.0)
     ap.add_argument("--tag", default="cpu")
     args = ap.parse_args(argv)
-    trees = ([("baseline", os.path.abspath(args.baseline_src))] if args.baseline_src else []) + [("this tree", REPO_ROOT)]
+    trees = [("baseline", os.path.abspath(args.baseline_src))] if args.baseline_src else []
+    trees.append(("this tree", REPO_ROOT))
     d = 101_770
     matrix_gib = args.n * d * 4 / 2**30
     load0 = os.getloadavg()
