@@ -751,7 +751,9 @@ def to_config(spec: RunSpec) -> Config:
     DSGD with worker momentum (`algorithm="dsgd"`: the clients' momentum `b`, the server's SGD step
     `lr` with weight decay and `MultiStepLR` milestones), `num_clients = honest + f` with the
     Byzantine clients `0 .. f-1` holding no data (`byzantine_data=False`, ByzFL gives data to the
-    honest clients only), every client every step, the rules told `tolerated_f`, the partition
+    honest clients only), every client every step, each client's batches running on through its
+    epochs (`batch_order="epochs"`: ByzFL's clients iterate their shuffled `DataLoader` without
+    restart, the last batch of an epoch partial), the rules told `tolerated_f`, the partition
     drawn from `data_seed` and everything else from `seed`, an evaluation every `evaluation_delta`
     steps (and at step 0 and after the last, as ByzFL).
 
@@ -776,7 +778,7 @@ def to_config(spec: RunSpec) -> Config:
         defence=spec.rule.name, defence_params=dict(spec.rule.params),
         preaggregation=pre, preaggregation_params={p.name: dict(p.params) for p in spec.preaggregators if p.params},
         eval_every=spec.eval_every, seed=spec.seed, data_seed=spec.data_seed, tolerated_f=spec.tolerated_f,
-        algorithm="dsgd", local_steps=1, server_lr=spec.lr, server_weight_decay=spec.weight_decay,
+        algorithm="dsgd", local_steps=1, batch_order="epochs", server_lr=spec.lr, server_weight_decay=spec.weight_decay,
         lr_milestones=tuple(spec.milestones), lr_decay=spec.lr_decay, **kw)
     if config.num_byzantine != spec.f:  # ceil(r * N) must give back f exactly
         raise InputError(f"ByzFL config: f={spec.f} of {spec.num_clients} clients does not map to strike_jax's "

@@ -26,6 +26,7 @@ from strike_jax.errors import InputError
 
 PARTITIONS = ("dirichlet", "iid", "natural", "gamma_similarity_niid", "extreme_niid")
 ALGORITHMS = ("fedavg", "dsgd")
+BATCH_ORDERS = ("round", "epochs")
 #: `Config.preaggregation_order` (`stages.chain`'s `preaggregation_order`).
 PREAGGREGATION_ORDERS = ("spec", "given")
 #: `Config.augmentation` (`strike_jax.data.augment`).
@@ -288,6 +289,13 @@ class Config:
       local_steps: mini-batch steps each client takes per round instead of `local_epochs` epochs
         (its batches continue through fresh epochs of its data; a client without data takes none).
         DSGD: 1 (None becomes 1; the only value it allows).
+      batch_order: "round" (default): every round each client visits its data in fresh epoch
+        orders (SPEC §3; with `local_steps`, a round's steps start a new epoch). "epochs": a
+        client's steps run on through its epochs across rounds, each epoch one shuffle (a
+        keyed pseudo-random permutation, `training.schedule.stream_orders`) and its last batch
+        partial, as a PyTorch `DataLoader(shuffle=True)` iterated without restart (ByzFL's
+        clients). Needs `local_steps` and `clients_per_round == num_clients` (a client's step
+        count is then the round's).
       server_lr, server_weight_decay: the DSGD server's SGD step size and weight decay.
       lr_milestones, lr_decay: the DSGD server's step size is `server_lr * lr_decay ** k` in a round
         `t` with `k` milestones `<= t` (PyTorch's `MultiStepLR`, stepped once per round).
@@ -337,6 +345,7 @@ class Config:
     num_devices: int = 1
     algorithm: str = "fedavg"
     local_steps: int | None = None
+    batch_order: str = "round"
     server_lr: float = 1.0
     server_weight_decay: float = 0.0
     lr_milestones: tuple[int, ...] = ()
@@ -456,6 +465,14 @@ class Config:
         if self.local_steps is not None and self.local_epochs != 1:
             bad("local_epochs", self.local_epochs, f"local_steps={self.local_steps} replaces the epochs: allowed "
                 "only local_epochs=1 with local_steps")
+        if self.batch_order not in BATCH_ORDERS:
+            bad("batch_order", self.batch_order, f"allowed: {', '.join(BATCH_ORDERS)}")
+        if self.batch_order == "epochs" and self.local_steps is None:
+            bad("batch_order", self.batch_order, "needs local_steps (or algorithm='dsgd'): a client's steps run on "
+                "across rounds")
+        if self.batch_order == "epochs" and self.clients_per_round != self.num_clients:
+            bad("batch_order", self.batch_order, f"needs every client every round (clients_per_round="
+                f"{self.clients_per_round} < num_clients={self.num_clients})")
         if self.algorithm == "dsgd" and self.local_steps not in (None, 1):
             bad("local_steps", self.local_steps, "algorithm='dsgd' takes one gradient per round: allowed 1 or None")
         if not (self.server_lr > 0 and math.isfinite(self.server_lr)):

@@ -87,6 +87,7 @@ def test_pipeline_order_and_partition_map_to_config(tmp_path):
     assert (c.preaggregation, c.preaggregation_order) == (("bucketing", "nnm"), "given")
     assert (c.partition, c.gamma, c.validation_fraction, c.eval_at_start) == ("gamma_similarity_niid", 0.5,
                                                                                 pytest.approx(0.2), True)
+    assert (c.algorithm, c.local_steps, c.batch_order) == ("dsgd", 1, "epochs")  # ByzFL's DataLoader iteration
     cfg["pre_aggregators"] = [{"name": "NNM"}, {"name": "Bucketing", "parameters": {"s": 2}}]
     assert byzfl.to_config(byzfl.expand(cfg)[0]).preaggregation_order == "spec"  # the same order either way
 

@@ -23,7 +23,7 @@ from strike_jax.training import schedule
 
 # The plan's batches, jitted (eagerly its sorts take seconds).
 client_batches = jax.jit(schedule.client_batches, static_argnames=(
-    "per_round", "batch_size", "local_epochs", "max_samples", "include_last", "local_steps"))
+    "per_round", "batch_size", "local_epochs", "max_samples", "include_last", "local_steps", "batch_order"))
 METRICS = ("aggregate_norm", "dist_to_honest_mean", "cos_to_honest_mean", "train_loss", "accuracy", "loss")
 
 
@@ -64,7 +64,7 @@ def reference_dsgd(cfg: Config, rule_f: int = 0):
     for r in range(cfg.rounds):
         cb = client_batches(jnp.asarray(table.index), jnp.asarray(table.counts), cfg.seed, r,
                                      per_round=cfg.clients_per_round, batch_size=cfg.batch_size, local_epochs=1,
-                                     max_samples=len(ds.y_train), local_steps=1)
+                                     max_samples=len(ds.y_train), local_steps=1, batch_order=cfg.batch_order)
         idx, mask = schedule.padded_schedule(cb, batch_size=cfg.batch_size, num_steps=1)
         clients = np.asarray(cb.clients)
         grads.append({})
@@ -107,6 +107,18 @@ def test_dsgd_equals_the_float64_reference(tmp_path):
     assert np.abs(rows[1][j] - fresh).max() > 0.1 * np.abs(rows[1][j]).max()
     np.testing.assert_allclose(rows[1][j] - fresh, cfg.momentum * (1 - cfg.momentum) * grads[0][both[0]],
                                rtol=1e-3, atol=1e-6)
+
+
+def test_dsgd_in_the_epochs_batch_order_equals_the_float64_reference(tmp_path):
+    # Every client every round (the "epochs" order's condition), ~240 images each in batches of 128:
+    # round 2 starts each client's second epoch, after a partial last batch.
+    cfg = tiny(num_clients=6, clients_per_round=6, batch_size=128, batch_order="epochs")
+    simulate(cfg, run_dir=str(tmp_path))
+    w_ref, m_ref, _, _ = reference_dsgd(cfg)
+    w, m = final_state(str(tmp_path))
+    np.testing.assert_allclose(m, m_ref, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(w, w_ref, rtol=1e-4, atol=1e-6)
+    assert np.abs(w_ref - reference_dsgd(cfg.replace(batch_order="round"))[0]).max() > 1e-4
 
 
 def test_tolerated_f_reaches_the_rule(tmp_path):

@@ -32,6 +32,8 @@ ROOT_SET = dict(TINY, num_clients=12, clients_per_round=12, attack="lie", defenc
 # DSGD (issue 22): the workers' momenta [N, d] live in the replicated state, the rows come sharded.
 DSGD = dict(TINY, num_clients=8, clients_per_round=6, attack="signflip", defence="trmean", byzantine_ratio=0.2,
             algorithm="dsgd", server_lr=0.5, lr_milestones=[1], seed=3)
+# ... in the "epochs" batch order (every client every round; the device's block plans its own batches).
+DSGD_EPOCHS = dict(DSGD, clients_per_round=8, batch_size=64, batch_order="epochs")
 
 
 def _env(devices: int) -> dict:
@@ -67,18 +69,19 @@ def _close(a: list[dict], b: list[dict]):
 def four_devices():
     """One interpreter with 4 host devices runs every one-device and four-device case."""
     configs = {"partial": PARTIAL, "partial_columns": dict(PARTIAL, layout="columns", devices=[4]),
-               "root": ROOT_SET, "dsgd": DSGD}
+               "root": ROOT_SET, "dsgd": DSGD, "dsgd_epochs": DSGD_EPOCHS}
     return _result(_worker(configs, "1,4", env=_env(4)))
 
 
 def test_four_host_devices_equal_one_device(four_devices):
     res = four_devices
-    assert len(res) == 8
+    assert len(res) == 10
     # The rows and columns layouts on 4 devices are two programs (the program key holds the layout).
     assert {"4/rows", "4/columns"} <= set(res["server_programs"])
     _close(res["partial/1/rows"], res["partial/4/rows"])
     _close(res["root/1/rows"], res["root/4/rows"])
     _close(res["dsgd/1/rows"], res["dsgd/4/rows"])
+    _close(res["dsgd_epochs/1/rows"], res["dsgd_epochs/4/rows"])
     # The server step partitioned along the coordinates (an all-to-all first) computes the same.
     _close(res["partial/1/rows"], res["partial_columns/4/columns"])
 

@@ -194,7 +194,7 @@ class Batch:
         self.shape = round_lib.RoundShape(n, cfg.batch_size, cfg.local_epochs, L, plan.pow2(T),
                                           plan.pow2(int(group_steps.max())), int(self.ds.x_train.shape[0]),
                                           runs[0].root, schedule.batch_slots(cfg.batch_size, self.width), D,
-                                          cfg.local_steps, "hflip" in cfg.augmentation, per_client)
+                                          cfg.local_steps, "hflip" in cfg.augmentation, per_client, cfg.batch_order)
         self.calibration = None
         self.new_program = True  # set by simulate_many: whether it compiled a program of its own
         strategy = runs[0].strategy

@@ -144,6 +144,7 @@ class RoundShape(NamedTuple):
         (`schedule.client_orders`, `Config.augmentation`).
       per_client: the "vmap" layout (one device): the clients in chunks of `lanes`, one lane each,
         padded to `lane_steps` (`training.packed.make_client_train`) instead of packed lanes.
+      batch_order: "round" or "epochs" (`schedule.client_orders`, `Config.batch_order`).
     """
 
     per_round: int
@@ -159,6 +160,7 @@ class RoundShape(NamedTuple):
     local_steps: int | None = None
     augment: bool = False
     per_client: bool = False
+    batch_order: str = "round"
 
     @property
     def trained(self) -> int:
@@ -218,7 +220,8 @@ def _plan(consts_r: RunConsts, r, shape: RoundShape):
     cb = schedule.client_batches(consts_r.index, consts_r.counts, consts_r.seed, r, per_round=shape.per_round,
                                  batch_size=shape.batch_size, local_epochs=shape.local_epochs,
                                  max_samples=shape.max_samples, include_last=shape.root,
-                                 local_steps=shape.local_steps, augment=shape.augment)
+                                 local_steps=shape.local_steps, augment=shape.augment,
+                                 batch_order=shape.batch_order)
     return cb, cb.clients < consts_r.num_byzantine
 
 
@@ -346,7 +349,7 @@ def _make_sharded_train(model, local_cfg: LocalConfig, shape: RoundShape, unrave
         cb = schedule.client_orders(consts_r.index, consts_r.counts, mine, consts_r.seed, r,
                                     batch_size=shape.batch_size, local_epochs=shape.local_epochs,
                                     max_samples=shape.max_samples, valid=valid, local_steps=shape.local_steps,
-                                    augment=shape.augment)
+                                    augment=shape.augment, batch_order=shape.batch_order)
         plan, makespan, idx, mask = schedule.lane_schedule(cb, lanes=shape.lanes, lane_steps=shape.lane_steps,
                                                            batch_size=shape.batch_size, slots=shape.batch_slots)
         byz = (mine < consts_r.num_byzantine) & valid

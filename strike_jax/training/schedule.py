@@ -42,6 +42,7 @@ SERVER_TAG = 2
 INIT_TAG = 3
 SCHEDULE_TAG = 4
 AUGMENT_TAG = 5
+EPOCH_TAG = 6  # the "epochs" batch order: one key per (client, epoch), `stream_orders`
 
 _TIE_BITS = 40  # repeat sort passes until ties in every pass have probability < 2**-40 per pair
 
@@ -139,13 +140,17 @@ class ClientBatches(NamedTuple):
       counts: `[n]` int32 samples `m_j` of each.
       steps: `[n]` int32 real local steps `s_j = E * ceil(m_j / B)`.
       order: `[n, E, W]` int32 global sample indices in visiting order (`W = ceil(max_m / B) * B`;
-        slots past `m_j` hold the client's first sample, masked).
+        slots past `m_j` hold the client's first sample, masked); with `sizes`, `[n, s, B]`: row
+        `k` is step `k`'s batch.
+      sizes: None, or `[n, s]` int32 real samples of each step's batch (the "epochs" batch order,
+        `stream_orders`: a step's batch is given directly, not as a slice of an epoch's order).
     """
 
     clients: Array
     counts: Array
     steps: Array
     order: Array
+    sizes: Array | None = None
 
 
 def local_step_counts(m, batch_size: int, local_epochs: int, local_steps: int | None = None):
@@ -167,7 +172,8 @@ def epochs_drawn(local_epochs: int, local_steps: int | None = None) -> int:
 
 def client_batches(index: Array, counts: Array, seed, round_index, *, per_round: int, batch_size: int,
                    local_epochs: int, max_samples: int | None = None, include_last: bool = False,
-                   local_steps: int | None = None, augment: bool = False) -> ClientBatches:
+                   local_steps: int | None = None, augment: bool = False,
+                   batch_order: str = "round") -> ClientBatches:
     """Samples the round's clients and draws every local epoch's sample order (jit-able, one run).
 
     Args:
@@ -187,11 +193,12 @@ def client_batches(index: Array, counts: Array, seed, round_index, *, per_round:
       local_steps: every client holding data takes this many steps (its batches run on through
         `epochs_drawn` fresh epoch orders) instead of `local_epochs` epochs; None: epochs.
       augment: draw a random horizontal flip for every visiting position (`client_orders`).
+      batch_order: "round" (fresh epoch orders every round) or "epochs" (`stream_orders`).
     """
     return client_orders(index, counts, round_clients(index.shape[0], seed, round_index, per_round=per_round,
                                                       include_last=include_last),
                          seed, round_index, batch_size=batch_size, local_epochs=local_epochs, max_samples=max_samples,
-                         local_steps=local_steps, augment=augment)
+                         local_steps=local_steps, augment=augment, batch_order=batch_order)
 
 
 def round_clients(num_rows: int, seed, round_index, *, per_round: int, include_last: bool = False) -> Array:
@@ -207,7 +214,7 @@ def round_clients(num_rows: int, seed, round_index, *, per_round: int, include_l
 
 def client_orders(index: Array, counts: Array, clients: Array, seed, round_index, *, batch_size: int,
                   local_epochs: int, max_samples: int | None = None, valid: Array | None = None,
-                  local_steps: int | None = None, augment: bool = False) -> ClientBatches:
+                  local_steps: int | None = None, augment: bool = False, batch_order: str = "round") -> ClientBatches:
     """Every local epoch's sample order of the given clients (`client_batches` without the sampling).
 
     Client `c`'s orders depend on `(seed, round, c)` only, so any subset of a round's clients (a
@@ -223,7 +230,15 @@ def client_orders(index: Array, counts: Array, clients: Array, seed, round_index
         `fold_in(key(seed, AUGMENT_TAG, round), c * E + e)` (`data.augment.flip_bits`): the image
         is mirrored (ByzFL's `RandomHorizontalFlip`) where it is 1, stored in the order as
         `data.augment.mark`'s `-1 - index` (the local step reads it back: `LocalConfig.augmentation`).
+      batch_order: "round": the above; "epochs": `stream_orders` (needs `local_steps`).
     """
+    if batch_order == "epochs":
+        if local_steps is None:
+            raise ValueError("batch_order='epochs' needs local_steps (a client's steps continue across rounds).")
+        return stream_orders(index, counts, clients, seed, round_index, batch_size=batch_size,
+                             local_steps=local_steps, valid=valid, augment=augment)
+    if batch_order != "round":
+        raise ValueError(f"batch_order={batch_order!r}: allowed 'round' or 'epochs'.")
     max_m = index.shape[1]
     width = -(-max_m // batch_size) * batch_size
     idx_bits = position_bits(max(width, -(-(max_samples or 0) // batch_size) * batch_size))
@@ -252,6 +267,104 @@ def client_orders(index: Array, counts: Array, clients: Array, seed, round_index
     return ClientBatches(clients, m, steps.astype(jnp.int32), order.astype(jnp.int32))
 
 
+_FEISTEL_ROUNDS = 6
+
+
+def _mix32(x: Array) -> Array:
+    """A bijective 32-bit integer mixer (xor-shift / multiply, "lowbias32" of C. Wellons'
+    hash-prospector), the Feistel network's round function."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def feistel_permutation(positions: Array, size: Array, round_keys: Array) -> Array:
+    """A keyed pseudo-random bijection of `0..size-1`, evaluated only at the given positions.
+
+    A balanced Feistel network on `2h` bits (`2^(2h) >= size`, `< 4 size`), `round_keys.shape[-1]`
+    rounds of `L, R <- R, L ^ (mix32(R ^ key) mod 2^h)`, with cycle walking (re-encrypt while the
+    value is `>= size`): a permutation of `0..size-1` for any keys, whose entries cost `O(rounds)`
+    each, so a step's batch needs no sort of the whole epoch (Black & Rogaway 2002, "Ciphers with
+    arbitrary finite domains"). Not uniform over all `size!` orders: a keyed pseudo-random
+    permutation, as a data loader's shuffle needs.
+
+    Args:
+      positions: int array (any shape), positions `< size` (others give unspecified values).
+      size: int array broadcastable to `positions`, `1 <= size <= 2^24` (`size <= 0`: unspecified).
+      round_keys: uint32 `[..., rounds]`, its leading axes broadcastable to `positions`.
+
+    Returns:
+      int32 array of `positions`' shape: the images of `positions`.
+    """
+    size = jnp.asarray(size, jnp.int32)
+    bits = 32 - jax.lax.clz(jnp.maximum(size - 1, 1).astype(jnp.uint32))   # bits of size - 1 (>= 1)
+    half = ((bits + 1) // 2).astype(jnp.uint32)
+    mask = (jnp.uint32(1) << half) - jnp.uint32(1)
+    keys = jnp.asarray(round_keys, jnp.uint32)
+
+    def encrypt(x):
+        left, right = x >> half, x & mask
+        for r in range(keys.shape[-1]):
+            left, right = right, left ^ (_mix32(right ^ keys[..., r]) & mask)
+        return (left << half) | right
+
+    limit = size.astype(jnp.uint32)
+    x = encrypt(jnp.asarray(positions, jnp.uint32))
+    # Cycle walking: the walk from a position < size returns below size (at worst at the position).
+    x = jax.lax.while_loop(lambda v: jnp.any(v >= limit), lambda v: jnp.where(v >= limit, encrypt(v), v), x)
+    return x.astype(jnp.int32)
+
+
+def stream_orders(index: Array, counts: Array, clients: Array, seed, round_index, *, batch_size: int,
+                  local_steps: int, valid: Array | None = None, augment: bool = False) -> ClientBatches:
+    """The "epochs" batch order: each client's steps run on through its epochs across rounds, as a
+    PyTorch `DataLoader(shuffle=True)` iterated without restart (ByzFL's clients).
+
+    Every client trains every round (`Config.batch_order` checks it), so client `c`'s `i`-th step of
+    round `t` is its step `k = t * local_steps + i` overall: epoch `e = k // S_c`, batch `b = k % S_c`
+    (`S_c = ceil(m_c / B)`), the epoch order's positions `b*B .. min(b*B + B, m_c) - 1` (the epoch's
+    last batch is partial). Epoch `e`'s order is `feistel_permutation` keyed by
+    `key(seed, EPOCH_TAG, c, e)`, evaluated at those positions only. With `augment`, the visit of
+    position `p` is mirrored where a hash of `(p, key)` is odd (one coin per visit, as
+    `RandomHorizontalFlip` draws at each load).
+
+    Args:
+      index, counts, clients, seed, round_index, batch_size, valid, augment: as `client_orders`.
+      local_steps: steps per round (static).
+
+    Returns:
+      `ClientBatches` with `order [n, local_steps, B]` and `sizes [n, local_steps]`.
+    """
+    B, S = batch_size, local_steps
+    m = counts[clients].astype(jnp.int32)
+    if valid is not None:
+        m = jnp.where(valid, m, 0)
+    per_epoch = jnp.maximum(-(-m // B), 1)                                            # [n]
+    k = jnp.asarray(round_index, jnp.int32) * S + jnp.arange(S, dtype=jnp.int32)      # [S]
+    epoch = k[None, :] // per_epoch[:, None]                                          # [n, S]
+    batch = k[None, :] % per_epoch[:, None]
+    pos = batch[..., None] * B + jnp.arange(B, dtype=jnp.int32)                       # [n, S, B]
+    live = pos < m[:, None, None]
+    base = jax.random.fold_in(run_key(seed), EPOCH_TAG)
+    words = jax.vmap(jax.vmap(lambda c, e: jax.random.bits(
+        jax.random.fold_in(jax.random.fold_in(base, c), e), (_FEISTEL_ROUNDS + 1,), jnp.uint32),
+        in_axes=(None, 0)))(clients, epoch)                                           # [n, S, rounds + 1]
+    q = feistel_permutation(jnp.where(live, pos, 0), jnp.maximum(m, 1)[:, None, None], words[..., None, :-1])
+    table = index[clients]
+    order = jnp.take_along_axis(table, jnp.minimum(q, table.shape[1] - 1).reshape(q.shape[0], -1), axis=1)
+    order = jnp.where(live, order.reshape(q.shape), table[:, :1, None])
+    if augment:
+        from strike_jax.data import augment as augment_lib
+
+        coin = _mix32(_mix32(pos.astype(jnp.uint32) ^ words[..., -1:]))
+        order = augment_lib.mark(order, live & ((coin >> 31) == 1))
+    sizes = jnp.clip(m[:, None] - batch * B, 0, B)
+    steps = local_step_counts(m, B, 1, S)
+    return ClientBatches(clients, m, steps.astype(jnp.int32), order.astype(jnp.int32), sizes.astype(jnp.int32))
+
+
 def padded_schedule(cb: ClientBatches, *, batch_size: int, num_steps: int,
                     slots: int | None = None) -> tuple[Array, Array]:
     """The classic per-client layout: `(batch_idx [n, S, B], batch_mask [n, S, B])`, client `j`'s real
@@ -259,6 +372,8 @@ def padded_schedule(cb: ClientBatches, *, batch_size: int, num_steps: int,
     `slots`: a step's batch slots instead of `B` (fewer only when every client holds at most
     `slots` samples, `batch_slots`)."""
     k = jnp.arange(num_steps)
+    if cb.sizes is not None:
+        return jax.vmap(lambda o, z, s: _stream_step_batch(o, z, s, k, slots))(cb.order, cb.sizes, cb.steps)
     idx, mask = jax.vmap(lambda o, m, s: _step_batch(o, m, s, k, batch_size, slots))(cb.order, cb.counts, cb.steps)
     return idx, mask
 
@@ -283,6 +398,18 @@ def _step_batch(order: Array, m: Array, s: Array, k: Array, batch_size: int,
     pos = (k % per_epoch)[..., None] * batch_size + jnp.arange(slots)
     idx = order[e[..., None], jnp.minimum(pos, order.shape[1] - 1)]
     mask = (pos < m) & (k < s)[..., None]
+    return idx, mask
+
+
+def _stream_step_batch(order: Array, sizes: Array, s: Array, k: Array, slots: int | None = None
+                       ) -> tuple[Array, Array]:
+    """`_step_batch` for `stream_orders`' rows (`order [s, B]`, `sizes [s]`): row `k` is step `k`'s
+    batch (its real samples first, at most `slots` of them, `batch_slots`)."""
+    slots = order.shape[1] if slots is None else slots
+    kk = jnp.clip(k, 0, order.shape[0] - 1)
+    pos = jnp.arange(slots)
+    idx = order[kk[..., None], pos]
+    mask = (pos < sizes[kk][..., None]) & (k < s)[..., None]
     return idx, mask
 
 
@@ -392,6 +519,11 @@ def lane_batches(cb: ClientBatches, plan: LanePlan, *, batch_size: int,
     `batch_slots`): the same real examples, in the same order, in fewer masked slots."""
     n = cb.clients.shape[0]
     j = jnp.minimum(plan.slot, n - 1)
+    sizes = cb.sizes
+    if sizes is not None:
+        idx, mask = jax.vmap(jax.vmap(lambda jj, kk: _stream_step_batch(cb.order[jj], sizes[jj], cb.steps[jj], kk,
+                                                                       slots)))(j, plan.step)
+        return idx, mask & (plan.slot < n)[..., None]
     idx, mask = jax.vmap(jax.vmap(lambda jj, kk: _step_batch(cb.order[jj], cb.counts[jj], cb.steps[jj], kk,
                                                             batch_size, slots)))(j, plan.step)
     return idx, mask & (plan.slot < n)[..., None]
