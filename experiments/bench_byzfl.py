@@ -235,14 +235,22 @@ def compare(peer_runs: dict, ours_runs: dict) -> list[dict]:
     return cells
 
 
+def _load_text(payload: dict) -> str:
+    la = payload.get("load_average")
+    if not la:
+        return "load average not recorded"
+    return ("load average (1, 5, 15 min) " + ", ".join(map(str, la["ours_start"])) + " when strike_jax started, "
+            + ", ".join(map(str, la["ours_end"])) + " when it ended")
+
+
 def write_table(payload: dict, path_md: str) -> None:
     p, o = payload["peer"], payload["ours"]
     steps = payload["steps"]
     lines = [
         "# ByzFL 0.0.11 `run_benchmark` vs `strike-jax byzfl`, same config, CPU",
         "",
-        f"Measured {payload['date']} on a 2-core CPU **shared with other agents** (load average 5-13 while "
-        "measuring: every timing here is an upper bound and noisy). Command: `" + payload["command"] + "`.",
+        f"Measured {payload['date']} on a 2-core CPU shared with other agents ({_load_text(payload)}; every "
+        "timing here is an upper bound). Command: `" + payload["command"] + "`.",
         "",
         f"Config: {payload['grid']}. Model `{payload['model']}`: {payload['model_reason']}",
         "",
@@ -368,14 +376,17 @@ def main(argv=None) -> int:
     # includes compiling every program.
     env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                STRIKE_JAX_CACHE_DIR="off")
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "strike_jax.cli", "byzfl", cfg_path, "--quiet"], check=True, env=env)
     ours_wall = time.perf_counter() - t0
+    load_after = os.getloadavg()
     ours = read_layout(cfg_ours, ours_dir)
     n_ours = sum(len(v) for v in ours.values())
     reads = byzfl_reads(args.peer_python, ours_dir, os.path.join(workdir, "ours", "byzfl_plots"))
     payload = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_average": {"ours_start": [round(x, 2) for x in load_before], "ours_end": [round(x, 2) for x in load_after]},
         "command": "python -m experiments.bench_byzfl " + " ".join(argv if argv is not None else sys.argv[1:]),
         "model": model, "model_reason": args.model_reason or "chosen on the command line",
         "grid": "Fashion-MNIST, DSGD, 10 honest + f=2, gamma_similarity_niid 1.0, size_train_set 1.0, NNM + "

@@ -870,7 +870,10 @@ def run(path: str | os.PathLike | Mapping[str, Any], *, results_dir: str | os.Pa
 
     atomic.write_json(os.path.join(out, "config.json"), _with_optional_defaults(cfg), indent=4)
     dirs = [R.run_dir(out, s) for s in specs]
-    results = simulate_many(configs, run_dirs=dirs, progress=progress, settings=settings)
+    # A checkpoint at each of ByzFL's evaluations (and every minute): a DSGD round is one step, so
+    # the default (every 10 rounds) would spend more time writing than training.
+    results = simulate_many(configs, run_dirs=dirs, progress=progress, settings=settings,
+                            checkpoint_every=max(10, min(c.eval_every for c in configs)), checkpoint_seconds=60.0)
     val_key = _val_key()
     arrays = []
     for spec, res in zip(specs, results):

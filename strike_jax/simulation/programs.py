@@ -190,7 +190,8 @@ def program_keys(batch) -> dict[str, ProgramKey]:
 def submit_programs(batch, cache: ProgramCache) -> dict[str, ProgramKey]:
     """Starts compiling a batch's programs (those not already in `cache`); returns their keys."""
     keys = program_keys(batch)
-    if batch.device and batch.mesh is None:
+    # Tracing the training (for its output's shapes) costs ~0.1-1 s: only when a program is missing.
+    if batch.device and batch.mesh is None and (keys["train"] not in cache or keys["server"] not in cache):
         train = round_lib.make_device_train(batch.model, batch.local_cfg, batch.shape, batch.unravel,
                                             flip_byzantine=batch.flip, mesh=batch.mesh,
                                             flipped_rows=batch.flipped_rows)
@@ -211,6 +212,7 @@ def submit_programs(batch, cache: ProgramCache) -> dict[str, ProgramKey]:
             if batch.recycle:
                 server_args += (t_shape.updates,)
             cache.submit(keys["server"], lambda: _aot(srv.jitted, *server_args))
+    if batch.device and batch.mesh is None:
         if keys["eval"] not in cache:
             ev = jax.jit(_vmapped_eval(training.make_evaluate(batch.model), batch.unravel))
             eval_args = (batch.state.w, batch.x_test, batch.y_test)
