@@ -386,7 +386,8 @@ def main(argv=None) -> int:
     reads = byzfl_reads(args.peer_python, ours_dir, os.path.join(workdir, "ours", "byzfl_plots"))
     payload = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "load_average": {"ours_start": [round(x, 2) for x in load_before], "ours_end": [round(x, 2) for x in load_after]},
+        "load_average": {"ours_start": [round(x, 2) for x in load_before],
+                         "ours_end": [round(x, 2) for x in load_after]},
         "command": "python -m experiments.bench_byzfl " + " ".join(argv if argv is not None else sys.argv[1:]),
         "model": model, "model_reason": args.model_reason or "chosen on the command line",
         "grid": "Fashion-MNIST, DSGD, 10 honest + f=2, gamma_similarity_niid 1.0, size_train_set 1.0, NNM + "
