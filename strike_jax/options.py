@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from strike_jax.config import (
     ALGORITHMS,
+    BATCH_ORDERS,
     PARTITIONS,
     PREAGGREGATION_ORDERS,
     STRATEGIES,
@@ -93,7 +94,7 @@ def allowed_names(field: str) -> tuple[str, ...] | None:
 
         return models.names()
     return {"partition": PARTITIONS, "strategy": STRATEGIES, "algorithm": ALGORITHMS,
-            "preaggregation_order": PREAGGREGATION_ORDERS}.get(field)
+            "preaggregation_order": PREAGGREGATION_ORDERS, "batch_order": BATCH_ORDERS}.get(field)
 
 
 _LABEL = {"defence": "defence", "attack": "attack", "preaggregation": "pre-aggregator", "dataset": "data set"}

@@ -211,7 +211,8 @@ def test_bad_options_exit_2_one_line(capsys):
 
 SAMPLE = {int: ("7", 7), float: ("1", 1.0), str: None, bool: None, tuple: ("nnm,bucketing", ("nnm", "bucketing"))}
 STRINGS = {"dataset": "synthetic", "data_dir": "/data/x", "model": "mlp", "partition": "iid", "attack": "lie",
-           "defence": "cclip", "strategy": "loop", "algorithm": "dsgd", "preaggregation_order": "given"}
+           "defence": "cclip", "strategy": "loop", "algorithm": "dsgd", "preaggregation_order": "given",
+           "batch_order": "epochs"}
 INT_TUPLE = ("3,5", (3, 5))
 PARAMS = {"attack_params": ["nu=2"], "defence_params": ["tau=5"], "dataset_params": ["image_size=8"],
           "preaggregation_params": ["bucketing.s=3"]}

@@ -125,9 +125,8 @@ def replace_rows(updates: Array, byzantine_mask: Array, row: Array) -> Array:
     return _replace_rows(updates, jnp.asarray(byzantine_mask, bool), row.astype(updates.dtype))
 
 
-@jax.custom_jvp
 @jax.custom_batching.custom_vmap
-def _replace_rows(updates: Array, mask: Array, row: Array) -> Array:
+def _replace_rows_unbatched(updates: Array, mask: Array, row: Array) -> Array:
     row = row[None, :]
 
     def write(i, acc):
@@ -136,7 +135,7 @@ def _replace_rows(updates: Array, mask: Array, row: Array) -> Array:
     return jax.lax.fori_loop(0, updates.shape[0], write, updates)
 
 
-@_replace_rows.def_vmap
+@_replace_rows_unbatched.def_vmap
 def _replace_rows_batched(axis_size: int, in_batched, updates: Array, mask: Array, row: Array):
     """`[B, n, d]`, `[B, n]`, `[B, d]` (unbatched inputs broadcast): row `i` of every batch
     element is written as `where(mask[:, i], row, U[:, i])`, touching one row per step."""
@@ -151,6 +150,10 @@ def _replace_rows_batched(axis_size: int, in_batched, updates: Array, mask: Arra
         return jax.lax.dynamic_update_index_in_dim(acc, new, i, axis=1)
 
     return jax.lax.fori_loop(0, updates.shape[1], write, updates), True
+
+
+# The JVP is a plain select (transposable, so reverse mode works; `custom_vmap` alone has none).
+_replace_rows = jax.custom_jvp(_replace_rows_unbatched)
 
 
 @_replace_rows.defjvp
