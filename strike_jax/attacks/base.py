@@ -159,9 +159,7 @@ _replace_rows = jax.custom_jvp(_replace_rows_unbatched)
 @_replace_rows.defjvp
 def _replace_rows_jvp(primals, tangents):
     updates, mask, row = primals
-    t_updates, _, t_row = tangents
-    t_updates = jnp.zeros_like(updates) if isinstance(t_updates, jax.custom_derivatives.SymbolicZero) else t_updates
-    t_row = jnp.zeros_like(row) if isinstance(t_row, jax.custom_derivatives.SymbolicZero) else t_row
+    t_updates, _, t_row = tangents  # zero tangents come instantiated (no `symbolic_zeros`)
     return _replace_rows(updates, mask, row), jnp.where(mask[:, None], t_row[None, :], t_updates)
 
 

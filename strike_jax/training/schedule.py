@@ -372,10 +372,8 @@ def padded_schedule(cb: ClientBatches, *, batch_size: int, num_steps: int,
     `slots`: a step's batch slots instead of `B` (fewer only when every client holds at most
     `slots` samples, `batch_slots`)."""
     k = jnp.arange(num_steps)
-    if cb.sizes is not None:
-        return jax.vmap(lambda o, z, s: _stream_step_batch(o, z, s, k, slots))(cb.order, cb.sizes, cb.steps)
-    idx, mask = jax.vmap(lambda o, m, s: _step_batch(o, m, s, k, batch_size, slots))(cb.order, cb.counts, cb.steps)
-    return idx, mask
+    return jax.vmap(lambda o, m, z, s: _client_batch(o, m, z, s, k, batch_size, slots))(
+        cb.order, cb.counts, cb.sizes, cb.steps)
 
 
 def batch_slots(batch_size: int, max_samples_per_client: int) -> int:
@@ -399,6 +397,15 @@ def _step_batch(order: Array, m: Array, s: Array, k: Array, batch_size: int,
     idx = order[e[..., None], jnp.minimum(pos, order.shape[1] - 1)]
     mask = (pos < m) & (k < s)[..., None]
     return idx, mask
+
+
+def _client_batch(order: Array, m: Array, sizes: Array | None, s: Array, k: Array, batch_size: int,
+                  slots: int | None) -> tuple[Array, Array]:
+    """One client's batches of steps `k`: from its epoch orders (`_step_batch`), or from its
+    per-step rows when `sizes` is given (`stream_orders`, `_stream_step_batch`)."""
+    if sizes is None:
+        return _step_batch(order, m, s, k, batch_size, slots)
+    return _stream_step_batch(order, sizes, s, k, slots)
 
 
 def _stream_step_batch(order: Array, sizes: Array, s: Array, k: Array, slots: int | None = None
@@ -520,10 +527,10 @@ def lane_batches(cb: ClientBatches, plan: LanePlan, *, batch_size: int,
     n = cb.clients.shape[0]
     j = jnp.minimum(plan.slot, n - 1)
     sizes = cb.sizes
-    if sizes is not None:
-        idx, mask = jax.vmap(jax.vmap(lambda jj, kk: _stream_step_batch(cb.order[jj], sizes[jj], cb.steps[jj], kk,
-                                                                       slots)))(j, plan.step)
-        return idx, mask & (plan.slot < n)[..., None]
-    idx, mask = jax.vmap(jax.vmap(lambda jj, kk: _step_batch(cb.order[jj], cb.counts[jj], cb.steps[jj], kk,
-                                                            batch_size, slots)))(j, plan.step)
+
+    def one(jj, kk):
+        return _client_batch(cb.order[jj], cb.counts[jj], None if sizes is None else sizes[jj], cb.steps[jj], kk,
+                             batch_size, slots)
+
+    idx, mask = jax.vmap(jax.vmap(one))(j, plan.step)
     return idx, mask & (plan.slot < n)[..., None]
