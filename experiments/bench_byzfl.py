@@ -4,6 +4,7 @@
     python -m experiments.bench_byzfl --probe                  # ByzFL's step time, cnn_mnist vs fc_mnist
     python -m experiments.bench_byzfl --peer-only              # only ByzFL's side (its JSON, to reuse)
     python -m experiments.bench_byzfl --peer-results FILE      # reuse a finished ByzFL side
+    python -m experiments.bench_byzfl --init-check 6           # honest runs over 6 data seeds (initial models)
 
 One invocation writes a ByzFL 0.0.11 benchmark config (Fashion-MNIST from the Debian package, made
 into torchvision's layout `<tmp>/FashionMNIST/raw/...` in a temporary folder), runs it with ByzFL's
@@ -172,7 +173,8 @@ def byzfl_reads(peer_python: str, results_directory: str, plots: str) -> dict:
 
 def read_layout(cfg: dict, results_directory: str) -> dict:
     """The finished runs of `cfg` (those with ByzFL's `train_time` file, written last) read from
-    ByzFL's result layout (either side's): {folder: {seed: {"test_acc", "train_time_s", "end"}}}."""
+    ByzFL's result layout (either side's): {folder: {seed: {"test_acc", "train_time_s", "end",
+    "train_loss"}}}, `seed` the training seed (`"<seed>/dd<data seed>"` beyond the first data seed)."""
     from strike_jax import byzfl
 
     out: dict = {}
@@ -182,10 +184,15 @@ def read_layout(cfg: dict, results_directory: str) -> dict:
         t = os.path.join(d, f"train_time_{tag}.txt")
         if not os.path.exists(t):
             continue
+        loss = os.path.join(d, f"train_loss_{tag}.txt")
         row = {"test_acc": np.atleast_1d(np.genfromtxt(os.path.join(d, f"test_accuracy_{tag}.txt"),
                                                        delimiter=",")).tolist(),
-               "train_time_s": float(np.loadtxt(t)), "end": os.path.getmtime(t)}
-        out.setdefault(spec.folder, {})[str(spec.seed)] = row
+               "train_time_s": float(np.loadtxt(t)), "end": os.path.getmtime(t),
+               "train_loss": (np.atleast_1d(np.genfromtxt(loss, delimiter=",")).tolist()
+                              if os.path.exists(loss) else None)}
+        key = str(spec.seed) if spec.data_seed == cfg["benchmark_config"].get("data_distribution_seed", 0) \
+            else f"{spec.seed}/dd{spec.data_seed}"
+        out.setdefault(spec.folder, {})[key] = row
     return out
 
 
@@ -241,6 +248,107 @@ def _load_text(payload: dict) -> str:
         return "load average not recorded"
     return ("load average (1, 5, 15 min) " + ", ".join(map(str, la["ours_start"])) + " when strike_jax started, "
             + ", ".join(map(str, la["ours_end"])) + " when it ended")
+
+
+# ------------------------------------------------------------------------------- strike_jax's side
+
+
+def command_line(argv) -> str:
+    """This invocation as a command, the long free-text values (`--notes`, `--model-reason`) shown
+    as placeholders (the table prints them in full)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, a in enumerate(argv[:-1]):
+        if a in ("--notes", "--model-reason"):
+            argv[i + 1] = "<the notes paragraph below>" if a == "--notes" else "<the model reason above>"
+    return "python -m experiments.bench_byzfl " + " ".join(argv)
+
+
+def run_ours(cfg_peer: dict, data: str, workdir: str):
+    """`strike-jax byzfl` on ByzFL's config in a fresh process (imports, data and compilation timed:
+    JAX's persistent compilation cache, which `strike-jax` enables, off), results in
+    `workdir/results` (removed first: nothing resumed). Returns (wall s, runs read, results folder,
+    load average before, after)."""
+    cfg_ours = json.loads(json.dumps(cfg_peer))
+    cfg_ours["evaluation_and_results"]["data_folder"] = data
+    ours_dir = os.path.join(workdir, "results")
+    cfg_ours["evaluation_and_results"]["results_directory"] = ours_dir
+    if os.path.exists(ours_dir):
+        shutil.rmtree(ours_dir)
+    os.makedirs(workdir, exist_ok=True)
+    cfg_path = os.path.join(workdir, "config.json")
+    with open(cfg_path, "w") as fh:
+        json.dump(cfg_ours, fh, indent=2)
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               STRIKE_JAX_CACHE_DIR="off")
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "strike_jax.cli", "byzfl", cfg_path, "--quiet"], check=True, env=env)
+    wall = time.perf_counter() - t0
+    return wall, read_layout(cfg_ours, ours_dir), ours_dir, load_before, os.getloadavg()
+
+
+def init_check(args, data: str, workdir: str) -> int:
+    """The accuracy check of the initial model (`--init-check K`): honest runs only (f = 0, Average,
+    no pre-aggregator), one training seed and K data seeds, on both sides. ByzFL builds its models
+    under the data seed and only then reseeds with the training seed, so its training seeds share
+    one initial model and their spread leaves out the initial model's; K data seeds draw K initial
+    models on both sides (strike_jax's runner: `init_seed = data_seed`, ByzFL's convention).
+    Writes `<out>_init.md` / `.json`."""
+    cfg = bench_config(args.model, args.steps, 1, data, os.path.join(workdir, "init_byzfl", "results"),
+                       aggregators=[{"name": "Average", "parameters": {}}], attacks=ATTACKS[:1],
+                       evaluation_delta=args.evaluation_delta)
+    cfg["benchmark_config"].update(f=0, nb_data_distribution_seeds=args.init_check)
+    cfg["pre_aggregators"] = []
+    # ByzFL skips runs whose results exist: remove them so that its time is this invocation's.
+    shutil.rmtree(cfg["evaluation_and_results"]["results_directory"], ignore_errors=True)
+    measured = run_peer(args.peer_python, cfg, os.path.join(workdir, "init_byzfl"))
+    (peer,) = read_layout(cfg, measured["results_directory"]).values()
+    ours_wall, ours_runs, _, load_before, load_after = run_ours(cfg, data, os.path.join(workdir, "init_ours"))
+    (ours,) = ours_runs.values()
+    rows = [{"data_seed": k.split("dd")[-1] if "dd" in k else "0",
+             "peer_final": peer[k]["test_acc"][-1], "ours_final": ours[k]["test_acc"][-1],
+             "peer_curve": peer[k]["test_acc"], "ours_curve": ours[k]["test_acc"],
+             "peer_loss0": peer[k]["train_loss"][0], "ours_loss0": ours[k]["train_loss"][0]}
+            for k in sorted(peer, key=lambda k: int(k.split("dd")[-1]) if "dd" in k else 0)]
+    payload = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "command": command_line(None),
+               "load_average": {"ours_start": [round(x, 2) for x in load_before],
+                                "ours_end": [round(x, 2) for x in load_after]},
+               "peer_wall_s": measured["wall_s"], "ours_wall_s": ours_wall, "rows": rows, "config": cfg,
+               "notes": args.notes}
+    from strike_jax import atomic
+
+    atomic.write_json(args.out + "_init.json", payload)
+    pf, of = [r["peer_final"] for r in rows], [r["ours_final"] for r in rows]
+    lines = [
+        "# ByzFL vs strike_jax: the initial model's share of the accuracy (honest runs, K data seeds)",
+        "",
+        f"Measured {payload['date']}, 2-core CPU ({_load_text(payload)}). Command: `{payload['command']}`.",
+        "",
+        f"Config: the benchmark's (Fashion-MNIST, `{args.model}`, DSGD, 10 honest clients, lr 0.1, momentum 0.9, "
+        f"weight decay 1e-4, batch 25, gamma_similarity_niid 1.0, {args.steps} steps) with f = 0, `Average`, no "
+        f"pre-aggregator, training seed 0 and data seeds 0 .. {len(rows) - 1}. ByzFL draws its initial model under "
+        "the data seed (`set_random_seed(data_distribution_seed)` before it builds the models, then "
+        "`set_random_seed(training_seed)`), so runs that differ only in the training seed start from one model; "
+        "strike_jax's ByzFL runner does the same (`init_seed = data_seed`). Each row is one data seed: its own "
+        "partition and initial model on each side (different random streams: torch's and JAX's).",
+        "",
+        "| data seed | ByzFL final test accuracy (%) | strike_jax final (%) | ByzFL step-0 train loss | "
+        "strike_jax step-0 train loss |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['data_seed']} | {100 * r['peer_final']:.2f} | {100 * r['ours_final']:.2f} | "
+                     f"{r['peer_loss0']:.4f} | {r['ours_loss0']:.4f} |")
+    lines += [f"| mean ± std | {_stats(pf)} | {_stats(of)} | | |", "",
+              "Test accuracy at each evaluation (%), mean over the data seeds: ByzFL "
+              + ", ".join(f"{100 * v:.2f}" for v in np.mean([r["peer_curve"] for r in rows], axis=0))
+              + "; strike_jax " + ", ".join(f"{100 * v:.2f}" for v in np.mean([r["ours_curve"] for r in rows], axis=0))
+              + ".", "", f"Wall time: ByzFL {measured['wall_s']:.0f} s, strike_jax {ours_wall:.0f} s "
+              "(a fresh process, compilation included).", "", args.notes, ""]
+    atomic.write_text(args.out + "_init.md", "\n".join(lines))
+    print("\n".join(lines))
+    return 0
 
 
 def write_table(payload: dict, path_md: str) -> None:
@@ -318,6 +426,8 @@ def main(argv=None) -> int:
     ap.add_argument("--peer-threads", type=int, default=None,
                     help="torch threads for ByzFL (default: torch's own choice)")
     ap.add_argument("--evaluation-delta", type=int, default=50)
+    ap.add_argument("--init-check", type=int, default=0, metavar="K",
+                    help="only the initial-model check: honest runs, K data seeds, both sides (writes <out>_init.md)")
     ap.add_argument("--notes", default="", help="a paragraph appended to the table")
     ap.add_argument("--out", default=os.path.join(RESULTS, "bench_byzfl_cpu"))
     ap.add_argument("--peer-worker", default=None, help=argparse.SUPPRESS)
@@ -330,6 +440,8 @@ def main(argv=None) -> int:
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench_byzfl_")
     os.makedirs(workdir, exist_ok=True)
     data = torchvision_layout(os.path.join(workdir, "data"))
+    if args.init_check:
+        return init_check(args, data, workdir)
     if args.probe:
         res = probe(args.peer_python, data, (args.model,) if args.probe_one else ("cnn_mnist", "fc_mnist"))
         print(json.dumps(res, indent=2))
@@ -362,33 +474,14 @@ def main(argv=None) -> int:
             return 0
     cfg_peer = peer["config"]
     model, steps = cfg_peer["model"]["name"], cfg_peer["benchmark_config"]["nb_steps"]
-    cfg_ours = json.loads(json.dumps(cfg_peer))
-    cfg_ours["evaluation_and_results"]["data_folder"] = data
-    ours_dir = os.path.join(workdir, "ours", "results")
-    cfg_ours["evaluation_and_results"]["results_directory"] = ours_dir
-    if os.path.exists(ours_dir):  # a fresh run every time: nothing resumed
-        shutil.rmtree(ours_dir)
-    os.makedirs(os.path.join(workdir, "ours"), exist_ok=True)
-    cfg_path = os.path.join(workdir, "ours", "config.json")
-    with open(cfg_path, "w") as fh:
-        json.dump(cfg_ours, fh, indent=2)
-    # A cold start: JAX's persistent compilation cache (which `strike-jax` enables) off, so the time
-    # includes compiling every program.
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               STRIKE_JAX_CACHE_DIR="off")
-    load_before = os.getloadavg()
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "strike_jax.cli", "byzfl", cfg_path, "--quiet"], check=True, env=env)
-    ours_wall = time.perf_counter() - t0
-    load_after = os.getloadavg()
-    ours = read_layout(cfg_ours, ours_dir)
+    ours_wall, ours, ours_dir, load_before, load_after = run_ours(cfg_peer, data, os.path.join(workdir, "ours"))
     n_ours = sum(len(v) for v in ours.values())
     reads = byzfl_reads(args.peer_python, ours_dir, os.path.join(workdir, "ours", "byzfl_plots"))
     payload = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_average": {"ours_start": [round(x, 2) for x in load_before],
                          "ours_end": [round(x, 2) for x in load_after]},
-        "command": "python -m experiments.bench_byzfl " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line(argv),
         "model": model, "model_reason": args.model_reason or "chosen on the command line",
         "grid": "Fashion-MNIST, DSGD, 10 honest + f=2, gamma_similarity_niid 1.0, size_train_set 1.0, NNM + "
                 "{TrMean, GeometricMedian, MultiKrum, Median} x {SignFlipping, ALittleIsEnough, "

@@ -754,8 +754,10 @@ def to_config(spec: RunSpec) -> Config:
     honest clients only), every client every step, each client's batches running on through its
     epochs (`batch_order="epochs"`: ByzFL's clients iterate their shuffled `DataLoader` without
     restart, the last batch of an epoch partial), the rules told `tolerated_f`, the partition
-    drawn from `data_seed` and everything else from `seed`, an evaluation every `evaluation_delta`
-    steps (and at step 0 and after the last, as ByzFL).
+    and the initial model drawn from `data_seed` (ByzFL builds its models before it reseeds with the
+    training seed, so its training seeds share one initial model: `init_seed = data_seed`) and
+    everything else from `seed`, an evaluation every `evaluation_delta` steps (and at step 0 and after
+    the last, as ByzFL).
 
     Raises:
       InputError: a feature strike_jax cannot run the ByzFL way (one line naming it).
@@ -777,7 +779,8 @@ def to_config(spec: RunSpec) -> Config:
         attack=attack, attack_params=dict(spec.attack.params) if attack != "none" else {},
         defence=spec.rule.name, defence_params=dict(spec.rule.params),
         preaggregation=pre, preaggregation_params={p.name: dict(p.params) for p in spec.preaggregators if p.params},
-        eval_every=spec.eval_every, seed=spec.seed, data_seed=spec.data_seed, tolerated_f=spec.tolerated_f,
+        eval_every=spec.eval_every, seed=spec.seed, data_seed=spec.data_seed, init_seed=spec.data_seed,
+        tolerated_f=spec.tolerated_f,
         algorithm="dsgd", local_steps=1, batch_order="epochs", server_lr=spec.lr, server_weight_decay=spec.weight_decay,
         lr_milestones=tuple(spec.milestones), lr_decay=spec.lr_decay, **kw)
     if config.num_byzantine != spec.f:  # ceil(r * N) must give back f exactly

@@ -303,6 +303,9 @@ class Config:
         their limit instead of the real one); None: the real count. The attack always knows the real
         one. Under partial participation the rules get this fixed number every round.
       data_seed: the seed of the data split (partition, root set); None: `seed`.
+      init_seed: the seed of the initial model; None: `seed`. ByzFL draws its initial model from the
+        data-distribution seed, so its training seeds share one model (`strike_jax.byzfl` sets
+        `init_seed = data_seed`).
       byzantine_data: False: the Byzantine clients `0 .. f-1` hold no data and only the honest
         clients are partitioned (ByzFL's setting); needs an attack that does not train on data.
     """
@@ -352,6 +355,7 @@ class Config:
     lr_decay: float = 0.1
     tolerated_f: int | None = None
     data_seed: int | None = None
+    init_seed: int | None = None
     byzantine_data: bool = True
 
     def __post_init__(self):
@@ -491,8 +495,9 @@ class Config:
         if self.tolerated_f is not None and not 0 <= self.tolerated_f < self.clients_per_round:
             bad("tolerated_f", self.tolerated_f, f"need 0 <= tolerated_f < clients_per_round="
                 f"{self.clients_per_round} or None (the real count)")
-        if self.data_seed is not None and self.data_seed < 0:
-            bad("data_seed", self.data_seed, "need an int >= 0 or None (seed)")
+        for name in ("data_seed", "init_seed"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                bad(name, getattr(self, name), "need an int >= 0 or None (seed)")
         if not self.byzantine_data and self.num_byzantine >= self.num_clients:
             bad("byzantine_data", self.byzantine_data, "with no data for the Byzantine clients at least one "
                 "honest client must remain")

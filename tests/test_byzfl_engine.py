@@ -185,6 +185,28 @@ def test_eval_at_start_records_the_initial_model_and_survives_a_resume(tmp_path)
     assert simulate(cfg.replace(eval_at_start=False))["rounds"][0]["round"] == 0
 
 
+def test_init_seed_draws_the_initial_model_apart_from_the_training_seed():
+    """ByzFL's training seeds share the data seed's initial model: `init_seed` gives the initial
+    model its own seed, per run inside a batch."""
+    from strike_jax import simulate_many, training
+
+    cfg = _val(eval_at_start=True, rounds=1)
+    model = components.make_model(cfg, components.load_dataset(cfg))
+
+    def w0(seed):
+        return np.asarray(training.flatten_variables(components.init_variables(model, seed))[0])
+
+    runs = [cfg.replace(seed=3, init_seed=7), cfg.replace(seed=4, init_seed=7), cfg.replace(seed=3)]
+    assert components.init_seed(runs[0]) == 7 and components.init_seed(runs[2]) == 3
+    first = [r["rounds"][0] for r in simulate_many(runs)]
+    assert all(h["round"] == -1 for h in first)
+    assert not np.array_equal(w0(7), w0(3))
+    for h, seed in zip(first, (7, 7, 3)):
+        assert h["accuracy"] == pytest.approx(_test_accuracy_by_hand(cfg, w0(seed)), abs=1e-6)
+    with pytest.raises(InputError, match="init_seed"):
+        cfg.replace(init_seed=-1)
+
+
 # ------------------------------------------------------------------------ pre-aggregation order
 
 

@@ -74,6 +74,8 @@ def test_grid_count_and_order_by_byzfl_rules(tmp_path):
         "dsgd", STEPS, DELTA, 0.9, 0.1, 0.0001)
     assert (c.seed, c.data_seed, c.partition, c.defence, c.preaggregation) == (5, 0, "iid", "trmean", ("nnm",))
     assert configs[1].seed == 6 and configs[2].attack == "lie"
+    # ByzFL builds its models under the data seed: its training seeds share one initial model.
+    assert [c.init_seed for c in configs] == [0, 0, 0, 0]
 
 
 def test_pipeline_order_and_partition_map_to_config(tmp_path):

@@ -137,8 +137,8 @@ class Batch:
         """Initial state, then each run's checkpoint where it has one; each run's own chain state is
         placed in the grid's (`ServerGrid.embed`)."""
         runs = self.runs
-        flat0 = [training.flatten_variables(components.init_variables(self.model, r.config.seed, self.programs))
-                 for r in runs]
+        flat0 = [training.flatten_variables(
+            components.init_variables(self.model, components.init_seed(r.config), self.programs)) for r in runs]
         self.unravel = flat0[0][1]
         d = flat0[0][0].shape[0]
         self.d = d

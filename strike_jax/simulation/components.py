@@ -24,7 +24,7 @@ from strike_jax.training import schedule
 RUN_NUMBERS = ("seed", "beta", "gamma", "byzantine_ratio", "lr", "momentum", "weight_decay", "clip_norm",
                "attack_params", "defence_params", "preaggregation_params", "rounds", "eval_every", "eval_at_start",
                "server_lr", "server_weight_decay", "lr_milestones", "lr_decay", "tolerated_f", "data_seed",
-               "byzantine_data")
+               "init_seed", "byzantine_data")
 # Structure that only the server program sees: runs that differ in it share the training program,
 # and one grid server program holds every attack and every rule once (`server.ServerGrid`).
 SERVER_ONLY = ("attack", "defence")
@@ -128,6 +128,11 @@ def make_model(config: Config, ds):
 
         model = model._replace(apply=apply)
     return model
+
+
+def init_seed(config: Config) -> int:
+    """The seed of the run's initial model: `init_seed`, else `seed`."""
+    return config.seed if config.init_seed is None else config.init_seed
 
 
 def init_variables(model, seed: int, programs=None):
