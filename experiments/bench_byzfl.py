@@ -295,10 +295,12 @@ def init_check(args, data: str, workdir: str) -> int:
     models on both sides (strike_jax's runner: `init_seed = data_seed`, ByzFL's convention).
     Writes `<out>_init.md` / `.json`."""
     cfg = bench_config(args.model, args.steps, 1, data, os.path.join(workdir, "init_byzfl", "results"),
-                       aggregators=[{"name": "Average", "parameters": {}}], attacks=ATTACKS[:1],
+                       aggregators=[{"name": args.check_rule, "parameters": {}}], attacks=ATTACKS[:1],
                        evaluation_delta=args.evaluation_delta)
     cfg["benchmark_config"].update(f=0, nb_data_distribution_seeds=args.init_check)
-    cfg["pre_aggregators"] = []
+    if args.check_tolerated_f is not None:
+        cfg["benchmark_config"]["tolerated_f"] = args.check_tolerated_f
+    cfg["pre_aggregators"] = [{"name": p, "parameters": {}} for p in args.check_preagg.split(",") if p]
     # ByzFL skips runs whose results exist: remove them so that its time is this invocation's.
     shutil.rmtree(cfg["evaluation_and_results"]["results_directory"], ignore_errors=True)
     measured = run_peer(args.peer_python, cfg, os.path.join(workdir, "init_byzfl"))
@@ -320,14 +322,17 @@ def init_check(args, data: str, workdir: str) -> int:
 
     atomic.write_json(args.out + "_init.json", payload)
     pf, of = [r["peer_final"] for r in rows], [r["ours_final"] for r in rows]
+    pipeline = (" + ".join(f"`{p['name']}`" for p in cfg["pre_aggregators"] + [{"name": args.check_rule}])
+                + ("" if cfg["pre_aggregators"] else " (no pre-aggregator)")
+                + ("" if args.check_tolerated_f is None else f", the rules told f = {args.check_tolerated_f}"))
     lines = [
-        "# ByzFL vs strike_jax: the initial model's share of the accuracy (honest runs, K data seeds)",
+        "# ByzFL vs strike_jax: the initial model's share of the accuracy (no attack, K data seeds)",
         "",
         f"Measured {payload['date']}, 2-core CPU ({_load_text(payload)}). Command: `{payload['command']}`.",
         "",
         f"Config: the benchmark's (Fashion-MNIST, `{args.model}`, DSGD, 10 honest clients, lr 0.1, momentum 0.9, "
-        f"weight decay 1e-4, batch 25, gamma_similarity_niid 1.0, {args.steps} steps) with f = 0, `Average`, no "
-        f"pre-aggregator, training seed 0 and data seeds 0 .. {len(rows) - 1}. ByzFL draws its initial model under "
+        f"weight decay 1e-4, batch 25, gamma_similarity_niid 1.0, {args.steps} steps) with f = 0, "
+        f"{pipeline}, training seed 0 and data seeds 0 .. {len(rows) - 1}. ByzFL draws its initial model under "
         "the data seed (`set_random_seed(data_distribution_seed)` before it builds the models, then "
         "`set_random_seed(training_seed)`), so runs that differ only in the training seed start from one model; "
         "strike_jax's ByzFL runner does the same (`init_seed = data_seed`). Each row is one data seed: its own "
@@ -428,7 +433,12 @@ def main(argv=None) -> int:
     ap.add_argument("--evaluation-delta", type=int, default=50)
     ap.add_argument("--init-check", type=int, default=0, metavar="K",
                     help="only the initial-model check: honest runs, K data seeds, both sides (writes <out>_init.md)")
+    ap.add_argument("--check-rule", default="Average", help="--init-check: ByzFL's aggregator name")
+    ap.add_argument("--check-preagg", default="", help="--init-check: ByzFL's pre-aggregators, comma-separated")
+    ap.add_argument("--check-tolerated-f", type=int, default=None, help="--init-check: the f the rules are told")
     ap.add_argument("--notes", default="", help="a paragraph appended to the table")
+    ap.add_argument("--render", default=None, metavar="JSON",
+                    help="only write the table again from this JSON (a finished invocation's), with --notes")
     ap.add_argument("--out", default=os.path.join(RESULTS, "bench_byzfl_cpu"))
     ap.add_argument("--peer-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -437,6 +447,15 @@ def main(argv=None) -> int:
         return 0
     global PEER_THREADS
     PEER_THREADS = args.peer_threads
+    if args.render:  # the table again from a finished invocation's JSON, with this --notes
+        with open(args.render) as fh:
+            payload = json.load(fh)
+        payload["notes"] = args.notes or payload.get("notes", "")
+        from strike_jax import atomic
+
+        atomic.write_json(args.out + ".json", payload)
+        write_table(payload, args.out + ".md")
+        return 0
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench_byzfl_")
     os.makedirs(workdir, exist_ok=True)
     data = torchvision_layout(os.path.join(workdir, "data"))
@@ -458,8 +477,8 @@ def main(argv=None) -> int:
     elif args.peer_dir:
         with open(os.path.join(args.peer_dir, "config.json")) as fh:
             peer = peer_side(json.load(fh), args.peer_dir)
-        source = (f"read from ByzFL's results folder (`--peer-dir`), started earlier by this script's "
-                  f"`--peer-only`; wall time from {peer['wall_source']}")
+        source = (f"read from ByzFL's results folder (`--peer-dir`), started earlier by this script "
+                  f"(`--peer-only` or a whole invocation); wall time from {peer['wall_source']}")
     else:
         cfg_peer = bench_config(args.model, args.steps, args.seeds, data, os.path.join(workdir, "byzfl", "results"),
                                 evaluation_delta=args.evaluation_delta)
