@@ -346,3 +346,15 @@ def test_smallest_k_mask_rows_without_sort_equals_stable_ranks():
     run = jax.jit(order.smallest_k_mask_rows)
     for k in (0, 1, 37, n - 5, n):
         np.testing.assert_array_equal(np.asarray(run(s, k)), np.asarray(order.stable_ranks_rows(s) < k), err_msg=str(k))
+
+
+def test_gram_column_chunk_keeps_the_accumulator_below_the_blocks():
+    cpu = ops.Backend(platform="cpu")
+    # Few rows: the plain column chunk.
+    assert cpu.gram_column_chunk(50, 32, 10**6) == cpu.column_chunk(50, 10**6)
+    assert cpu.gram_column_chunk(1000, 1000, 10**5) == cpu.column_chunk(1000, 10**5)
+    # Many rows: at least m / 4 columns (a power of two), at most d.
+    assert cpu.column_chunk(10_000, 20_000) == 128
+    assert cpu.gram_column_chunk(10_000, 8192, 20_000) == 2048
+    assert cpu.gram_column_chunk(10_000, 10_000, 20_000) == 4096
+    assert cpu.gram_column_chunk(10_000, 10_000, 3000) == 3000

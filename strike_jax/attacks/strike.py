@@ -139,6 +139,11 @@ class StrikeResult(NamedTuple):
 # From this many coordinates on, the fused CPU path is the default (its run-time gain pays for
 # its longer compile within a few rounds; below, the compile dominates).
 FUSED_MIN_DIM = 1 << 20
+# From this many rows stage 2 forms the Gram matrix of S alone (`hidden_vector(compact=True)`) also
+# on the unfused path: at 10,000 x 20,000 with f = 2,000 (|S| = 6,000, a 8,192-row bucket) STRIKE took
+# 27.5 s compact and 43.7 s with all 10,000 rows (quiet 2-core CPU, `ops.Backend.gram_column_chunk`
+# blocks). Below, |S| = h - f usually lands in the all-rows bucket, where compact only adds a gather.
+COMPACT_MIN_ROWS = 4096
 
 def search_direction(updates: Array, honest_mask: Array, *, backend: ops.Backend | None = None) -> SearchDirection:
     """Stage 1a: the honest mean, lower median and `u_search = med - mu` (paper Eq. 6).
@@ -294,8 +299,9 @@ def _hidden_compact(updates: Array, skewed_mask: Array, mean: Array, chunk: int 
             return (centre_b, sigma_b, dev_b), (ys @ ys.T, y @ dev_b, jnp.sum(y * y, axis=1), dev_b @ dev_b)
 
         acc0 = (jnp.zeros((m, m), dtype), jnp.zeros((n,), dtype), jnp.zeros((n,), dtype), jnp.zeros((), dtype))
+        c = ops.resolve(backend).gram_column_chunk(n, m, updates.shape[1]) if chunk is None else chunk
         (centre, sigma, dev), (g, q, a, dd) = ops.scan_columns(
-            updates, piece, (jnp.asarray(mean, dtype),), acc0, chunk=chunk, compensated=True, backend=backend)
+            updates, piece, (jnp.asarray(mean, dtype),), acc0, chunk=c, compensated=True, backend=backend)
         d2, _ = ops.sq_dists_from_gram(0.5 * (g + g.T))
         diameter_sq = ops.masked_max_pairwise(d2, jnp.arange(m) < count)
         return HiddenVector(centre, sigma, dev, a, q, dd, diameter_sq)
@@ -393,7 +399,7 @@ def strike_vector(updates: Array, byzantine_mask: Array, nu=1.0, *, tol: float =
         network, i.e. on CPU for `n <= backend.network_max_rows`, and `d >= FUSED_MIN_DIM`; False is
         the code before issue 9).
       compact: stage 2 with the Gram matrix of S alone (`hidden_vector(..., compact=True)`), static;
-        default: the value of `fused`.
+        default: `fused`, or `n >= COMPACT_MIN_ROWS`.
 
     Returns:
       `StrikeResult`; `vector` is `g_S + nu * alpha * dev` when `h > f`, else the fallback.
@@ -415,7 +421,7 @@ def strike_vector(updates: Array, byzantine_mask: Array, nu=1.0, *, tol: float =
         search = search_direction(updates, ref, backend=backend)
         selection = select_skewed(updates, ref, search.direction, num_honest - num_byz)
     hidden = hidden_vector(updates, selection.skewed_mask, search.mean, chunk=chunk, backend=backend,
-                           compact=fused if compact is None else compact)
+                           compact=(fused or updates.shape[0] >= COMPACT_MIN_ROWS) if compact is None else compact)
     fallback = num_honest <= num_byz
     alpha = bisect_alpha(hidden.sq_dists, hidden.dots, hidden.dev_sq_norm, hidden.diameter_sq,
                          selection.skewed_mask, tol=tol)

@@ -127,6 +127,17 @@ class Backend:
         (CPU, `n <= gram_chunk_max_rows`)."""
         return self.on_cpu and n <= self.gram_chunk_max_rows
 
+    def gram_column_chunk(self, n: int, m: int, d: int) -> int:
+        """Columns per block for a `scan_columns` pass that accumulates an `[m, m]` Gram matrix of
+        `[n, d]` rows: `column_chunk(n, d)`, raised on CPU to a power of two `>= m / 4`, so that the
+        accumulator, read and written once a block, does not outweigh the blocks themselves. Measured
+        (STRIKE at 10,000 x 20,000, f = 2,000, quiet 2-core CPU): 128 columns, a 268 MB accumulator
+        rewritten 156 times, 62.6 s; 2,048 columns 27.5 s (same vector). At most `d`."""
+        c = self.column_chunk(n, d)
+        if self.on_cpu and m > 4 * c:
+            c = 1 << max(m // 4 - 1, 1).bit_length()
+        return int(max(1, min(c, d)))
+
     def column_chunk(self, n: int, d: int) -> int:
         """Columns per block for `scan_columns`: on CPU a power of two near `2^19 / n` (~2 MB
         float32 blocks, in L2/L3), clipped to [128, 16384]; elsewhere `2^20`. At most `d`."""

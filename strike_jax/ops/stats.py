@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from strike_jax.ops.backend import Backend
+from strike_jax.ops.backend import Backend, resolve
 from strike_jax.ops.blocks import scan_columns
 
 Array = jax.Array
@@ -131,10 +131,12 @@ def column_stats(x: Array, weights: Array, sign_ref: Array | None = None, *, gra
     Returns:
       `ColumnStats`.
     """
-    n, _ = x.shape
+    n, d = x.shape
     dtype = x.dtype
     w = jnp.asarray(weights, dtype)
     side = () if sign_ref is None else (jnp.asarray(sign_ref, dtype),)
+    if chunk is None and gram:
+        chunk = resolve(backend).gram_column_chunk(n, n, d)
 
     def piece(xb, sb):
         centre_b = w @ xb
