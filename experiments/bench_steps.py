@@ -21,6 +21,8 @@ Sections (`--sections`, comma-separated; default all but `layers`):
   and FEMNIST CNN 32, MLP 64; ResNet-18 128 at 224x224 with `--include-resnet`): strike_jax with
   `conv_impl="lax"` (XLA's convolution and `reduce_window` pooling: the code before the
   convolution chooser), with the default `conv_impl="auto"`, and PyTorch; the ratios.
+* `ab`: the step under `--baseline-impl` against the default, interleaved in 8 rounds of 10 calls
+  each (a before/after of a change to the convolution policy on a shared machine).
 * `lanes`: the step `jax.vmap`ped over L lanes (8 and 50) each with its own parameters and batch,
   against the L lanes' steps run one after another (the same jitted single step); small CNN
   (28x28x1, batch 64) and AlexNet-CIFAR (batch 128). `conv_impl="lax"` (a grouped convolution
@@ -292,7 +294,7 @@ def bench_steps(args, torch) -> list[dict]:
         dev_batches = [jnp.asarray(b) for b in batches]
         resolved = models.get(reg, classes, shape).conv_impl
         # Where "auto" is "lax" (accelerators) the two columns are one measurement.
-        impls = {"lax": "lax", "auto": "auto"} if resolved != "lax" else {"lax": "lax"}
+        impls = {"lax": args.baseline_impl, "auto": "auto"} if resolved != "lax" else {"lax": "lax"}
         steppers, compile_s = {}, {}
         for label, impl in impls.items():
             model = models.get(reg, classes, shape, conv_impl=impl)
@@ -345,7 +347,7 @@ def bench_steps(args, torch) -> list[dict]:
         rows.append(row)
         print(f"[steps] {name:14s} B={batch:3d}  (CPU ms: " + ", ".join(
             f"{k} {row[k + '_cpu_ms']:.1f}" for k in fns) + ")", flush=True)
-        print(f"[steps] {name:14s} B={batch:3d}  lax {row['jax_lax_ms']:8.2f} ms  auto({resolved}) "
+        print(f"[steps] {name:14s} B={batch:3d}  before {row['jax_lax_ms']:8.2f} ms  auto({resolved}) "
               f"{row['jax_auto_ms']:8.2f} ms" + (f"  torch {row['torch_ms']:8.2f} ms  ratio {row['ratio_before']:.2f}"
                                                  f" -> {row['ratio_after']:.2f}" if torch is not None else "")
               + f"  load {load0}", flush=True)
@@ -372,6 +374,49 @@ def _lane_setup(reg, shape, classes, batch, lanes, impl, seed=0):
     mask = jnp.ones((lanes, batch), bool)
     flip = jnp.zeros((lanes,), bool)
     return model, ls, x, y, params, bs, opt, idx, mask, flip
+
+
+def bench_ab(args) -> list[dict]:
+    """`ab`: the local step under `--baseline-impl` against the default `auto`, interleaved: 8 rounds,
+    each 10 calls of one then 10 of the other (medians over the 80 calls each; wall and process CPU
+    time). Steadier than the `steps` section's single block per form on a shared machine."""
+    rows = []
+    names = [n for n in STEP_CASES if n != "resnet18"]
+    if args.models:
+        names = [n for n in names if n in args.models]
+    for name in names:
+        reg, shape, classes, batch = STEP_CASES[name]
+        rng = np.random.default_rng(0)
+        x_np, y_np = _data(rng, 4 * batch, shape, classes)
+        x, y = jnp.asarray(x_np), jnp.asarray(y_np)
+        idx = [jnp.asarray(rng.permutation(4 * batch)[:batch].astype(np.int32)) for _ in range(4)]
+        forms = {"before": args.baseline_impl, "auto": "auto"}
+        st = {k: JaxStepper(models.get(reg, classes, shape, conv_impl=v), classes, x, y, batch)
+              for k, v in forms.items()}
+        for s in st.values():
+            for i in range(3):
+                s.step(idx[i % 4])
+                s.sync()
+        wall: dict = {k: [] for k in st}
+        cpu: dict = {k: [] for k in st}
+        for _ in range(8):
+            for k, s in st.items():
+                for i in range(10):
+                    t, c = time.perf_counter(), time.process_time()
+                    s.step(idx[i % 4])
+                    s.sync()
+                    wall[k].append(time.perf_counter() - t)
+                    cpu[k].append(time.process_time() - c)
+        row = {"model": name, "batch": batch, "baseline_impl": args.baseline_impl,
+               "conv_impl": models.get(reg, classes, shape).conv_impl}
+        for k in st:
+            row[f"{k}_ms"] = 1e3 * float(np.median(wall[k]))
+            row[f"{k}_cpu_ms"] = 1e3 * float(np.median(cpu[k]))
+        row["ratio"] = row["auto_ms"] / row["before_ms"]
+        print(f"[ab] {name:14s} {args.baseline_impl} {row['before_ms']:.2f} ms  auto {row['auto_ms']:.2f} ms  "
+              f"auto/before {row['ratio']:.3f}  load {list(os.getloadavg())}", flush=True)
+        rows.append(row)
+    return rows
 
 
 def bench_lanes(args) -> list[dict]:
@@ -651,11 +696,13 @@ def to_markdown(res) -> str:
          "forward, mean cross-entropy, backward, clip to global norm 2, SGD (momentum 0.9, weight decay "
          "1e-4); median of the step's calls after warm-up.", ""]
     if res.get("steps"):
+        base = res.get("baseline_impl", "lax")
+        what = ("`conv_impl=\"lax\"` (XLA's convolution and `reduce_window` pooling, the code before the "
+                "convolution chooser)" if base == "lax" else f"`conv_impl={base!r}` (`--baseline-impl`)")
         L += ["## Steps", "",
-              "`lax`: `conv_impl=\"lax\"` (XLA's convolution and `reduce_window` pooling, the code before the "
-              "convolution chooser); `auto`: the default (`conv_impl` it resolves to in brackets). Ratio = "
+              f"`{base}`: {what}; `auto`: the default (`conv_impl` it resolves to in brackets). Ratio = "
               "strike_jax / PyTorch (below 1: strike_jax faster).", "",
-              "| model | batch | params | strike_jax lax (ms) | strike_jax auto (ms) | PyTorch (ms) | ratio before | "
+              f"| model | batch | params | strike_jax {base} (ms) | strike_jax auto (ms) | PyTorch (ms) | ratio before | "
               "ratio after | speed-up |", "|---|---|---|---|---|---|---|---|---|"]
         for r in res["steps"]:
             t = r.get("torch_ms")
@@ -665,11 +712,22 @@ def to_markdown(res) -> str:
                      + f" | {r['speedup']:.1f}x |")
         L += ["", "Process CPU time per step (ms, all threads; less disturbed by other processes than wall time, "
               "though threads that spin while waiting count too):", "",
-              "| model | strike_jax lax | strike_jax auto | PyTorch |", "|---|---|---|---|"]
+              f"| model | strike_jax {base} | strike_jax auto | PyTorch |", "|---|---|---|---|"]
         for r in res["steps"]:
             t = r.get("torch_cpu_ms")
             L.append(f"| {DISPLAY[r['model']]} | {r['jax_lax_cpu_ms']:.1f} | {r['jax_auto_cpu_ms']:.1f} | "
                      + (f"{t:.1f}" if t else "-") + " |")
+        L.append("")
+    if res.get("ab"):
+        L += ["## The step before and after, interleaved (`ab`)", "",
+              "8 rounds of 10 calls of each form in turn; medians over the 80 calls. Ratio < 1: the default "
+              "(`auto`) is faster.", "",
+              "| model | batch | before (conv_impl) | before (ms) | auto (ms) | auto / before | CPU before (ms) | "
+              "CPU auto (ms) |", "|---|---|---|---|---|---|---|---|"]
+        for r in res["ab"]:
+            L.append(f"| {DISPLAY[r['model']]} | {r['batch']} | `{r['baseline_impl']}` | {r['before_ms']:.2f} | "
+                     f"{r['auto_ms']:.2f} ({r['conv_impl']}) | {r['ratio']:.3f} | {r['before_cpu_ms']:.1f} | "
+                     f"{r['auto_cpu_ms']:.1f} |")
         L.append("")
     if res.get("lanes"):
         L += ["## Vmapped lanes (per-lane parameters and batches)", "",
@@ -740,6 +798,9 @@ def main(argv=None):
     ap.add_argument("--round-reps", type=int, default=3, help="timed CIFAR rounds (median)")
     ap.add_argument("--round-strategies", default="steps,loop", help="strategies of training.make_plan_updates to time")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even when installed")
+    ap.add_argument("--baseline-impl", default="lax",
+                    help="steps section: the conv_impl of the 'before' column (default lax; e.g. lax/lax/lax: "
+                         "XLA's convolution for every pass with the cpu policy's pooling)")
     ap.add_argument("--threads", type=int, default=0,
                     help="PyTorch threads (default: the CPUs this process may use); for a one-core "
                          "comparison run under `taskset -c 0` with --threads 1 (XLA then sizes its "
@@ -754,7 +815,7 @@ def main(argv=None):
     if args.quick:
         args.reps = min(args.reps, 3)
     sections = [s for s in args.sections.split(",") if s]
-    unknown = set(sections) - {"steps", "lanes", "scan", "round", "layers"}
+    unknown = set(sections) - {"steps", "ab", "lanes", "scan", "round", "layers"}
     if unknown:
         ap.error(f"unknown sections {sorted(unknown)}")
     backend = jax.default_backend()
@@ -770,6 +831,9 @@ def main(argv=None):
     res = {"env": env}
     if "steps" in sections:
         res["steps"] = bench_steps(args, torch)
+        res["baseline_impl"] = args.baseline_impl
+    if "ab" in sections:
+        res["ab"] = bench_ab(args)
     if "lanes" in sections:
         res["lanes"] = bench_lanes(args)
     if "scan" in sections:

@@ -153,6 +153,11 @@ def test_plans_for_and_resolve():
     s = C.ConvShape(4, 2, 2, 3, 5, (3, 3), (1, 1), (1, 1))
     assert C.plans_for(s, "lax") == (None, None)
     assert C.plans_for(s, "cpu")[0] == C.ConvPlan("region", "region", "region")
+    grey = C.ConvShape(32, 28, 28, 1, 32, (5, 5), (1, 1), (2, 2))  # one input channel, 802,816 outputs
+    assert C.plans_for(grey, "cpu") == (C.PATCHES_PLAN, C.PATCHES_PLAN)  # alone and across lanes
+    unroll = C.ConvPlan("unroll", "unroll", "unroll")
+    assert C.plans_for(grey._replace(in_channels=3), "cpu") == (C.LAX_PLAN, unroll)
+    assert C.plans_for(grey._replace(out_channels=16), "cpu") == (C.LAX_PLAN, unroll)  # too little work
     assert C.plans_for(s, "patches")[0] == C.ConvPlan("patches", "patches", "patches")
     assert C.plans_for(s, "taps")[0] == C.ConvPlan("patches", "patches", "taps")
     assert C.plans_for(s, "dense/lax/taps")[0] == C.ConvPlan("dense", "lax", "taps")

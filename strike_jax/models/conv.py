@@ -19,7 +19,9 @@ backend; nothing reads the backend inside traced code):
 
 - "lax" (GPU/TPU; cuDNN picks its own algorithms): plain `lax.conv_general_dilated`.
 - "cpu": `cpu_plan`: "region" for all three passes when the input has no more pixels than the
-  kernel has taps (`tiny_input`: AlexNet-CIFAR's conv2-5), XLA's convolution otherwise; with max
+  kernel has taps (`tiny_input`: AlexNet-CIFAR's conv2-5), "patches" for all three when the input
+  has one channel and the output is large enough (`wide_single_channel`: the first layer of the small
+  and LEAF CNNs), XLA's convolution otherwise; with max
   pooling as strided slices (`strike_jax.models.pool`). Under `jax.vmap` over per-lane parameters
   (vectorised clients) a lax pass switches to `lane_plan` through `jax.custom_batching.custom_vmap`:
   one plain convolution per lane ("unroll") instead of the grouped convolution JAX would emit.
@@ -39,7 +41,16 @@ per-pass table of every form):
 - `lax.conv_general_dilated_patches` is no way out: up to 627 ms for AlexNet conv1's input
   gradient, 200-400 ms for FEMNIST/LEAF conv2's; the strided slices of `extract_patches` build the
   same patches in 1-8 ms.
-- At the small CNNs' shapes (28x28 and 14x14, 1-64 channels) XLA's convolution is as fast as any
+- XLA:CPU runs its convolution on one thread at these shapes (process CPU time = wall time), the
+  matrix products of "patches" on both cores. With one input channel "patches" also does less
+  work: LEAF conv1 (batch 32, 28x28x1 -> 32, 5x5) forward + both gradients 10.7 ms wall /
+  11.4 ms CPU as lax, 3.3 / 6.2 ms as patches; small CNN conv1 (batch 64 -> 16) 10.0 / 16.8 vs
+  4.4 / 7.9 ms; vmapped over 8 lanes 105 vs 64 ms (LEAF) and 155 vs 110 ms (small CNN) wall, the
+  lanes' "unroll" against patches (quiet machine, 2 threads, 2026-12-07). With 16-64 input
+  channels lax stays ahead in wall time even on one thread (LEAF conv2, 14x14x32 -> 64: 39-44 ms
+  lax, 47 ms patches, 59-63 ms mixed plans; small CNN conv2 23 vs 40 ms); splitting the batch
+  into independent lax convolutions, which XLA may run concurrently, gave erratic times (27-45 ms).
+- At the small CNNs' shapes (28x28 and 14x14, 16-64 channels) XLA's convolution is as fast as any
   other form or faster (small CNN step CPU time: lax 15.1 ms, patches variants 15.4-19.6 ms), and
   so is it for AlexNet conv1 (11x11, stride 4: forward 3.5 ms, kernel gradient 5.9 ms; patches
   8.6 / 11.4 ms, space-to-depth rewrites 6.0 / 10.9 ms).
@@ -486,19 +497,38 @@ def tiny_input(shape: ConvShape) -> bool:
     return shape.height * shape.width <= shape.kernel[0] * shape.kernel[1]
 
 
+def wide_single_channel(shape: ConvShape) -> bool:
+    """One input channel (a grey image's first layer) and an output of at least 2^19 values: XLA:CPU's
+    convolution runs it on one thread, while its patches (`kh * kw` columns) make matrix products
+    that use every core once there is enough work (the small CNN's and LEAF CNN's conv1, 802,816
+    outputs: the step 0.83-0.90x and 0.96-0.99x; the FEMNIST CNN's, 401,408 outputs: 1.02-1.09x,
+    so it stays lax; 2 threads, three interleaved runs each)."""
+    ho, wo = shape.out_hw
+    return shape.in_channels == 1 and shape.batch * ho * wo * shape.out_channels >= 1 << 19
+
+
+PATCHES_PLAN = ConvPlan("patches", "patches", "patches")
+
+
 def cpu_plan(shape: ConvShape) -> ConvPlan:
     """The XLA:CPU choice for `shape` (measurements in the module docstring): "region" for every
-    pass at tiny inputs, XLA's convolution otherwise."""
+    pass at tiny inputs, "patches" for every pass with one input channel, XLA's convolution
+    otherwise."""
     if tiny_input(shape):
         return ConvPlan("region", "region", "region")
+    if wide_single_channel(shape):
+        return PATCHES_PLAN
     return LAX_PLAN
 
 
 def lane_plan(shape: ConvShape) -> ConvPlan:
     """What replaces lax passes under `jax.vmap` over per-lane kernels on CPU: "unroll" (one lax
-    convolution per lane) except at tiny inputs ("region", whose products batch)."""
+    convolution per lane) except at tiny inputs ("region", whose products batch) and with one
+    input channel ("patches", likewise)."""
     if tiny_input(shape):
         return ConvPlan("region", "region", "region")
+    if wide_single_channel(shape):
+        return PATCHES_PLAN
     return ConvPlan("unroll", "unroll", "unroll")
 
 
