@@ -252,11 +252,11 @@ def run_server_parts(args) -> None:
         results.append((tree, json.loads(lines[-1][len("RESULT "):])))
     os.makedirs(args.results_dir, exist_ok=True)
     name = f"bench_scale_server_{args.tag or 'cpu'}"
-    with open(os.path.join(args.results_dir, name + ".json"), "w") as fh:
-        json.dump({"args": vars(args), "results": results}, fh, indent=1)
+    from strike_jax import atomic
+
+    atomic.write_json(os.path.join(args.results_dir, name + ".json"), {"args": vars(args), "results": results})
     md = server_table(results, args)
-    with open(os.path.join(args.results_dir, name + ".md"), "w") as fh:
-        fh.write(md)
+    atomic.write_text(os.path.join(args.results_dir, name + ".md"), md)
     print(md)
 
 
