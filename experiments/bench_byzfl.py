@@ -189,7 +189,8 @@ def read_layout(cfg: dict, results_directory: str) -> dict:
                                                        delimiter=",")).tolist(),
                "train_time_s": float(np.loadtxt(t)), "end": os.path.getmtime(t),
                "train_loss": (np.atleast_1d(np.genfromtxt(loss, delimiter=",")).tolist()
-                              if os.path.exists(loss) else None)}
+                              if os.path.exists(loss) else None),
+               "data_seed": spec.data_seed}
         key = str(spec.seed) if spec.data_seed == cfg["benchmark_config"].get("data_distribution_seed", 0) \
             else f"{spec.seed}/dd{spec.data_seed}"
         out.setdefault(spec.folder, {})[key] = row
@@ -307,11 +308,11 @@ def init_check(args, data: str, workdir: str) -> int:
     (peer,) = read_layout(cfg, measured["results_directory"]).values()
     ours_wall, ours_runs, _, load_before, load_after = run_ours(cfg, data, os.path.join(workdir, "init_ours"))
     (ours,) = ours_runs.values()
-    rows = [{"data_seed": k.split("dd")[-1] if "dd" in k else "0",
+    rows = [{"data_seed": str(peer[k]["data_seed"]),
              "peer_final": peer[k]["test_acc"][-1], "ours_final": ours[k]["test_acc"][-1],
              "peer_curve": peer[k]["test_acc"], "ours_curve": ours[k]["test_acc"],
              "peer_loss0": peer[k]["train_loss"][0], "ours_loss0": ours[k]["train_loss"][0]}
-            for k in sorted(peer, key=lambda k: int(k.split("dd")[-1]) if "dd" in k else 0)]
+            for k in sorted(peer, key=lambda k: peer[k]["data_seed"])]
     payload = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "command": command_line(None),
                "load_average": {"ours_start": [round(x, 2) for x in load_before],

@@ -512,8 +512,8 @@ PATCHES_PLAN = ConvPlan("patches", "patches", "patches")
 
 def cpu_plan(shape: ConvShape) -> ConvPlan:
     """The XLA:CPU choice for `shape` (measurements in the module docstring): "region" for every
-    pass at tiny inputs, "patches" for every pass with one input channel, XLA's convolution
-    otherwise."""
+    pass at tiny inputs, "patches" for every pass at a single-channel input with a large enough
+    output (`wide_single_channel`), XLA's convolution otherwise."""
     if tiny_input(shape):
         return ConvPlan("region", "region", "region")
     if wide_single_channel(shape):
@@ -523,8 +523,8 @@ def cpu_plan(shape: ConvShape) -> ConvPlan:
 
 def lane_plan(shape: ConvShape) -> ConvPlan:
     """What replaces lax passes under `jax.vmap` over per-lane kernels on CPU: "unroll" (one lax
-    convolution per lane) except at tiny inputs ("region", whose products batch) and with one
-    input channel ("patches", likewise)."""
+    convolution per lane) except at tiny inputs ("region", whose products batch) and where
+    `wide_single_channel` holds ("patches", likewise)."""
     if tiny_input(shape):
         return ConvPlan("region", "region", "region")
     if wide_single_channel(shape):
