@@ -562,6 +562,26 @@ def _time_calls(call, repeats: int) -> dict:
     return {"status": "ok", "wall_s": statistics.median(walls), "cpu_s": statistics.median(cpus), "walls": walls}
 
 
+def output_floor(x, repeats: int) -> dict:
+    """What a pre-aggregator's `[n, d]` output costs before any arithmetic, on this machine: one
+    read of `x` (`ones(n) @ x`), and `x * 1.0001` written into a fresh array (what every call that
+    returns a new matrix pays: XLA:CPU, like torch's CPU allocator, takes large buffers fresh from
+    the kernel, so each of its 4 KiB pages faults on first touch) and into a donated one (no faults)."""
+    read = jax.jit(lambda u: jnp.ones((u.shape[0],), u.dtype) @ u)
+    fresh = jax.jit(lambda u: u * 1.0001)
+    donated = jax.jit(lambda u, out: out.at[:].set(u * 1.0001), donate_argnums=1)
+    jax.block_until_ready((read(x), fresh(x)))
+    buf = [jax.block_until_ready(donated(x, jnp.zeros_like(x)))]
+
+    def into_donated():
+        buf[0] = donated(x, buf[0])
+        return buf[0]
+
+    return {name: _time_calls(call, max(repeats, 5))["wall_s"]
+            for name, call in (("read_s", lambda: read(x)), ("fresh_write_s", lambda: fresh(x)),
+                               ("donated_write_s", into_donated))}
+
+
 def run_byzpy_suite(keys, repeats: int, peer_python: str, pool_workers, timeout: float, workdir: str) -> dict:
     """strike_jax, then ByzFL and ByzPy (one subprocess in `peer_python`) on the same inputs."""
     import subprocess
@@ -588,6 +608,8 @@ def run_byzpy_suite(keys, repeats: int, peer_python: str, pool_workers, timeout:
             row.update(_time_calls(lambda: fn(x, key), repeats))
             np.save(w["data"] + ".strike_jax.npy", out)
             row["out"] = w["data"] + ".strike_jax.npy"
+            if w["kind"] == "pre":
+                row["floor"] = output_floor(x, repeats)
         rows.append(row)
         print(f"  {w['key']:10s} strike_jax     {row['status'][:40]:40s} {row.get('wall_s', float('nan')) * 1e3:9.2f} ms",
               flush=True)
@@ -628,6 +650,11 @@ def _ratio(payload: dict, key: str):
     return min(peers) / mine[0] if mine and peers else None
 
 
+def _loaded(meta: dict) -> bool:
+    """Whether the 1-minute load average exceeded the 2 cores at the start or the end."""
+    return max(float(meta[k].split()[0]) for k in ("load_start", "load_end")) > 2.5
+
+
 def byzpy_markdown(payload: dict) -> str:
     meta = payload["meta"]
     pools = [f"byzpy pool x{c}" for c in meta["pool_workers"]]
@@ -636,9 +663,12 @@ def byzpy_markdown(payload: dict) -> str:
         "",
         f"Command: `{meta['command']}`. {meta['date']}, {meta['machine']}, {meta['cpus']} CPUs, jax {meta['jax']}; "
         f"peers: {', '.join(f'{k} {v}' for k, v in payload['peer_versions'].items())}. "
-        f"**Shared, loaded machine** (load average {meta['load_start']} at start, {meta['load_end']} at end, "
-        "on 2 cores shared with other jobs): wall times carry that load; the CPU column (process CPU time, "
-        "all threads) is the steadier comparison. Every library gets the same float32 N(0, 1) inputs "
+        + (f"**Shared, loaded machine** (load average {meta['load_start']} at start, {meta['load_end']} at end, "
+           "on 2 cores shared with other jobs): wall times carry that load; the CPU column (process CPU time, "
+           "all threads) is the steadier comparison. " if _loaded(meta) else
+           f"Load average {meta['load_start']} at start, {meta['load_end']} at end, on 2 cores (this "
+           "benchmark's own threads included). ")
+        + "Every library gets the same float32 N(0, 1) inputs "
         "(`default_rng(0)`), as ByzPy's scripts do (a list of `n` torch vectors for the peers, one "
         "`[n, d]` array for strike_jax, jitted; its compile is the separate first call). Median over "
         f"{meta['repeats']} timed calls after one warm-up; a peer call taking over {meta['timeout']:g} s is "
@@ -690,6 +720,22 @@ def byzpy_markdown(payload: dict) -> str:
               "ByzPy's Centered Clipping starts from the mean (`init='mean'`), ByzFL and strike_jax from zero; "
               "strike_jax's CAF follows the paper's algorithm and already differs from ByzFL's on every input "
               "(`experiments/results/check_byzfl.md`), ByzPy's uses 3 power iterations.", ""]
+    floors = [(w, r["floor"], r["wall_s"]) for w in payload["workloads"] for r in payload["rows"]
+              if r["workload"] == w["key"] and r["lib"] == "strike_jax" and r.get("floor")]
+    if floors:
+        lines += ["What a pre-aggregator's output costs before any arithmetic (same input, same process): "
+                  "one read of the matrix (`ones(n) @ U`), and `U * 1.0001` written into a fresh matrix (what "
+                  "every call returning a new `[n, d]` matrix pays, strike_jax's and the peers' alike: XLA:CPU and "
+                  "torch take large buffers fresh from the kernel, and each 4 KiB page faults on first touch) and "
+                  "into a donated one. Inside a training round the pre-aggregator's output feeds the rule in the "
+                  "same program and is never returned.", "",
+                  "| pre-aggregator | n x d | one read (ms) | fresh `[n, d]` write (ms) | donated write (ms) | "
+                  "strike_jax (ms) | strike_jax / fresh write |", "|---|---|---|---|---|---|---|"]
+        for w, fl, wall in floors:
+            lines.append(f"| {w['label']} | {w['n']} x {w['d']:,} | {fl['read_s'] * 1e3:.2f} | "
+                         f"{fl['fresh_write_s'] * 1e3:.2f} | {fl['donated_write_s'] * 1e3:.2f} | {wall * 1e3:.2f} | "
+                         f"{wall / fl['fresh_write_s']:.2f}x |")
+        lines.append("")
     if payload.get("peer_error"):
         lines += [f"Peers: {payload['peer_error']}", ""]
     if notes:

@@ -57,13 +57,13 @@ ATTACKS = [{"name": "SignFlipping", "parameters": {}},
 
 
 def bench_config(model: str, steps: int, seeds: int, data_folder: str, results_directory: str, *,
-                 aggregators=None, attacks=None, evaluation_delta: int = 50) -> dict:
+                 aggregators=None, attacks=None, evaluation_delta: int = 50, data_seeds: int = 1) -> dict:
     """The benchmark's ByzFL config (ByzFL's example values where the grid does not say otherwise)."""
     return {
         "benchmark_config": {
             "training_algorithm": {"name": "DSGD", "parameters": {}},
             "nb_steps": steps, "device": "cpu", "training_seed": 0, "nb_training_seeds": seeds,
-            "nb_honest_clients": 10, "f": 2, "data_distribution_seed": 0, "nb_data_distribution_seeds": 1,
+            "nb_honest_clients": 10, "f": 2, "data_distribution_seed": 0, "nb_data_distribution_seeds": data_seeds,
             "data_distribution": [{"name": "gamma_similarity_niid", "distribution_parameter": 1.0}],
             "size_train_set": 1.0,
         },
@@ -394,7 +394,8 @@ def write_table(payload: dict, path_md: str) -> None:
         f"ByzFL ran with {payload['peer_threads']}.",
         "",
         "Test accuracy (%) after the last step, and the best over the evaluations (the value ByzFL's heatmaps "
-        "take), mean ± std over the training seeds:",
+        "take), mean ± std over the runs of the cell (training seed x data seed; a key `s/ddK` is training "
+        "seed s on data seed K, and each data seed draws its own initial model on both sides):",
         "",
         "| cell | ByzFL final | strike_jax final | ByzFL best | strike_jax best | per seed final (ByzFL; strike_jax) |",
         "|---|---|---|---|---|---|",
@@ -420,7 +421,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="fc_mnist", choices=("cnn_mnist", "fc_mnist"))
     ap.add_argument("--model-reason", default="", help="why this model (stated in the table)")
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=2, help="training seeds")
+    ap.add_argument("--data-seeds", type=int, default=1,
+                    help="data seeds (each its own partition and, as in ByzFL, its own initial model)")
     ap.add_argument("--workdir", default=None, help="where both sides' results go (default: a temporary folder)")
     ap.add_argument("--probe", action="store_true", help="only ByzFL's step and evaluation time per model")
     ap.add_argument("--probe-one", action="store_true", help="probe only --model")
@@ -482,7 +485,7 @@ def main(argv=None) -> int:
                   f"(`--peer-only` or a whole invocation); wall time from {peer['wall_source']}")
     else:
         cfg_peer = bench_config(args.model, args.steps, args.seeds, data, os.path.join(workdir, "byzfl", "results"),
-                                evaluation_delta=args.evaluation_delta)
+                                evaluation_delta=args.evaluation_delta, data_seeds=args.data_seeds)
         measured = run_peer(args.peer_python, cfg_peer, os.path.join(workdir, "byzfl"))
         peer = peer_side(cfg_peer, measured["results_directory"], measured["wall_s"])
         source = "run by this invocation"
@@ -506,7 +509,7 @@ def main(argv=None) -> int:
         "grid": "Fashion-MNIST, DSGD, 10 honest + f=2, gamma_similarity_niid 1.0, size_train_set 1.0, NNM + "
                 "{TrMean, GeometricMedian, MultiKrum, Median} x {SignFlipping, ALittleIsEnough, "
                 f"InnerProductManipulation}}, {steps} steps, {cfg_peer['benchmark_config']['nb_training_seeds']} "
-                "training seeds",
+                f"training seed(s) x {cfg_peer['benchmark_config']['nb_data_distribution_seeds']} data seed(s)",
         "steps": steps, "peer_source": source,
         "peer_threads": (f"{args.peer_threads} torch thread(s)" if args.peer_threads
                          else "torch's default threads"),

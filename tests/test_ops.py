@@ -332,20 +332,34 @@ def test_network_masked_lower_median_matches_reference():
         np.testing.assert_array_equal(got, want.astype(np.float32))
 
 
-def test_smallest_k_mask_rows_without_sort_equals_stable_ranks():
-    """Above `ROWS_SORT_LIMIT` columns the mask comes from a radix order statistic and index-ordered
-    ties: equal to the stable ranks, with many ties, infinities and a traced k (jit)."""
+@pytest.mark.parametrize("n", [12, 196, 552])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_smallest_k_mask_rows_without_sort_equals_stable_ranks(n, dtype):
+    """On CPU the mask comes from an order statistic (radix for float32, a column sort otherwise)
+    and index-ordered ties: equal to the stable ranks of a per-row double loop, with many ties,
+    infinities, NaN (ranked as +inf) and a traced k (jit)."""
     from strike_jax.ops import order
 
-    n = order.ROWS_SORT_LIMIT + 40
     rng = np.random.default_rng(3)
     s = np.round(rng.normal(size=(7, n)) * 2) / 2  # many exact ties per row
     s[:, :5] = np.inf
+    s[1, 3] = np.nan
     s[2, :] = 1.0  # a row of ties only
-    s = jnp.asarray(s, jnp.float32)
-    run = jax.jit(order.smallest_k_mask_rows)
-    for k in (0, 1, 37, n - 5, n):
-        np.testing.assert_array_equal(np.asarray(run(s, k)), np.asarray(order.stable_ranks_rows(s) < k), err_msg=str(k))
+    ref = np.where(np.isnan(s), np.inf, s)
+    si, sj = ref[:, :, None], ref[:, None, :]  # [r, i, j]: rank of i counts the j before it
+    before = (sj < si) | ((sj == si) & (np.arange(n)[None, None, :] < np.arange(n)[None, :, None]))
+    ranks = before.sum(axis=2)
+    old = jax.config.read("jax_enable_x64")
+    jax.config.update("jax_enable_x64", dtype == np.float64)
+    try:
+        x = jnp.asarray(s, dtype)
+        assert x.dtype == dtype
+        np.testing.assert_array_equal(np.asarray(order.stable_ranks_rows(x)), ranks)
+        run = jax.jit(order.smallest_k_mask_rows)
+        for k in (0, 1, 7, n - 5, n):
+            np.testing.assert_array_equal(np.asarray(run(x, k)), ranks < k, err_msg=str(k))
+    finally:
+        jax.config.update("jax_enable_x64", old)
 
 
 def test_gram_column_chunk_keeps_the_accumulator_below_the_blocks():
