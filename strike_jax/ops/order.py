@@ -194,13 +194,14 @@ def _from_keys(u: Array) -> Array:
     return lax.bitcast_convert_type(jnp.where(neg, ~u, u & jnp.uint32(0x7FFFFFFF)), jnp.float32)
 
 
-def _radix_select_block(xb: Array, ranks: tuple) -> list:
+def _radix_select_block(xb: Array, ranks: tuple, bits: int = 32) -> list:
     """Exact order statistics of every column of a float32 block `[n, c]` (no NaN).
 
     Binary search over the 32 key bits: after processing bit `j`, `lo` is the largest prefix with
     `#{keys < lo} <= k`, which ends at the `k`-th smallest key. Counts are one matrix-vector
     product per pass; with two ranks both indicator matrices share the product (`1 + 4096 * 1`
-    packing, exact in float32 for `n < 4096`).
+    packing, exact in float32 for `n < 4096`). `bits < 32` stops the search early (not an order
+    statistic: `experiments/bench_scale.py --server-parts` times the cost of one step with it).
     """
     n, c = xb.shape
     keys = _order_keys(xb)
@@ -220,7 +221,7 @@ def _radix_select_block(xb: Array, ranks: tuple) -> list:
             cnts = [ones @ (keys < m).astype(jnp.float32) for m in mids]
         return tuple(jnp.where(cnt <= k, m, lo) for cnt, k, m, lo in zip(cnts, ks, mids, los))
 
-    los = lax.fori_loop(0, 32, body, tuple(jnp.zeros((c,), jnp.uint32) for _ in ranks))
+    los = lax.fori_loop(0, bits, body, tuple(jnp.zeros((c,), jnp.uint32) for _ in ranks))
     return [_from_keys(lo) for lo in los]
 
 
