@@ -668,6 +668,10 @@ def byzpy_markdown(payload: dict) -> str:
            "all threads) is the steadier comparison. " if _loaded(meta) else
            f"Load average {meta['load_start']} at start, {meta['load_end']} at end, on 2 cores (this "
            "benchmark's own threads included). ")
+        + (f"Every process (strike_jax's and the peers') ran with `GLIBC_TUNABLES={meta['glibc_tunables']}`"
+           + (" (glibc's malloc backs large buffers with transparent huge pages: far fewer first-touch page "
+              "faults). " if "hugetlb=1" in meta["glibc_tunables"] else ". ")
+           if meta.get("glibc_tunables") else "glibc's default malloc (4 KiB pages). ")
         + "Every library gets the same float32 N(0, 1) inputs "
         "(`default_rng(0)`), as ByzPy's scripts do (a list of `n` torch vectors for the peers, one "
         "`[n, d]` array for strike_jax, jitted; its compile is the separate first call). Median over "
@@ -806,7 +810,8 @@ def main_byzpy(args) -> int:
     meta = {"command": " ".join(["python experiments/bench_aggregators.py"] + sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": f"{platform.machine()} "
             f"{platform.system()}", "cpus": os.cpu_count(), "jax": jax.__version__, "repeats": args.repeats,
-            "timeout": args.timeout, "pool_workers": pools, "load_start": load()}
+            "timeout": args.timeout, "pool_workers": pools, "load_start": load(),
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
     with tempfile.TemporaryDirectory() as work:
         payload = run_byzpy_suite(keys, args.repeats, args.peer_python, pools, args.timeout, work)
     meta["load_end"] = load()
