@@ -256,9 +256,11 @@ def to_markdown(res: dict) -> str:
          f"Backend `{env['backend']}` ({env['device']}), jax {env['jax']}, {env['platform']}, "
          f"{env['date']}. n = {res['n']}, f = {res['f']}. Median of {res['repeats'] * res['rounds']} calls "
          f"per row after compilation, the rows interleaved ({res['rounds']} rounds of {res['repeats']}). "
-         f"**Shared machine**: load average (1, 5, 15 min) {env['load_start']} at start, {env['load_end']} at "
-         "end, on 2 CPUs; the wall times carry that load (compare within a column, same run); the process "
-         "CPU time (both threads) is the steadier comparison.", ""]
+         + (f"**Shared machine**: load average (1, 5, 15 min) {env['load_start']} at start, {env['load_end']} "
+            "at end, on 2 CPUs; the wall times carry that load (compare within a column, same run); the process "
+            "CPU time (both threads) is the steadier comparison." if _loaded(env) else
+            f"Load average (1, 5, 15 min) {env['load_start']} at start, {env['load_end']} at end, on 2 CPUs "
+            "(this benchmark's own threads included)."), ""]
     for r in res["runs"]:
         before, after = r["wall_s"]["strike (before: fused=False)"], r["wall_s"]["strike (after: fused=True)"]
         L += [f"## d = {r['d']:,} ({r['bytes'] / 1e9:.2f} GB)", "",
@@ -274,13 +276,34 @@ def to_markdown(res: dict) -> str:
         cb = statistics.median(r["cpu_s"]["strike (before: fused=False)"])
         ca = statistics.median(r["cpu_s"]["strike (after: fused=True)"])
         L += [f"CPU time before / after: {cb:.3f} s / {ca:.3f} s ({cb / ca:.2f}x).", ""]
-    L += ["What limits it: STRIKE after the change costs ~15-17 passes' worth of CPU time, but reads "
-          "`U` only twice; the rest is arithmetic on blocks in cache: the median's sorting network "
-          "(358 min/max comparators per column at n = 50, pruned to the lower half; ~7-8 passes' worth) "
-          "and the Gram product of S (`|S|^2 d` multiply-adds in `[|S|, c] @ [c, |S|]` blocks, ~5 "
-          "passes' worth), plus the centred statistics (~4). Memory traffic alone (two passes) would "
-          "be ~2 of the 15.", ""]
+        L += _limits(r)
     return "\n".join(L)
+
+
+def _loaded(env: dict) -> bool:
+    """Whether the 1-minute load average exceeded the 2 cores at the start or the end."""
+    return max(float(env[k].split()[0]) for k in ("load_start", "load_end")) > 2.5
+
+
+def _limits(r: dict) -> list[str]:
+    """What the parts say about STRIKE's cost, in passes (wall and CPU) of this run's one pass."""
+    med = {k: {t: statistics.median(r[t][k]) for t in ("wall_s", "cpu_s")} for k in r["wall_s"]}
+    one = med["one pass: ones(n) @ U"]
+    need = ("strike (after: fused=True)", "stage 1 fused", "hidden_vector, Gram of S only (compact)",
+            "stats without Gram")
+    if any(k not in med for k in need):
+        return []
+
+    def passes(name, kind="wall_s"):
+        return med[name][kind] / one[kind]
+
+    gram = {t: (med[need[2]][t] - med[need[3]][t]) / one[t] for t in ("wall_s", "cpu_s")}
+    return [f"Where STRIKE's time goes, in passes (wall / CPU): the whole attack {passes(need[0]):.1f} / "
+            f"{passes(need[0], 'cpu_s'):.1f}; stage 1 (mean, the median's sorting network, scores) "
+            f"{passes(need[1]):.1f} / {passes(need[1], 'cpu_s'):.1f}; stage 2's Gram product of S (compact "
+            f"minus the statistics alone) {gram['wall_s']:.1f} / {gram['cpu_s']:.1f}; its centred statistics "
+            f"{passes(need[3]):.1f} / {passes(need[3], 'cpu_s'):.1f}. `U` is read twice (stage 1, stage 2); "
+            "the rest is arithmetic on blocks in cache.", ""]
 
 
 def main(argv=None) -> int:
