@@ -537,11 +537,15 @@ def byzpy_strike_callable(w: dict):
     params = w.get("params", {})
     n, f = w["n"], w["f"]
     if w["kind"] == "attack":
-        from strike_jax import attacks
+        from strike_jax.attacks import baselines, extra
 
-        atk = attacks.get(w["name"], **params)
         mask = jnp.arange(n) >= n - f  # the last f rows are Byzantine
-        return jax.jit(lambda u, key: atk.apply(u, mask, (), key=key)[0][-1])
+        # The Byzantine vector, as the peers return it (the registry attack also writes it into a
+        # copy of the `[n, d]` matrix, which inside a round is the server program's own buffer).
+        vector = {"ipm": lambda u, key: baselines.ipm_vector(u, mask, **params),
+                  "lie": lambda u, key: baselines.lie_vector(u, mask, **params),
+                  "gaussian": lambda u, key: extra.gaussian_vector(key, u.shape[1], 0.0, 1.0, u.dtype)}
+        return jax.jit(vector[w["name"]])
     agg = aggregators.get(w["name"], **params)
     limit = agg.max_f(n) if w["kind"] == "rule" else None
     if limit is not None and f > limit:

@@ -107,11 +107,12 @@ def _bucketing(updates: Array, key: Array, *, s: int, backend: ops.Backend) -> A
     m = -(-n // s)
     perm = jax.random.permutation(key, n)
     members = jnp.concatenate([perm, jnp.full((m * s - n,), n, perm.dtype)]).reshape(m, s)
-    # Optimistic: with every row finite no check is needed; a non-finite row always makes its
-    # bucket non-finite, and then the buckets are recomputed from their finite members.
-    fast = _bucket_means(updates, members, jnp.ones((n,), bool))
-    return jax.lax.cond(jnp.all(jnp.isfinite(fast)), lambda u: fast,
-                        lambda u: _bucket_means(u, members, ops.finite_rows(u, backend=backend)), updates)
+    # With every row finite the means need no mask (a constant one, folded away). The check reads
+    # the input rows: a reduction over the bucket means instead had XLA:CPU fuse their gathers into
+    # its reduce loop (28.5 vs 8.3 ms at 512 x 16,384, s = 32).
+    ok = ops.finite_rows(updates, backend=backend)
+    return jax.lax.cond(jnp.all(ok), lambda u: _bucket_means(u, members, jnp.ones((n,), bool)),
+                        lambda u: _bucket_means(u, members, ok), updates)
 
 
 @register("preaggregator", "bucketing", s=integer(low=1), rescale_f=flag())
