@@ -5,6 +5,7 @@
     python -m experiments.bench_byzfl --peer-only              # only ByzFL's side (its JSON, to reuse)
     python -m experiments.bench_byzfl --peer-results FILE      # reuse a finished ByzFL side
     python -m experiments.bench_byzfl --init-check 6           # honest runs over 6 data seeds (initial models)
+    python -m experiments.bench_byzfl --batch-scaling 1,2,4    # our round time, R runs of one cell batched
 
 One invocation writes a ByzFL 0.0.11 benchmark config (Fashion-MNIST from the Debian package, made
 into torchvision's layout `<tmp>/FashionMNIST/raw/...` in a temporary folder), runs it with ByzFL's
@@ -357,6 +358,61 @@ def init_check(args, data: str, workdir: str) -> int:
     return 0
 
 
+def batch_scaling(args, data: str, workdir: str) -> int:
+    """`--batch-scaling R1,R2,...`: where strike_jax's time per round goes, for one cell of the grid
+    (NNM + TrMean / SignFlipping) run with R training seeds as one batch (`Settings(cpu_batch_bytes)`
+    raised so that they share it): the steady round time per run, and with `time_halves` the
+    training and server programs' times. In this process, after one compiling run per R. Writes
+    `<out>_batch.md` / `.json`."""
+    import statistics as st
+
+    from strike_jax import atomic, byzfl
+    from strike_jax.simulation import Settings, simulate_many
+
+    rows = []
+    for R in [int(v) for v in args.batch_scaling.split(",")]:
+        cfg = bench_config(args.model, args.steps, R, data, os.path.join(workdir, "scaling"),
+                           aggregators=AGGREGATORS[:1], attacks=ATTACKS[:1], evaluation_delta=10**6)
+        _, configs, _ = byzfl.prepare(cfg)
+        row = {"runs": R}
+        for timed in (False, True):
+            settings = Settings(cpu_batch_bytes=1 << 34, time_halves=timed)
+            simulate_many(configs, settings=settings, checkpoint_every=10**6, checkpoint_seconds=None)  # compile
+            t0 = time.perf_counter()
+            res = simulate_many(configs, settings=settings, checkpoint_every=10**6, checkpoint_seconds=None)
+            wall = time.perf_counter() - t0
+            hist = res[0]["rounds"][5:]
+            per_run = st.median(h["time_round_s"] for h in hist)  # the batch's round / R
+            if timed:
+                row["train_ms"] = 1e3 * R * st.median(h["time_train_s"] for h in hist)
+                row["server_ms"] = 1e3 * R * st.median(h["time_server_s"] for h in hist)
+            else:
+                row.update(round_ms_per_run=1e3 * per_run, wall_s=wall)
+        rows.append(row)
+        print(row, flush=True)
+    payload = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": command_line(None),
+               "load_end": [round(x, 2) for x in os.getloadavg()], "steps": args.steps, "rows": rows}
+    atomic.write_json(args.out + "_batch.json", payload)
+    lines = ["# strike_jax's round on ByzFL's grid: one cell, R runs in one batch", "",
+             f"Measured {payload['date']}, 2-core CPU (load average at the end "
+             f"{', '.join(map(str, payload['load_end']))}). Command: `{payload['command']}`.", "",
+             f"The cell NNM + TrMean / SignFlipping of the benchmark's config (`{args.model}`, DSGD, 10 honest + "
+             f"f = 2, batch 25, {args.steps} steps, no evaluation but the last), R training seeds batched "
+             "together; medians over the rounds after the fifth, the programs compiled by an earlier run in "
+             "the same process. *Round per run*: the batch's round time over R (dispatch overlapped, as in "
+             "real runs); *training* and *server*: the two programs of a round, each waited for "
+             "(`Settings(time_halves=True)`), for the whole batch.", "",
+             "| runs in the batch (R) | round per run (ms) | training program, batch (ms) | server program, batch (ms) "
+             "| wall of the run (s) |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['runs']} | {r['round_ms_per_run']:.2f} | {r['train_ms']:.2f} | {r['server_ms']:.2f} | "
+                     f"{r['wall_s']:.1f} |")
+    lines += ["", args.notes, ""]
+    atomic.write_text(args.out + "_batch.md", "\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
 def write_table(payload: dict, path_md: str) -> None:
     p, o = payload["peer"], payload["ours"]
     steps = payload["steps"]
@@ -440,6 +496,9 @@ def main(argv=None) -> int:
     ap.add_argument("--check-rule", default="Average", help="--init-check: ByzFL's aggregator name")
     ap.add_argument("--check-preagg", default="", help="--init-check: ByzFL's pre-aggregators, comma-separated")
     ap.add_argument("--check-tolerated-f", type=int, default=None, help="--init-check: the f the rules are told")
+    ap.add_argument("--batch-scaling", default="", metavar="R1,R2,...",
+                    help="only strike_jax: one cell with R training seeds in one batch, time per round (writes "
+                         "<out>_batch.md)")
     ap.add_argument("--notes", default="", help="a paragraph appended to the table")
     ap.add_argument("--render", default=None, metavar="JSON",
                     help="only write the table again from this JSON (a finished invocation's), with --notes")
@@ -465,6 +524,8 @@ def main(argv=None) -> int:
     data = torchvision_layout(os.path.join(workdir, "data"))
     if args.init_check:
         return init_check(args, data, workdir)
+    if args.batch_scaling:
+        return batch_scaling(args, data, workdir)
     if args.probe:
         res = probe(args.peer_python, data, (args.model,) if args.probe_one else ("cnn_mnist", "fc_mnist"))
         print(json.dumps(res, indent=2))
