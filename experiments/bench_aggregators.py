@@ -58,6 +58,11 @@ import jax.numpy as jnp  # noqa: E402
 from strike_jax.atomic import write_text  # noqa: E402
 from strike_jax import aggregators  # noqa: E402
 
+try:
+    from experiments._machine import loaded
+except ImportError:  # run as a script (`python experiments/bench_aggregators.py`): experiments/ is on the path
+    from _machine import loaded  # type: ignore[no-redef]
+
 DEFAULT_SIZES = ((50, 1_000_000), (50, 2_472_266), (50, 11_182_668), (1000, 100_000))
 PREAGGREGATORS = aggregators.preaggregator_names()
 ALL_NAMES = aggregators.names() + PREAGGREGATORS
@@ -654,11 +659,6 @@ def _ratio(payload: dict, key: str):
     return min(peers) / mine[0] if mine and peers else None
 
 
-def _loaded(meta: dict) -> bool:
-    """Whether the 1-minute load average exceeded the 2 cores at the start or the end."""
-    return max(float(meta[k].split()[0]) for k in ("load_start", "load_end")) > 2.5
-
-
 def byzpy_markdown(payload: dict) -> str:
     meta = payload["meta"]
     pools = [f"byzpy pool x{c}" for c in meta["pool_workers"]]
@@ -669,7 +669,7 @@ def byzpy_markdown(payload: dict) -> str:
         f"peers: {', '.join(f'{k} {v}' for k, v in payload['peer_versions'].items())}. "
         + (f"**Shared, loaded machine** (load average {meta['load_start']} at start, {meta['load_end']} at end, "
            "on 2 cores shared with other jobs): wall times carry that load; the CPU column (process CPU time, "
-           "all threads) is the steadier comparison. " if _loaded(meta) else
+           "all threads) is the steadier comparison. " if loaded(meta["load_start"], meta["load_end"]) else
            f"Load average {meta['load_start']} at start, {meta['load_end']} at end, on 2 cores (this "
            "benchmark's own threads included). ")
         + (f"Every process (strike_jax's and the peers') ran with `GLIBC_TUNABLES={meta['glibc_tunables']}`"

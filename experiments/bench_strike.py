@@ -35,6 +35,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from experiments._machine import loaded  # noqa: E402
 from experiments.bench_attacks import PAPER_DIMS, _parse_dims, skewed_updates  # noqa: E402
 from strike_jax import ops  # noqa: E402
 from strike_jax.atomic import write_json, write_text  # noqa: E402
@@ -258,7 +259,7 @@ def to_markdown(res: dict) -> str:
          f"per row after compilation, the rows interleaved ({res['rounds']} rounds of {res['repeats']}). "
          + (f"**Shared machine**: load average (1, 5, 15 min) {env['load_start']} at start, {env['load_end']} "
             "at end, on 2 CPUs; the wall times carry that load (compare within a column, same run); the process "
-            "CPU time (both threads) is the steadier comparison." if _loaded(env) else
+            "CPU time (both threads) is the steadier comparison." if loaded(env["load_start"], env["load_end"]) else
             f"Load average (1, 5, 15 min) {env['load_start']} at start, {env['load_end']} at end, on 2 CPUs "
             "(this benchmark's own threads included)."), ""]
     for r in res["runs"]:
@@ -278,11 +279,6 @@ def to_markdown(res: dict) -> str:
         L += [f"CPU time before / after: {cb:.3f} s / {ca:.3f} s ({cb / ca:.2f}x).", ""]
         L += _limits(r)
     return "\n".join(L)
-
-
-def _loaded(env: dict) -> bool:
-    """Whether the 1-minute load average exceeded the 2 cores at the start or the end."""
-    return max(float(env[k].split()[0]) for k in ("load_start", "load_end")) > 2.5
 
 
 def _limits(r: dict) -> list[str]:
